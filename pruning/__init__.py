@@ -1,0 +1,31 @@
+"""fwdprune's engine: forward-only structured pruning of Hugging Face models.
+
+    from pruning import prune
+    report = prune(model="path/or/hub-id", data="calib.jsonl", sparsity=0.5, out_dir="out")
+
+Torch is imported lazily, so `pruning.spec` (request validation) stays light for the API process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pruning.spec import PruneSpec
+
+if TYPE_CHECKING:
+    from pruning.api import prune
+    from pruning.export import load_pruned
+
+__all__ = ["PruneSpec", "load_pruned", "prune"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "prune":
+        from pruning.api import prune
+
+        return prune
+    if name == "load_pruned":
+        from pruning.export import load_pruned
+
+        return load_pruned
+    raise AttributeError(name)

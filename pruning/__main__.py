@@ -1,0 +1,5 @@
+import sys
+
+from pruning.cli import main
+
+sys.exit(main())

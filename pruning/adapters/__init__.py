@@ -1,0 +1,25 @@
+"""Family adapters, looked up by the checkpoint's `model_type` (an allowlist, never a class name)."""
+
+from __future__ import annotations
+
+from pruning.adapters.base import FamilyAdapter, LayerShape
+from pruning.adapters.llama import LlamaAdapter
+from pruning.adapters.qwen import Qwen2Adapter, Qwen3Adapter
+from pruning.spec import SUPPORTED_MODEL_TYPES, UnsupportedModelError
+
+_ADAPTERS: dict[str, FamilyAdapter] = {
+    adapter.name: adapter for adapter in (LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter())
+}
+
+
+def adapter_for(model_type: str) -> FamilyAdapter:
+    family = SUPPORTED_MODEL_TYPES.get(model_type)
+    if family is None or family not in _ADAPTERS:
+        supported = ", ".join(sorted(t for t, f in SUPPORTED_MODEL_TYPES.items() if f in _ADAPTERS))
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported model types: {supported}"
+        )
+    return _ADAPTERS[family]
+
+
+__all__ = ["FamilyAdapter", "LayerShape", "adapter_for"]

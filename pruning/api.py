@@ -1,0 +1,166 @@
+"""`prune(spec)`: load → calibration data → score units → evaluate → export → report.
+
+This module is the lifecycle only; what to remove is decided by a method from `pruning.methods`,
+the masks live in `pruning.masking`, and the surgery in `pruning.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from pruning.adapters import adapter_for
+from pruning.checkpoint import CheckpointReader
+from pruning.data import load_calibration
+from pruning.evaluation import LossRunner
+from pruning.export import export_pruned
+from pruning.loading import load_model, resolve_device, resolve_model_dir
+from pruning.masking import UnitMasks
+from pruning.methods import ScoringContext, make_method
+from pruning.monitor import StageMonitor
+from pruning.spec import PruneSpec, read_model_type
+from pruning.units import UnitSpace, build_unit_space
+
+REPORT_NAME = "pruning_report.json"
+EventSink = Callable[[dict[str, Any]], None]
+
+
+def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fields: Any) -> dict[str, Any]:
+    """Prune `spec.model` to `spec.sparsity` and write the compact checkpoint and report to `spec.out_dir`.
+
+    Accepts a PruneSpec or its fields as keywords: prune(model=..., data=..., sparsity=0.5, out_dir=...).
+    `on_event` receives stage, progress, warning and metric events as dicts. Returns the report.
+    """
+    spec = spec or PruneSpec(**fields)
+    emit = on_event or (lambda event: None)
+    model_dir = resolve_model_dir(spec.model)
+    adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
+    device = resolve_device(spec.device)
+    monitor = StageMonitor(device)
+    torch.manual_seed(spec.seed)
+
+    emit({"type": "stage", "stage": "load"})
+    with monitor.stage("load"):
+        loaded = load_model(model_dir, spec.precision, device)
+    model = loaded.model
+    emit({"type": "stage", "stage": "data"})
+    with monitor.stage("data"):
+        data = load_calibration(loaded.tokenizer, spec.data, spec.seq_len, spec.num_samples,
+                                spec.eval_samples, spec.eval_data)
+    if spec.uniform:
+        intermediate = adapter.layer_shapes(model.config)[0].intermediate
+        block = math.gcd(spec.mlp_block or _default_block(intermediate), intermediate)
+    else:
+        block = spec.mlp_block or None  # type: ignore[assignment]
+    space = build_unit_space(model, adapter, block)
+    runner = LossRunner(model, adapter, device)
+    masks = UnitMasks(space)
+    batch_size = max(1, 8192 // spec.seq_len)
+    prunable = float(space.params.sum())
+
+    emit({"type": "stage", "stage": "evaluate"})
+    with monitor.stage("evaluate_dense"):
+        dense_ppl = runner.perplexity(data.evaluation, batch_size)
+        dense_calib = runner.mean_loss(data.calibration, batch_size)
+    emit({"type": "metric", "name": "perplexity_before", "value": dense_ppl})
+
+    method = make_method(spec.method, spec.method_options())
+    with masks.installed():
+        ctx = ScoringContext(
+            model=model, adapter=adapter, space=space, masks=masks, runner=runner,
+            calibration=data.calibration, checkpoint=CheckpointReader(model_dir), uniform=spec.uniform,
+            target_params=spec.sparsity * prunable, seed=spec.seed, batch_size=batch_size,
+            allowed_counts={0: adapter.uniform_kv_counts(model.config),
+                            1: list(range(1, int(space.group_of(0, "mlp").count)))},
+            report_progress=lambda p: emit({"type": "progress", "stage": "scoring", **p}),
+        )
+        emit({"type": "stage", "stage": "scoring"})
+        with monitor.stage("scoring"):
+            result = method.run(ctx)
+        emit({"type": "stage", "stage": "evaluate"})
+        with monitor.stage("evaluate_pruned"):
+            masks.set(result.keep.double())
+            pruned_ppl = runner.perplexity(data.evaluation, batch_size)
+            pruned_calib = runner.mean_loss(data.calibration, batch_size)
+    emit({"type": "metric", "name": "perplexity_after", "value": pruned_ppl})
+
+    emit({"type": "stage", "stage": "export"})
+    out_dir = Path(spec.out_dir)
+    with monitor.stage("export"):
+        export_pruned(model_dir, out_dir, adapter, space, result.keep, spec.uniform)
+    report = _report(spec, loaded.precision, device, model_dir, out_dir, space, result.keep,
+                     result.importance, result.details, monitor, runner,
+                     {"before": dense_ppl, "after": pruned_ppl, "eval_source": data.eval_source,
+                      "eval_tokens": int(data.evaluation.numel())},
+                     {"before": dense_calib, "after": pruned_calib})
+    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    emit({"type": "stage", "stage": "done"})
+    return report
+
+
+def _default_block(intermediate: int) -> int:
+    from pruning.units import default_mlp_block
+
+    return default_mlp_block(intermediate)
+
+
+def count_checkpoint_params(model_dir: Path) -> int:
+    """Parameters stored in a checkpoint, from the safetensors headers alone."""
+    reader = CheckpointReader(model_dir)
+    total = 0
+    for shard in reader.shards:
+        with safe_open(model_dir / shard, framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total
+
+
+def _report(spec: PruneSpec, precision: str, device: torch.device, model_dir: Path, out_dir: Path,
+            space: UnitSpace, keep: torch.Tensor, importance: torch.Tensor, details: dict[str, Any],
+            monitor: StageMonitor, runner: LossRunner, perplexity: dict[str, Any],
+            calibration_loss: dict[str, float]) -> dict[str, Any]:
+    prunable_before = int(space.params.sum())
+    prunable_after = int(space.params[keep].sum())
+    shapes = space.kept_shapes(keep)
+    units = [
+        {"layer": int(space.layer[i]), "kind": "attn" if int(space.kind[i]) == 0 else "mlp",
+         "index": i - space.group_of(int(space.layer[i]), "attn" if int(space.kind[i]) == 0 else "mlp").offset,
+         "params": int(space.params[i]), "importance": float(importance[i]), "kept": bool(keep[i])}
+        for i in range(space.size)
+    ]
+    return {
+        "model": str(spec.model),
+        "model_dir": str(model_dir),
+        "out_dir": str(out_dir),
+        "method": spec.method,
+        "precision": precision,
+        "device": str(device),
+        "uniform": spec.uniform,
+        "settings": json.loads(spec.model_dump_json()) | {"options": spec.method_options().model_dump(),
+                                                          "mlp_block": space.mlp_block},
+        "params": {
+            "total_before": count_checkpoint_params(model_dir),
+            "total_after": count_checkpoint_params(out_dir),
+            "prunable_before": prunable_before,
+            "prunable_after": prunable_after,
+        },
+        "sparsity": {"target": spec.sparsity, "achieved": 1.0 - prunable_after / prunable_before,
+                     "max_unit_fraction": float(space.params.max()) / prunable_before},
+        "layers": [
+            {"layer": i, "num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
+             "intermediate_size": s.intermediate} for i, s in enumerate(shapes)
+        ],
+        "perplexity": perplexity,
+        "calibration_loss": calibration_loss,
+        **monitor.summary(),
+        "forward_passes": runner.counter.passes,
+        "forward_tokens": runner.counter.tokens,
+        "method_details": details,
+        "units": units,
+    }

@@ -1,0 +1,16 @@
+"""Errors that a user can fix; everything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+from pruning.spec import UnsupportedModelError
+
+
+class DataError(ValueError):
+    """Calibration or evaluation data that cannot be used as given."""
+
+
+class ModelNotFoundError(ValueError):
+    """The model is neither a local checkpoint nor a Hub id in the local cache."""
+
+
+__all__ = ["DataError", "ModelNotFoundError", "UnsupportedModelError"]

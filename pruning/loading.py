@@ -1,0 +1,84 @@
+"""Find a checkpoint and load it at the requested precision; never the network."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruning.errors import ModelNotFoundError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local checkpoint directory, or the snapshot of a Hub id already in the local cache."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"{local} has no config.json")
+        return local.resolve()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as err:
+        raise ModelNotFoundError(
+            f"{model!r} is not a local checkpoint directory nor a Hub id in the local cache"
+        ) from err
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: int8 on CUDA (the memory-lean path); fp32 on CPU, where bf16 matmuls are slow."""
+    if precision != "auto":
+        return precision
+    return "int8" if device.type == "cuda" else "fp32"
+
+
+def checkpoint_dtype(model_dir: Path) -> torch.dtype:
+    config = json.loads((model_dir / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, name, torch.float32)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    model_dir: Path
+    device: torch.device
+    precision: str  # the resolved precision, never "auto"
+
+
+def load_model(model_dir: Path, precision: str, device: torch.device, auto_class: Any = None) -> LoadedModel:
+    """Load for inference. int8 quantizes linear layers with bitsandbytes as they are read."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    auto_class = auto_class or AutoModelForCausalLM
+    precision = resolve_precision(precision, device)
+    kwargs: dict[str, Any] = {"device_map": {"": str(device)}}
+    if precision == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        # bitsandbytes computes int8 matmuls with fp16 activations; fp32 elsewhere on CPU
+        kwargs["dtype"] = torch.float16 if device.type == "cuda" else torch.float32
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    else:
+        kwargs["dtype"] = DTYPES[precision]
+    model = auto_class.from_pretrained(model_dir, **kwargs)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return LoadedModel(model, tokenizer, model_dir, device, precision)

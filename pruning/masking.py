@@ -1,0 +1,107 @@
+"""Unit masks applied to activations with forward pre-hooks, never to weights.
+
+Each hooked module (o_proj, down_proj) gets its input channels scaled by a per-replica mask. The
+calibration batch is replicated R times along the batch dimension, so one forward pass evaluates R
+sub-models: rows [r*B, (r+1)*B) of the batch see replica r's mask. Because only inputs are touched,
+the same code serves int8 (bitsandbytes), bf16 and fp32 weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from pruning.units import UnitGroup, UnitSpace
+
+
+class UnitMasks:
+    """Holds the current keep-masks [R, U] and scales hooked inputs by them."""
+
+    def __init__(self, space: UnitSpace) -> None:
+        self.space = space
+        self._channel_masks: dict[int, torch.Tensor] = {}  # id(group) -> [R, in_channels]
+
+    def set(self, keep: torch.Tensor) -> None:
+        """keep: [U] or [R, U] of 0/1 (or any scale); R replicas of the batch, one mask each."""
+        keep = keep.reshape(-1, self.space.size)
+        self._channel_masks = {}
+        for group in self.space.groups:
+            unit_keep = keep[:, self.space.slice(group)]  # [R, units]
+            if bool((unit_keep == 1).all()):
+                continue  # nothing masked in this module: skip the multiply
+            self._channel_masks[id(group)] = unit_keep[:, group.channel_unit]  # [R, in_channels]
+
+    def clear(self) -> None:
+        self._channel_masks = {}
+
+    def _hook(self, group: UnitGroup):  # type: ignore[no-untyped-def]
+        def scale_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            mask = self._channel_masks.get(id(group))
+            if mask is None:
+                return None
+            x = args[0]  # [R*B, T, C]
+            replicas = mask.shape[0]
+            mask = mask.to(device=x.device, dtype=x.dtype)
+            if replicas == 1:
+                return (x * mask[0], *args[1:])
+            scaled = x.view(replicas, -1, *x.shape[1:]) * mask.view(replicas, 1, *([1] * (x.dim() - 2)), -1)
+            return (scaled.view_as(x), *args[1:])
+
+        return scale_input
+
+    @contextmanager
+    def installed(self) -> Iterator[UnitMasks]:
+        """Hooks on every unit-carrying module for the duration; removed even on error."""
+        handles: list[RemovableHandle] = []
+        try:
+            for group in self.space.groups:
+                handles.append(group.module.register_forward_pre_hook(self._hook(group)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.clear()
+
+
+class ChannelEnergy:
+    """Accumulates the squared L2 norm of each input channel of the unit modules over all tokens."""
+
+    def __init__(self, space: UnitSpace) -> None:
+        self.space = space
+        self.energy: dict[int, torch.Tensor] = {}  # id(group) -> [in_channels], float64 on CPU
+        self.tokens = 0
+
+    @contextmanager
+    def installed(self) -> Iterator[ChannelEnergy]:
+        """Register after UnitMasks.installed() so energies are of the masked inputs."""
+        handles: list[RemovableHandle] = []
+
+        def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
+            def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+                x = args[0].detach().float()
+                x2 = x.reshape(-1, x.shape[-1]).pow(2).sum(0).double().cpu()
+                self.energy[id(group)] = self.energy.get(id(group), 0) + x2
+                if group is self.space.groups[0]:
+                    self.tokens += x.reshape(-1, x.shape[-1]).shape[0]
+
+            return record
+
+        try:
+            for group in self.space.groups:
+                handles.append(group.module.register_forward_pre_hook(hook_for(group)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def channel_norms(self, group: UnitGroup) -> torch.Tensor:
+        """[in_channels] root of summed squares over tokens (zeros if never seen)."""
+        energy = self.energy.get(id(group))
+        if energy is None:
+            return torch.zeros(group.channel_unit.numel(), dtype=torch.float64)
+        return energy.sqrt()

@@ -1,0 +1,21 @@
+"""Registry of scoring methods: an allowlist of names, never class names from user input."""
+
+from __future__ import annotations
+
+from pruning.methods.base import MethodResult, PruningMethod, ScoringContext
+from pruning.methods.baselines import RandomUnits, WandaSp
+from pruning.methods.bonsai import Bonsai
+from pruning.spec import METHOD_OPTIONS, MethodOptions
+
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Bonsai, RandomUnits, WandaSp)}
+
+
+def make_method(name: str, options: MethodOptions | dict | None = None) -> PruningMethod:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    if not isinstance(options, MethodOptions):
+        options = METHOD_OPTIONS[name].model_validate(options or {})
+    return METHODS[name](options)
+
+
+__all__ = ["METHODS", "MethodResult", "PruningMethod", "ScoringContext", "make_method"]

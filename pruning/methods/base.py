@@ -1,0 +1,103 @@
+"""Lifecycle shared by every method: the scoring context (model, masks, data) and the result type.
+
+A method only decides which units to keep; loading, hooks, evaluation and export are done for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from pruning.adapters.base import FamilyAdapter
+from pruning.checkpoint import CheckpointReader
+from pruning.evaluation import LossRunner
+from pruning.masking import ChannelEnergy, UnitMasks
+from pruning.scoring.prior import column_norms, unit_activation_scores
+from pruning.selection import select_global, select_uniform
+from pruning.spec import MethodOptions
+from pruning.units import UnitGroup, UnitSpace
+
+
+@dataclass
+class MethodResult:
+    keep: torch.Tensor  # [U] bool, the units that stay
+    importance: torch.Tensor  # [U] float64, the method's estimate for each unit (loss units or its own)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoringContext:
+    model: Any
+    adapter: FamilyAdapter
+    space: UnitSpace
+    masks: UnitMasks  # installed on the model for the whole scoring stage
+    runner: LossRunner
+    calibration: torch.Tensor  # [N, T] token ids
+    checkpoint: CheckpointReader
+    uniform: bool
+    target_params: float  # prunable parameters to remove in total
+    seed: int
+    batch_size: int  # sequences per forward pass when no masks are replicated
+    allowed_counts: dict[int, list[int]]  # uniform mode: per kind, the per-layer counts a config allows
+    report_progress: Callable[[dict[str, Any]], None] = lambda event: None
+    _column_norms: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def weight_column_norms(self, group: UnitGroup) -> torch.Tensor:
+        """[in_channels] column norms of the group's output projection, read from the checkpoint on
+        disk (so int8 models score with their original weights)."""
+        key = id(group)
+        if key not in self._column_norms:
+            name = next(n for n, m in self.model.named_modules() if m is group.module) + ".weight"
+            stored = self.checkpoint.find(name)
+            weight = self.checkpoint.get(stored) if stored else group.module.weight.detach().float().cpu()
+            self._column_norms[key] = column_norms(weight)
+        return self._column_norms[key]
+
+    def activation_prior(self, keep: torch.Tensor) -> torch.Tensor:
+        """[U] Σ ‖x_j‖·‖W_:j‖ per unit, from one pass over the calibration set under mask `keep`."""
+        self.masks.set(keep.double())
+        energy = ChannelEnergy(self.space)
+        with energy.installed():
+            for start in range(0, self.calibration.shape[0], self.batch_size):
+                self.runner.token_nll(self.calibration[start : start + self.batch_size])
+        scores = [
+            unit_activation_scores(energy.channel_norms(g), self.weight_column_norms(g), g.channel_unit, g.count)
+            for g in self.space.groups
+        ]
+        return torch.cat(scores)
+
+    def select(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
+               uniform: bool | None = None) -> torch.Tensor:
+        """Units to remove now: [U] bool, about `budget` parameters, by lowest score per parameter."""
+        if self.uniform if uniform is None else uniform:
+            return select_uniform(score_per_param, self.space.params, alive, self.space.layer,
+                                  self.space.kind, budget, self.allowed_counts)
+        return select_global(score_per_param, self.space.params, alive, budget)
+
+
+class PruningMethod:
+    """One scoring method. Subclasses implement `run`; the registry maps names to subclasses."""
+
+    name: ClassVar[str]
+
+    def __init__(self, options: MethodOptions) -> None:
+        self.options = options
+
+    def run(self, ctx: ScoringContext) -> MethodResult:
+        raise NotImplementedError
+
+
+class Eta:
+    """Seconds left, from the average time per finished step."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total, self.done, self.start = total_steps, 0, time.perf_counter()
+
+    def step(self) -> float:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        return elapsed / self.done * (self.total - self.done)

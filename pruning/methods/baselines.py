@@ -1,0 +1,31 @@
+"""Baselines at the same budget: `random` (the floor) and `wanda-sp` (activation-only, per layer)."""
+
+from __future__ import annotations
+
+import torch
+
+from pruning.methods.base import MethodResult, PruningMethod, ScoringContext
+
+
+class RandomUnits(PruningMethod):
+    name = "random"
+
+    def run(self, ctx: ScoringContext) -> MethodResult:
+        generator = torch.Generator().manual_seed(ctx.seed)
+        importance = torch.rand(ctx.space.size, generator=generator, dtype=torch.float64)
+        alive = torch.ones(ctx.space.size, dtype=torch.bool)
+        # random importance per parameter, so large and small units are equally likely to go
+        remove = ctx.select(importance / ctx.space.params, alive, ctx.target_params)
+        return MethodResult(~remove, importance)
+
+
+class WandaSp(PruningMethod):
+    """Structured Wanda: Σ |W|·‖x‖ per unit; the same fraction removed in every layer."""
+
+    name = "wanda-sp"
+
+    def run(self, ctx: ScoringContext) -> MethodResult:
+        alive = torch.ones(ctx.space.size, dtype=torch.bool)
+        prior = ctx.activation_prior(alive)
+        remove = ctx.select(prior / ctx.space.params, alive, ctx.target_params, uniform=True)
+        return MethodResult(~remove, prior)

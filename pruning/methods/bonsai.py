@@ -1,0 +1,66 @@
+"""`bonsai`: perturbative, regression-based unit importance in rounds (Dery et al. 2024)."""
+
+from __future__ import annotations
+
+import torch
+
+from pruning.methods.base import Eta, MethodResult, PruningMethod, ScoringContext
+from pruning.scoring.bonsai import drop_probabilities, fit_importance, fit_prior_scale, sample_antithetic_drops
+from pruning.spec import BonsaiOptions
+
+
+class Bonsai(PruningMethod):
+    name = "bonsai"
+    options: BonsaiOptions
+
+    def run(self, ctx: ScoringContext) -> MethodResult:
+        opts = self.options
+        space = ctx.space
+        generator = torch.Generator().manual_seed(ctx.seed)
+        keep = torch.ones(space.size, dtype=torch.bool)
+        importance = torch.zeros(space.size, dtype=torch.float64)
+        removed = 0.0
+        batches = _batches(ctx.calibration, opts.scoring_sequences)
+        pairs = max(1, opts.samples_per_round // 2)
+        eta = Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward)))
+        history = []
+        for round_index in range(opts.rounds):
+            budget = (ctx.target_params - removed) / (opts.rounds - round_index)
+            prior = ctx.activation_prior(keep)  # [U]
+            candidates = keep.nonzero().flatten()  # [A]
+            probs = drop_probabilities(prior[candidates] / space.params[candidates],
+                                       opts.drop_fraction, opts.prior_bias)
+            drops = sample_antithetic_drops(probs, pairs, generator)  # [S, A]
+            batch = batches[round_index % len(batches)]
+            losses = self._sub_model_losses(ctx, keep, candidates, drops, batch, eta, round_index)
+            scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
+            beta = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)  # [A]
+            importance[candidates] = beta
+            remove = ctx.select(importance / space.params, keep, budget)
+            keep &= ~remove
+            removed += float(space.params[remove].sum())
+            history.append({"round": round_index + 1, "removed_units": int(remove.sum()),
+                            "removed_params": removed, "mean_sub_model_loss": float(losses.mean())})
+        return MethodResult(keep, importance, {"rounds": history})
+
+    def _sub_model_losses(self, ctx: ScoringContext, keep: torch.Tensor, candidates: torch.Tensor,
+                          drops: torch.Tensor, batch: torch.Tensor, eta: Eta, round_index: int) -> torch.Tensor:
+        """[S] calibration loss of each sampled sub-model, `masks_per_forward` of them per forward."""
+        per_forward = self.options.masks_per_forward
+        losses = []
+        for start in range(0, drops.shape[0], per_forward):
+            chunk = drops[start : start + per_forward]  # [R, A]
+            masks = keep.double().repeat(chunk.shape[0], 1)  # [R, U]
+            masks[:, candidates] *= 1.0 - chunk
+            ctx.masks.set(masks)
+            losses.append(ctx.runner.replica_losses(batch, chunk.shape[0]))
+            eta_s = eta.step()
+            ctx.report_progress({"round": round_index + 1, "rounds": self.options.rounds,
+                                 "fraction": eta.done / eta.total, "eta_s": round(eta_s, 1)})
+        return torch.cat(losses)
+
+
+def _batches(calibration: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Disjoint scoring batches of `size` sequences; rounds cycle through them."""
+    size = min(size, calibration.shape[0])
+    return [calibration[i : i + size] for i in range(0, calibration.shape[0] - size + 1, size)]

@@ -1,0 +1,118 @@
+"""Modeling code for pruned checkpoints whose layers have different widths.
+
+This file is copied beside every non-uniform checkpoint and registered in its config's `auto_map`, so
+`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads it. It therefore imports only
+torch and transformers. Each class is the stock model with its per-layer projections resized from
+`config.fwdprune_layers`; a layer that lost every attention (or MLP) unit adds only its output bias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+
+
+class _OutputBias(nn.Module):
+    """What is left of an output projection with no input channels: its bias."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width))
+
+
+class EmptyAttention(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, head_dim: int) -> None:
+        super().__init__()
+        self.layer_idx, self.head_dim = layer_idx, head_dim
+        if getattr(config, "attention_bias", False):
+            self.o_proj = _OutputBias(config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, past_key_values: Any = None, **kwargs: Any):
+        if past_key_values is not None:
+            # a zero-head entry keeps the cache's sequence length right for the layers after this one
+            batch, length = hidden_states.shape[:2]
+            empty = hidden_states.new_zeros(batch, 0, length, self.head_dim)
+            past_key_values.update(empty, empty, self.layer_idx)
+        out = torch.zeros_like(hidden_states)
+        if hasattr(self, "o_proj"):
+            out = out + self.o_proj.bias
+        return out, None
+
+
+class EmptyMLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if getattr(config, "mlp_bias", False):
+            self.down_proj = _OutputBias(config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        if hasattr(self, "down_proj"):
+            out = out + self.down_proj.bias
+        return out
+
+
+def _resize(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+
+
+def shrink_layers(model: nn.Module, config: Any) -> None:
+    """Resize every decoder layer to the widths recorded in `config.fwdprune_layers`."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    hidden = config.hidden_size
+    for index, (layer, widths) in enumerate(zip(model.model.layers, config.fwdprune_layers, strict=True)):
+        heads, kv_heads, inter = (widths["num_attention_heads"], widths["num_key_value_heads"],
+                                  widths["intermediate_size"])
+        attn = layer.self_attn
+        if heads == 0:
+            layer.self_attn = EmptyAttention(config, index, head_dim)
+        else:
+            attn.q_proj = _resize(attn.q_proj, hidden, heads * head_dim)
+            attn.k_proj = _resize(attn.k_proj, hidden, kv_heads * head_dim)
+            attn.v_proj = _resize(attn.v_proj, hidden, kv_heads * head_dim)
+            attn.o_proj = _resize(attn.o_proj, heads * head_dim, hidden)
+            attn.num_key_value_groups = heads // kv_heads
+        mlp = layer.mlp
+        if inter == 0:
+            layer.mlp = EmptyMLP(config)
+        else:
+            mlp.gate_proj = _resize(mlp.gate_proj, hidden, inter)
+            mlp.up_proj = _resize(mlp.up_proj, hidden, inter)
+            mlp.down_proj = _resize(mlp.down_proj, inter, hidden)
+
+
+class FwdPrunedLlamaForCausalLM(LlamaForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
+class FwdPrunedMistralForCausalLM(MistralForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
+class FwdPrunedQwen2ForCausalLM(Qwen2ForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
+class FwdPrunedQwen3ForCausalLM(Qwen3ForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
+# model_type -> class name, used by the exporter to write `auto_map`
+PRUNED_CLASSES = {
+    "llama": "FwdPrunedLlamaForCausalLM",
+    "mistral": "FwdPrunedMistralForCausalLM",
+    "qwen2": "FwdPrunedQwen2ForCausalLM",
+    "qwen3": "FwdPrunedQwen3ForCausalLM",
+}

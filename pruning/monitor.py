@@ -1,0 +1,70 @@
+"""Wall time and peak memory per stage: GPU (torch's allocator and the device) and host RSS."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psutil
+import torch
+
+
+class StageMonitor:
+    """Times named stages and samples host RSS in a background thread (every 20 ms)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stage_s: dict[str, float] = {}
+        self.peak_gpu_bytes: dict[str, int] = {}
+        self.peak_gpu_reserved_bytes: dict[str, int] = {}
+        self.peak_host_rss_bytes: dict[str, int] = {}
+        self._process = psutil.Process()
+        self._peak_rss = 0
+        self._lock = threading.Lock()
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            rss = self._process.memory_info().rss
+            with self._lock:
+                self._peak_rss = max(self._peak_rss, rss)
+            stop.wait(0.02)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with self._lock:
+            self._peak_rss = self._process.memory_info().rss
+        stop = threading.Event()
+        sampler = threading.Thread(target=self._sample, args=(stop,), daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + time.perf_counter() - start
+            stop.set()
+            sampler.join()
+            with self._lock:
+                self.peak_host_rss_bytes[name] = max(self.peak_host_rss_bytes.get(name, 0), self._peak_rss)
+            if cuda:
+                self.peak_gpu_bytes[name] = max(self.peak_gpu_bytes.get(name, 0),
+                                                torch.cuda.max_memory_allocated(self.device))
+                self.peak_gpu_reserved_bytes[name] = max(self.peak_gpu_reserved_bytes.get(name, 0),
+                                                         torch.cuda.max_memory_reserved(self.device))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stage_s": {k: round(v, 3) for k, v in self.stage_s.items()},
+            "total_s": round(sum(self.stage_s.values()), 3),
+            "peak_gpu_bytes": dict(self.peak_gpu_bytes),
+            "peak_gpu_reserved_bytes": dict(self.peak_gpu_reserved_bytes),
+            "peak_host_rss_bytes": dict(self.peak_host_rss_bytes),
+        }

@@ -1,0 +1,129 @@
+"""What a pruning job asks for: validated settings, with no torch import.
+
+The HTTP service validates job requests with these same models before anything touches a GPU, so this
+module must stay importable without torch or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Precision = Literal["auto", "int8", "bf16", "fp16", "fp32"]
+Device = Literal["auto", "cuda", "cpu"]
+Objective = Literal["lm", "distill"]
+
+# model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
+# unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "bert": "bert",
+    "roberta": "bert",
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture has no adapter."""
+
+
+class MethodOptions(BaseModel):
+    """Options shared by every scoring method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BonsaiOptions(MethodOptions):
+    """Perturbative scoring (Dery et al. 2024). Defaults are justified in README ("Quality")."""
+
+    rounds: int = Field(5, ge=1, le=64, description="pruning rounds; each removes a slice of the budget")
+    samples_per_round: int = Field(
+        256, ge=4, le=16384, description="sub-models evaluated per round (antithetic pairs)"
+    )
+    drop_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
+    )
+    ridge: float = Field(1.0, gt=0.0, description="strength of the pull toward the activation prior")
+    prior_bias: float = Field(
+        1.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
+    )
+    masks_per_forward: int = Field(16, ge=1, le=1024, description="sub-models evaluated per forward pass")
+    scoring_sequences: int = Field(
+        8, ge=1, le=4096, description="calibration sequences each sub-model is scored on"
+    )
+
+
+class RandomOptions(MethodOptions):
+    pass
+
+
+class WandaSpOptions(MethodOptions):
+    pass
+
+
+class FlapOptions(MethodOptions):
+    pass
+
+
+METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
+    "bonsai": BonsaiOptions,
+    "random": RandomOptions,
+    "wanda-sp": WandaSpOptions,
+    "flap": FlapOptions,
+}
+
+Method = Literal["bonsai", "random", "wanda-sp", "flap"]
+
+
+class PruneSpec(BaseModel):
+    """Everything `pruning.prune` needs. `options` is validated by the chosen method's options model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="local checkpoint directory or a Hub id in the local cache")
+    data: Path = Field(description="calibration text: .jsonl with a `text` field per line, or .txt")
+    sparsity: float = Field(gt=0.0, le=0.9, description="fraction of prunable parameters to remove")
+    out_dir: Path
+    method: Method = "bonsai"
+    precision: Precision = "auto"
+    device: Device = "auto"
+    uniform: bool = Field(False, description="remove the same number of units from every layer")
+    eval_data: Path | None = Field(None, description="held-out text; default: part of `data`")
+    seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
+    num_samples: int = Field(32, ge=1, le=100000, description="calibration sequences used for scoring")
+    eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
+    mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
+    objective: Objective | None = Field(None, description="lm (causal LMs) or distill; default by model")
+    compensate: bool = Field(False, description="forward-only correction of the output projections")
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_options(self) -> PruneSpec:
+        self.method_options()  # raises a ValidationError naming the bad option
+        return self
+
+    def method_options(self) -> MethodOptions:
+        return METHOD_OPTIONS[self.method].model_validate(self.options)
+
+
+def read_model_type(model_dir: Path) -> str:
+    """The checkpoint's `model_type`, refusing unsupported ones with the list of supported ones."""
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise UnsupportedModelError(f"{model_dir} has no config.json")
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnsupportedModelError(f"{config_path} is not valid JSON: {err}") from err
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported model types: {supported}"
+        )
+    return str(model_type)
