@@ -40,7 +40,7 @@ class LossRunner:
         self.counter.tokens += ids.numel()
         head = self.adapter.lm_head(self.model)
         n, t = ids.shape
-        vocab = head.weight.shape[0]
+        vocab = int(head.weight.shape[0])  # type: ignore[index]
         rows = max(1, LOGITS_CHUNK_BYTES // (4 * t * vocab))
         nll = torch.empty(n, t - 1, dtype=torch.float32, device=ids.device)
         for start in range(0, n, rows):

@@ -64,7 +64,8 @@ def shrink_layers(model: nn.Module, config: Any) -> None:
     """Resize every decoder layer to the widths recorded in `config.fwdprune_layers`."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     hidden = config.hidden_size
-    for index, (layer, widths) in enumerate(zip(model.model.layers, config.fwdprune_layers, strict=True)):
+    layers: Any = model.model.layers  # type: ignore[union-attr]
+    for index, (layer, widths) in enumerate(zip(layers, config.fwdprune_layers, strict=True)):
         heads, kv_heads, inter = (widths["num_attention_heads"], widths["num_key_value_heads"],
                                   widths["intermediate_size"])
         attn = layer.self_attn

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Precision = Literal["auto", "int8", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
-Objective = Literal["lm", "distill"]
 
 # model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
 # unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
@@ -23,8 +22,6 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "mistral": "llama",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
-    "bert": "bert",
-    "roberta": "bert",
 }
 
 
@@ -43,14 +40,14 @@ class BonsaiOptions(MethodOptions):
 
     rounds: int = Field(5, ge=1, le=64, description="pruning rounds; each removes a slice of the budget")
     samples_per_round: int = Field(
-        256, ge=4, le=16384, description="sub-models evaluated per round (antithetic pairs)"
+        512, ge=4, le=16384, description="sub-models evaluated per round (antithetic pairs)"
     )
     drop_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
+        0.2, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
     )
-    ridge: float = Field(1.0, gt=0.0, description="strength of the pull toward the activation prior")
+    ridge: float = Field(0.1, gt=0.0, description="strength of the pull toward the activation prior")
     prior_bias: float = Field(
-        1.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
+        0.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
     )
     masks_per_forward: int = Field(16, ge=1, le=1024, description="sub-models evaluated per forward pass")
     scoring_sequences: int = Field(
@@ -66,18 +63,13 @@ class WandaSpOptions(MethodOptions):
     pass
 
 
-class FlapOptions(MethodOptions):
-    pass
-
-
 METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
     "bonsai": BonsaiOptions,
     "random": RandomOptions,
     "wanda-sp": WandaSpOptions,
-    "flap": FlapOptions,
 }
 
-Method = Literal["bonsai", "random", "wanda-sp", "flap"]
+Method = Literal["bonsai", "random", "wanda-sp"]
 
 
 class PruneSpec(BaseModel):
@@ -98,8 +90,6 @@ class PruneSpec(BaseModel):
     num_samples: int = Field(32, ge=1, le=100000, description="calibration sequences used for scoring")
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
     mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
-    objective: Objective | None = Field(None, description="lm (causal LMs) or distill; default by model")
-    compensate: bool = Field(False, description="forward-only correction of the output projections")
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -53,7 +53,8 @@ class ScoringContext:
         if key not in self._column_norms:
             name = next(n for n, m in self.model.named_modules() if m is group.module) + ".weight"
             stored = self.checkpoint.find(name)
-            weight = self.checkpoint.get(stored) if stored else group.module.weight.detach().float().cpu()
+            module_weight: torch.Tensor = group.module.weight  # type: ignore[assignment]
+            weight = self.checkpoint.get(stored) if stored else module_weight.detach().float().cpu()
             self._column_norms[key] = column_norms(weight)
         return self._column_norms[key]
 

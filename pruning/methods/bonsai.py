@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from pruning.methods.base import Eta, MethodResult, PruningMethod, ScoringContext
-from pruning.scoring.bonsai import drop_probabilities, fit_importance, fit_prior_scale, sample_antithetic_drops
+from pruning.scoring.bonsai import (
+    drop_probabilities,
+    fit_importance,
+    fit_prior_scale,
+    sample_antithetic_drops,
+)
 from pruning.spec import BonsaiOptions
 
 
