@@ -50,14 +50,14 @@ def run_one(config: dict[str, Any], common: dict[str, Any], shared_dir: Path) ->
             "scoring_s": report["stage_s"]["scoring"], "forward_tokens": report["forward_tokens"]}
 
 
-def method_grid(sparsities: list[float], precision: str) -> list[dict[str, Any]]:
+def method_grid(sparsities: list[float], precision: str, compensations: list[str]) -> list[dict[str, Any]]:
     configs = []
     for sparsity, method in itertools.product(sparsities, ["random", "wanda-sp", "flap", "bonsai"]):
-        for uniform in (True, False):
+        for uniform, compensate in itertools.product((True, False), compensations):
             if method == "wanda-sp" and not uniform:
                 continue  # wanda-sp is per-layer by definition
             configs.append({"method": method, "sparsity": sparsity, "uniform": uniform,
-                            "precision": precision})
+                            "precision": precision, "compensate": compensate})
     return configs
 
 
@@ -75,12 +75,13 @@ def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None) -> 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'options':<34} {'ppl':>8} {'x dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}"
+    header = f"{'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'comp':>4} {'options':<34} {'ppl':>8} {'x dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}"
     print(header)
     print("-" * len(header))
     for r in rows:
         opts = ",".join(f"{k}={v}" for k, v in r.get("options", {}).items() if r["method"] == "bonsai")[:34]
-        print(f"{r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} {r['precision']:>5} {opts:<34} "
+        print(f"{r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} {r['precision']:>5} "
+              f"{r.get('compensate', 'auto'):>4} {opts:<34} "
               f"{r['ppl']:>8.3f} {r['ratio']:>7.3f} {r['achieved']:>8.4f} {r['scoring_s']:>9.1f} {r['forward_tokens']:>11,}")
 
 
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="bonsai option grid instead of the method table")
     parser.add_argument("--variants", type=json.loads, help="JSON list of bonsai option dicts for --sweep")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--compensations", default="none,bias", help="compensate settings to compare")
+    parser.add_argument("--widths", default="uniform,global", help="uniform, global or both")
     parser.add_argument("--sparsities", default="0.2,0.35,0.5")
     parser.add_argument("--methods", default="random,wanda-sp,flap,bonsai")
     parser.add_argument("--shared", type=Path, default=SHARED)
@@ -105,13 +108,16 @@ def main() -> None:
         configs = sweep_grid(args.precision, args.variants)
     else:
         wanted = set(args.methods.split(",")) & set(METHODS)
-        configs = [c for c in method_grid([float(s) for s in args.sparsities.split(",")], args.precision)
-                   if c["method"] in wanted]
+        widths = {"uniform": True, "global": False}
+        wanted_widths = {widths[w] for w in args.widths.split(",")}
+        configs = [c for c in method_grid([float(s) for s in args.sparsities.split(",")], args.precision,
+                                          args.compensations.split(","))
+                   if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")]
     rows = []
     for config in configs:
         rows.append(run_one(config, common, args.shared))
         r = rows[-1]
-        print(f"  {r['method']} s={r['sparsity']} uniform={r['uniform']} {r.get('options')}: "
+        print(f"  {r['method']} s={r['sparsity']} uniform={r['uniform']} comp={r.get('compensate')} {r.get('options')}: "
               f"ppl {r['ppl']:.3f} ({r['ratio']:.3f}x) in {r['wall_s']:.1f}s", flush=True)
     print_table(rows)
     slug = device.replace(" ", "-").lower()

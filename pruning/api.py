@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
+from pruning.compensation import bias_replacements, bias_shifts, shifted_outputs
 from pruning.data import load_calibration
 from pruning.evaluation import LossRunner
 from pruning.export import export_pruned
@@ -83,19 +84,30 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         emit({"type": "stage", "stage": "scoring"})
         with monitor.stage("scoring"):
             result = method.run(ctx)
+        compensation = spec.compensate if spec.compensate != "auto" else method.default_compensation
+        shifts: dict[int, torch.Tensor] = {}
+        if compensation == "bias":
+            with monitor.stage("compensate"):
+                shifts = bias_shifts(ctx, result.keep)
+            if not adapter.bias_kinds():
+                emit({"type": "warning", "message": f"{adapter.name} checkpoints cannot carry output "
+                      "biases in their stock config; exported without bias compensation"})
         emit({"type": "stage", "stage": "evaluate"})
-        with monitor.stage("evaluate_pruned"):
+        with monitor.stage("evaluate_pruned"), shifted_outputs(space.groups, shifts):
             masks.set(result.keep.double())
             pruned_ppl = runner.perplexity(data.evaluation, batch_size)
             pruned_calib = runner.mean_loss(data.calibration, batch_size)
+        replacements, config_updates = bias_replacements(ctx, shifts)
     emit({"type": "metric", "name": "perplexity_after", "value": pruned_ppl})
 
     emit({"type": "stage", "stage": "export"})
     out_dir = Path(spec.out_dir)
     with monitor.stage("export"):
-        export_pruned(model_dir, out_dir, adapter, space, result.keep, spec.uniform)
+        export_pruned(model_dir, out_dir, adapter, space, result.keep, spec.uniform, replacements,
+                      config_updates)
     report = _report(spec, loaded.precision, device, model_dir, out_dir, space, result.keep,
-                     result.importance, result.details, monitor, runner,
+                     result.importance, {**result.details, "compensation": compensation if shifts else "none"},
+                     monitor, runner,
                      {"before": dense_ppl, "after": pruned_ppl, "eval_source": data.eval_source,
                       "eval_tokens": int(data.evaluation.numel())},
                      {"before": dense_calib, "after": pruned_calib})
@@ -142,6 +154,7 @@ def _report(spec: PruneSpec, precision: str, device: torch.device, model_dir: Pa
         "precision": precision,
         "device": str(device),
         "uniform": spec.uniform,
+        "compensation": details.get("compensation", "none"),
         "settings": json.loads(spec.model_dump_json()) | {"options": spec.method_options().model_dump(),
                                                           "mlp_block": space.mlp_block},
         "params": {

@@ -29,6 +29,8 @@ def add_prune_command(subparsers: Any) -> None:
     parser.add_argument("--num-samples", type=int, default=32, help="calibration sequences")
     parser.add_argument("--eval-samples", type=int, default=16, help="held-out sequences")
     parser.add_argument("--mlp-block", type=int, help="MLP channels per unit (default by model size)")
+    parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias"],
+                        help="bias: add the removed channels' mean output to the output bias (llama, qwen3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. -o rounds=8 -o samples_per_round=512")
@@ -55,7 +57,7 @@ def run_prune(args: argparse.Namespace) -> int:
             model=args.model, data=args.data, sparsity=args.sparsity, out_dir=args.out, method=args.method,
             precision=args.precision, device=args.device, uniform=args.uniform, eval_data=args.eval_data,
             seq_len=args.seq_len, num_samples=args.num_samples, eval_samples=args.eval_samples,
-            mlp_block=args.mlp_block, seed=args.seed,
+            mlp_block=args.mlp_block, compensate=args.compensate, seed=args.seed,
             options=_parse_options(args.option),
         )
     except ValidationError as err:

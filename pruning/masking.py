@@ -69,35 +69,44 @@ class UnitMasks:
 
 
 class ChannelEnergy:
-    """Accumulates the squared L2 norm of each input channel of the unit modules over all tokens."""
+    """Accumulates, per input channel of the unit modules, the sum and the sum of squares over tokens."""
 
-    def __init__(self, space: UnitSpace) -> None:
+    def __init__(self, space: UnitSpace, before_masks: bool = False) -> None:
         self.space = space
-        self.energy: dict[int, torch.Tensor] = {}  # id(group) -> [in_channels], float64 on CPU
+        self.before_masks = before_masks  # see the inputs as they are before UnitMasks zeroes units
+        self.energy: dict[int, torch.Tensor] = {}  # id(group) -> [in_channels] Σx², float64 on CPU
+        self.sums: dict[int, torch.Tensor] = {}  # id(group) -> [in_channels] Σx
         self.tokens = 0
 
     @contextmanager
     def installed(self) -> Iterator[ChannelEnergy]:
-        """Register after UnitMasks.installed() so energies are of the masked inputs."""
+        """Hooks on every unit module: after the masks (default) or, with before_masks, ahead of them."""
         handles: list[RemovableHandle] = []
 
         def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
             def record(module: nn.Module, args: tuple[Any, ...]) -> None:
-                x = args[0].detach().float()
-                x2 = x.reshape(-1, x.shape[-1]).pow(2).sum(0).double().cpu()
-                self.energy[id(group)] = self.energy.get(id(group), 0) + x2
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # [tokens, C]
+                self.energy[id(group)] = self.energy.get(id(group), 0) + x.pow(2).sum(0).double().cpu()
+                self.sums[id(group)] = self.sums.get(id(group), 0) + x.sum(0).double().cpu()
                 if group is self.space.groups[0]:
-                    self.tokens += x.reshape(-1, x.shape[-1]).shape[0]
+                    self.tokens += x.shape[0]
 
             return record
 
         try:
             for group in self.space.groups:
-                handles.append(group.module.register_forward_pre_hook(hook_for(group)))
+                handles.append(group.module.register_forward_pre_hook(hook_for(group),
+                                                                      prepend=self.before_masks))
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+
+    def channel_moments(self, group: UnitGroup) -> tuple[torch.Tensor, torch.Tensor]:
+        """([in_channels] mean, [in_channels] variance) of each channel over all recorded tokens."""
+        count = max(self.tokens, 1)
+        mean = self.sums[id(group)] / count
+        return mean, (self.energy[id(group)] / count - mean.pow(2)).clamp(min=0.0)
 
     def channel_norms(self, group: UnitGroup) -> torch.Tensor:
         """[in_channels] root of summed squares over tokens (zeros if never seen)."""

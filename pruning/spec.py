@@ -19,7 +19,7 @@ Device = Literal["auto", "cuda", "cpu"]
 # unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llama": "llama",
-    "mistral": "llama",
+    "mistral": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
 }
@@ -55,6 +55,10 @@ class BonsaiOptions(MethodOptions):
     )
 
 
+class FlapOptions(MethodOptions):
+    pass
+
+
 class RandomOptions(MethodOptions):
     pass
 
@@ -67,9 +71,11 @@ METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
     "bonsai": BonsaiOptions,
     "random": RandomOptions,
     "wanda-sp": WandaSpOptions,
+    "flap": FlapOptions,
 }
 
-Method = Literal["bonsai", "random", "wanda-sp"]
+Method = Literal["bonsai", "random", "wanda-sp", "flap"]
+Compensation = Literal["auto", "none", "bias"]
 
 
 class PruneSpec(BaseModel):
@@ -90,6 +96,9 @@ class PruneSpec(BaseModel):
     num_samples: int = Field(32, ge=1, le=100000, description="calibration sequences used for scoring")
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
     mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
+    compensate: Compensation = Field(
+        "auto", description="bias: add removed channels' mean output to the output bias; auto: the method's own"
+    )
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -62,6 +62,12 @@ class FamilyAdapter:
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     )
     causal_lm: ClassVar[bool] = True
+    # unit kind -> (config switch that gives its output projection a bias, sibling projections the
+    # switch also gives a bias); empty where the stock config has no such switch
+    bias_switches: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+
+    def bias_kinds(self) -> set[str]:
+        return set(self.bias_switches)
 
     # -- model structure ---------------------------------------------------------------------
     def layers(self, model: nn.Module) -> list[nn.Module]:

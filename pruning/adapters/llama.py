@@ -1,4 +1,4 @@
-"""Llama and Mistral: q/k/v/o attention (optionally biased) and a SwiGLU MLP."""
+"""Llama (projections optionally biased) and Mistral (never biased): q/k/v/o attention, SwiGLU MLP."""
 
 from __future__ import annotations
 
@@ -7,4 +7,15 @@ from pruning.adapters.base import FamilyAdapter
 
 class LlamaAdapter(FamilyAdapter):
     name = "llama"
-    model_types = ("llama", "mistral")
+    model_types = ("llama",)
+    bias_switches = {
+        "attn": ("attention_bias", ("q_proj", "k_proj", "v_proj")),
+        "mlp": ("mlp_bias", ("gate_proj", "up_proj")),
+    }
+
+
+class MistralAdapter(FamilyAdapter):
+    """Mistral's projections are never biased in the stock config, so no bias compensation export."""
+
+    name = "mistral"
+    model_types = ("mistral",)

@@ -17,3 +17,4 @@ class Qwen2Adapter(FamilyAdapter):
 class Qwen3Adapter(FamilyAdapter):
     name = "qwen3"
     model_types = ("qwen3",)
+    bias_switches = {"attn": ("attention_bias", ("q_proj", "k_proj", "v_proj"))}

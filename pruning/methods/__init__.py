@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pruning.methods.base import MethodResult, PruningMethod, ScoringContext
-from pruning.methods.baselines import RandomUnits, WandaSp
+from pruning.methods.baselines import Flap, RandomUnits, WandaSp
 from pruning.methods.bonsai import Bonsai
 from pruning.spec import METHOD_OPTIONS, MethodOptions
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Bonsai, RandomUnits, WandaSp)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Bonsai, Flap, RandomUnits, WandaSp)}
 
 
 def make_method(name: str, options: MethodOptions | dict | None = None) -> PruningMethod:

@@ -46,25 +46,37 @@ class ScoringContext:
     report_progress: Callable[[dict[str, Any]], None] = lambda event: None
     _column_norms: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def module_name(self, module: Any) -> str:
+        return next(n for n, m in self.model.named_modules() if m is module)
+
+    def output_weight(self, group: UnitGroup) -> torch.Tensor:
+        """[out, in_channels] the group's output projection as stored in the checkpoint on disk (so int8
+        models are scored against their original weights), float32 on the CPU."""
+        stored = self.checkpoint.find(self.module_name(group.module) + ".weight")
+        if stored:
+            return self.checkpoint.get(stored).float()
+        module_weight: torch.Tensor = group.module.weight  # type: ignore[assignment]
+        return module_weight.detach().float().cpu()
+
     def weight_column_norms(self, group: UnitGroup) -> torch.Tensor:
-        """[in_channels] column norms of the group's output projection, read from the checkpoint on
-        disk (so int8 models score with their original weights)."""
+        """[in_channels] column norms of the group's output projection (cached)."""
         key = id(group)
         if key not in self._column_norms:
-            name = next(n for n, m in self.model.named_modules() if m is group.module) + ".weight"
-            stored = self.checkpoint.find(name)
-            module_weight: torch.Tensor = group.module.weight  # type: ignore[assignment]
-            weight = self.checkpoint.get(stored) if stored else module_weight.detach().float().cpu()
-            self._column_norms[key] = column_norms(weight)
+            self._column_norms[key] = column_norms(self.output_weight(group))
         return self._column_norms[key]
 
-    def activation_prior(self, keep: torch.Tensor) -> torch.Tensor:
-        """[U] Σ ‖x_j‖·‖W_:j‖ per unit, from one pass over the calibration set under mask `keep`."""
+    def channel_statistics(self, keep: torch.Tensor, before_masks: bool = False) -> ChannelEnergy:
+        """Per-channel Σx and Σx² at every unit module, from one pass over the calibration set."""
         self.masks.set(keep.double())
-        energy = ChannelEnergy(self.space)
+        energy = ChannelEnergy(self.space, before_masks=before_masks)
         with energy.installed():
             for start in range(0, self.calibration.shape[0], self.batch_size):
                 self.runner.token_nll(self.calibration[start : start + self.batch_size])
+        return energy
+
+    def activation_prior(self, keep: torch.Tensor) -> torch.Tensor:
+        """[U] Σ ‖x_j‖·‖W_:j‖ per unit, from one pass over the calibration set under mask `keep`."""
+        energy = self.channel_statistics(keep)
         scores = [
             unit_activation_scores(energy.channel_norms(g), self.weight_column_norms(g), g.channel_unit, g.count)
             for g in self.space.groups
@@ -84,6 +96,7 @@ class PruningMethod:
     """One scoring method. Subclasses implement `run`; the registry maps names to subclasses."""
 
     name: ClassVar[str]
+    default_compensation: ClassVar[str] = "none"  # what compensate="auto" means for this method
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options

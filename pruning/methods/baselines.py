@@ -1,10 +1,11 @@
-"""Baselines at the same budget: `random` (the floor) and `wanda-sp` (activation-only, per layer)."""
+"""Baselines at the same budget: `random` (the floor), `wanda-sp` (activation-only, per layer), `flap`."""
 
 from __future__ import annotations
 
 import torch
 
 from pruning.methods.base import MethodResult, PruningMethod, ScoringContext
+from pruning.scoring.flap import fluctuation_scores, standardise
 
 
 class RandomUnits(PruningMethod):
@@ -35,3 +36,23 @@ class WandaSp(PruningMethod):
         left = ctx.target_params - float(ctx.space.params[remove].sum())
         remove |= ctx.select(prior / ctx.space.params, mlp, left, uniform=True)
         return MethodResult(~remove, prior)
+
+
+class Flap(PruningMethod):
+    """FLAP: fluctuation of each input channel times its squared column norm, standardised per layer
+    and kind, one global threshold (or equal counts per layer with --uniform); bias-compensated."""
+
+    name = "flap"
+    default_compensation = "bias"
+
+    def run(self, ctx: ScoringContext) -> MethodResult:
+        alive = torch.ones(ctx.space.size, dtype=torch.bool)
+        stats = ctx.channel_statistics(alive)
+        standardised = []
+        for group in ctx.space.groups:
+            _, variance = stats.channel_moments(group)
+            scores = fluctuation_scores(variance, ctx.weight_column_norms(group), group.channel_unit, group.count)
+            standardised.append(standardise(scores))
+        z = torch.cat(standardised)
+        remove = ctx.select(z, alive, ctx.target_params)
+        return MethodResult(~remove, z)
