@@ -19,16 +19,18 @@ from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
 from pruning.compensation import bias_replacements, bias_shifts, shifted_outputs
 from pruning.data import load_calibration
-from pruning.evaluation import LossRunner
+from pruning.errors import UsageError
+from pruning.evaluation import Objective, make_objective
 from pruning.export import export_pruned
 from pruning.loading import load_model, resolve_device, resolve_model_dir
 from pruning.masking import UnitMasks
 from pruning.methods import ScoringContext, make_method
 from pruning.monitor import StageMonitor
-from pruning.spec import PruneSpec, read_model_type
+from pruning.spec import PruneSpec, UnsupportedModelError, read_model_type
 from pruning.units import UnitSpace, build_unit_space
 
 REPORT_NAME = "pruning_report.json"
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -42,34 +44,36 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     emit = on_event or (lambda event: None)
     model_dir = resolve_model_dir(spec.model)
     adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
+    _refuse_unsafe_input(model_dir, Path(spec.out_dir))
     device = resolve_device(spec.device)
     monitor = StageMonitor(device)
     torch.manual_seed(spec.seed)
 
     emit({"type": "stage", "stage": "load"})
     with monitor.stage("load"):
-        loaded = load_model(model_dir, spec.precision, device)
+        loaded = load_model(model_dir, spec.precision, device, adapter.auto_class())
     model = loaded.model
     emit({"type": "stage", "stage": "data"})
     with monitor.stage("data"):
         data = load_calibration(loaded.tokenizer, spec.data, spec.seq_len, spec.num_samples,
-                                spec.eval_samples, spec.eval_data)
+                                spec.eval_samples, spec.eval_data, wrap=not adapter.causal_lm)
     if spec.uniform:
         intermediate = adapter.layer_shapes(model.config)[0].intermediate
         block = math.gcd(spec.mlp_block or _default_block(intermediate), intermediate)
     else:
         block = spec.mlp_block or None  # type: ignore[assignment]
     space = build_unit_space(model, adapter, block)
-    runner = LossRunner(model, adapter, device)
     masks = UnitMasks(space)
+    runner = make_objective(spec.objective, model, adapter, device, masks)
     batch_size = max(1, 8192 // spec.seq_len)
     prunable = float(space.params.sum())
 
     emit({"type": "stage", "stage": "evaluate"})
     with monitor.stage("evaluate_dense"):
-        dense_ppl = runner.perplexity(data.evaluation, batch_size)
+        dense_quality = runner.quality(data.evaluation, batch_size)
         dense_calib = runner.mean_loss(data.calibration, batch_size)
-    emit({"type": "metric", "name": "perplexity_before", "value": dense_ppl})
+    for name, value in dense_quality.items():
+        emit({"type": "metric", "name": f"{name}_before", "value": value})
 
     method = make_method(spec.method, spec.method_options())
     with masks.installed():
@@ -95,10 +99,11 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         emit({"type": "stage", "stage": "evaluate"})
         with monitor.stage("evaluate_pruned"), shifted_outputs(space.groups, shifts):
             masks.set(result.keep.double())
-            pruned_ppl = runner.perplexity(data.evaluation, batch_size)
+            pruned_quality = runner.quality(data.evaluation, batch_size)
             pruned_calib = runner.mean_loss(data.calibration, batch_size)
         replacements, config_updates = bias_replacements(ctx, shifts)
-    emit({"type": "metric", "name": "perplexity_after", "value": pruned_ppl})
+    for name, value in pruned_quality.items():
+        emit({"type": "metric", "name": f"{name}_after", "value": value})
 
     emit({"type": "stage", "stage": "export"})
     out_dir = Path(spec.out_dir)
@@ -108,12 +113,22 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     report = _report(spec, loaded.precision, device, model_dir, out_dir, space, result.keep,
                      result.importance, {**result.details, "compensation": compensation if shifts else "none"},
                      monitor, runner,
-                     {"before": dense_ppl, "after": pruned_ppl, "eval_source": data.eval_source,
+                     {"before": dense_quality, "after": pruned_quality, "eval_source": data.eval_source,
                       "eval_tokens": int(data.evaluation.numel())},
-                     {"before": dense_calib, "after": pruned_calib})
+                     {"objective": runner.name, "before": dense_calib, "after": pruned_calib})
     (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     emit({"type": "stage", "stage": "done"})
     return report
+
+
+def _refuse_unsafe_input(model_dir: Path, out_dir: Path) -> None:
+    if out_dir.resolve() == model_dir.resolve():
+        raise UsageError("the output directory must not be the input model's: the export would overwrite it")
+    if "fwdprune_layers" in json.loads((model_dir / "config.json").read_text()):
+        raise UnsupportedModelError(
+            "this checkpoint has per-layer widths from an earlier global pruning; re-pruning it is not "
+            "supported: prune the original model, or an earlier --uniform output"
+        )
 
 
 def _default_block(intermediate: int) -> int:
@@ -123,20 +138,23 @@ def _default_block(intermediate: int) -> int:
 
 
 def count_checkpoint_params(model_dir: Path) -> int:
-    """Parameters stored in a checkpoint, from the safetensors headers alone."""
+    """Parameters stored in a checkpoint, from the safetensors headers alone (integer buffers such as
+    BERT's position_ids are not parameters)."""
     reader = CheckpointReader(model_dir)
     total = 0
     for shard in reader.shards:
         with safe_open(model_dir / shard, framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118
-                total += math.prod(handle.get_slice(name).get_shape())
+                tensor = handle.get_slice(name)
+                if tensor.get_dtype() in FLOAT_DTYPES:
+                    total += math.prod(tensor.get_shape())
     return total
 
 
 def _report(spec: PruneSpec, precision: str, device: torch.device, model_dir: Path, out_dir: Path,
             space: UnitSpace, keep: torch.Tensor, importance: torch.Tensor, details: dict[str, Any],
-            monitor: StageMonitor, runner: LossRunner, perplexity: dict[str, Any],
-            calibration_loss: dict[str, float]) -> dict[str, Any]:
+            monitor: StageMonitor, runner: Objective, quality: dict[str, Any],
+            calibration_loss: dict[str, Any]) -> dict[str, Any]:
     prunable_before = int(space.params.sum())
     prunable_after = int(space.params[keep].sum())
     shapes = space.kept_shapes(keep)
@@ -169,7 +187,10 @@ def _report(spec: PruneSpec, precision: str, device: torch.device, model_dir: Pa
             {"layer": i, "num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
              "intermediate_size": s.intermediate} for i, s in enumerate(shapes)
         ],
-        "perplexity": perplexity,
+        # one entry per quality figure (perplexity for causal LMs, embedding_cosine for encoders)
+        **{name: {"before": quality["before"][name], "after": quality["after"][name],
+                  "eval_source": quality["eval_source"], "eval_tokens": quality["eval_tokens"]}
+           for name in quality["after"]},
         "calibration_loss": calibration_loss,
         **monitor.summary(),
         "forward_passes": runner.counter.passes,

@@ -29,6 +29,8 @@ def add_prune_command(subparsers: Any) -> None:
     parser.add_argument("--num-samples", type=int, default=32, help="calibration sequences")
     parser.add_argument("--eval-samples", type=int, default=16, help="held-out sequences")
     parser.add_argument("--mlp-block", type=int, help="MLP channels per unit (default by model size)")
+    parser.add_argument("--objective", choices=["lm", "distill"],
+                        help="lm: next-token loss (causal LMs); distill: distance to the dense model")
     parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias"],
                         help="bias: add the removed channels' mean output to the output bias (llama, qwen3)")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,19 +59,19 @@ def run_prune(args: argparse.Namespace) -> int:
             model=args.model, data=args.data, sparsity=args.sparsity, out_dir=args.out, method=args.method,
             precision=args.precision, device=args.device, uniform=args.uniform, eval_data=args.eval_data,
             seq_len=args.seq_len, num_samples=args.num_samples, eval_samples=args.eval_samples,
-            mlp_block=args.mlp_block, compensate=args.compensate, seed=args.seed,
+            mlp_block=args.mlp_block, objective=args.objective, compensate=args.compensate, seed=args.seed,
             options=_parse_options(args.option),
         )
     except ValidationError as err:
         print(f"error: invalid settings\n{err}", file=sys.stderr)
         return 2
     from pruning.api import prune  # torch is imported only when pruning actually runs
-    from pruning.errors import DataError, ModelNotFoundError, UnsupportedModelError
+    from pruning.errors import DataError, ModelNotFoundError, UnsupportedModelError, UsageError
 
     progress = ProgressPrinter(enabled=not args.quiet)
     try:
         report = prune(spec, on_event=progress)
-    except (DataError, ModelNotFoundError, UnsupportedModelError) as err:
+    except (DataError, ModelNotFoundError, UnsupportedModelError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
@@ -108,13 +110,14 @@ class ProgressPrinter:
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    params, ppl = report["params"], report["perplexity"]
+    params = report["params"]
+    quality = [(name, report[name]) for name in ("perplexity", "embedding_cosine") if name in report]
     rows = [
         ("", "before", "after"),
         ("parameters (total)", f"{params['total_before']:,}", f"{params['total_after']:,}"),
         ("parameters (prunable)", f"{params['prunable_before']:,}", f"{params['prunable_after']:,}"),
-        (f"perplexity ({ppl['eval_source']})", f"{ppl['before']:.3f}", f"{ppl['after']:.3f}"),
-        ("calibration loss", f"{report['calibration_loss']['before']:.4f}",
+        *[(f"{name} ({q['eval_source']})", f"{q['before']:.4f}", f"{q['after']:.4f}") for name, q in quality],
+        (f"calibration loss ({report['calibration_loss']['objective']})", f"{report['calibration_loss']['before']:.4f}",
          f"{report['calibration_loss']['after']:.4f}"),
     ]
     width = [max(len(r[i]) for r in rows) for i in range(3)]

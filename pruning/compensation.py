@@ -70,7 +70,8 @@ def bias_replacements(ctx: ScoringContext, shifts: dict[int, torch.Tensor]) -> t
         name = ctx.module_name(group.module)
         parent = name.rsplit(".", 1)[0]
         switch, siblings = ctx.adapter.bias_switches[group.kind]
-        config[switch] = True
+        if switch is not None:
+            config[switch] = True
         stored = ctx.checkpoint.find(name + ".bias")
         dtype = ctx.checkpoint.get(ctx.checkpoint.find(name + ".weight") or name + ".weight").dtype
         base = ctx.checkpoint.get(stored).double() if stored else 0.0

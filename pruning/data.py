@@ -48,15 +48,24 @@ def _read_jsonl(raw: str, name: str) -> list[str]:
     return texts
 
 
-def pack_tokens(texts: list[str], tokenizer: Any, seq_len: int) -> torch.Tensor:
-    """Tokenize documents, join them with EOS and cut into [n, seq_len] sequences (the tail is dropped)."""
+def pack_tokens(texts: list[str], tokenizer: Any, seq_len: int, wrap: bool = False) -> torch.Tensor:
+    """Tokenize documents, join them with EOS and cut into [n, seq_len] sequences (the tail is dropped).
+
+    wrap: encoders see each chunk as [CLS] chunk [SEP], as in pretraining, so chunks are 2 shorter.
+    """
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     for text in texts:
         stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         stream.extend(separator)
-    usable = len(stream) // seq_len * seq_len
-    return torch.tensor(stream[:usable], dtype=torch.long).view(-1, seq_len)
+    if not wrap:
+        usable = len(stream) // seq_len * seq_len
+        return torch.tensor(stream[:usable], dtype=torch.long).view(-1, seq_len)
+    width = seq_len - 2
+    chunks = torch.tensor(stream[: len(stream) // width * width], dtype=torch.long).view(-1, width)
+    cls = torch.full((chunks.shape[0], 1), tokenizer.cls_token_id, dtype=torch.long)
+    sep = torch.full((chunks.shape[0], 1), tokenizer.sep_token_id, dtype=torch.long)
+    return torch.cat([cls, chunks, sep], dim=1)
 
 
 @dataclass
@@ -73,9 +82,10 @@ def load_calibration(
     num_samples: int,
     eval_samples: int,
     eval_data: Path | None = None,
+    wrap: bool = False,
 ) -> CalibrationSet:
     """Pack `data` into calibration sequences; evaluate on `eval_data`, else on the tail of `data`."""
-    packed = pack_tokens(read_texts(data), tokenizer, seq_len)
+    packed = pack_tokens(read_texts(data), tokenizer, seq_len, wrap)
     held_out = 0 if eval_data is not None else eval_samples
     needed = num_samples + held_out
     if packed.shape[0] < needed:
@@ -88,7 +98,7 @@ def load_calibration(
     if eval_data is None:
         # the tail, never overlapping the calibration sequences
         return CalibrationSet(calibration, packed[packed.shape[0] - held_out :], "held-out")
-    evaluation = pack_tokens(read_texts(eval_data), tokenizer, seq_len)
+    evaluation = pack_tokens(read_texts(eval_data), tokenizer, seq_len, wrap)
     if evaluation.shape[0] == 0:
         raise DataError(f"{Path(eval_data).name} has fewer than {seq_len} tokens")
     return CalibrationSet(calibration, evaluation[:eval_samples], Path(eval_data).name)

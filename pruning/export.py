@@ -98,9 +98,10 @@ def _write_config(model_dir: Path, out_dir: Path, adapter: FamilyAdapter, shapes
     config = json.loads((model_dir / "config.json").read_text())
     config = adapter.shrink_config(config, shapes, uniform)
     config.update(updates or {})
-    if not uniform:
+    if "fwdprune_layers" in config:
         class_name = modeling_fwdprune.PRUNED_CLASSES[config["model_type"]]
-        config["auto_map"] = {"AutoModelForCausalLM": f"modeling_fwdprune.{class_name}"}
+        auto = "AutoModelForCausalLM" if adapter.causal_lm else "AutoModel"
+        config["auto_map"] = {auto: f"modeling_fwdprune.{class_name}"}
         config["architectures"] = [class_name]
         shutil.copyfile(modeling_fwdprune.__file__, out_dir / MODELING_FILE)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -121,11 +122,12 @@ def _copy_side_files(model_dir: Path, out_dir: Path) -> None:
 
 def load_pruned(out_dir: str | Path, **kwargs: Any) -> Any:
     """Load a checkpoint written by `export_pruned`, uniform or not, without trust_remote_code."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     out_dir = Path(out_dir)
     config = AutoConfig.from_pretrained(out_dir)
     if getattr(config, "fwdprune_layers", None):
         model_class = getattr(modeling_fwdprune, modeling_fwdprune.PRUNED_CLASSES[config.model_type])
         return model_class.from_pretrained(out_dir, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(out_dir, **kwargs)
+    causal = any(name.endswith("ForCausalLM") for name in getattr(config, "architectures", None) or [])
+    return (AutoModelForCausalLM if causal else AutoModel).from_pretrained(out_dir, **kwargs)

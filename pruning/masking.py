@@ -39,6 +39,15 @@ class UnitMasks:
     def clear(self) -> None:
         self._channel_masks = {}
 
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The dense model for the duration (for reference outputs), then the masks as they were."""
+        saved, self._channel_masks = self._channel_masks, {}
+        try:
+            yield
+        finally:
+            self._channel_masks = saved
+
     def _hook(self, group: UnitGroup):  # type: ignore[no-untyped-def]
         def scale_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
             mask = self._channel_masks.get(id(group))

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+from transformers import (
+    BertModel,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2ForCausalLM,
+    Qwen3ForCausalLM,
+    RobertaModel,
+)
 
 
 class _OutputBias(nn.Module):
@@ -86,6 +93,46 @@ def shrink_layers(model: nn.Module, config: Any) -> None:
             mlp.down_proj = _resize(mlp.down_proj, inter, hidden)
 
 
+class EmptySelfAttention(nn.Module):
+    """An encoder layer's self-attention with no heads left: a zero-width output, so the output
+    projection (now 0 → hidden) adds only its bias before the residual LayerNorm."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
+        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
+
+
+def shrink_encoder_layers(model: nn.Module, config: Any) -> None:
+    """Resize every BERT-style encoder layer to `config.fwdprune_layers`; zero widths are allowed."""
+    hidden = config.hidden_size
+    layers: Any = model.encoder.layer  # type: ignore[union-attr]
+    for layer, widths in zip(layers, config.fwdprune_layers, strict=True):
+        heads, inter = widths["num_attention_heads"], widths["intermediate_size"]
+        attention = layer.attention
+        head_size = attention.self.attention_head_size
+        if heads == 0:
+            attention.self = EmptySelfAttention()
+        else:
+            for name in ("query", "key", "value"):
+                setattr(attention.self, name, _resize(getattr(attention.self, name), hidden, heads * head_size))
+            attention.self.num_attention_heads = heads
+            attention.self.all_head_size = heads * head_size
+        attention.output.dense = _resize(attention.output.dense, heads * head_size, hidden)
+        layer.intermediate.dense = _resize(layer.intermediate.dense, hidden, inter)
+        layer.output.dense = _resize(layer.output.dense, inter, hidden)
+
+
+class FwdPrunedBertModel(BertModel):
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        shrink_encoder_layers(self, config)
+
+
+class FwdPrunedRobertaModel(RobertaModel):
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        shrink_encoder_layers(self, config)
+
+
 class FwdPrunedLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -116,4 +163,6 @@ PRUNED_CLASSES = {
     "mistral": "FwdPrunedMistralForCausalLM",
     "qwen2": "FwdPrunedQwen2ForCausalLM",
     "qwen3": "FwdPrunedQwen3ForCausalLM",
+    "bert": "FwdPrunedBertModel",
+    "roberta": "FwdPrunedRobertaModel",
 }

@@ -22,6 +22,8 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "mistral": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "bert": "bert",
+    "roberta": "bert",
 }
 
 
@@ -76,6 +78,7 @@ METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
 
 Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias"]
+Objective = Literal["lm", "distill"]
 
 
 class PruneSpec(BaseModel):
@@ -96,6 +99,9 @@ class PruneSpec(BaseModel):
     num_samples: int = Field(32, ge=1, le=100000, description="calibration sequences used for scoring")
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
     mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
+    objective: Objective | None = Field(
+        None, description="lm: next-token loss (default for causal LMs); distill: distance to the dense model"
+    )
     compensate: Compensation = Field(
         "auto", description="bias: add removed channels' mean output to the output bias; auto: the method's own"
     )

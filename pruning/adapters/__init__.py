@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pruning.adapters.base import FamilyAdapter, LayerShape
+from pruning.adapters.bert import BertAdapter
 from pruning.adapters.llama import LlamaAdapter, MistralAdapter
 from pruning.adapters.qwen import Qwen2Adapter, Qwen3Adapter
 from pruning.spec import SUPPORTED_MODEL_TYPES, UnsupportedModelError
 
 _ADAPTERS: dict[str, FamilyAdapter] = {
-    adapter.name: adapter for adapter in (LlamaAdapter(), MistralAdapter(), Qwen2Adapter(), Qwen3Adapter())
+    adapter.name: adapter for adapter in (LlamaAdapter(), MistralAdapter(), Qwen2Adapter(), Qwen3Adapter(), BertAdapter())
 }
 
 

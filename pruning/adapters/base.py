@@ -62,14 +62,21 @@ class FamilyAdapter:
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     )
     causal_lm: ClassVar[bool] = True
+    stock_uniform: ClassVar[bool] = True  # can equal widths be written as a stock config?
     # unit kind -> (config switch that gives its output projection a bias, sibling projections the
     # switch also gives a bias); empty where the stock config has no such switch
-    bias_switches: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+    # (None: the projection is always biased)
+    bias_switches: ClassVar[dict[str, tuple[str | None, tuple[str, ...]]]] = {}
 
     def bias_kinds(self) -> set[str]:
         return set(self.bias_switches)
 
     # -- model structure ---------------------------------------------------------------------
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.model.layers)  # type: ignore[union-attr,arg-type]
 

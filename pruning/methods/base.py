@@ -14,7 +14,7 @@ import torch
 
 from pruning.adapters.base import FamilyAdapter
 from pruning.checkpoint import CheckpointReader
-from pruning.evaluation import LossRunner
+from pruning.evaluation import Objective
 from pruning.masking import ChannelEnergy, UnitMasks
 from pruning.scoring.prior import column_norms, unit_activation_scores
 from pruning.selection import select_global, select_uniform
@@ -35,7 +35,7 @@ class ScoringContext:
     adapter: FamilyAdapter
     space: UnitSpace
     masks: UnitMasks  # installed on the model for the whole scoring stage
-    runner: LossRunner
+    runner: Objective
     calibration: torch.Tensor  # [N, T] token ids
     checkpoint: CheckpointReader
     uniform: bool
@@ -71,7 +71,7 @@ class ScoringContext:
         energy = ChannelEnergy(self.space, before_masks=before_masks)
         with energy.installed():
             for start in range(0, self.calibration.shape[0], self.batch_size):
-                self.runner.token_nll(self.calibration[start : start + self.batch_size])
+                self.runner.run(self.calibration[start : start + self.batch_size])
         return energy
 
     def activation_prior(self, keep: torch.Tensor) -> torch.Tensor:

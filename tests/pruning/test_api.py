@@ -1,81 +1,211 @@
+"""`pruning.prune` end to end on tiny checkpoints: report, determinism, every method, int8, refusals."""
+
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+import torch.nn.functional as F
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import pruning.api
 from pruning import PruneSpec, load_pruned, prune
+from pruning.data import load_calibration
+from pruning.masking import UnitMasks
 from pruning.methods import METHODS
 from pruning.spec import UnsupportedModelError
 
-SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu",
-             options=dict(rounds=2, samples_per_round=16, scoring_sequences=2, masks_per_forward=8))
+CPU = torch.device("cpu")
+BONSAI = dict(rounds=2, samples_per_round=16, scoring_sequences=2, masks_per_forward=8)
+SMALL: dict[str, Any] = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
 
 
-def run(model: Path, data: Path, out: Path, **overrides) -> dict:  # type: ignore[no-untyped-def]
-    fields = {**SMALL, **overrides}
-    if fields.get("method", "bonsai") != "bonsai":
-        fields["options"] = {}
-    return prune(PruneSpec(model=str(model), data=data, sparsity=fields.pop("sparsity", 0.4), out_dir=out,
-                           **fields))
+def run(model: Path, data: Path, out: Path, on_event: Any = None, **overrides: Any) -> dict[str, Any]:
+    fields = {**SMALL, "sparsity": 0.4, **overrides}
+    if fields.get("method", "bonsai") == "bonsai":
+        fields.setdefault("options", BONSAI)
+    return prune(PruneSpec(model=str(model), data=data, out_dir=out, **fields), on_event=on_event)
 
 
-def test_report_and_checkpoint(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path) -> None:
-    events: list[dict] = []
-    report = prune(PruneSpec(model=str(tiny_models["llama"]), data=calibration_file, sparsity=0.4,
-                             out_dir=tmp_path / "out", **SMALL), on_event=events.append)
-    assert json.loads((tmp_path / "out" / "pruning_report.json").read_text()) == report
-    sparsity = report["sparsity"]
+def keep_of(report: dict[str, Any]) -> torch.Tensor:
+    return torch.tensor([u["kept"] for u in report["units"]])
+
+
+def compact_perplexity(out: Path, calibration_file: Path) -> float:
+    """Perplexity of the exported checkpoint on the same held-out sequences the report used, computed
+    here from plain logits (exp of the mean next-token NLL over all evaluation tokens)."""
+    model = load_pruned(out, dtype=torch.float32)
+    ids = load_calibration(AutoTokenizer.from_pretrained(out), calibration_file, 32, 8, 4).evaluation
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return math.exp(float(nll.double().mean()))
+
+
+@pytest.fixture(scope="module")
+def bonsai_run(tiny_llama: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("bonsai") / "out"
+    events: list[dict[str, Any]] = []
+    report = run(tiny_llama, calibration_file, out, on_event=events.append)
+    return report, out, events
+
+
+def test_report_contents(bonsai_run, llama_fp32) -> None:  # type: ignore[no-untyped-def]
+    report, out, _ = bonsai_run
+    _, _, space = llama_fp32
+    assert json.loads((out / "pruning_report.json").read_text()) == report
+    assert {"params", "sparsity", "perplexity", "calibration_loss", "stage_s", "total_s", "forward_passes",
+            "forward_tokens", "units", "layers", "method_details", "settings"} <= set(report)
+    assert (report["method"], report["precision"], report["device"], report["uniform"]) == (
+        "bonsai", "fp32", "cpu", False)
+    sparsity, params = report["sparsity"], report["params"]
+    assert sparsity["target"] == 0.4
+    assert sparsity["max_unit_fraction"] == pytest.approx(6144 / float(space.params.sum()))
     assert abs(sparsity["achieved"] - 0.4) <= sparsity["max_unit_fraction"]
-    params = report["params"]
+    keep = keep_of(report)
+    assert params["prunable_before"] == int(space.params.sum())
+    assert params["prunable_after"] == int(space.params[keep].sum())
     assert params["prunable_before"] - params["prunable_after"] == pytest.approx(
         sparsity["achieved"] * params["prunable_before"])
-    compact = load_pruned(tmp_path / "out")
-    assert sum(p.numel() for p in compact.parameters()) == params["total_after"]
-    assert math.isfinite(report["perplexity"]["before"]) and math.isfinite(report["perplexity"]["after"])
+    assert params["total_before"] - params["total_after"] == params["prunable_before"] - params["prunable_after"]
+    ppl = report["perplexity"]
+    assert math.isfinite(ppl["before"]) and math.isfinite(ppl["after"]) and ppl["before"] > 1.0
+    assert ppl["eval_source"] == "held-out" and ppl["eval_tokens"] == 4 * 32
+    assert set(report["stage_s"]) >= {"load", "data", "evaluate_dense", "scoring", "evaluate_pruned", "export"}
+    assert all(v >= 0 for v in report["stage_s"].values())
     assert report["forward_tokens"] > 0 and report["forward_passes"] > 0
-    assert set(report["stage_s"]) >= {"load", "data", "scoring", "export"}
-    assert len(report["units"]) == sum(1 for _ in report["units"]) and "importance" in report["units"][0]
+    # 2 rounds x 16 sub-models on 2 sequences of 32, plus activation passes and evaluations
+    assert report["forward_tokens"] >= 2 * 16 * 2 * 32
+    units = report["units"]
+    assert len(units) == space.size == 100
+    assert [u["kind"] for u in units[:3]] == ["attn", "attn", "mlp"]
+    assert [(u["layer"], u["index"]) for u in units[49:53]] == [(0, 47), (1, 0), (1, 1), (1, 0)]
+    assert all(math.isfinite(u["importance"]) for u in units)
+    assert len({u["importance"] for u in units}) > 10  # estimated, not constant
     assert len(report["method_details"]["rounds"]) == 2
+    assert [(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]] == [
+        (s.num_kv_heads, s.intermediate) for s in space.kept_shapes(keep)]
+
+
+def test_events(bonsai_run) -> None:  # type: ignore[no-untyped-def]
+    _, _, events = bonsai_run
     stages = [e["stage"] for e in events if e["type"] == "stage"]
-    assert stages[0] == "load" and stages[-1] == "done"
+    assert stages[0] == "load" and stages[-1] == "done" and "scoring" in stages and "export" in stages
     progress = [e for e in events if e["type"] == "progress"]
-    assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["rounds"] == 2
+    assert len(progress) == 2 * 16 // 8  # one per forward of 8 sub-models
+    assert progress[-1]["fraction"] == 1.0 and progress[-1]["rounds"] == 2
+    metrics = {e["name"] for e in events if e["type"] == "metric"}
+    assert metrics == {"perplexity_before", "perplexity_after"}
 
 
-def test_same_seed_same_result(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path) -> None:
-    first = run(tiny_models["qwen2"], calibration_file, tmp_path / "a")
-    second = run(tiny_models["qwen2"], calibration_file, tmp_path / "b")
+def test_exported_checkpoint_computes_the_reported_perplexity(bonsai_run, calibration_file: Path) -> None:  # type: ignore[no-untyped-def]
+    report, out, _ = bonsai_run
+    assert compact_perplexity(out, calibration_file) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    compact = load_pruned(out)
+    assert sum(p.numel() for p in compact.parameters()) == report["params"]["total_after"]
+
+
+def test_same_seed_same_result(bonsai_run, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first, _, _ = bonsai_run
+    second = run(tiny_llama, calibration_file, tmp_path / "again")
     assert [u["kept"] for u in first["units"]] == [u["kept"] for u in second["units"]]
-    assert first["perplexity"]["after"] == second["perplexity"]["after"]
+    assert [u["importance"] for u in first["units"]] == [u["importance"] for u in second["units"]]
+    assert first["perplexity"] == second["perplexity"]
+    other = run(tiny_llama, calibration_file, tmp_path / "seed1", seed=1)
+    assert [u["importance"] for u in first["units"]] != [u["importance"] for u in other["units"]]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_uniform(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path,
-                              method: str) -> None:
-    report = run(tiny_models["mistral"], calibration_file, tmp_path / method, method=method, uniform=True)
-    widths = {(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]}
-    assert len(widths) == 1
-    AutoModelForCausalLM.from_pretrained(tmp_path / method)  # stock config, no remote code
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
+def test_every_method(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path, method: str,
+                      uniform: bool) -> None:
+    family = "llama"
+    out = tmp_path / method
+    report = run(tiny_models[family], calibration_file, out, method=method, uniform=uniform)
+    assert report["method"] == method
+    keep = keep_of(report)
+    assert 0 < int((~keep).sum()) < keep.numel()
+    assert math.isfinite(report["perplexity"]["after"])
+    if uniform:
+        widths = {(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]}
+        assert len(widths) == 1
+        AutoModelForCausalLM.from_pretrained(out)  # stock config, no remote code
+        assert not (out / "modeling_fwdprune.py").exists()
+    else:
+        assert abs(report["sparsity"]["achieved"] - 0.4) <= report["sparsity"]["max_unit_fraction"]
+    # the checkpoint computes what the masked (and, for flap, bias-compensated) model was scored as
+    assert compact_perplexity(out, calibration_file) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    expected_compensation = "bias" if METHODS[method].default_compensation == "bias" else "none"
+    assert report["compensation"] == expected_compensation
 
 
-def test_int8_on_cpu_close_to_fp32(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path) -> None:
-    report = run(tiny_models["llama"], calibration_file, tmp_path / "int8", precision="int8")
-    assert report["precision"] == "int8"
+@pytest.mark.parametrize("family", ["qwen3", "mistral"])
+def test_bias_compensation_per_family(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path,
+                                      family: str) -> None:
+    events: list[dict[str, Any]] = []
+    report = run(tiny_models[family], calibration_file, tmp_path / "o", on_event=events.append, method="flap",
+                 compensate="bias")
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    if family == "mistral":  # no bias switch in the stock config
+        assert report["compensation"] == "none" and warnings and "cannot carry output biases" in warnings[0]
+    else:
+        assert report["compensation"] == "bias" and not warnings
+    got = compact_perplexity(tmp_path / "o", calibration_file)
+    assert got == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+
+
+def test_int8_on_cpu(llama_fp32, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, _, space = llama_fp32
+    report = run(tiny_llama, calibration_file, tmp_path / "int8", precision="int8")
+    assert report["precision"] == "int8" and report["device"] == "cpu"
+    assert abs(report["sparsity"]["achieved"] - 0.4) <= report["sparsity"]["max_unit_fraction"]
+    keep = keep_of(report)
     compact = load_pruned(tmp_path / "int8", dtype=torch.float32)
-    ids = torch.randint(0, 320, (1, 16))
-    assert torch.isfinite(compact(ids).logits).all()
-    # int8 scoring perturbs losses only slightly: perplexities agree within a few percent
-    fp32 = run(tiny_models["llama"], calibration_file, tmp_path / "fp32")
-    assert report["perplexity"]["before"] == pytest.approx(fp32["perplexity"]["before"], rel=0.05)
+    ids = torch.randint(1, 320, (2, 16), generator=torch.Generator().manual_seed(0))
+    masks = UnitMasks(space)
+    with torch.no_grad():
+        with masks.installed():
+            masks.set(keep.double())
+            masked = model(ids).logits
+        logits = compact(ids).logits
+    # the export slices the original weights, so it matches the fp32 masked model; int8 only chose units
+    assert torch.allclose(logits, masked, atol=1e-3, rtol=0)
+    # and the int8 masked model's perplexity (in the report) is close to the compact model's
+    fp32_ppl = compact_perplexity(tmp_path / "int8", calibration_file)
+    assert report["perplexity"]["after"] == pytest.approx(fp32_ppl, rel=0.1)
 
 
-def test_unsupported_architecture_refused_before_loading(tmp_path: Path, calibration_file: Path) -> None:
+def test_unsupported_architecture_refused_before_loading(tmp_path: Path, calibration_file: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(pruning.api, "load_model", fail)
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(UnsupportedModelError, match="supported model types: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported model types: .*llama"):
         prune(model=str(tmp_path / "gpt2"), data=calibration_file, sparsity=0.3, out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(sparsity=0.0), "sparsity"),
+        (dict(sparsity=0.95), "sparsity"),
+        (dict(options={"rounds": 0}), "rounds"),
+        (dict(options={"no_such": 1}), "no_such"),
+        (dict(method="random", options={"rounds": 2}), "rounds"),
+        (dict(method="magnitude"), "method"),
+        (dict(seq_len=4), "seq_len"),
+    ],
+)
+def test_spec_validation(fields: dict[str, Any], message: str, tmp_path: Path) -> None:
+    base = dict(model="m", data=tmp_path / "d.jsonl", sparsity=0.3, out_dir=tmp_path / "o")
+    with pytest.raises(ValidationError, match=message):
+        PruneSpec(**{**base, **fields})

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -12,26 +16,56 @@ def fwdprune(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, timeout=300)
 
 
-def test_prune_prints_summary(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path) -> None:
-    result = fwdprune("prune", "--model", str(tiny_models["qwen3"]), "--data", str(calibration_file),
-                      "--sparsity", "0.3", "--out", str(tmp_path / "out"), "--seq-len", "32",
-                      "--num-samples", "8", "--eval-samples", "4", "--quiet",
-                      "-o", "rounds=1", "-o", "samples_per_round=8", "-o", "scoring_sequences=2")
+def test_prune_prints_the_summary_table(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = fwdprune("prune", "--model", str(tiny_llama), "--data", str(calibration_file),
+                      "--sparsity", "0.3", "--out", str(out), "--seq-len", "32", "--precision", "fp32",
+                      "--device", "cpu", "--num-samples", "8", "--eval-samples", "4",
+                      "-o", "rounds=2", "-o", "samples_per_round=16", "-o", "scoring_sequences=2",
+                      "-o", "masks_per_forward=8")
     assert result.returncode == 0, result.stderr
-    assert "parameters (prunable)" in result.stdout and "achieved 0.3" in result.stdout
-    assert (tmp_path / "out" / "pruning_report.json").is_file()
+    assert "Traceback" not in result.stderr
+    assert "[fwdprune] load" in result.stderr and "[fwdprune] done" in result.stderr
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["settings"]["options"]["rounds"] == 2 and report["settings"]["options"]["masks_per_forward"] == 8
+    lines = result.stdout.splitlines()
+    assert re.match(r"\s+before\s+after\s*$", lines[0])
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line.split()[-2:] for line in lines[1:5]}
+    params = report["params"]
+    assert rows["parameters (total)"] == [f"{params['total_before']:,}", f"{params['total_after']:,}"]
+    assert rows["parameters (prunable)"] == [f"{params['prunable_before']:,}", f"{params['prunable_after']:,}"]
+    ppl = report["perplexity"]
+    before, after = (float(x) for x in rows["perplexity (held-out)"])
+    assert before == pytest.approx(ppl["before"], abs=1e-3) and after == pytest.approx(ppl["after"], abs=1e-3)
+    loss = next(v for k, v in rows.items() if k.startswith("calibration loss"))
+    assert float(loss[0]) == pytest.approx(report["calibration_loss"]["before"], abs=1e-4)
+    assert f"sparsity: target 0.300, achieved {report['sparsity']['achieved']:.4f} | method bonsai | fp32 on cpu" \
+        in lines[5]
+    widths = ", ".join(f"{la['num_key_value_heads']}/{la['num_attention_heads']}/{la['intermediate_size']}"
+                       for la in report["layers"])
+    assert lines[6] == f"kept per layer (kv groups / heads / MLP channels): {widths}"
+    assert lines[7] == f"report: {out / 'pruning_report.json'}"
 
 
-def test_bad_data_exits_2_without_traceback(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_data_exits_2_with_a_clear_error(tiny_llama: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"content": "no text field"}\n')
-    result = fwdprune("prune", "--model", str(tiny_models["llama"]), "--data", str(bad), "--sparsity", "0.3",
-                      "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    result = fwdprune("prune", "--model", str(tiny_llama), "--data", str(bad), "--sparsity", "0.3",
+                      "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "error: bad.jsonl line 1: expected an object with a string `text` field" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
-def test_bad_option_exits_2(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path) -> None:
-    result = fwdprune("prune", "--model", str(tiny_models["llama"]), "--data", str(calibration_file),
+def test_unsupported_model_and_bad_option_exit_2(calibration_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    result = fwdprune("prune", "--model", str(tmp_path / "gpt2"), "--data", str(calibration_file),
+                      "--sparsity", "0.3", "--out", str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 2 and "error: model_type 'gpt2' is not supported" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = fwdprune("prune", "--model", str(tmp_path / "gpt2"), "--data", str(calibration_file),
                       "--sparsity", "0.3", "--out", str(tmp_path / "out"), "-o", "no_such_option=1")
-    assert result.returncode == 2 and "no_such_option" in result.stderr
+    assert result.returncode == 2 and "error: invalid settings" in result.stderr
+    assert "no_such_option" in result.stderr and "Traceback" not in result.stderr

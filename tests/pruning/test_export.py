@@ -1,4 +1,4 @@
-"""Exactness: the compact checkpoint computes exactly what the masked model computes."""
+"""Exactness: the compact checkpoint computes exactly what the masked fp32 model computes."""
 
 from __future__ import annotations
 
@@ -7,80 +7,145 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
+import pruning
 from pruning.adapters import adapter_for
-from pruning.export import export_pruned, load_pruned
+from pruning.api import count_checkpoint_params
+from pruning.export import export_pruned
 from pruning.loading import load_model
 from pruning.masking import UnitMasks
 from pruning.units import UnitSpace, build_unit_space
-from tests.tiny import FAMILY_CONFIGS
+from tests.pruning.conftest import FAMILIES
 
 CPU = torch.device("cpu")
 
 
 def uniform_keep(space: UnitSpace, kv_keep: int, mlp_drop: int) -> torch.Tensor:
+    """Every layer keeps `kv_keep` KV groups (different ones per layer) and loses `mlp_drop` MLP units."""
     keep = torch.ones(space.size, dtype=torch.bool)
     for layer in range(space.num_layers):
         attn, mlp = space.group_of(layer, "attn"), space.group_of(layer, "mlp")
-        dropped_groups = torch.randperm(attn.count, generator=torch.Generator().manual_seed(layer))
-        keep[attn.offset + dropped_groups[kv_keep:]] = False
-        keep[mlp.offset + torch.arange(layer, layer + mlp_drop)] = False
+        order = torch.randperm(attn.count, generator=torch.Generator().manual_seed(layer + 1))
+        keep[attn.offset + order[kv_keep:]] = False
+        dropped = torch.randperm(mlp.count, generator=torch.Generator().manual_seed(10 + layer))[:mlp_drop]
+        keep[mlp.offset + dropped] = False
     return keep
 
 
 def global_keep(space: UnitSpace) -> torch.Tensor:
+    """Unequal widths: layer 0 loses ALL attention and some MLP, layer 1 ALL MLP and one KV group."""
     keep = torch.rand(space.size, generator=torch.Generator().manual_seed(3)) > 0.4
-    keep[space.slice(space.group_of(0, "attn"))] = False  # layer 0 loses all attention
-    keep[space.slice(space.group_of(1, "mlp"))] = False  # layer 1 loses all MLP
-    keep[space.slice(space.group_of(1, "attn"))] = True
+    keep[space.slice(space.group_of(0, "attn"))] = False
+    keep[space.slice(space.group_of(1, "mlp"))] = False
+    attn1 = space.group_of(1, "attn")
+    keep[space.slice(attn1)] = True
+    keep[attn1.offset + 1] = False
+    assert bool(keep[space.slice(space.group_of(0, "mlp"))].any())
     return keep
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def extra_removed(family: str, space: UnitSpace, keep: torch.Tensor) -> int:
+    """Parameters removed beyond the units' projection weights: q/k/v biases (qwen2), q/k norms of an
+    emptied attention block (qwen3)."""
+    extra = 0
+    for layer in range(space.num_layers):
+        attn = space.group_of(layer, "attn")
+        gone = int((~keep[space.slice(attn)]).sum())
+        if family == "qwen2":
+            extra += gone * (space.group_size[layer] + 2) * space.head_dim
+        if family == "qwen3" and gone == attn.count:
+            extra += 2 * space.head_dim
+    return extra
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
 def test_compact_model_matches_masked_model(tiny_models: dict[str, Path], tmp_path: Path, family: str,
                                             uniform: bool) -> None:
-    loaded = load_model(tiny_models[family], "fp32", CPU)
+    source = tiny_models[family]
+    loaded = load_model(source, "fp32", CPU)
     adapter = adapter_for(loaded.model.config.model_type)
     space = build_unit_space(loaded.model, adapter, None)
-    keep = uniform_keep(space, 1, 5) if uniform else global_keep(space)
-    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+    if uniform:
+        kv = loaded.model.config.num_key_value_heads
+        allowed = adapter.uniform_kv_counts(loaded.model.config)
+        assert allowed == ([1, 2, 4] if kv == 4 else [1, 2])
+        keep = uniform_keep(space, max(c for c in allowed if c < kv), mlp_drop=5)
+    else:
+        keep = global_keep(space)
+    ids = torch.randint(1, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+    prompt = ids[:1, :6]
     masks = UnitMasks(space)
     with torch.no_grad(), masks.installed():
         masks.set(keep.double())
         expected = loaded.model(ids).logits
-        expected_tokens = loaded.model.generate(ids[:1, :6], max_new_tokens=6, do_sample=False)
+        expected_tokens = loaded.model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True,
+                                                pad_token_id=0)
+    assert not torch.allclose(expected, loaded.model(ids).logits, atol=1e-3)  # the masks matter
 
     out = tmp_path / "out"
-    export_pruned(tiny_models[family], out, adapter, space, keep, uniform)
+    config = export_pruned(source, out, adapter, space, keep, uniform)
+    written = json.loads((out / "config.json").read_text())
+    assert written == config
+    shapes = space.kept_shapes(keep)
     if uniform:
-        compact = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-        assert "auto_map" not in json.loads((out / "config.json").read_text())
+        assert "auto_map" not in written and "fwdprune_layers" not in written
+        assert not (out / "modeling_fwdprune.py").exists()
+        assert (written["num_attention_heads"], written["num_key_value_heads"], written["intermediate_size"]) == (
+            shapes[0].num_heads, shapes[0].num_kv_heads, shapes[0].intermediate)
+        compacts = [AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)]
     else:
-        compact = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True)
         assert (out / "modeling_fwdprune.py").is_file()
-    with torch.no_grad():
-        assert torch.allclose(compact(ids).logits, expected, atol=1e-5, rtol=1e-5)
-        assert torch.equal(compact.generate(ids[:1, :6], max_new_tokens=6, do_sample=False), expected_tokens)
-        if not uniform:
-            assert torch.allclose(load_pruned(out, dtype=torch.float32)(ids).logits, expected, atol=1e-5)
+        assert written["fwdprune_layers"][0]["num_key_value_heads"] == 0
+        assert written["fwdprune_layers"][1]["intermediate_size"] == 0
+        compacts = [AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True),
+                    pruning.load_pruned(out, dtype=torch.float32)]
+    for compact in compacts:
+        assert compact.dtype == torch.float32
+        with torch.no_grad():
+            logits = compact(ids).logits
+            assert logits.shape == expected.shape
+            assert torch.allclose(logits, expected, atol=1e-5, rtol=0), (logits - expected).abs().max()
+            tokens = compact.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        assert tokens.shape == (1, 14)
+        assert torch.equal(tokens, expected_tokens)
 
-    # parameter count: everything minus the removed units' weights (and biases / norms of emptied blocks)
-    removed = float(space.params[~keep].sum())
-    dense = sum(p.numel() for p in loaded.model.parameters())
-    compact_params = sum(p.numel() for p in compact.parameters())
-    assert dense - compact_params >= removed
-    assert dense - compact_params <= removed + 4 * loaded.model.config.hidden_size * space.num_layers
-    # shards keep the input's names; tokenizer travels
-    written = {p.name for p in out.glob("*.safetensors")}
-    assert written == {p.name for p in tiny_models[family].glob("*.safetensors")}
-    assert (out / "tokenizer.json").is_file()
+        # parameter count: dense minus exactly what the removed units account for
+        removed = int(space.params[~keep].sum()) + extra_removed(family, space, keep)
+        assert num_params(compact) == num_params(loaded.model) - removed
+        assert count_checkpoint_params(out) == num_params(compact)
+        layer_attn = compact.model.layers[1 if not uniform else 0].self_attn
+        assert layer_attn.o_proj.weight.shape == (64, shapes[1 if not uniform else 0].num_heads * 16)
+
+    # shards keep the input's names, the index points into them, the tokenizer travels unchanged
+    shard_names = sorted(p.name for p in source.glob("*.safetensors"))
+    assert len(shard_names) > 1
+    assert sorted(p.name for p in out.glob("*.safetensors")) == shard_names
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    for shard in shard_names:
+        with safe_open(out / shard, framework="pt") as handle:
+            assert sorted(handle.keys()) == sorted(n for n, s in index["weight_map"].items() if s == shard)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (source / name).read_bytes()
+    assert not (out / "pruning_report.json").exists()
 
 
-def test_uniform_export_refuses_unequal_widths(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    loaded = load_model(tiny_models["llama"], "fp32", CPU)
-    adapter = adapter_for("llama")
-    space = build_unit_space(loaded.model, adapter, None)
+def test_uniform_export_refuses_unequal_widths(llama_fp32, tiny_llama: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, adapter, space = llama_fp32
     with pytest.raises(ValueError, match="equal widths"):
-        export_pruned(tiny_models["llama"], tmp_path / "x", adapter, space, global_keep(space), True)
+        export_pruned(tiny_llama, tmp_path / "x", adapter, space, global_keep(space), True)
+
+
+def test_export_with_nothing_removed_is_the_original(llama_fp32, tiny_llama: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, adapter, space = llama_fp32
+    export_pruned(tiny_llama, tmp_path / "same", adapter, space, torch.ones(space.size, dtype=torch.bool), True)
+    compact = AutoModelForCausalLM.from_pretrained(tmp_path / "same", dtype=torch.float32)
+    ids = torch.randint(1, 320, (1, 12), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.equal(compact(ids).logits, model(ids).logits)
