@@ -99,3 +99,31 @@ def make_tiny_causal_lm(
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     save_tiny_tokenizer(out_dir)
     return out_dir
+
+
+def make_tiny_encoder(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4,
+                      intermediate_size: int = 96, seed: int = 0) -> Path:
+    """Save a tiny random BERT encoder with a WordPiece tokenizer (vocab from CORPUS) to `out_dir`."""
+    import re
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for text in CORPUS for w in re.findall(r"\w+|[^\w\s]", text.lower())})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (out_dir / "vocab.txt").write_text("\n".join(specials + words + list("abcdefghijklmnopqrstuvwxyz0123456789")) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(out_dir / "vocab.txt"))
+    tokenizer.save_pretrained(out_dir)
+    # the saved tokenizer may number added tokens past the vocab file; leave room for them
+    config = BertConfig(vocab_size=len(tokenizer) + 16, hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate_size,
+                        max_position_embeddings=512)
+    torch.manual_seed(seed)
+    model = BertModel(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3 / param.shape[1] ** 0.5 * (1.0 + torch.rand(()).item()))
+    model.save_pretrained(out_dir)
+    return out_dir

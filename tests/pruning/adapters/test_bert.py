@@ -1,0 +1,74 @@
+"""BERT-family encoders: exact export (uniform and per-layer, emptied blocks included) and distillation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from pruning import load_pruned, prune
+from pruning.adapters import adapter_for
+from pruning.export import export_pruned
+from pruning.loading import load_model
+from pruning.masking import UnitMasks
+from pruning.units import build_unit_space
+from tests.tiny import make_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("bert") / "model")
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
+def test_compact_encoder_matches_masked(tiny_bert: Path, tmp_path: Path, uniform: bool) -> None:
+    loaded = load_model(tiny_bert, "fp32", torch.device("cpu"), AutoModel)
+    adapter = adapter_for("bert")
+    space = build_unit_space(loaded.model, adapter, None)
+    assert [g.count for g in space.groups] == [4, 48, 4, 48]  # 4 heads; 96 channels in blocks of 2
+    assert space.params[0] == 4 * 16 * 64 and space.params[4] == 2 * 2 * 64
+    keep = torch.ones(space.size, dtype=torch.bool)
+    for layer in range(2):
+        attn, mlp = space.group_of(layer, "attn"), space.group_of(layer, "mlp")
+        if uniform:
+            keep[attn.offset + layer] = False
+            keep[mlp.offset + 3 * layer : mlp.offset + 3 * layer + 5] = False
+    if not uniform:
+        keep[space.slice(space.group_of(0, "attn"))] = False  # layer 0: no attention left
+        keep[space.slice(space.group_of(1, "mlp"))] = False  # layer 1: no MLP left
+    vocab = loaded.model.config.vocab_size
+    ids = torch.randint(5, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    masks = UnitMasks(space)
+    with torch.no_grad(), masks.installed():
+        masks.set(keep.double())
+        expected = loaded.model(ids).last_hidden_state
+    export_pruned(tiny_bert, tmp_path / "out", adapter, space, keep, uniform)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_fwdprune.FwdPrunedBertModel"
+    for compact in (load_pruned(tmp_path / "out"), AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True)):
+        with torch.no_grad():
+            assert torch.allclose(compact(ids).last_hidden_state, expected, atol=1e-5)
+
+
+def test_distill_prune_reports_embedding_cosine(tiny_bert: Path, tmp_path: Path) -> None:
+    data = tmp_path / "text.txt"
+    data.write_text("\n".join(f"def f{i}(a, b):\n    return a + b * {i}\n" for i in range(200)))
+    report = prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "out", seq_len=16,
+                   num_samples=8, eval_samples=4, precision="fp32", device="cpu",
+                   options=dict(rounds=2, samples_per_round=16, scoring_sequences=2))
+    cosine = report["embedding_cosine"]
+    assert cosine["before"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < cosine["after"] < 1.0
+    assert "perplexity" not in report and report["calibration_loss"]["objective"] == "distill"
+    assert abs(report["sparsity"]["achieved"] - 0.3) <= report["sparsity"]["max_unit_fraction"]
+
+
+def test_encoders_have_no_next_token_loss(tiny_bert: Path, tmp_path: Path) -> None:
+    data = tmp_path / "text.txt"
+    data.write_text("def f(a, b):\n    return a + b\n" * 100)
+    with pytest.raises(ValueError, match="no next-token loss"):
+        prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "o", seq_len=16,
+              num_samples=4, eval_samples=2, objective="lm", device="cpu")
