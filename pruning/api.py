@@ -17,7 +17,13 @@ from safetensors import safe_open
 
 from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
-from pruning.compensation import bias_replacements, bias_shifts, shifted_outputs
+from pruning.compensation import (
+    bias_replacements,
+    bias_shifts,
+    corrected_outputs,
+    weight_refits,
+    weight_replacements,
+)
 from pruning.data import load_calibration
 from pruning.errors import UsageError
 from pruning.evaluation import Objective, make_objective
@@ -90,6 +96,10 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
             result = method.run(ctx)
         compensation = spec.compensate if spec.compensate != "auto" else method.default_compensation
         shifts: dict[int, torch.Tensor] = {}
+        refits: dict[int, torch.Tensor] = {}
+        if compensation == "ls":
+            with monitor.stage("compensate"):
+                refits = weight_refits(ctx, result.keep)
         if compensation == "bias":
             with monitor.stage("compensate"):
                 shifts = bias_shifts(ctx, result.keep)
@@ -97,11 +107,12 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
                 emit({"type": "warning", "message": f"{adapter.name} checkpoints cannot carry output "
                       "biases in their stock config; exported without bias compensation"})
         emit({"type": "stage", "stage": "evaluate"})
-        with monitor.stage("evaluate_pruned"), shifted_outputs(space.groups, shifts):
+        with monitor.stage("evaluate_pruned"), corrected_outputs(space.groups, shifts, refits):
             masks.set(result.keep.double())
             pruned_quality = runner.quality(data.evaluation, batch_size)
             pruned_calib = runner.mean_loss(data.calibration, batch_size)
         replacements, config_updates = bias_replacements(ctx, shifts)
+        replacements.update(weight_replacements(ctx, refits))
     for name, value in pruned_quality.items():
         emit({"type": "metric", "name": f"{name}_after", "value": value})
 
@@ -111,7 +122,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         export_pruned(model_dir, out_dir, adapter, space, result.keep, spec.uniform, replacements,
                       config_updates)
     report = _report(spec, loaded.precision, device, model_dir, out_dir, space, result.keep,
-                     result.importance, {**result.details, "compensation": compensation if shifts else "none"},
+                     result.importance, {**result.details, "compensation": compensation if shifts or refits else "none"},
                      monitor, runner,
                      {"before": dense_quality, "after": pruned_quality, "eval_source": data.eval_source,
                       "eval_tokens": int(data.evaluation.numel())},

@@ -31,8 +31,9 @@ def add_prune_command(subparsers: Any) -> None:
     parser.add_argument("--mlp-block", type=int, help="MLP channels per unit (default by model size)")
     parser.add_argument("--objective", choices=["lm", "distill"],
                         help="lm: next-token loss (causal LMs); distill: distance to the dense model")
-    parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias"],
-                        help="bias: add the removed channels' mean output to the output bias (llama, qwen3)")
+    parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias", "ls"],
+                        help="bias: removed channels' mean output into the output bias (llama, qwen3, bert); "
+                             "ls: least-squares refit of the output projections on the kept channels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. -o rounds=8 -o samples_per_round=512")

@@ -77,7 +77,7 @@ METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
 }
 
 Method = Literal["bonsai", "random", "wanda-sp", "flap"]
-Compensation = Literal["auto", "none", "bias"]
+Compensation = Literal["auto", "none", "bias", "ls"]
 Objective = Literal["lm", "distill"]
 
 
@@ -103,7 +103,8 @@ class PruneSpec(BaseModel):
         None, description="lm: next-token loss (default for causal LMs); distill: distance to the dense model"
     )
     compensate: Compensation = Field(
-        "auto", description="bias: add removed channels' mean output to the output bias; auto: the method's own"
+        "auto", description="bias: add removed channels' mean output to the output bias; ls: least-squares "
+        "refit of the output projections on the kept channels; auto: the method's own"
     )
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)

@@ -30,3 +30,4 @@ def compensation_bias(weight: torch.Tensor, channel_mean: torch.Tensor, removed:
     """[out] W[:, removed] · E[x_removed]: the average contribution the removed channels made, which a
     bias can keep adding once they are gone. weight: [out, C]; channel_mean: [C]; removed: [C] bool."""
     return weight.double()[:, removed] @ channel_mean.double()[removed]
+
