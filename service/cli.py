@@ -1,0 +1,241 @@
+"""`fwdprune`: serve, worker, and the client commands (plus the engine's `prune` when available).
+
+Nothing here imports torch at import time; only `prune` (engine) and the job runner do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+SERVE_FLAGS = {"host": "HOST", "port": "PORT", "data_dir": "DATA_DIR", "models_dir": "MODELS_DIR",
+               "database_url": "DATABASE_URL", "slots": "WORKER_SLOTS", "device": "DEVICE"}
+
+
+def _apply_env(args: argparse.Namespace) -> None:
+    """CLI flags become FWDPRUNE_* variables, so settings have one source and child processes inherit it."""
+    for attr, name in SERVE_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            os.environ[f"FWDPRUNE_{name}"] = str(Path(value).resolve()) if attr.endswith("_dir") else str(value)
+    if getattr(args, "insecure_no_auth", False):
+        os.environ["FWDPRUNE_INSECURE_NO_AUTH"] = "true"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import Settings, SettingsError
+
+    _apply_env(args)
+    settings = Settings()
+    try:
+        app = create_app(settings)  # checks auth config and migrates before the worker starts
+    except SettingsError as err:
+        print(f"fwdprune serve: {err}", file=sys.stderr)
+        return 2
+    worker = None
+    if settings.embedded_worker and not args.no_worker:
+        # --parent-pid: uvicorn re-raises SIGTERM after its shutdown, so our `finally` may never run;
+        # the worker watches its parent instead and stops (requeueing its jobs) when the server is gone
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())])
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)  # the worker requeues what it was running, then exits
+            try:
+                worker.wait(timeout=settings.cancel_grace_s + 10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.settings import Settings
+    from service.worker import run_worker
+
+    _apply_env(args)
+    run_worker(Settings(), args.slots, parent_pid=args.parent_pid)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import Client
+
+    url = args.url or os.environ.get("FWDPRUNE_URL") or "http://127.0.0.1:8000"
+    return Client(url, args.token or os.environ.get("FWDPRUNE_TOKEN"))
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _follow(client: Any, job_id: str) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="%", desc="queued", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+        def update(job: dict[str, Any]) -> None:
+            progress = job.get("progress") or {}
+            stage = progress.get("stage") or job["status"]
+            if progress.get("rounds"):
+                stage += f" {progress['round']}/{progress['rounds']}"
+            bar.set_description_str(stage)
+            fraction = progress.get("fraction")
+            if fraction is not None:
+                bar.n = round(100 * fraction)
+            if job["status"] == "succeeded":
+                bar.n = 100
+            bar.refresh()
+
+        return client.wait(job_id, update)  # type: ignore[no-any-return]
+
+
+def _download(client: Any, job_id: str, dest: Path) -> None:
+    from tqdm import tqdm
+
+    total = sum(a["bytes"] for a in client.artifacts(job_id))
+    with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+        paths = client.download(job_id, dest, bar.update)
+    print(f"{len(paths)} files verified (sha256) in {dest}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data = client.upload(args.data)
+        request: dict[str, Any] = {"model": args.model, "calibration_file": data["id"],
+                                   "target_sparsity": args.sparsity, "method": args.method}
+        if args.eval_data:
+            request["eval_file"] = client.upload(args.eval_data)["id"]
+        if args.options:
+            request["options"] = json.loads(args.options)
+        job = client.submit(idempotency_key=args.idempotency_key or str(uuid.uuid4()), **request)
+        print(job["id"])
+        if not (args.wait or args.download):
+            return 0
+        job = _follow(client, job["id"])
+        if job["status"] != "succeeded":
+            _print(job.get("error"))
+            return 1
+        _print(job.get("metrics"))
+        if args.download:
+            _download(client, job["id"], args.download)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.job(args.job_id))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for job in client.jobs(args.status, args.limit):
+            progress = job.get("progress") or {}
+            print(f"{job['id']}  {job['status']:<10}  {job['request']['model']}  "
+                  f"sparsity={job['request']['target_sparsity']}  {progress.get('stage') or ''}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(client.cancel(args.job_id)["status"])
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _download(client, args.job_id, args.dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fwdprune", description="forward-only structured pruning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (and an embedded worker)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir")
+    serve.add_argument("--models-dir")
+    serve.add_argument("--database-url")
+    serve.add_argument("--slots", type=int)
+    serve.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    serve.add_argument("--insecure-no-auth", action="store_true", help="accept requests without an API key")
+    serve.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run jobs from the store")
+    worker.add_argument("--data-dir")
+    worker.add_argument("--models-dir")
+    worker.add_argument("--database-url")
+    worker.add_argument("--slots", type=int, help="concurrent jobs (default: GPU count or 1)")
+    worker.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    worker.set_defaults(handler=cmd_worker)
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--url", help="server URL (FWDPRUNE_URL)")
+        p.add_argument("--token", help="API key (FWDPRUNE_TOKEN)")
+        return p
+
+    submit = client_parser("submit", "upload data and submit a pruning job")
+    submit.add_argument("--model", required=True)
+    submit.add_argument("--data", required=True, type=Path)
+    submit.add_argument("--eval-data", type=Path)
+    submit.add_argument("--sparsity", required=True, type=float)
+    submit.add_argument("--method", default="bonsai")
+    submit.add_argument("--options", help="method options as JSON")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true")
+    submit.add_argument("--download", type=Path, metavar="DIR")
+    submit.set_defaults(handler=cmd_submit)
+
+    status = client_parser("status", "show a job")
+    status.add_argument("job_id")
+    status.set_defaults(handler=cmd_status)
+    jobs = client_parser("jobs", "list jobs")
+    jobs.add_argument("--status")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(handler=cmd_jobs)
+    cancel = client_parser("cancel", "cancel a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=cmd_cancel)
+    download = client_parser("download", "download a job's checkpoint (resumable, verified)")
+    download.add_argument("job_id")
+    download.add_argument("dir", type=Path)
+    download.set_defaults(handler=cmd_download)
+
+    try:
+        from pruning.cli import add_prune_command
+    except ImportError:
+        pass
+    else:
+        add_prune_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.client import ApiError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ApiError as err:
+        print(f"fwdprune: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The app factory: wiring only. Run with `fwdprune serve` (or uvicorn --factory service.main:app_from_env)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.routers import files, health, jobs
+from service.settings import Settings
+from service.store import Store
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    settings.check_serve()  # fail closed before anything listens
+    settings.ensure_dirs()
+    owned = store is None
+    store = store or Store(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            store.close()
+
+    app = FastAPI(title="fwdprune", version="0.1.0", lifespan=lifespan,
+                  description="Forward-only structured pruning of Hugging Face models, as a service.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.key_hashes = settings.key_hashes()
+    for router in (health.router, files.router, jobs.router):
+        app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    return create_app(Settings())

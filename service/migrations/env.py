@@ -1,0 +1,20 @@
+"""Alembic environment: online migrations against the URL handed over by service.db.upgrade."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from service.db import Base, make_engine
+
+config = context.config
+url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+if not url:
+    raise RuntimeError("no database URL given to the migrations")
+
+engine = make_engine(url)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+engine.dispose()

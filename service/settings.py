@@ -1,0 +1,97 @@
+"""Typed service settings (env prefix FWDPRUNE_), failing closed: no API key means no server."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """The configuration is unsafe or incomplete; the server must not start."""
+
+
+def hash_key(key: str) -> str:
+    """Keys are kept and compared only as sha256 digests, so a leaked database or log holds no key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _split_keys(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FWDPRUNE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path(".fwdprune-data")
+    models_dir: Path = Path("models")
+    hf_cache_dir: Path | None = Field(default=None, description="Hugging Face hub cache; default: huggingface_hub's")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    # NoDecode: a comma-separated env value, not JSON.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    insecure_no_auth: bool = False
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    embedded_worker: bool = True
+    worker_slots: int | None = Field(default=None, ge=1, description="concurrent jobs per worker; default: GPU count or 1")
+    device: str = Field(default="auto", pattern="^(auto|cuda|cpu)$")
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="a worker silent this long is presumed dead")
+    cancel_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace for cancelled jobs")
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_keys(value)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fwdprune.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    def all_user_keys(self) -> list[str]:
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as err:
+                raise SettingsError(f"cannot read FWDPRUNE_API_KEYS_FILE {self.api_keys_file}: {err}") from err
+            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return keys
+
+    def key_hashes(self) -> dict[str, bool]:
+        """sha256(key) -> is_admin, for every accepted key."""
+        hashes = {hash_key(key): False for key in self.all_user_keys()}
+        hashes.update({hash_key(key): True for key in self.admin_keys})
+        return hashes
+
+    def check_serve(self) -> None:
+        """Refuse to serve without authentication unless explicitly told to (fail closed)."""
+        if not self.key_hashes() and not self.insecure_no_auth:
+            raise SettingsError(
+                "no API key configured: set FWDPRUNE_API_KEYS, FWDPRUNE_API_KEYS_FILE or FWDPRUNE_ADMIN_KEYS, "
+                "or pass --insecure-no-auth for a local, trusted setup"
+            )
+        for key in self.all_user_keys() + list(self.admin_keys):
+            if len(key) < 16:
+                raise SettingsError("API keys must be at least 16 characters long")
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.files_dir, self.jobs_dir):
+            path.mkdir(parents=True, exist_ok=True)
