@@ -99,7 +99,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         refits: dict[int, torch.Tensor] = {}
         if compensation == "ls":
             with monitor.stage("compensate"):
-                refits = weight_refits(ctx, result.keep)
+                refits = weight_refits(ctx, result.keep, spec.compensation_ridge)
         if compensation == "bias":
             with monitor.stage("compensate"):
                 shifts = bias_shifts(ctx, result.keep)

@@ -124,10 +124,12 @@ def main() -> int:
         model = load_pruned(out)
         loaded = sum(p.numel() for p in model.parameters())
         metrics = job["metrics"]
-        ppl = metrics.get("perplexity", {})
+        # causal LMs report perplexity; encoders (the MiniLM fallback) their embedding cosine to the dense model
+        quality = "perplexity" if "perplexity" in metrics else "embedding_cosine"
+        figures = metrics.get(quality, {})
         print("\n" + table([
             ("parameters", f"{metrics['params']['total_before']:,}", f"{metrics['params']['total_after']:,}"),
-            ("perplexity", f"{ppl.get('before', float('nan')):.2f}", f"{ppl.get('after', float('nan')):.2f}"),
+            (quality, f"{figures.get('before', float('nan')):.3f}", f"{figures.get('after', float('nan')):.3f}"),
             ("size on disk (MB)", f"{dir_bytes(model_dir.resolve()) / 1e6:.1f}", f"{dir_bytes(out) / 1e6:.1f}"),
         ]))
         print(f"\nloaded the pruned checkpoint with transformers: {type(model).__name__}, {loaded:,} parameters")

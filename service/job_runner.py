@@ -16,7 +16,7 @@ from typing import Any
 
 from service.store import Store
 
-REPORT_KEYS = ("params", "sparsity", "perplexity", "calibration_loss", "stage_s", "total_s", "forward_tokens",
+REPORT_KEYS = ("params", "sparsity", "perplexity", "embedding_cosine", "calibration_loss", "compensation", "stage_s", "total_s", "forward_tokens",
                "peak_gpu_bytes", "peak_host_rss_bytes", "method", "precision", "device")
 
 
