@@ -254,26 +254,6 @@ class BudgetExceeded(RuntimeError):
     """Raised from the event sink to stop a prune that would run past the hard limit."""
 
 
-@contextmanager
-def captured_runner() -> Iterator[dict[str, Any]]:
-    """Keep a handle on the objective `prune` creates, to read its token counter between stages
-    (scoring tokens by differencing). Wraps pruning.api.make_objective without changing it."""
-    import pruning.api as api
-
-    holder: dict[str, Any] = {}
-    original = api.make_objective
-
-    def capture(*args: Any, **kwargs: Any) -> Any:
-        holder["runner"] = original(*args, **kwargs)
-        return holder["runner"]
-
-    api.make_objective = capture
-    try:
-        yield holder
-    finally:
-        api.make_objective = original
-
-
 # ---------------------------------------------------------------------------------------------------------
 # steps (b)-(d): probe then prune, one precision per child process
 
@@ -406,30 +386,28 @@ def precision_job(send: Callable[[str, Any], None], shape_name: str, model_dir: 
                      precision=precision, device=device, num_samples=NUM_SAMPLES, eval_samples=EVAL_SAMPLES,
                      seq_len=SEQ_LEN, uniform=True, options=options)
     sampler = DeviceMemorySampler(device)
-    tokens_at: dict[str, int] = {}
-    with captured_runner() as holder, sampler.running():
-        on_event = event_sink(f"{shape_name}/{precision}", sampler, holder, tokens_at, abort_at)
+    with sampler.running():
+        on_event = event_sink(f"{shape_name}/{precision}", sampler, abort_at)
         try:
             report = prune(spec, on_event)
         except BudgetExceeded as err:
             return {"status": "aborted", "reason": str(err), "probe": found, "plan": plan,
                     "device_used_bytes": sampler.peak}
-    return summarise(report, found, plan, sampler.peak, tokens_at, shape_name, peak_flops)
+    return summarise(report, found, plan, sampler.peak, shape_name, peak_flops)
 
 
-def event_sink(label: str, sampler: DeviceMemorySampler, holder: dict[str, Any], tokens_at: dict[str, int],
-               abort_at: float) -> Callable[[dict[str, Any]], None]:
-    """Prints progress, labels the memory sampler's stage, snapshots the token counter at stage changes,
-    and stops the prune (between forwards) once the hard limit is near."""
+def event_sink(label: str, sampler: DeviceMemorySampler, abort_at: float) -> Callable[[dict[str, Any]], None]:
+    """Prints progress, labels the memory sampler's stage, and stops the prune (between forwards) once the
+    hard limit is near."""
     last_print = [0.0]
+    seen_scoring = [False]
 
     def on_event(event: dict[str, Any]) -> None:
         if event["type"] == "stage":
             stage = event["stage"]
             if stage == "evaluate":
-                stage = "evaluate_pruned" if "scoring" in tokens_at else "evaluate_dense"
-            if "runner" in holder:
-                tokens_at[stage] = holder["runner"].counter.tokens
+                stage = "evaluate_pruned" if seen_scoring[0] else "evaluate_dense"
+            seen_scoring[0] |= stage == "scoring"
             sampler.stage = stage
             log(f"{label}: stage {stage}")
         elif event["type"] == "progress":
@@ -446,13 +424,10 @@ def event_sink(label: str, sampler: DeviceMemorySampler, holder: dict[str, Any],
 
 
 def summarise(report: dict[str, Any], found: dict[str, Any], plan: dict[str, Any], device_used: dict[str, int],
-              tokens_at: dict[str, int], shape_name: str, peak_flops: float | None) -> dict[str, Any]:
+              shape_name: str, peak_flops: float | None) -> dict[str, Any]:
     """The benchmark's view of one prune report."""
     scoring_s = report["stage_s"]["scoring"]
-    if "scoring" in tokens_at and "evaluate_pruned" in tokens_at:
-        scoring_tokens = tokens_at["evaluate_pruned"] - tokens_at["scoring"]
-    else:  # counter not reachable: everything but the two evaluations of calibration + held-out sets
-        scoring_tokens = report["forward_tokens"] - 2 * (NUM_SAMPLES + EVAL_SAMPLES) * SEQ_LEN
+    scoring_tokens = report["forward_tokens_by_stage"]["scoring"]
     tokens_per_s = scoring_tokens / scoring_s
     flop_params = matmul_params(SHAPES[shape_name])
     gpu = report.get("peak_gpu_bytes", {})

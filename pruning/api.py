@@ -71,6 +71,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     space = build_unit_space(model, adapter, block)
     masks = UnitMasks(space)
     runner = make_objective(spec.objective, model, adapter, device, masks)
+    monitor.counter = runner.counter
     batch_size = max(1, 8192 // spec.seq_len)
     prunable = float(space.params.sum())
 
@@ -94,7 +95,8 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         emit({"type": "stage", "stage": "scoring"})
         with monitor.stage("scoring"):
             result = method.run(ctx)
-        compensation = spec.compensate if spec.compensate != "auto" else method.default_compensation
+        compensation = choose_compensation(spec.compensate, method.default_compensation, space,
+                                           int(data.calibration.numel()))
         shifts: dict[int, torch.Tensor] = {}
         refits: dict[int, torch.Tensor] = {}
         if compensation == "ls":
@@ -130,6 +132,20 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     emit({"type": "stage", "stage": "done"})
     return report
+
+
+# least squares over C input channels needs well over C calibration tokens, or it fits their noise
+LS_TOKENS_PER_CHANNEL = 8
+
+
+def choose_compensation(asked: str, method_default: str, space: UnitSpace, calibration_tokens: int) -> str:
+    """`auto`: the least-squares refit when there are at least LS_TOKENS_PER_CHANNEL calibration tokens per
+    input channel of the widest output projection (measured better there, see README), else the
+    method's own default (bias for flap, none for the others)."""
+    if asked != "auto":
+        return asked
+    widest = max(group.channel_unit.numel() for group in space.groups)
+    return "ls" if calibration_tokens >= LS_TOKENS_PER_CHANNEL * widest else method_default
 
 
 def _refuse_unsafe_input(model_dir: Path, out_dir: Path) -> None:

@@ -33,7 +33,10 @@ def add_prune_command(subparsers: Any) -> None:
                         help="lm: next-token loss (causal LMs); distill: distance to the dense model")
     parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias", "ls"],
                         help="bias: removed channels' mean output into the output bias (llama, qwen3, bert); "
-                             "ls: least-squares refit of the output projections on the kept channels")
+                             "ls: least-squares refit of the output projections on the kept channels; "
+                             "auto: ls when there are >= 8 calibration tokens per channel, else the method's own")
+    parser.add_argument("--compensation-ridge", type=float, default=0.1,
+                        help="ls: pull toward the original weights (relative to mean activation energy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. -o rounds=8 -o samples_per_round=512")
@@ -60,7 +63,8 @@ def run_prune(args: argparse.Namespace) -> int:
             model=args.model, data=args.data, sparsity=args.sparsity, out_dir=args.out, method=args.method,
             precision=args.precision, device=args.device, uniform=args.uniform, eval_data=args.eval_data,
             seq_len=args.seq_len, num_samples=args.num_samples, eval_samples=args.eval_samples,
-            mlp_block=args.mlp_block, objective=args.objective, compensate=args.compensate, seed=args.seed,
+            mlp_block=args.mlp_block, objective=args.objective, compensate=args.compensate,
+            compensation_ridge=args.compensation_ridge, seed=args.seed,
             options=_parse_options(args.option),
         )
     except ValidationError as err:

@@ -17,6 +17,8 @@ class StageMonitor:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.counter: Any = None  # the objective's ForwardCounter, once there is one
+        self.forward_tokens: dict[str, int] = {}
         self.stage_s: dict[str, float] = {}
         self.peak_gpu_bytes: dict[str, int] = {}
         self.peak_gpu_reserved_bytes: dict[str, int] = {}
@@ -44,9 +46,13 @@ class StageMonitor:
         sampler = threading.Thread(target=self._sample, args=(stop,), daemon=True)
         sampler.start()
         start = time.perf_counter()
+        tokens_before = self.counter.tokens if self.counter is not None else 0
         try:
             yield
         finally:
+            if self.counter is not None:
+                self.forward_tokens[name] = (self.forward_tokens.get(name, 0) + self.counter.tokens
+                                             - tokens_before)
             if cuda:
                 torch.cuda.synchronize(self.device)
             self.stage_s[name] = self.stage_s.get(name, 0.0) + time.perf_counter() - start
@@ -63,6 +69,7 @@ class StageMonitor:
     def summary(self) -> dict[str, Any]:
         return {
             "stage_s": {k: round(v, 3) for k, v in self.stage_s.items()},
+            "forward_tokens_by_stage": dict(self.forward_tokens),
             "total_s": round(sum(self.stage_s.values()), 3),
             "peak_gpu_bytes": dict(self.peak_gpu_bytes),
             "peak_gpu_reserved_bytes": dict(self.peak_gpu_reserved_bytes),

@@ -107,7 +107,7 @@ class PruneSpec(BaseModel):
         "refit of the output projections on the kept channels; auto: the method's own"
     )
     compensation_ridge: float = Field(
-        0.01, gt=0.0, description="ls: pull toward the original weights, relative to the mean activation energy"
+        0.1, gt=0.0, description="ls: pull toward the original weights, relative to the mean activation energy"
     )
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)

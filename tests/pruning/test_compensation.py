@@ -28,3 +28,19 @@ def test_ls_refit_exported_exactly(tiny_models: dict[str, Path], calibration_fil
         loss = compact(data.evaluation, labels=data.evaluation).loss
     assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
     assert "compensate" in report["stage_s"]
+
+
+def test_auto_compensation_needs_enough_tokens_per_channel(tiny_models: dict[str, Path]) -> None:
+    from pruning.adapters import adapter_for
+    from pruning.api import LS_TOKENS_PER_CHANNEL, choose_compensation
+    from pruning.loading import load_model
+    from pruning.units import build_unit_space
+
+    loaded = load_model(tiny_models["llama"], "fp32", torch.device("cpu"))
+    space = build_unit_space(loaded.model, adapter_for("llama"), None)
+    widest = 96  # the tiny model's intermediate size, wider than its 64 attention channels
+    enough = LS_TOKENS_PER_CHANNEL * widest
+    assert choose_compensation("auto", "none", space, enough) == "ls"
+    assert choose_compensation("auto", "none", space, enough - 1) == "none"
+    assert choose_compensation("auto", "bias", space, enough - 1) == "bias"
+    assert choose_compensation("none", "bias", space, 10 * enough) == "none"
