@@ -26,7 +26,7 @@ def add_prune_command(subparsers: Any) -> None:
     parser.add_argument("--uniform", action="store_true", help="equal widths in every layer (stock config)")
     parser.add_argument("--eval-data", type=Path, help="held-out text for perplexity")
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--num-samples", type=int, default=32, help="calibration sequences")
+    parser.add_argument("--num-samples", type=int, default=64, help="calibration sequences")
     parser.add_argument("--eval-samples", type=int, default=16, help="held-out sequences")
     parser.add_argument("--mlp-block", type=int, help="MLP channels per unit (default by model size)")
     parser.add_argument("--objective", choices=["lm", "distill"],

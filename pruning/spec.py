@@ -96,7 +96,7 @@ class PruneSpec(BaseModel):
     uniform: bool = Field(False, description="remove the same number of units from every layer")
     eval_data: Path | None = Field(None, description="held-out text; default: part of `data`")
     seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
-    num_samples: int = Field(32, ge=1, le=100000, description="calibration sequences used for scoring")
+    num_samples: int = Field(64, ge=1, le=100000, description="calibration sequences (prior, scoring, compensation)")
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
     mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
     objective: Objective | None = Field(

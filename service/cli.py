@@ -117,6 +117,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             request["eval_file"] = client.upload(args.eval_data)["id"]
         if args.options:
             request["options"] = json.loads(args.options)
+        for field in ("seq_len", "num_samples", "eval_samples", "precision"):
+            if getattr(args, field) is not None:
+                request[field] = getattr(args, field)
+        if args.uniform:
+            request["uniform"] = True
         job = client.submit(idempotency_key=args.idempotency_key or str(uuid.uuid4()), **request)
         print(job["id"])
         if not (args.wait or args.download):
@@ -197,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--sparsity", required=True, type=float)
     submit.add_argument("--method", default="bonsai")
     submit.add_argument("--options", help="method options as JSON")
+    submit.add_argument("--uniform", action="store_true", help="equal widths in every layer (stock config)")
+    submit.add_argument("--precision", choices=["auto", "int8", "bf16", "fp16", "fp32"])
+    submit.add_argument("--seq-len", type=int, help="tokens per calibration sequence")
+    submit.add_argument("--num-samples", type=int, help="calibration sequences")
+    submit.add_argument("--eval-samples", type=int, help="held-out sequences")
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true")
     submit.add_argument("--download", type=Path, metavar="DIR")

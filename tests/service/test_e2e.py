@@ -191,6 +191,8 @@ def test_cli_client_commands(server: Server, calibration: Path, tmp_path: Path) 
     import json
 
     out = cli("submit", "--model", "tiny-llama", "--data", str(calibration), "--sparsity", "0.3",
+              "--seq-len", str(QUICK["seq_len"]), "--num-samples", str(QUICK["num_samples"]),
+              "--eval-samples", str(QUICK["eval_samples"]), "--precision", "fp32",
               "--options", json.dumps(QUICK["options"]), "--download", str(tmp_path / "ckpt"))
     job_id = out.splitlines()[0]
     assert (tmp_path / "ckpt" / "config.json").is_file()
