@@ -92,6 +92,17 @@ class ScoringContext:
         return select_global(score_per_param, self.space.params, alive, budget)
 
 
+    def select_per_kind(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float) -> torch.Tensor:
+        """Uniform widths with each kind losing the same fraction of its alive parameters. Attention goes
+        first: stock configs allow few head counts, so MLP makes up the difference."""
+        params = self.space.params
+        attn, mlp = alive & (self.space.kind == 0), alive & (self.space.kind == 1)
+        share = budget / float(params[alive].sum())
+        remove = self.select(score_per_param, attn, share * float(params[attn].sum()), uniform=True)
+        left = budget - float(params[remove].sum())
+        return remove | self.select(score_per_param, mlp, left, uniform=True)
+
+
 class PruningMethod:
     """One scoring method. Subclasses implement `run`; the registry maps names to subclasses."""
 

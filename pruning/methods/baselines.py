@@ -26,15 +26,10 @@ class WandaSp(PruningMethod):
     name = "wanda-sp"
 
     def run(self, ctx: ScoringContext) -> MethodResult:
-        prior = ctx.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
-        share = ctx.target_params / float(ctx.space.params.sum())
-        # attention and MLP scores are not on one scale: each kind loses the target fraction on its own.
-        # Attention goes first; stock configs allow few head counts, so MLP makes up the difference.
-        attn, mlp = ctx.space.kind == 0, ctx.space.kind == 1
-        remove = ctx.select(prior / ctx.space.params, attn, share * float(ctx.space.params[attn].sum()),
-                            uniform=True)
-        left = ctx.target_params - float(ctx.space.params[remove].sum())
-        remove |= ctx.select(prior / ctx.space.params, mlp, left, uniform=True)
+        alive = torch.ones(ctx.space.size, dtype=torch.bool)
+        prior = ctx.activation_prior(alive)
+        # attention and MLP scores are not on one scale: each kind loses the target fraction on its own
+        remove = ctx.select_per_kind(prior / ctx.space.params, alive, ctx.target_params)
         return MethodResult(~remove, prior)
 
 
