@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
@@ -168,14 +167,8 @@ def count_checkpoint_params(model_dir: Path) -> int:
     """Parameters stored in a checkpoint, from the safetensors headers alone (integer buffers such as
     BERT's position_ids are not parameters)."""
     reader = CheckpointReader(model_dir)
-    total = 0
-    for shard in reader.shards:
-        with safe_open(model_dir / shard, framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118
-                tensor = handle.get_slice(name)
-                if tensor.get_dtype() in FLOAT_DTYPES:
-                    total += math.prod(tensor.get_shape())
-    return total
+    headers = (reader.header(name) for name in reader.weight_map)
+    return sum(math.prod(shape) for shape, dtype in headers if dtype in FLOAT_DTYPES)
 
 
 def _report(spec: PruneSpec, precision: str, device: torch.device, model_dir: Path, out_dir: Path,

@@ -47,6 +47,12 @@ class CheckpointReader:
         with safe_open(self.model_dir / self.weight_map[name], framework="pt") as handle:
             return handle.get_tensor(name)
 
+    def header(self, name: str) -> tuple[list[int], str]:
+        """(shape, safetensors dtype such as "BF16") of a stored tensor, read from the header only."""
+        with safe_open(self.model_dir / self.weight_map[name], framework="pt") as handle:
+            tensor = handle.get_slice(name)
+            return tensor.get_shape(), tensor.get_dtype()
+
     def find(self, suffix: str) -> str | None:
         """The stored name ending in `suffix` (module names may lack or add a prefix)."""
         if suffix in self.weight_map:

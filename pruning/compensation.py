@@ -81,12 +81,10 @@ def _gather_grams(ctx: ScoringContext, keep: torch.Tensor, groups: list[UnitGrou
 
         return record
 
-    ctx.masks.set(keep.double())
     try:
         for group in groups:
             handles.append(group.module.register_forward_pre_hook(hook_for(group), prepend=True))
-        for start in range(0, ctx.calibration.shape[0], ctx.batch_size):
-            ctx.runner.run(ctx.calibration[start : start + ctx.batch_size])
+        ctx.calibration_pass(keep)
     finally:
         for handle in handles:
             handle.remove()
@@ -127,11 +125,24 @@ def weight_replacements(ctx: ScoringContext, refits: dict[int, torch.Tensor]) ->
     tensors = {}
     for group in ctx.space.groups:
         if id(group) in refits:
-            name = ctx.checkpoint.find(ctx.module_name(group.module) + ".weight")
-            assert name is not None, "refits need the weights on disk"
+            name = _stored(ctx, ctx.module_name(group.module) + ".weight")
             original = ctx.checkpoint.get(name)
             tensors[name] = (original.double() + refits[id(group)]).to(original.dtype)
     return tensors
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _stored(ctx: ScoringContext, name: str) -> str:
+    stored = ctx.checkpoint.find(name)
+    assert stored is not None, f"{name} is not in the checkpoint"
+    return stored
+
+
+def _header_dtype(ctx: ScoringContext, name: str) -> torch.dtype:
+    """The stored dtype of a weight, from the safetensors header (no tensor is read)."""
+    return SAFETENSORS_DTYPES[ctx.checkpoint.header(_stored(ctx, name))[1]]
 
 
 def bias_replacements(ctx: ScoringContext, shifts: dict[int, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -150,12 +161,12 @@ def bias_replacements(ctx: ScoringContext, shifts: dict[int, torch.Tensor]) -> t
         if switch is not None:
             config[switch] = True
         stored = ctx.checkpoint.find(name + ".bias")
-        dtype = ctx.checkpoint.get(ctx.checkpoint.find(name + ".weight") or name + ".weight").dtype
+        dtype = _header_dtype(ctx, name + ".weight")
         base = ctx.checkpoint.get(stored).double() if stored else 0.0
         tensors[name + ".bias"] = (base + shifts[id(group)]).to(dtype)
         for sibling in siblings:
             sibling_name = f"{parent}.{sibling}"
             if ctx.checkpoint.find(sibling_name + ".bias") is None:
-                rows = ctx.checkpoint.get(ctx.checkpoint.find(sibling_name + ".weight") or "").shape[0]
+                rows = ctx.checkpoint.header(_stored(ctx, sibling_name + ".weight"))[0][0]
                 tensors[sibling_name + ".bias"] = torch.zeros(rows, dtype=dtype)
     return tensors, config

@@ -65,13 +65,17 @@ class ScoringContext:
             self._column_norms[key] = column_norms(self.output_weight(group))
         return self._column_norms[key]
 
+    def calibration_pass(self, keep: torch.Tensor) -> None:
+        """One forward pass over the whole calibration set under mask `keep`, for the hooks it feeds."""
+        self.masks.set(keep.double())
+        for start in range(0, self.calibration.shape[0], self.batch_size):
+            self.runner.run(self.calibration[start : start + self.batch_size])
+
     def channel_statistics(self, keep: torch.Tensor, before_masks: bool = False) -> ChannelEnergy:
         """Per-channel Σx and Σx² at every unit module, from one pass over the calibration set."""
-        self.masks.set(keep.double())
         energy = ChannelEnergy(self.space, before_masks=before_masks)
         with energy.installed():
-            for start in range(0, self.calibration.shape[0], self.batch_size):
-                self.runner.run(self.calibration[start : start + self.batch_size])
+            self.calibration_pass(keep)
         return energy
 
     def activation_prior(self, keep: torch.Tensor) -> torch.Tensor:
