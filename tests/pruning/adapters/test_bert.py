@@ -72,3 +72,23 @@ def test_encoders_have_no_next_token_loss(tiny_bert: Path, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="no next-token loss"):
         prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "o", seq_len=16,
               num_samples=4, eval_samples=2, objective="lm", device="cpu")
+
+
+def test_ls_refit_encoder_exported_exactly(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from pruning.data import load_calibration
+
+    data = tmp_path / "text.txt"
+    data.write_text("\n".join(f"def f{i}(a, b):\n    return a + b * {i}\n" for i in range(400)))
+    report = prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "out", seq_len=16,
+                   num_samples=48, eval_samples=4, precision="fp32", device="cpu", uniform=False, compensate="ls",
+                   options=dict(rounds=2, samples_per_round=16, scoring_sequences=2))
+    assert report["compensation"] == "ls"
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    ids = load_calibration(tokenizer, data, 16, 48, 4, wrap=True).evaluation  # the report's held-out ids
+    dense = AutoModel.from_pretrained(tiny_bert)
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(load_pruned(tmp_path / "out")(ids).last_hidden_state.mean(1),
+                                                       dense(ids).last_hidden_state.mean(1), dim=-1)
+    assert float(cosine.mean()) == pytest.approx(report["embedding_cosine"]["after"], abs=1e-5)
