@@ -344,14 +344,16 @@ def plan_samples_per_round(options: Any, seconds_per_token: float, allowance_s: 
 
 def precision_job(send: Callable[[str, Any], None], shape_name: str, model_dir: str, data_path: str,
                   out_dir: str, precision: str, device: str, job_end: float, abort_at: float,
-                  samples_per_round: int | None, peak_flops: float | None) -> dict[str, Any]:
+                  samples_per_round: int | None, peak_flops: float | None,
+                  masks_per_forward: int | None = None) -> dict[str, Any]:
     """Probe, choose the scoring budget, prune, and summarise one precision of one shape."""
     import torch
 
     from pruning import PruneSpec, prune
     from pruning.spec import BonsaiOptions
 
-    defaults = BonsaiOptions()
+    forced = {"masks_per_forward": masks_per_forward} if masks_per_forward else {}
+    defaults = BonsaiOptions(**forced)
     log(f"{shape_name}/{precision}: probe")
     found = probe(model_dir, precision, device, data_path, defaults)
     gc.collect()
@@ -369,7 +371,7 @@ def precision_job(send: Callable[[str, Any], None], shape_name: str, model_dir: 
     overhead = found["load_s"] + 2 * (NUM_SAMPLES + EVAL_SAMPLES) * SEQ_LEN * per_token * 1.5 + ckpt / 1e9 + 10
     allowance = job_end - time.time() - overhead
     chosen = samples_per_round or plan_samples_per_round(defaults, per_token, allowance)
-    options = {"samples_per_round": chosen} if chosen != defaults.samples_per_round else {}
+    options = {**forced, **({"samples_per_round": chosen} if chosen != defaults.samples_per_round else {})}
     estimate = estimate_scoring_s(defaults, chosen, per_token)
     plan = {"samples_per_round": chosen, "samples_per_round_default": defaults.samples_per_round,
             "scoring_allowance_s": round(allowance, 1), "scoring_estimate_s": round(estimate, 1),
@@ -602,6 +604,15 @@ class Bench:
                                            "compute; int8 measured against the bf16 peak too)",
                          "peak_flops": args.peak_flops},
             "versions": versions(), "shapes": {}, "configs": [], "inference": {}, "skipped": []}
+        if args.append and self.out.is_file():  # one JSON from several device calls (each under 10 minutes)
+            earlier = json.loads(self.out.read_text())
+            for key in ("shapes", "inference"):
+                self.data[key] = {**earlier.get(key, {}), **self.data[key]}
+            for key in ("configs", "skipped"):
+                self.data[key] = earlier.get(key, []) + self.data[key]
+            self.data["runs"] = earlier.get("runs", [{"started": earlier.get("started"),
+                                                      "budget_s": earlier.get("budget_s")}])
+            self.data["runs"].append({"started": self.data["started"], "budget_s": args.budget_s})
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -714,6 +725,7 @@ def run_precision(bench: Bench, shape_name: str, precision: str, model_dir: Path
         "shape_name": shape_name, "model_dir": str(model_dir), "data_path": str(data_path),
         "out_dir": str(out_dir), "precision": precision, "device": args.device, "job_end": job_end,
         "abort_at": bench.hard - 15, "samples_per_round": args.samples_per_round, "peak_flops": args.peak_flops,
+        "masks_per_forward": args.masks_per_forward,
     }, bench.hard, on_message)
     config.update(result)
     if config["status"] != "ok":
@@ -785,11 +797,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hard-limit-s", type=float, help="kill any step still running then (budget + 25)")
     parser.add_argument("--samples-per-round", type=int, help="force bonsai's samples_per_round (default: "
                         "the engine default, shrunk only if the probe says it will not fit)")
+    parser.add_argument("--masks-per-forward", type=int, help="force bonsai's masks_per_forward (memory vs speed)")
     parser.add_argument("--no-inference", action="store_true", help="skip the dense-vs-pruned inference step")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the pruned checkpoints")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fwdprune-bench"))
     parser.add_argument("--peak-flops", type=float, help="for MFU; default 989e12 on H100/H200, else none")
     parser.add_argument("--out", type=Path, help="default bench/results/gpu-<device>[-<shapes>].json")
+    parser.add_argument("--append", action="store_true", help="add this run's results to an existing --out")
     args = parser.parse_args(argv)
     args.shapes = [s for s in args.shape.split(",") if s]
     unknown = [s for s in args.shapes if s not in SHAPES]

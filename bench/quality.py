@@ -146,7 +146,10 @@ def main() -> None:
         configs = [c for model in args.models.split(",")
                    for c in method_grid(model, sparsities[model], args.precision, args.compensations.split(","))
                    if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")]
-    rows = []
+    slug = device.replace(" ", "-").lower()
+    out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         inputs = {name: MODELS[name](args.shared, Path(work)) for name in {c["model"] for c in configs}}
         for config in configs:
@@ -155,11 +158,9 @@ def main() -> None:
             print(f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} comp={r['compensation']} "
                   f"{r.get('options')}: {r['metric']} {r['value']:.4f} ({r['ratio']:.3f}x) in {r['wall_s']:.1f}s",
                   flush=True)
+            # rewritten after every row: a run cut short still leaves what it measured
+            out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
     print_table(rows)
-    slug = device.replace(" ", "-").lower()
-    out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     if any(not math.isfinite(r["value"]) for r in rows):
         raise SystemExit("non-finite quality figure")
