@@ -425,6 +425,12 @@ def event_sink(label: str, sampler: DeviceMemorySampler, abort_at: float) -> Cal
     return on_event
 
 
+def _growth(report: dict[str, Any], stage: str) -> int | None:
+    """Anonymous host memory a stage added at its peak over where it began (None off Linux)."""
+    peak, start = report.get("peak_host_anon_bytes", {}), report.get("host_anon_at_start_bytes", {})
+    return peak[stage] - start[stage] if stage in peak and stage in start else None
+
+
 def summarise(report: dict[str, Any], found: dict[str, Any], plan: dict[str, Any], device_used: dict[str, int],
               shape_name: str, peak_flops: float | None) -> dict[str, Any]:
     """The benchmark's view of one prune report."""
@@ -444,6 +450,10 @@ def summarise(report: dict[str, Any], found: dict[str, Any], plan: dict[str, Any
         "device_used_bytes_max": max(device_used.values(), default=None),
         "peak_host_rss_bytes": report["peak_host_rss_bytes"],
         "peak_host_rss_bytes_max": max(report["peak_host_rss_bytes"].values()),
+        # RSS counts the mapped shards' pages; the anonymous part is what the process holds itself
+        "peak_host_anon_bytes": report.get("peak_host_anon_bytes", {}),
+        "host_anon_at_start_bytes": report.get("host_anon_at_start_bytes", {}),
+        "export_host_anon_growth_bytes": _growth(report, "export"),
         "forward_tokens": report["forward_tokens"],
         "forward_passes": report["forward_passes"],
         "scoring_tokens": scoring_tokens,
@@ -758,7 +768,7 @@ def run_inference(bench: Bench, shape_name: str, model_dir: Path, pruned_dir: Pa
 def print_table(data: dict[str, Any]) -> None:
     gb = 1e9
     header = (f"{'model':<10} {'prec':<5} {'status':<8} {'total s':>8} {'score s':>8} {'spr':>4} {'tok/s':>9} "
-              f"{'mfu':>6} {'gpu GB':>7} {'dev GB':>7} {'rss GB':>7} {'b/s x':>6} {'prefill x':>9} {'decode x':>8}")
+              f"{'mfu':>6} {'gpu GB':>7} {'dev GB':>7} {'rss GB':>7} {'exp+GB':>6} {'b/s x':>6} {'prefill x':>9} {'decode x':>8}")
     print(header)
     print("-" * len(header))
 
@@ -773,7 +783,8 @@ def print_table(data: dict[str, Any]) -> None:
               f"{fmt((c['stage_s'] or {}).get('scoring'), '8.1f')} {fmt(plan.get('samples_per_round'), '4d')} "
               f"{fmt(c['scoring_tokens_per_s'], '9.0f')} {fmt(c['mfu'], '6.3f')} "
               f"{fmt(c.get('peak_gpu_bytes_max'), '7.2f', gb)} {fmt(c.get('device_used_bytes_max'), '7.2f', gb)} "
-              f"{fmt(c.get('peak_host_rss_bytes_max'), '7.2f', gb)} {fmt(c['batched_vs_single_ratio'], '6.2f')} "
+              f"{fmt(c.get('peak_host_rss_bytes_max'), '7.2f', gb)} "
+              f"{fmt(c.get('export_host_anon_growth_bytes'), '6.2f', gb)} {fmt(c['batched_vs_single_ratio'], '6.2f')} "
               f"{fmt(c['prefill_speedup'], '9.2f')} {fmt(c['decode_speedup'], '8.2f')}")
     for shape, entry in data["inference"].items():
         if entry.get("status") == "ok":

@@ -90,16 +90,17 @@ def method_grid(model: str, sparsities: list[float], precision: str, compensatio
     return configs
 
 
-def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    base = {"model": "pycoder", "method": "bonsai", "precision": precision, "uniform": False}
+def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None, compensations: list[str] | None = None,
+               sparsities: list[float] | None = None, uniform: bool = False) -> list[dict[str, Any]]:
+    base = {"model": "pycoder", "method": "bonsai", "precision": precision, "uniform": uniform}
     grid: list[dict[str, Any]] = []
     variants = variants or [
         {}, {"rounds": 10}, {"rounds": 2}, {"samples_per_round": 1024}, {"samples_per_round": 64},
         {"drop_fraction": 0.05}, {"drop_fraction": 0.2}, {"ridge": 0.1}, {"ridge": 10.0},
         {"prior_bias": 0.0}, {"prior_bias": 2.0}, {"scoring_sequences": 32}, {"scoring_sequences": 2},
     ]
-    for sparsity in (0.2, 0.5):
-        grid += [{**base, "sparsity": sparsity, "options": v} for v in variants]
+    for sparsity, compensate in itertools.product(sparsities or [0.2, 0.5], compensations or ["auto"]):
+        grid += [{**base, "sparsity": sparsity, "compensate": compensate, "options": v} for v in variants]
     return grid
 
 
@@ -122,9 +123,10 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="bonsai option grid instead of the method table")
     parser.add_argument("--variants", type=json.loads, help="JSON list of bonsai option dicts for --sweep")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--compensations", default="none,ls", help="compensate settings to compare")
-    parser.add_argument("--widths", default="uniform,global", help="uniform, global or both")
-    parser.add_argument("--sparsities", default="0.2,0.35,0.5", help="pycoder's; MiniLM is pruned to 0.3")
+    parser.add_argument("--compensations", help="compensate settings to compare (default none,ls; auto in --sweep)")
+    parser.add_argument("--widths", default="uniform,global", help="uniform, global or both (--sweep: global "
+                        "unless uniform alone)")
+    parser.add_argument("--sparsities", help="pycoder's (default 0.2,0.35,0.5; 0.2,0.5 in --sweep); MiniLM is pruned to 0.3")
     parser.add_argument("--models", default="pycoder,minilm")
     parser.add_argument("--methods", default="random,wanda-sp,flap,bonsai")
     parser.add_argument("--shared", type=Path, default=SHARED)
@@ -137,14 +139,17 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     common = budget(args.reduced)
     if args.sweep:
-        configs = sweep_grid(args.precision, args.variants)
+        configs = sweep_grid(args.precision, args.variants, args.compensations and args.compensations.split(","),
+                             args.sparsities and [float(s) for s in args.sparsities.split(",")],
+                             uniform=args.widths == "uniform")
     else:
         wanted = set(args.methods.split(",")) & set(METHODS)
         widths = {"uniform": True, "global": False}
         wanted_widths = {widths[w] for w in args.widths.split(",")}
-        sparsities = {"pycoder": [float(s) for s in args.sparsities.split(",")], "minilm": [0.3]}
+        sparsities = {"pycoder": [float(s) for s in (args.sparsities or "0.2,0.35,0.5").split(",")], "minilm": [0.3]}
         configs = [c for model in args.models.split(",")
-                   for c in method_grid(model, sparsities[model], args.precision, args.compensations.split(","))
+                   for c in method_grid(model, sparsities[model], args.precision,
+                                        (args.compensations or "none,ls").split(","))
                    if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")]
     slug = device.replace(" ", "-").lower()
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"

@@ -1,8 +1,9 @@
 """Surgery: write the compact checkpoint by slicing the original weights tensor by tensor.
 
-The original safetensors are memory-mapped and read one tensor at a time; each output shard is written
-as soon as it is complete, so host memory stays near one shard and the full-precision model is never
-built. Shards keep the input's names and grouping.
+The original safetensors are memory-mapped and read one tensor at a time, each sliced as soon as it is
+read; each output shard is written as soon as it is complete, so host memory stays near one pruned
+shard plus one tensor and the full-precision model is never built. Shards keep the input's names and
+grouping.
 """
 
 from __future__ import annotations
@@ -49,15 +50,14 @@ def export_pruned(
     weight_map: dict[str, str] = {}
     total_bytes = 0
     for shard in reader.shards:
-        tensors: dict[str, torch.Tensor] = {}
+        sliced: dict[str, torch.Tensor] = {}
+        # each tensor is sliced as soon as it is read, so only the kept part of the shard accumulates
         for name, tensor in reader.shard_tensors(shard):
-            tensors[name] = replacements.pop(name, tensor)
+            _add_sliced(sliced, adapter, name, replacements.pop(name, tensor), kept, shapes)
+            del tensor  # before the next read, or two whole tensors are alive at once
         # new tensors (e.g. an output bias the original lacked) go beside their module's weight
         for name in [n for n in replacements if reader.weight_map.get(_sibling_weight(n)) == shard]:
-            tensors[name] = replacements.pop(name)
-        sliced = {name: _slice(adapter, name, t, kept) for name, t in tensors.items()
-                  if not _emptied(adapter, name, shapes)}
-        sliced = {name: t.contiguous() for name, t in sliced.items() if t.numel() > 0}
+            _add_sliced(sliced, adapter, name, replacements.pop(name), kept, shapes)
         save_file(sliced, str(out_dir / shard), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(sliced, shard))
         total_bytes += sum(t.numel() * t.element_size() for t in sliced.values())
@@ -69,6 +69,17 @@ def export_pruned(
     config = _write_config(model_dir, out_dir, adapter, shapes, uniform, config_updates)
     _copy_side_files(model_dir, out_dir)
     return config
+
+
+def _add_sliced(sliced: dict[str, torch.Tensor], adapter: FamilyAdapter, name: str, tensor: torch.Tensor,
+                kept: dict[tuple[int, str], torch.Tensor], shapes: list[LayerShape]) -> None:
+    """Put the kept part of `tensor` into `sliced` (index_select copies, so the whole tensor is not kept
+    alive by a view); tensors of emptied modules are left out."""
+    if _emptied(adapter, name, shapes):
+        return
+    part = _slice(adapter, name, tensor, kept)
+    if part.numel() > 0:
+        sliced[name] = part.contiguous()
 
 
 def _sibling_weight(name: str) -> str:

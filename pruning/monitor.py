@@ -1,4 +1,9 @@
-"""Wall time and peak memory per stage: GPU (torch's allocator and the device) and host RSS."""
+"""Wall time and peak memory per stage: GPU (torch's allocator and the device) and host RSS.
+
+Host RSS counts the pages of memory-mapped checkpoint files that have been read (the kernel can drop
+them at will), so the anonymous part, what the process itself allocated, is sampled beside it where
+the platform reports it (Linux: RssAnon in /proc/self/status).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,20 @@ from typing import Any
 
 import psutil
 import torch
+
+STATUS = "/proc/self/status"
+
+
+def anonymous_rss() -> int | None:
+    """Bytes of the process's resident anonymous memory (heap, not file-backed), or None off Linux."""
+    try:
+        with open(STATUS, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        return None
+    return None
 
 
 class StageMonitor:
@@ -23,15 +42,21 @@ class StageMonitor:
         self.peak_gpu_bytes: dict[str, int] = {}
         self.peak_gpu_reserved_bytes: dict[str, int] = {}
         self.peak_host_rss_bytes: dict[str, int] = {}
+        self.peak_host_anon_bytes: dict[str, int] = {}
+        self.host_anon_at_start_bytes: dict[str, int] = {}  # where each stage began (first time met)
         self._process = psutil.Process()
         self._peak_rss = 0
+        self._peak_anon = 0
         self._lock = threading.Lock()
+
+    def _record(self) -> None:
+        rss, anon = self._process.memory_info().rss, anonymous_rss() or 0
+        with self._lock:
+            self._peak_rss, self._peak_anon = max(self._peak_rss, rss), max(self._peak_anon, anon)
 
     def _sample(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            rss = self._process.memory_info().rss
-            with self._lock:
-                self._peak_rss = max(self._peak_rss, rss)
+            self._record()
             stop.wait(0.02)
 
     @contextmanager
@@ -41,7 +66,11 @@ class StageMonitor:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         with self._lock:
-            self._peak_rss = self._process.memory_info().rss
+            self._peak_rss, self._peak_anon = 0, 0
+        self._record()
+        anon = anonymous_rss()
+        if anon is not None:
+            self.host_anon_at_start_bytes.setdefault(name, anon)
         stop = threading.Event()
         sampler = threading.Thread(target=self._sample, args=(stop,), daemon=True)
         sampler.start()
@@ -58,8 +87,11 @@ class StageMonitor:
             self.stage_s[name] = self.stage_s.get(name, 0.0) + time.perf_counter() - start
             stop.set()
             sampler.join()
+            self._record()
             with self._lock:
                 self.peak_host_rss_bytes[name] = max(self.peak_host_rss_bytes.get(name, 0), self._peak_rss)
+                if anon is not None:
+                    self.peak_host_anon_bytes[name] = max(self.peak_host_anon_bytes.get(name, 0), self._peak_anon)
             if cuda:
                 self.peak_gpu_bytes[name] = max(self.peak_gpu_bytes.get(name, 0),
                                                 torch.cuda.max_memory_allocated(self.device))
@@ -74,4 +106,6 @@ class StageMonitor:
             "peak_gpu_bytes": dict(self.peak_gpu_bytes),
             "peak_gpu_reserved_bytes": dict(self.peak_gpu_reserved_bytes),
             "peak_host_rss_bytes": dict(self.peak_host_rss_bytes),
+            "peak_host_anon_bytes": dict(self.peak_host_anon_bytes),
+            "host_anon_at_start_bytes": dict(self.host_anon_at_start_bytes),
         }

@@ -96,15 +96,19 @@ class ScoringContext:
         return select_global(score_per_param, self.space.params, alive, budget)
 
 
-    def select_per_kind(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float) -> torch.Tensor:
-        """Uniform widths with each kind losing the same fraction of its alive parameters. Attention goes
-        first: stock configs allow few head counts, so MLP makes up the difference."""
-        params = self.space.params
-        attn, mlp = alive & (self.space.kind == 0), alive & (self.space.kind == 1)
-        share = budget / float(params[alive].sum())
-        remove = self.select(score_per_param, attn, share * float(params[attn].sum()), uniform=True)
+    def select_per_kind(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
+                        uniform: bool | None = None) -> torch.Tensor:
+        """Each kind ends up losing the same fraction of its parameters, units ranked within their kind
+        (uniform widths or global, as `select`). The attention target is cumulative over calls, so a
+        round too small for one whole head step leaves it to a later round instead of skipping it for
+        good. Attention goes first: heads are large units, so MLP makes up the difference."""
+        params, kind = self.space.params, self.space.kind
+        removed_before = float(params[~alive].sum())
+        fraction = (removed_before + budget) / float(params.sum())  # of every kind, once this call is done
+        attn_target = fraction * float(params[kind == 0].sum()) - float(params[~alive & (kind == 0)].sum())
+        remove = self.select(score_per_param, alive & (kind == 0), max(attn_target, 0.0), uniform)
         left = budget - float(params[remove].sum())
-        return remove | self.select(score_per_param, mlp, left, uniform=True)
+        return remove | self.select(score_per_param, alive & (kind == 1), max(left, 0.0), uniform)
 
 
 class PruningMethod:

@@ -29,7 +29,7 @@ class WandaSp(PruningMethod):
         alive = torch.ones(ctx.space.size, dtype=torch.bool)
         prior = ctx.activation_prior(alive)
         # attention and MLP scores are not on one scale: each kind loses the target fraction on its own
-        remove = ctx.select_per_kind(prior / ctx.space.params, alive, ctx.target_params)
+        remove = ctx.select_per_kind(prior / ctx.space.params, alive, ctx.target_params, uniform=True)
         return MethodResult(~remove, prior)
 
 

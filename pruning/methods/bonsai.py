@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from pruning.methods.base import Eta, MethodResult, PruningMethod, ScoringContext
@@ -20,33 +22,41 @@ class Bonsai(PruningMethod):
 
     def run(self, ctx: ScoringContext) -> MethodResult:
         opts = self.options
-        space = ctx.space
         generator = torch.Generator().manual_seed(ctx.seed)
-        keep = torch.ones(space.size, dtype=torch.bool)
-        importance = torch.zeros(space.size, dtype=torch.float64)
+        keep = torch.ones(ctx.space.size, dtype=torch.bool)
+        importance = torch.zeros(ctx.space.size, dtype=torch.float64)
         removed = 0.0
         batches = _batches(ctx.calibration, opts.scoring_sequences)
         pairs = max(1, opts.samples_per_round // 2)
         eta = Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward)))
-        history = []
+        history: list[dict[str, Any]] = []
         for round_index in range(opts.rounds):
-            budget = (ctx.target_params - removed) / (opts.rounds - round_index)
-            prior = ctx.activation_prior(keep)  # [U]
-            candidates = keep.nonzero().flatten()  # [A]
-            probs = drop_probabilities(prior[candidates] / space.params[candidates],
-                                       opts.drop_fraction, opts.prior_bias)
-            drops = sample_antithetic_drops(probs, pairs, generator)  # [S, A]
-            batch = batches[round_index % len(batches)]
-            losses = self._sub_model_losses(ctx, keep, candidates, drops, batch, eta, round_index)
-            scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
-            beta = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)  # [A]
-            importance[candidates] = beta
-            remove = ctx.select(importance / space.params, keep, budget)
-            keep &= ~remove
-            removed += float(space.params[remove].sum())
-            history.append({"round": round_index + 1, "removed_units": int(remove.sum()),
-                            "removed_params": removed, "mean_sub_model_loss": float(losses.mean())})
+            removed += self._round(ctx, keep, importance, removed, batches[round_index % len(batches)],
+                                   generator, eta, round_index, history)
         return MethodResult(keep, importance, {"rounds": history})
+
+    def _round(self, ctx: ScoringContext, keep: torch.Tensor, importance: torch.Tensor, removed: float,
+               batch: torch.Tensor, generator: torch.Generator, eta: Eta, round_index: int,
+               history: list[dict[str, Any]]) -> float:
+        """One round: sample sub-models among the alive units, regress, remove a slice of the budget
+        (updating `keep` and `importance` in place). Returns the parameters removed."""
+        opts, space = self.options, ctx.space
+        pairs = max(1, opts.samples_per_round // 2)
+        budget = (ctx.target_params - removed) / (opts.rounds - round_index)
+        prior = ctx.activation_prior(keep)  # [U]
+        candidates = keep.nonzero().flatten()  # [A]
+        probs = drop_probabilities(prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias)
+        drops = sample_antithetic_drops(probs, pairs, generator)  # [S, A]
+        losses = self._sub_model_losses(ctx, keep, candidates, drops, batch, eta, round_index)
+        scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
+        importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)  # [A]
+        select = ctx.select_per_kind if opts.kind_split == "proportional" else ctx.select
+        remove = select(importance / space.params, keep, budget)
+        keep &= ~remove
+        removed_now = float(space.params[remove].sum())
+        history.append({"round": round_index + 1, "removed_units": int(remove.sum()),
+                        "removed_params": removed + removed_now, "mean_sub_model_loss": float(losses.mean())})
+        return removed_now
 
     def _sub_model_losses(self, ctx: ScoringContext, keep: torch.Tensor, candidates: torch.Tensor,
                           drops: torch.Tensor, batch: torch.Tensor, eta: Eta, round_index: int) -> torch.Tensor:

@@ -98,10 +98,13 @@ def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(tiny_llama: 
     x_kept = x.double()[:, kept]
     expected = ridge_reconstruction(x_kept.T @ x_kept, x_kept.T @ x.double(), ctx.output_weight(mlp), kept, 0.1)
     assert set(corrections.refits) == {id(mlp), id(space.group_of(last, "attn"))}  # from the first pruned layer
-    assert corrections.refits[id(mlp)].shape == expected.shape == (model.config.hidden_size, kept.numel())
-    assert torch.allclose(corrections.refits[id(mlp)], expected, rtol=1e-4, atol=1e-6)
+    refit = corrections.refits[id(mlp)]  # stored for the kept columns only
+    assert torch.equal(refit.columns, kept.nonzero().flatten())
+    assert refit.delta.shape == (model.config.hidden_size, int(kept.sum())) and refit.delta.dtype == torch.float32
+    assert torch.allclose(refit.delta.double(), expected[:, kept], rtol=1e-4, atol=1e-6)
+    assert torch.all(expected[:, ~kept] == 0)
     # the unpruned attention before it sees no drift: its refit is the identity, up to round-off
-    assert corrections.refits[id(space.group_of(last, "attn"))].abs().max() < 1e-4
+    assert corrections.refits[id(space.group_of(last, "attn"))].delta.abs().max() < 1e-4
 
 
 def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(tiny_llama: Path, llama_fp32) -> None:  # type: ignore[no-untyped-def]

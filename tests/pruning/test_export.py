@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from pruning.api import count_checkpoint_params
 from pruning.export import export_pruned
 from pruning.loading import load_model
 from pruning.masking import UnitMasks
+from pruning.monitor import StageMonitor, anonymous_rss
 from pruning.units import UnitSpace, build_unit_space
 from tests.pruning.conftest import FAMILIES
+from tests.tiny import make_tiny_causal_lm
 
 CPU = torch.device("cpu")
 
@@ -149,3 +152,31 @@ def test_export_with_nothing_removed_is_the_original(llama_fp32, tiny_llama: Pat
     ids = torch.randint(1, 320, (1, 12), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         assert torch.equal(compact(ids).logits, model(ids).logits)
+
+
+def _export_heap_growth(src: Path, out: Path) -> int:
+    """Bytes of anonymous memory the export adds at its peak; run in a fresh process, where the heap
+    has no free space left behind by earlier work to hide the growth."""
+    loaded = load_model(src, "fp32", CPU)
+    adapter = adapter_for("llama")
+    space = build_unit_space(loaded.model, adapter, None)
+    del loaded
+    keep = torch.rand(space.size, generator=torch.Generator().manual_seed(0)) > 0.5
+    monitor = StageMonitor(CPU)
+    with monitor.stage("export"):
+        export_pruned(src, out, adapter, space, keep, False)
+    summary = monitor.summary()
+    return int(summary["peak_host_anon_bytes"]["export"] - summary["host_anon_at_start_bytes"]["export"])
+
+
+@pytest.mark.skipif(anonymous_rss() is None, reason="RssAnon is read from /proc/self/status (Linux only)")
+def test_export_holds_about_half_a_shard_not_the_whole_shard(tmp_path: Path) -> None:
+    # two ~50 MB shards, half the units go: reading a whole shard before slicing grew the heap by ~0.9 of
+    # a shard (the read copies + the sliced copies); slicing each tensor as it is read, by ~0.5
+    src = make_tiny_causal_lm(tmp_path / "m", "llama", hidden_size=512, intermediate_size=4096, layers=4,
+                              max_shard_size="60MB")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        grown = pool.apply(_export_heap_growth, (src, tmp_path / "o"))
+    largest_shard = max(path.stat().st_size for path in src.glob("*.safetensors"))
+    assert largest_shard > 40 * 2**20
+    assert 0.2 * largest_shard < grown < 0.7 * largest_shard

@@ -1,0 +1,32 @@
+"""The scoring context's selection helpers, on the tiny Llama's real unit space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruning.methods.base import ScoringContext
+
+
+def _context(space, uniform: bool) -> ScoringContext:  # type: ignore[no-untyped-def]
+    return ScoringContext(model=None, adapter=None, space=space, masks=None, runner=None,  # type: ignore[arg-type]
+                          calibration=torch.zeros(1, 1), checkpoint=None, uniform=uniform,  # type: ignore[arg-type]
+                          target_params=0.0, seed=0, batch_size=1,
+                          allowed_counts={0: [1], 1: list(range(1, space.group_of(0, "mlp").count))})
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
+def test_select_per_kind_takes_the_same_fraction_of_each_kind(llama_fp32, uniform: bool) -> None:  # type: ignore[no-untyped-def]
+    _, _, space = llama_fp32
+    score = torch.rand(space.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alive = torch.ones(space.size, dtype=torch.bool)
+    budget = 0.5 * float(space.params.sum())
+    remove = _context(space, uniform).select_per_kind(score, alive, budget)
+    attn, mlp = space.kind == 0, space.kind == 1
+    removed_attn = float(space.params[remove & attn].sum()) / float(space.params[attn].sum())
+    removed_mlp = float(space.params[remove & mlp].sum()) / float(space.params[mlp].sum())
+    assert removed_attn == pytest.approx(0.5)  # 1 of 2 KV groups in each layer, or half of all of them
+    assert removed_mlp == pytest.approx(0.5, abs=float(space.params[mlp].max()) / float(space.params[mlp].sum()))
+    if not uniform:  # one ranking per kind across layers: every removed unit scores below every kept one
+        for kind in (attn, mlp):
+            assert float(score[remove & kind].max()) < float(score[~remove & kind].min())

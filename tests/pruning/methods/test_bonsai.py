@@ -1,0 +1,31 @@
+"""bonsai's lifecycle: rounds, and how the budget is split between attention and MLP units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pruning import prune
+
+SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4)
+OPTIONS = dict(rounds=3, samples_per_round=16, scoring_sequences=4)
+
+
+def _removed_fraction(report: dict, kind: str) -> float:  # type: ignore[type-arg]
+    units = [u for u in report["units"] if u["kind"] == kind]
+    return sum(u["params"] for u in units if not u["kept"]) / sum(u["params"] for u in units)
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
+def test_proportional_split_takes_the_same_fraction_of_each_kind(tiny_llama: Path, calibration_file: Path,
+                                                                  tmp_path: Path, uniform: bool) -> None:
+    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", uniform=uniform,
+                   options={**OPTIONS, "kind_split": "proportional"}, **SMALL)
+    attention_unit = max(u["params"] for u in report["units"] if u["kind"] == "attn") / sum(
+        u["params"] for u in report["units"] if u["kind"] == "attn")
+    assert len(report["method_details"]["rounds"]) == 3
+    assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
+    # KV groups are large units: attention lands within one of them of the target, MLP makes up the rest
+    assert _removed_fraction(report, "attn") == pytest.approx(0.4, abs=attention_unit)
+    assert _removed_fraction(report, "mlp") == pytest.approx(0.4, abs=attention_unit)
