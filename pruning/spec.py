@@ -56,9 +56,9 @@ class BonsaiOptions(MethodOptions):
     scoring_sequences: int = Field(
         8, ge=1, le=4096, description="calibration sequences each sub-model is scored on"
     )
-    # proportional: better in 3 of 4 reduced-budget pycoder runs (README, "Quality")
+    # importance: proportional wins at 20% but loses badly at 35% with ls (README, "Quality")
     kind_split: Literal["importance", "proportional"] = Field(
-        "proportional", description="importance: attention and MLP units compete on one ranking; proportional: "
+        "importance", description="importance: attention and MLP units compete on one ranking; proportional: "
         "each kind loses the same fraction of its parameters, units ranked within their kind"
     )
 
