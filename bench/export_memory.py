@@ -57,7 +57,7 @@ def measure(model_dir: Path, out_dir: Path) -> dict[str, Any]:
         export_pruned(model_dir, out_dir, adapter, space, keep, False)
     summary = monitor.summary()
     shards = sorted(path.stat().st_size for path in model_dir.glob("*.safetensors"))
-    growth = summary["peak_host_anon_bytes"]["export"] - summary["host_anon_at_start_bytes"]["export"]
+    growth = summary["host_anon_growth_bytes"]["export"]
     return {"model": str(model_dir), "shards": len(shards), "checkpoint_bytes": sum(shards),
             "largest_shard_bytes": shards[-1], "export_s": summary["stage_s"]["export"],
             "anon_growth_bytes": growth, "anon_growth_per_largest_shard": round(growth / shards[-1], 3),

@@ -425,12 +425,6 @@ def event_sink(label: str, sampler: DeviceMemorySampler, abort_at: float) -> Cal
     return on_event
 
 
-def _growth(report: dict[str, Any], stage: str) -> int | None:
-    """Anonymous host memory a stage added at its peak over where it began (None off Linux)."""
-    peak, start = report.get("peak_host_anon_bytes", {}), report.get("host_anon_at_start_bytes", {})
-    return peak[stage] - start[stage] if stage in peak and stage in start else None
-
-
 def summarise(report: dict[str, Any], found: dict[str, Any], plan: dict[str, Any], device_used: dict[str, int],
               shape_name: str, peak_flops: float | None) -> dict[str, Any]:
     """The benchmark's view of one prune report."""
@@ -453,7 +447,7 @@ def summarise(report: dict[str, Any], found: dict[str, Any], plan: dict[str, Any
         # RSS counts the mapped shards' pages; the anonymous part is what the process holds itself
         "peak_host_anon_bytes": report.get("peak_host_anon_bytes", {}),
         "host_anon_at_start_bytes": report.get("host_anon_at_start_bytes", {}),
-        "export_host_anon_growth_bytes": _growth(report, "export"),
+        "export_host_anon_growth_bytes": report.get("host_anon_growth_bytes", {}).get("export"),
         "forward_tokens": report["forward_tokens"],
         "forward_passes": report["forward_passes"],
         "scoring_tokens": scoring_tokens,

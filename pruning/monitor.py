@@ -49,10 +49,12 @@ class StageMonitor:
         self._peak_anon = 0
         self._lock = threading.Lock()
 
-    def _record(self) -> None:
-        rss, anon = self._process.memory_info().rss, anonymous_rss() or 0
+    def _record(self) -> int | None:
+        """Raise the peaks to the current RSS and anonymous RSS; returns the latter (None off Linux)."""
+        rss, anon = self._process.memory_info().rss, anonymous_rss()
         with self._lock:
-            self._peak_rss, self._peak_anon = max(self._peak_rss, rss), max(self._peak_anon, anon)
+            self._peak_rss, self._peak_anon = max(self._peak_rss, rss), max(self._peak_anon, anon or 0)
+        return anon
 
     def _sample(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -67,8 +69,7 @@ class StageMonitor:
             torch.cuda.reset_peak_memory_stats(self.device)
         with self._lock:
             self._peak_rss, self._peak_anon = 0, 0
-        self._record()
-        anon = anonymous_rss()
+        anon = self._record()
         if anon is not None:
             self.host_anon_at_start_bytes.setdefault(name, anon)
         stop = threading.Event()
@@ -108,4 +109,7 @@ class StageMonitor:
             "peak_host_rss_bytes": dict(self.peak_host_rss_bytes),
             "peak_host_anon_bytes": dict(self.peak_host_anon_bytes),
             "host_anon_at_start_bytes": dict(self.host_anon_at_start_bytes),
+            # what each stage added to the heap at its peak: the figure that shows what a stage holds
+            "host_anon_growth_bytes": {name: peak - self.host_anon_at_start_bytes[name]
+                                       for name, peak in self.peak_host_anon_bytes.items()},
         }

@@ -166,7 +166,7 @@ def _export_heap_growth(src: Path, out: Path) -> int:
     with monitor.stage("export"):
         export_pruned(src, out, adapter, space, keep, False)
     summary = monitor.summary()
-    return int(summary["peak_host_anon_bytes"]["export"] - summary["host_anon_at_start_bytes"]["export"])
+    return int(summary["host_anon_growth_bytes"]["export"])
 
 
 @pytest.mark.skipif(anonymous_rss() is None, reason="RssAnon is read from /proc/self/status (Linux only)")
