@@ -76,7 +76,16 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
             "ratio": figure["after"] / figure["before"], "achieved": report["sparsity"]["achieved"],
             "compensation": report["compensation"], "params_after": report["params"]["total_after"],
             "wall_s": wall, "stage_s": report["stage_s"], "scoring_s": report["stage_s"]["scoring"],
-            "forward_tokens": report["forward_tokens"]}
+            "forward_tokens": report["forward_tokens"],
+            "removed_fraction": {kind: removed_fraction(report["units"], kind) for kind in ("attn", "mlp")},
+            **({"split_search": report["method_details"]["split_search"]}
+               if "split_search" in report["method_details"] else {})}
+
+
+def removed_fraction(units: list[dict[str, Any]], kind: str) -> float:
+    """Fraction of a kind's prunable parameters removed: how the method split the budget."""
+    of_kind = [u for u in units if u["kind"] == kind]
+    return sum(u["params"] for u in of_kind if not u["kept"]) / max(1, sum(u["params"] for u in of_kind))
 
 
 def method_grid(model: str, sparsities: list[float], precision: str, compensations: list[str]) -> list[dict[str, Any]]:

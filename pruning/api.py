@@ -6,6 +6,7 @@ the masks live in `pruning.masking`, and the surgery in `pruning.export`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -94,6 +95,10 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
                             1: list(range(1, int(space.group_of(0, "mlp").count)))},
             report_progress=lambda p: emit({"type": "progress", "stage": "scoring", **p}),
         )
+        if compensation == "ls":
+            ctx.fit_compensation = lambda keep, sequences: sequential_refits(
+                dataclasses.replace(ctx, calibration=sequences), keep, corrections, spec.compensation_ridge)
+            ctx.clear_compensation = corrections.refits.clear
         emit({"type": "stage", "stage": "scoring"})
         with monitor.stage("scoring"):
             result = method.run(ctx)

@@ -43,6 +43,9 @@ class ScoringContext:
     seed: int
     batch_size: int  # sequences per forward pass when no masks are replicated
     allowed_counts: dict[int, list[int]]  # uniform mode: per kind, the per-layer counts a config allows
+    # fit the job's compensation (ls) for a keep-vector on some calibration sequences, and undo it
+    fit_compensation: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    clear_compensation: Callable[[], None] | None = None
     report_progress: Callable[[dict[str, Any]], None] = lambda event: None
     _column_norms: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -97,18 +100,32 @@ class ScoringContext:
 
 
     def select_per_kind(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
-                        uniform: bool | None = None) -> torch.Tensor:
-        """Each kind ends up losing the same fraction of its parameters, units ranked within their kind
+                        uniform: bool | None = None, attention_ratio: float = 1.0) -> torch.Tensor:
+        """Attention loses `attention_ratio` times the overall fraction of parameters removed (1: each
+        kind the same fraction), MLP makes up the rest of `budget`; units ranked within their kind
         (uniform widths or global, as `select`). The attention target is cumulative over calls, so a
         round too small for one whole head step leaves it to a later round instead of skipping it for
         good. Attention goes first: heads are large units, so MLP makes up the difference."""
         params, kind = self.space.params, self.space.kind
         removed_before = float(params[~alive].sum())
-        fraction = (removed_before + budget) / float(params.sum())  # of every kind, once this call is done
-        attn_target = fraction * float(params[kind == 0].sum()) - float(params[~alive & (kind == 0)].sum())
+        fraction = (removed_before + budget) / float(params.sum())  # overall, once this call is done
+        attn_params = float(params[kind == 0].sum())
+        attn_target = min(attention_ratio * fraction, 1.0) * attn_params - float(params[~alive & (kind == 0)].sum())
         remove = self.select(score_per_param, alive & (kind == 0), max(attn_target, 0.0), uniform)
         left = budget - float(params[remove].sum())
         return remove | self.select(score_per_param, alive & (kind == 1), max(left, 0.0), uniform)
+
+    def held_out_loss(self, keep: torch.Tensor, fit: torch.Tensor, held_out: torch.Tensor) -> float:
+        """Mean loss on `held_out` of the model pruned to `keep`, compensated as the job will be (if
+        `fit_compensation` is set) on the sequences `fit`. Leaves no compensation behind."""
+        if self.fit_compensation is not None:
+            self.fit_compensation(keep, fit)
+        try:
+            self.masks.set(keep.double())
+            return self.runner.mean_loss(held_out, self.batch_size)
+        finally:
+            if self.clear_compensation is not None:
+                self.clear_compensation()
 
 
 class PruningMethod:

@@ -30,10 +30,13 @@ class Bonsai(PruningMethod):
         pairs = max(1, opts.samples_per_round // 2)
         eta = Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward)))
         history: list[dict[str, Any]] = []
+        details: dict[str, Any] = {"rounds": history}
         for round_index in range(opts.rounds):
             removed += self._round(ctx, keep, importance, removed, batches[round_index % len(batches)],
                                    generator, eta, round_index, history)
-        return MethodResult(keep, importance, {"rounds": history})
+        if opts.kind_split == "search":
+            keep, details["split_search"] = self._search_split(ctx, keep, importance)
+        return MethodResult(keep, importance, details)
 
     def _round(self, ctx: ScoringContext, keep: torch.Tensor, importance: torch.Tensor, removed: float,
                batch: torch.Tensor, generator: torch.Generator, eta: Eta, round_index: int,
@@ -50,13 +53,37 @@ class Bonsai(PruningMethod):
         losses = self._sub_model_losses(ctx, keep, candidates, drops, batch, eta, round_index)
         scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
         importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)  # [A]
-        select = ctx.select_per_kind if opts.kind_split == "proportional" else ctx.select
-        remove = select(importance / space.params, keep, budget)
+        if opts.kind_split == "proportional":
+            remove = ctx.select_per_kind(importance / space.params, keep, budget)
+        else:
+            remove = ctx.select(importance / space.params, keep, budget)
         keep &= ~remove
         removed_now = float(space.params[remove].sum())
         history.append({"round": round_index + 1, "removed_units": int(remove.sum()),
                         "removed_params": removed + removed_now, "mean_sub_model_loss": float(losses.mean())})
         return removed_now
+
+    def _search_split(self, ctx: ScoringContext, keep: torch.Tensor,
+                      importance: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """Re-split the budget between attention and MLP by measurement: for the rounds' own result and
+        a grid of attention fractions (units ranked within their kind by the rounds' importance), fit
+        the job's compensation on 3/4 of the calibration set and keep the split with the lowest loss
+        on the other quarter. Returns the chosen keep-vector and every candidate's figures."""
+        space = ctx.space
+        params, kind = space.params, space.kind
+        sparsity = ctx.target_params / float(params.sum())
+        attn_params = float(params[kind == 0].sum())
+        highest = min(1.0, sparsity * float(params.sum()) / attn_params) * 0.95  # MLP can take the rest
+        held = ctx.calibration.shape[0] // 4  # too few sequences to hold any out: measured in sample
+        fit, held_out = (ctx.calibration[:-held], ctx.calibration[-held:]) if held else (ctx.calibration,) * 2
+        alive = torch.ones(space.size, dtype=torch.bool)
+        keeps = [keep] + [~ctx.select_per_kind(importance / params, alive, ctx.target_params,
+                                               attention_ratio=fraction / sparsity)
+                          for fraction in torch.linspace(0.0, highest, self.options.split_candidates).tolist()]
+        candidates = [{"attention_fraction": float(params[~k & (kind == 0)].sum()) / attn_params,
+                       "held_out_loss": ctx.held_out_loss(k, fit, held_out)} for k in keeps]
+        best = min(range(len(keeps)), key=lambda i: candidates[i]["held_out_loss"])
+        return keeps[best], candidates
 
     def _sub_model_losses(self, ctx: ScoringContext, keep: torch.Tensor, candidates: torch.Tensor,
                           drops: torch.Tensor, batch: torch.Tensor, eta: Eta, round_index: int) -> torch.Tensor:

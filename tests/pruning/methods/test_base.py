@@ -30,3 +30,16 @@ def test_select_per_kind_takes_the_same_fraction_of_each_kind(llama_fp32, unifor
     if not uniform:  # one ranking per kind across layers: every removed unit scores below every kept one
         for kind in (attn, mlp):
             assert float(score[remove & kind].max()) < float(score[~remove & kind].min())
+
+
+def test_attention_ratio_sets_attention_s_share_and_mlp_makes_up_the_budget(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+    _, _, space = llama_fp32
+    score = torch.rand(space.size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alive = torch.ones(space.size, dtype=torch.bool)
+    total = float(space.params.sum())
+    attn, mlp = space.kind == 0, space.kind == 1
+    ctx = _context(space, uniform=False)
+    for ratio, attention in [(0.0, 0.0), (2.0, 0.5)]:  # 25% overall: no attention, then twice the overall fraction
+        remove = ctx.select_per_kind(score, alive, 0.25 * total, attention_ratio=ratio)
+        assert float(space.params[remove & attn].sum()) / float(space.params[attn].sum()) == pytest.approx(attention)
+        assert float(space.params[remove].sum()) == pytest.approx(0.25 * total, abs=float(space.params[mlp].max()))

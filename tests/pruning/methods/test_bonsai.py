@@ -29,3 +29,29 @@ def test_proportional_split_takes_the_same_fraction_of_each_kind(tiny_llama: Pat
     # KV groups are large units: attention lands within one of them of the target, MLP makes up the rest
     assert _removed_fraction(report, "attn") == pytest.approx(0.4, abs=attention_unit)
     assert _removed_fraction(report, "mlp") == pytest.approx(0.4, abs=attention_unit)
+
+
+def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: Path, calibration_file: Path,
+                                                                    tmp_path: Path) -> None:
+    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate="ls",
+                   options={**OPTIONS, "kind_split": "search", "split_candidates": 3}, **SMALL)
+    candidates = report["method_details"]["split_search"]
+    assert len(candidates) == 4  # the rounds' own split, then attention fractions 0 .. highest
+    assert candidates[1]["attention_fraction"] == 0.0
+    assert candidates[3]["attention_fraction"] > candidates[2]["attention_fraction"] > 0.0
+    losses = [c["held_out_loss"] for c in candidates]
+    assert len(set(losses)) > 1  # the splits really differ
+    best = candidates[losses.index(min(losses))]
+    assert _removed_fraction(report, "attn") == pytest.approx(best["attention_fraction"])
+    assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
+    assert report["compensation"] == "ls"
+
+
+def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Path, calibration_file: Path,
+                                                                   tmp_path: Path) -> None:
+    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate="ls",
+                   uniform=True, options={**OPTIONS, "kind_split": "search", "split_candidates": 3}, **SMALL)
+    assert len({(layer["num_key_value_heads"], layer["intermediate_size"]) for layer in report["layers"]}) == 1
+    candidates = report["method_details"]["split_search"]
+    best = min(candidates, key=lambda c: c["held_out_loss"])
+    assert _removed_fraction(report, "attn") == pytest.approx(best["attention_fraction"])
