@@ -78,8 +78,8 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
             "wall_s": wall, "stage_s": report["stage_s"], "scoring_s": report["stage_s"]["scoring"],
             "forward_tokens": report["forward_tokens"],
             "removed_fraction": {kind: removed_fraction(report["units"], kind) for kind in ("attn", "mlp")},
-            **({"split_search": report["method_details"]["split_search"]}
-               if "split_search" in report["method_details"] else {})}
+            **{key: report["method_details"][key] for key in ("split_search", "split_search_s")
+               if key in report["method_details"]}}
 
 
 def removed_fraction(units: list[dict[str, Any]], kind: str) -> float:

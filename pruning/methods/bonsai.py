@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -35,7 +36,9 @@ class Bonsai(PruningMethod):
             removed += self._round(ctx, keep, importance, removed, batches[round_index % len(batches)],
                                    generator, eta, round_index, history)
         if opts.kind_split == "search":
+            start = time.perf_counter()
             keep, details["split_search"] = self._search_split(ctx, keep, importance)
+            details["split_search_s"] = round(time.perf_counter() - start, 3)
         return MethodResult(keep, importance, details)
 
     def _round(self, ctx: ScoringContext, keep: torch.Tensor, importance: torch.Tensor, removed: float,

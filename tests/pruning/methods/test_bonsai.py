@@ -45,6 +45,7 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: 
     assert _removed_fraction(report, "attn") == pytest.approx(best["attention_fraction"])
     assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
     assert report["compensation"] == "ls"
+    assert report["method_details"]["split_search_s"] > 0
 
 
 def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Path, calibration_file: Path,
