@@ -6,7 +6,6 @@ the masks live in `pruning.masking`, and the surgery in `pruning.export`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -97,7 +96,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
         )
         if compensation == "ls":
             ctx.fit_compensation = lambda keep, sequences: sequential_refits(
-                dataclasses.replace(ctx, calibration=sequences), keep, corrections, spec.compensation_ridge)
+                ctx, keep, corrections, spec.compensation_ridge, sequences)
             ctx.clear_compensation = corrections.refits.clear
         emit({"type": "stage", "stage": "scoring"})
         with monitor.stage("scoring"):

@@ -49,8 +49,9 @@ def bias_shifts(ctx: ScoringContext, keep: torch.Tensor) -> dict[int, torch.Tens
 
 @torch.inference_mode()
 def sequential_refits(ctx: ScoringContext, keep: torch.Tensor, corrections: OutputCorrections,
-                      ridge: float = 0.1) -> None:
-    """Refit every output projection from the first pruned layer on, in forward order, into `corrections`.
+                      ridge: float = 0.1, sequences: torch.Tensor | None = None) -> None:
+    """Refit every output projection from the first pruned layer on, in forward order, into `corrections`,
+    on `sequences` [N, T] (default: the whole calibration set).
 
     Each module is fitted on its input in the pruned model (its own units removed, every earlier refit
     applied) to reproduce its output in the dense model, so each fit also corrects the drift that
@@ -64,7 +65,8 @@ def sequential_refits(ctx: ScoringContext, keep: torch.Tensor, corrections: Outp
     if not pruned_layers:
         return
     layers = ctx.adapter.layers(ctx.model)
-    streams = _LayerStreams.capture(ctx, keep, layers[pruned_layers[0]])
+    sequences = ctx.calibration if sequences is None else sequences
+    streams = _LayerStreams.capture(ctx, keep, layers[pruned_layers[0]], sequences)
     for index in range(pruned_layers[0], len(layers)):
         for group in (g for g in ctx.space.groups if g.layer == index):  # attention, then MLP
             kept = keep[ctx.space.slice(group)][group.channel_unit]  # [C]
@@ -112,8 +114,10 @@ class _LayerStreams:
         ctx.masks.set(keep.double())
 
     @classmethod
-    def capture(cls, ctx: ScoringContext, keep: torch.Tensor, layer: nn.Module) -> _LayerStreams:
-        """Run each batch up to `layer` (nothing before it is pruned) and keep what the layer is given."""
+    def capture(cls, ctx: ScoringContext, keep: torch.Tensor, layer: nn.Module,
+                sequences: torch.Tensor) -> _LayerStreams:
+        """Run each batch of `sequences` up to `layer` (nothing before it is pruned) and keep what the
+        layer is given."""
         hidden: list[torch.Tensor] = []
         extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
@@ -126,9 +130,9 @@ class _LayerStreams:
         handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with ctx.masks.suspended():
-                for start in range(0, ctx.calibration.shape[0], ctx.batch_size):
+                for start in range(0, sequences.shape[0], ctx.batch_size):
                     with suppress(_Reached):
-                        ctx.runner.run(ctx.calibration[start : start + ctx.batch_size])
+                        ctx.runner.run(sequences[start : start + ctx.batch_size])
         finally:
             handle.remove()
         return cls(ctx, keep, hidden, extra)
