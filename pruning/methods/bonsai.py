@@ -71,7 +71,9 @@ class Bonsai(PruningMethod):
         """Re-split the budget between attention and MLP by measurement: for the rounds' own result and
         a grid of attention fractions (units ranked within their kind by the rounds' importance), fit
         the job's compensation on 3/4 of the calibration set and keep the split with the lowest loss
-        on the other quarter. Returns the chosen keep-vector and every candidate's figures."""
+        on the other quarter (held out: an ls refit scored on its own tokens looks far better than it
+        is, 2.88 vs 4.73 nats on pycoder at 30%). Returns the chosen keep-vector and every candidate's
+        figures."""
         space = ctx.space
         params, kind = space.params, space.kind
         sparsity = ctx.target_params / float(params.sum())

@@ -6,15 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.quality import removed_fraction
 from pruning import prune
 
 SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4)
 OPTIONS = dict(rounds=3, samples_per_round=16, scoring_sequences=4)
-
-
-def _removed_fraction(report: dict, kind: str) -> float:  # type: ignore[type-arg]
-    units = [u for u in report["units"] if u["kind"] == kind]
-    return sum(u["params"] for u in units if not u["kept"]) / sum(u["params"] for u in units)
 
 
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
@@ -27,8 +23,8 @@ def test_proportional_split_takes_the_same_fraction_of_each_kind(tiny_llama: Pat
     assert len(report["method_details"]["rounds"]) == 3
     assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
     # KV groups are large units: attention lands within one of them of the target, MLP makes up the rest
-    assert _removed_fraction(report, "attn") == pytest.approx(0.4, abs=attention_unit)
-    assert _removed_fraction(report, "mlp") == pytest.approx(0.4, abs=attention_unit)
+    assert removed_fraction(report["units"], "attn") == pytest.approx(0.4, abs=attention_unit)
+    assert removed_fraction(report["units"], "mlp") == pytest.approx(0.4, abs=attention_unit)
 
 
 def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: Path, calibration_file: Path,
@@ -42,7 +38,7 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: 
     losses = [c["held_out_loss"] for c in candidates]
     assert len(set(losses)) > 1  # the splits really differ
     best = candidates[losses.index(min(losses))]
-    assert _removed_fraction(report, "attn") == pytest.approx(best["attention_fraction"])
+    assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
     assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
     assert report["compensation"] == "ls"
     assert report["method_details"]["split_search_s"] > 0
@@ -55,4 +51,4 @@ def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Pa
     assert len({(layer["num_key_value_heads"], layer["intermediate_size"]) for layer in report["layers"]}) == 1
     candidates = report["method_details"]["split_search"]
     best = min(candidates, key=lambda c: c["held_out_loss"])
-    assert _removed_fraction(report, "attn") == pytest.approx(best["attention_fraction"])
+    assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
