@@ -57,11 +57,12 @@ class BonsaiOptions(MethodOptions):
     scoring_sequences: int = Field(
         8, ge=1, le=4096, description="calibration sequences each sub-model is scored on"
     )
-    # search: equal to importance at 20% and 35%, better at 50% (reduced CPU budget with ls; README, "Quality")
+    # search: better than importance at 20% (by taking the prior's pick) and 50% (reduced CPU budget, ls; README)
     kind_split: Literal["search", "importance", "proportional"] = Field(
         "search", description="importance: attention and MLP units compete on one ranking; proportional: "
         "each kind loses the same fraction of its parameters, units ranked within their kind; search: as "
-        "importance, then the attention/MLP split re-chosen by held-out calibration loss after compensation"
+        "importance, then the attention/MLP split (and the activation prior's layer-uniform pick) chosen by "
+        "held-out calibration loss after compensation"
     )
     split_candidates: int = Field(
         7, ge=2, le=64, description="search: attention fractions tried besides the rounds' own split"

@@ -67,13 +67,13 @@ class Bonsai(PruningMethod):
         return removed_now
 
     def _search_split(self, ctx: ScoringContext, keep: torch.Tensor,
-                      importance: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, float]]]:
-        """Re-split the budget between attention and MLP by measurement: for the rounds' own result and
-        a grid of attention fractions (units ranked within their kind by the rounds' importance), fit
-        the job's compensation on 3/4 of the calibration set and keep the split with the lowest loss
-        on the other quarter (held out: an ls refit scored on its own tokens looks far better than it
-        is, 2.88 vs 4.73 nats on pycoder at 30%). Returns the chosen keep-vector and every candidate's
-        figures."""
+                      importance: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Re-split the budget between attention and MLP by measurement: for the rounds' own result, a
+        grid of attention fractions (units ranked within their kind by the rounds' importance) and the
+        activation prior's own pick, fit the job's compensation on 3/4 of the calibration set and keep
+        the candidate with the lowest loss on the other quarter (held out: an ls refit scored on its own
+        tokens looks far better than it is, 2.88 vs 4.73 nats on pycoder at 30%). Returns the chosen
+        keep-vector and every candidate's figures."""
         space = ctx.space
         params, kind = space.params, space.kind
         sparsity = ctx.target_params / float(params.sum())
@@ -82,13 +82,23 @@ class Bonsai(PruningMethod):
         held = ctx.calibration.shape[0] // 4  # too few sequences to hold any out: measured in sample
         fit, held_out = (ctx.calibration[:-held], ctx.calibration[-held:]) if held else (ctx.calibration,) * 2
         alive = torch.ones(space.size, dtype=torch.bool)
-        keeps = [keep] + [~ctx.select_per_kind(importance / params, alive, ctx.target_params,
-                                               attention_ratio=fraction / sparsity)
-                          for fraction in torch.linspace(0.0, highest, self.options.split_candidates).tolist()]
-        candidates = [{"attention_fraction": float(params[~k & (kind == 0)].sum()) / attn_params,
-                       "held_out_loss": ctx.held_out_loss(k, fit, held_out)} for k in keeps]
+        keeps = [("rounds", keep)] + [
+            ("importance", ~ctx.select_per_kind(importance / params, alive, ctx.target_params,
+                                                attention_ratio=fraction / sparsity))
+            for fraction in torch.linspace(0.0, highest, self.options.split_candidates).tolist()]
+        # Σ‖x‖·‖W‖ of the dense model, each kind the same fraction in every layer (wanda-sp's pick): with ls
+        # its units are easier to refit than those bonsai ranks lowest at low sparsity (README, "Quality")
+        prior = ctx.activation_prior(alive)
+        keeps.append(("prior, layer-uniform", ~ctx.select_per_kind(prior / params, alive, ctx.target_params,
+                                                                   uniform=True)))
+        candidates: list[dict[str, Any]] = []
+        for i, (ranking, k) in enumerate(keeps):
+            same = next((candidates[j] for j in range(i) if torch.equal(keeps[j][1], k)), None)
+            loss = same["held_out_loss"] if same else ctx.held_out_loss(k, fit, held_out)  # fitted once
+            candidates.append({"ranking": ranking, "held_out_loss": loss,
+                               "attention_fraction": float(params[~k & (kind == 0)].sum()) / attn_params})
         best = min(range(len(keeps)), key=lambda i: candidates[i]["held_out_loss"])
-        return keeps[best], candidates
+        return keeps[best][1], candidates
 
     def _sub_model_losses(self, ctx: ScoringContext, keep: torch.Tensor, candidates: torch.Tensor,
                           drops: torch.Tensor, batch: torch.Tensor, eta: Eta, round_index: int) -> torch.Tensor:

@@ -32,7 +32,8 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: 
     report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate="ls",
                    options={**OPTIONS, "kind_split": "search", "split_candidates": 3}, **SMALL)
     candidates = report["method_details"]["split_search"]
-    assert len(candidates) == 4  # the rounds' own split, then attention fractions 0 .. highest
+    # the rounds' own split, attention fractions 0 .. highest, then the activation prior's pick
+    assert [c["ranking"] for c in candidates] == ["rounds"] + ["importance"] * 3 + ["prior, layer-uniform"]
     assert candidates[1]["attention_fraction"] == 0.0
     assert candidates[3]["attention_fraction"] > candidates[2]["attention_fraction"] > 0.0
     losses = [c["held_out_loss"] for c in candidates]
@@ -52,3 +53,4 @@ def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Pa
     candidates = report["method_details"]["split_search"]
     best = min(candidates, key=lambda c: c["held_out_loss"])
     assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
+    assert len(candidates) == 5

@@ -1,0 +1,166 @@
+"""Does bonsai's split search choose by a criterion that tracks dev perplexity, and what would it miss?
+
+One bonsai run on pycoder-28m with `ls` compensation (the job's own settings); after its rounds, each of
+a set of keep-vectors is scored two ways: the split search's criterion (loss on the last quarter of the
+calibration set after an ls fit on the other three quarters) and the figure users see (dev perplexity
+after the job's full ls fit). Candidates, all at the job's budget:
+
+- `chosen`: what the job keeps (the search's pick);
+- `grid`: the search's own attention fractions, units ranked within each kind by bonsai's importance
+  (`imp`) and by the activation prior Σ‖x‖·‖W‖ of the dense model (`prior`), global widths;
+- `even`: n KV groups removed from every layer (lowest importance there), MLP global or layer-uniform;
+- `uniform`: the same fraction of each kind in every layer, ranked by the prior (wanda-sp's keep), by
+  importance, and by blends of the two ranks (t = the prior's weight), also with global MLP widths.
+
+    python -m bench.split_criterion --sparsity 0.2                      # full bonsai budget
+    python -m bench.split_criterion --sparsity 0.2 --reduced --families grid,uniform
+
+Prints one line per candidate and writes bench/results/split-criterion-<device>-<sparsity>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.quality import REPO, SHARED, budget, pycoder_inputs
+
+Candidates = dict[str, torch.Tensor]
+
+
+def grid_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+    space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
+    sparsity = ctx.target_params / float(space.params.sum())
+    keeps = {}
+    for fraction in fractions:
+        for label, score in (("imp", importance), ("prior", prior)):
+            keeps[f"{label} global attn={fraction:.3f}"] = ~ctx.select_per_kind(
+                score / space.params, alive, ctx.target_params, attention_ratio=fraction / sparsity)
+    return keeps
+
+
+def even_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+    space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
+    params, kind = space.params, space.kind
+    groups = int(((space.layer == 0) & (kind == 0)).sum())
+    keeps = {}
+    for per_layer in range(1, groups):
+        removed = torch.zeros(space.size, dtype=torch.bool)
+        for layer in space.layer.unique().tolist():
+            index = ((space.layer == layer) & (kind == 0)).nonzero().flatten()
+            removed[index[torch.argsort(importance[index] / params[index], stable=True)[:per_layer]]] = True
+        left = ctx.target_params - float(params[removed].sum())
+        if left <= 0:
+            continue
+        for uniform in (False, True):
+            mlp = ctx.select(importance / params, alive & (kind == 1), left, uniform=uniform)
+            keeps[f"even{per_layer} attn, mlp {'uniform' if uniform else 'global'}"] = ~(removed | mlp)
+    return keeps
+
+
+def uniform_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+    space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
+    params, kind = space.params, space.kind
+
+    def ranks(score: torch.Tensor) -> torch.Tensor:
+        """[U] rank of each unit within its kind, scaled to [0, 1]."""
+        out = torch.zeros(space.size, dtype=torch.float64)
+        for k in (0, 1):
+            index = (kind == k).nonzero().flatten()
+            out[index] = score[index].argsort().argsort().double() / max(1, index.numel() - 1)
+        return out
+
+    keeps = {"wanda-sp (prior, uniform)": ~ctx.select_per_kind(prior / params, alive, ctx.target_params, uniform=True),
+             "imp uniform": ~ctx.select_per_kind(importance / params, alive, ctx.target_params, uniform=True)}
+    for t in (0.25, 0.5, 0.75):
+        blend = (1 - t) * ranks(importance / params) + t * ranks(prior / params)
+        keeps[f"blend t={t} uniform"] = ~ctx.select_per_kind(blend, alive, ctx.target_params, uniform=True)
+        keeps[f"blend t={t} global, no attn"] = ~ctx.select_per_kind(blend, alive, ctx.target_params,
+                                                                      attention_ratio=0.0)
+    return keeps
+
+
+FAMILIES: dict[str, Callable[..., Candidates]] = {
+    "grid": grid_candidates, "even": even_candidates, "uniform": uniform_candidates}
+
+
+def evaluate(ctx: Any, keep: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
+    """The search's held-out loss and the dev perplexity after the job's full ls fit, for one keep."""
+    assert ctx.fit_compensation is not None and ctx.clear_compensation is not None
+    held = ctx.calibration.shape[0] // 4
+    held_out = ctx.held_out_loss(keep, ctx.calibration[:-held], ctx.calibration[-held:])
+    ctx.fit_compensation(keep, ctx.calibration)
+    ctx.masks.set(keep.double())
+    perplexity = ctx.runner.quality(dev, ctx.batch_size)["perplexity"]
+    ctx.clear_compensation()
+    space = ctx.space
+    return {"attention_fraction": float(space.params[~keep & (space.kind == 0)].sum())
+            / float(space.params[space.kind == 0].sum()),
+            "held_out_loss": held_out, "dev_perplexity": perplexity}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sparsity", type=float, default=0.2)
+    parser.add_argument("--reduced", action="store_true", help="CPU-sized scoring budget (bench.quality's)")
+    parser.add_argument("--families", default="even,uniform", help=f"candidate families, of {sorted(FAMILIES)}")
+    parser.add_argument("--shared", type=Path, default=SHARED)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import pruning.api as api
+    from pruning.methods.bonsai import Bonsai
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out = args.out or REPO / "bench" / "results" / f"split-criterion-{device.replace(' ', '-').lower()}-{args.sparsity}.json"
+    rows: list[dict[str, Any]] = []
+    data: dict[str, Any] = {}
+    load_calibration, run = api.load_calibration, Bonsai.run
+
+    def keep_data(*a: Any, **k: Any) -> Any:
+        data["split"] = load_calibration(*a, **k)
+        return data["split"]
+
+    def run_then_compare(self: Bonsai, ctx: Any) -> Any:
+        result = run(self, ctx)
+        params, kind = ctx.space.params, ctx.space.kind
+        sparsity = ctx.target_params / float(params.sum())
+        highest = min(1.0, sparsity / (float(params[kind == 0].sum()) / float(params.sum()))) * 0.95
+        fractions = torch.linspace(0.0, highest, self.options.split_candidates).tolist()
+        prior = ctx.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
+        keeps = {"chosen": result.keep}
+        for family in filter(None, args.families.split(",")):
+            keeps |= FAMILIES[family](ctx, result.importance, prior, fractions)
+        for name, keep in keeps.items():
+            start = time.perf_counter()
+            rows.append({"candidate": name, **evaluate(ctx, keep, data["split"].evaluation)})
+            print(f"{name:<32} attn {rows[-1]['attention_fraction']:.3f}  held-out loss "
+                  f"{rows[-1]['held_out_loss']:.4f}  dev ppl {rows[-1]['dev_perplexity']:.3f}  "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        return result
+
+    api.load_calibration, Bonsai.run = keep_data, run_then_compare  # type: ignore[assignment,method-assign]
+    common = budget(args.reduced)
+    with tempfile.TemporaryDirectory() as work:
+        report = api.prune(out_dir=Path(work) / "out", method="bonsai", sparsity=args.sparsity, compensate="ls",
+                           options=common["options"], **{k: v for k, v in common.items() if k != "options"},
+                           **pycoder_inputs(args.shared, Path(work)))
+    dense = report["perplexity"]["before"]
+    for row in rows:
+        row["ratio"] = row["dev_perplexity"] / dense
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # `chosen` re-fitted here must match the job's own figure: the comparison measures what users get
+    print(f"job perplexity {report['perplexity']['after']:.3f}, chosen here {rows[0]['dev_perplexity']:.3f}")
+    out.write_text(json.dumps({"device": device, "sparsity": args.sparsity, "budget": common, "dense_perplexity": dense,
+                               "job_perplexity": report["perplexity"]["after"], "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
