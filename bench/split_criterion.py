@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from bench.quality import REPO, SHARED, budget, pycoder_inputs
+from pruning.methods.bonsai import attention_fractions, held_out_split, removed_attention_fraction
 
 Candidates = dict[str, torch.Tensor]
 
@@ -94,16 +95,12 @@ FAMILIES: dict[str, Callable[..., Candidates]] = {
 def evaluate(ctx: Any, keep: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
     """The search's held-out loss and the dev perplexity after the job's full ls fit, for one keep."""
     assert ctx.fit_compensation is not None and ctx.clear_compensation is not None
-    held = ctx.calibration.shape[0] // 4
-    held_out = ctx.held_out_loss(keep, ctx.calibration[:-held], ctx.calibration[-held:])
+    held_out = ctx.held_out_loss(keep, *held_out_split(ctx.calibration))
     ctx.fit_compensation(keep, ctx.calibration)
     ctx.masks.set(keep.double())
     perplexity = ctx.runner.quality(dev, ctx.batch_size)["perplexity"]
     ctx.clear_compensation()
-    space = ctx.space
-    return {"attention_fraction": float(space.params[~keep & (space.kind == 0)].sum())
-            / float(space.params[space.kind == 0].sum()),
-            "held_out_loss": held_out, "dev_perplexity": perplexity}
+    return {"attention_fraction": removed_attention_fraction(ctx.space, keep), "held_out_loss": held_out, "dev_perplexity": perplexity}
 
 
 def main() -> None:
@@ -129,10 +126,7 @@ def main() -> None:
 
     def run_then_compare(self: Bonsai, ctx: Any) -> Any:
         result = run(self, ctx)
-        params, kind = ctx.space.params, ctx.space.kind
-        sparsity = ctx.target_params / float(params.sum())
-        highest = min(1.0, sparsity / (float(params[kind == 0].sum()) / float(params.sum()))) * 0.95
-        fractions = torch.linspace(0.0, highest, self.options.split_candidates).tolist()
+        fractions = attention_fractions(ctx.space, ctx.target_params, self.options.split_candidates)
         prior = ctx.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
         keeps = {"chosen": result.keep}
         for family in filter(None, args.families.split(",")):

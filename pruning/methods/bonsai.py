@@ -15,6 +15,7 @@ from pruning.scoring.bonsai import (
     sample_antithetic_drops,
 )
 from pruning.spec import BonsaiOptions
+from pruning.units import UnitSpace
 
 
 class Bonsai(PruningMethod):
@@ -32,42 +33,42 @@ class Bonsai(PruningMethod):
         eta = Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward)))
         history: list[dict[str, Any]] = []
         details: dict[str, Any] = {"rounds": history}
+        dense_prior = ctx.activation_prior(keep)  # [U] every unit alive: round one's prior, and the search's
         for round_index in range(opts.rounds):
-            removed += self._round(ctx, keep, importance, removed, batches[round_index % len(batches)],
+            prior = dense_prior if round_index == 0 else ctx.activation_prior(keep)
+            removed += self._round(ctx, keep, importance, prior, removed, batches[round_index % len(batches)],
                                    generator, eta, round_index, history)
         if opts.kind_split == "search":
             start = time.perf_counter()
-            keep, details["split_search"] = self._search_split(ctx, keep, importance)
+            keep, details["split_search"] = self._search_split(ctx, keep, importance, dense_prior)
             details["split_search_s"] = round(time.perf_counter() - start, 3)
         return MethodResult(keep, importance, details)
 
-    def _round(self, ctx: ScoringContext, keep: torch.Tensor, importance: torch.Tensor, removed: float,
-               batch: torch.Tensor, generator: torch.Generator, eta: Eta, round_index: int,
+    def _round(self, ctx: ScoringContext, keep: torch.Tensor, importance: torch.Tensor, prior: torch.Tensor,
+               removed: float, batch: torch.Tensor, generator: torch.Generator, eta: Eta, round_index: int,
                history: list[dict[str, Any]]) -> float:
         """One round: sample sub-models among the alive units, regress, remove a slice of the budget
-        (updating `keep` and `importance` in place). Returns the parameters removed."""
+        (updating `keep` and `importance` in place). `prior` [U] is the activation prior with `keep`
+        alive. Returns the parameters removed."""
         opts, space = self.options, ctx.space
         pairs = max(1, opts.samples_per_round // 2)
         budget = (ctx.target_params - removed) / (opts.rounds - round_index)
-        prior = ctx.activation_prior(keep)  # [U]
         candidates = keep.nonzero().flatten()  # [A]
         probs = drop_probabilities(prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias)
         drops = sample_antithetic_drops(probs, pairs, generator)  # [S, A]
         losses = self._sub_model_losses(ctx, keep, candidates, drops, batch, eta, round_index)
         scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
         importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)  # [A]
-        if opts.kind_split == "proportional":
-            remove = ctx.select_per_kind(importance / space.params, keep, budget)
-        else:
-            remove = ctx.select(importance / space.params, keep, budget)
+        select = ctx.select_per_kind if opts.kind_split == "proportional" else ctx.select
+        remove = select(importance / space.params, keep, budget)
         keep &= ~remove
         removed_now = float(space.params[remove].sum())
         history.append({"round": round_index + 1, "removed_units": int(remove.sum()),
                         "removed_params": removed + removed_now, "mean_sub_model_loss": float(losses.mean())})
         return removed_now
 
-    def _search_split(self, ctx: ScoringContext, keep: torch.Tensor,
-                      importance: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    def _search_split(self, ctx: ScoringContext, keep: torch.Tensor, importance: torch.Tensor,
+                      dense_prior: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Re-split the budget between attention and MLP by measurement: for the rounds' own result, a
         grid of attention fractions (units ranked within their kind by the rounds' importance) and the
         activation prior's own pick, fit the job's compensation on 3/4 of the calibration set and keep
@@ -75,28 +76,24 @@ class Bonsai(PruningMethod):
         tokens looks far better than it is, 2.88 vs 4.73 nats on pycoder at 30%). Returns the chosen
         keep-vector and every candidate's figures."""
         space = ctx.space
-        params, kind = space.params, space.kind
+        params = space.params
         sparsity = ctx.target_params / float(params.sum())
-        attn_params = float(params[kind == 0].sum())
-        highest = min(1.0, sparsity * float(params.sum()) / attn_params) * 0.95  # MLP can take the rest
-        held = ctx.calibration.shape[0] // 4  # too few sequences to hold any out: measured in sample
-        fit, held_out = (ctx.calibration[:-held], ctx.calibration[-held:]) if held else (ctx.calibration,) * 2
+        fit, held_out = held_out_split(ctx.calibration)
         alive = torch.ones(space.size, dtype=torch.bool)
         keeps = [("rounds", keep)] + [
             ("importance", ~ctx.select_per_kind(importance / params, alive, ctx.target_params,
                                                 attention_ratio=fraction / sparsity))
-            for fraction in torch.linspace(0.0, highest, self.options.split_candidates).tolist()]
+            for fraction in attention_fractions(space, ctx.target_params, self.options.split_candidates)]
         # Σ‖x‖·‖W‖ of the dense model, each kind the same fraction in every layer (wanda-sp's pick): with ls
         # its units are easier to refit than those bonsai ranks lowest at low sparsity (README, "Quality")
-        prior = ctx.activation_prior(alive)
-        keeps.append(("prior, layer-uniform", ~ctx.select_per_kind(prior / params, alive, ctx.target_params,
+        keeps.append(("prior, layer-uniform", ~ctx.select_per_kind(dense_prior / params, alive, ctx.target_params,
                                                                    uniform=True)))
         candidates: list[dict[str, Any]] = []
         for i, (ranking, k) in enumerate(keeps):
             same = next((candidates[j] for j in range(i) if torch.equal(keeps[j][1], k)), None)
             loss = same["held_out_loss"] if same else ctx.held_out_loss(k, fit, held_out)  # fitted once
             candidates.append({"ranking": ranking, "held_out_loss": loss,
-                               "attention_fraction": float(params[~k & (kind == 0)].sum()) / attn_params})
+                               "attention_fraction": removed_attention_fraction(space, k)})
         best = min(range(len(keeps)), key=lambda i: candidates[i]["held_out_loss"])
         return keeps[best][1], candidates
 
@@ -121,3 +118,24 @@ def _batches(calibration: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Disjoint scoring batches of `size` sequences; rounds cycle through them."""
     size = min(size, calibration.shape[0])
     return [calibration[i : i + size] for i in range(0, calibration.shape[0] - size + 1, size)]
+
+
+def held_out_split(calibration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, held_out): the split search fits on the first 3/4 of the calibration sequences and scores
+    on the last quarter; with fewer than 4 sequences none can be spared, so both are the whole set."""
+    held = calibration.shape[0] // 4
+    return (calibration[:-held], calibration[-held:]) if held else (calibration, calibration)
+
+
+def attention_fractions(space: UnitSpace, target_params: float, count: int) -> list[float]:
+    """The search's grid of attention fractions to remove, 0 up to 95% of the most the budget allows
+    (the MLP takes the rest, so it is never left with nothing to remove)."""
+    attention_params = float(space.params[space.kind == 0].sum())
+    highest = min(1.0, target_params / attention_params) * 0.95
+    return torch.linspace(0.0, highest, count).tolist()
+
+
+def removed_attention_fraction(space: UnitSpace, keep: torch.Tensor) -> float:
+    """Fraction of the attention parameters that `keep` removes."""
+    attention = space.kind == 0
+    return float(space.params[~keep & attention].sum()) / float(space.params[attention].sum())

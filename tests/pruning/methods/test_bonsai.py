@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from bench.quality import removed_fraction
 from pruning import prune
+from pruning.adapters.base import UnitKind
+from pruning.methods.bonsai import attention_fractions, held_out_split, removed_attention_fraction
+from pruning.units import UnitGroup, UnitSpace
 
 SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4)
 OPTIONS = dict(rounds=3, samples_per_round=16, scoring_sequences=4)
@@ -54,3 +59,40 @@ def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Pa
     best = min(candidates, key=lambda c: c["held_out_loss"])
     assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
     assert len(candidates) == 5
+
+
+def two_kind_space() -> UnitSpace:
+    """One layer: 2 attention units of 100 weights each, 4 MLP units of 50 (600 weights in all)."""
+    def group(kind: UnitKind, params: list[float]) -> UnitGroup:
+        count = len(params)
+        return UnitGroup(0, kind, nn.Linear(count, 1), torch.arange(count), torch.tensor(params))
+    return UnitSpace([group("attn", [100.0, 100.0]), group("mlp", [50.0] * 4)], num_layers=1, head_dim=1,
+                     group_size=[1], mlp_block=1)
+
+
+def test_held_out_split_holds_out_the_last_quarter() -> None:
+    calibration = torch.arange(8).unsqueeze(1)  # [8, 1]: sequence i holds token i
+    fit, held_out = held_out_split(calibration)
+    assert fit.flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    assert held_out.flatten().tolist() == [6, 7]
+
+
+def test_held_out_split_with_too_few_sequences_uses_all_for_both() -> None:
+    calibration = torch.arange(3).unsqueeze(1)
+    fit, held_out = held_out_split(calibration)
+    assert fit.flatten().tolist() == held_out.flatten().tolist() == [0, 1, 2]
+
+
+def test_attention_fractions_stop_short_of_what_the_budget_allows() -> None:
+    space = two_kind_space()
+    # 100 of 200 attention weights affordable: up to 0.5 * 0.95
+    assert attention_fractions(space, 100.0, 3) == pytest.approx([0.0, 0.2375, 0.475])
+    # a budget above all attention: up to 0.95 of it, never all
+    assert attention_fractions(space, 300.0, 2) == pytest.approx([0.0, 0.95])
+
+
+def test_removed_attention_fraction_counts_attention_weights_only() -> None:
+    space = two_kind_space()
+    keep = torch.tensor([False, True, False, False, True, True])  # one head, two MLP units gone
+    assert removed_attention_fraction(space, keep) == 0.5
+    assert removed_attention_fraction(space, torch.ones(6, dtype=torch.bool)) == 0.0
