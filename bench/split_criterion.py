@@ -10,7 +10,9 @@ after the job's full ls fit). Candidates, all at the job's budget:
   (`imp`) and by the activation prior Σ‖x‖·‖W‖ of the dense model (`prior`), global widths;
 - `even`: n KV groups removed from every layer (lowest importance there), MLP global or layer-uniform;
 - `uniform`: the same fraction of each kind in every layer, ranked by the prior (wanda-sp's keep), by
-  importance, and by blends of the two ranks (t = the prior's weight), also with global MLP widths.
+  importance, and by blends of the two ranks (t = the prior's weight), also with global MLP widths;
+- `obs`: wanda-sp's and the job's per-module unit counts, units chosen for the least-squares refit
+  (structured OBS on the dense input Gram, as the search's refit-aware candidate).
 
     python -m bench.split_criterion --sparsity 0.2                      # full bonsai budget
     python -m bench.split_criterion --sparsity 0.2 --reduced --families grid,uniform
@@ -88,8 +90,21 @@ def uniform_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, 
     return keeps
 
 
+def obs_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float],
+                   chosen: torch.Tensor | None = None) -> Candidates:
+    """Per-module unit counts of wanda-sp's pick and of the job's own, units within each module chosen for
+    the refit (the engine's refit_aware_keep: structured OBS on the dense input Gram)."""
+    space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
+    references = {"uniform": ~ctx.select_per_kind(prior / space.params, alive, ctx.target_params, uniform=True)}
+    if chosen is not None:
+        references["the job's counts"] = chosen
+    # Grams of the whole calibration set, as the job exports the pick (the search judges it with the fit
+    # sequences' Grams, so its held-out loss here is flattered; dev perplexity is not)
+    return {f"refit-aware, {label}": ctx.refit_aware_keep(reference) for label, reference in references.items()}
+
+
 FAMILIES: dict[str, Callable[..., Candidates]] = {
-    "grid": grid_candidates, "even": even_candidates, "uniform": uniform_candidates}
+    "grid": grid_candidates, "even": even_candidates, "uniform": uniform_candidates, "obs": obs_candidates}
 
 
 def evaluate(ctx: Any, keep: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
@@ -130,7 +145,8 @@ def main() -> None:
         prior = ctx.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
         keeps = {"chosen": result.keep}
         for family in filter(None, args.families.split(",")):
-            keeps |= FAMILIES[family](ctx, result.importance, prior, fractions)
+            extra = {"chosen": result.keep} if family == "obs" else {}
+            keeps |= FAMILIES[family](ctx, result.importance, prior, fractions, **extra)
         for name, keep in keeps.items():
             start = time.perf_counter()
             rows.append({"candidate": name, **evaluate(ctx, keep, data["split"].evaluation)})

@@ -124,3 +124,33 @@ class ChannelEnergy:
         if energy is None:
             return torch.zeros(group.channel_unit.numel(), dtype=torch.float64)
         return energy.sqrt()
+
+
+class InputGrams:
+    """Accumulates XᵀX [in_channels, in_channels] of the input of some unit modules over the tokens of
+    the passes run while installed, in float32 on the module's device (a 7B down_proj's is 0.5 GB, so
+    callers hook a few groups at a time)."""
+
+    def __init__(self, groups: list[UnitGroup]) -> None:
+        self.groups = groups
+        self.grams: dict[int, torch.Tensor] = {}  # id(group) -> [C, C]
+
+    @contextmanager
+    def installed(self) -> Iterator[InputGrams]:
+        handles: list[RemovableHandle] = []
+
+        def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
+            def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # [tokens, C]
+                gram = self.grams.get(id(group))
+                self.grams[id(group)] = x.T @ x if gram is None else gram.addmm_(x.T, x)
+
+            return record
+
+        try:
+            for group in self.groups:
+                handles.append(group.module.register_forward_pre_hook(hook_for(group)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -67,6 +67,11 @@ class BonsaiOptions(MethodOptions):
     split_candidates: int = Field(
         7, ge=2, le=64, description="search: attention fractions tried besides the rounds' own split"
     )
+    # on: pycoder with ls 1.096/1.487/2.044x -> 1.093/1.359/1.882x at 20/35/50% (reduced CPU budget; README)
+    refit_aware: bool = Field(
+        True, description="search with ls compensation: also try the best split with each module's units "
+        "chosen for the refit (structured OBS on its input Gram), kept if its held-out loss is lower"
+    )
 
 
 class FlapOptions(MethodOptions):

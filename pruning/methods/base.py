@@ -15,11 +15,14 @@ import torch
 from pruning.adapters.base import FamilyAdapter
 from pruning.checkpoint import CheckpointReader
 from pruning.evaluation import Objective
-from pruning.masking import ChannelEnergy, UnitMasks
+from pruning.masking import ChannelEnergy, InputGrams, UnitMasks
+from pruning.scoring.obs import structured_obs_removals
 from pruning.scoring.prior import column_norms, unit_activation_scores
 from pruning.selection import select_global, select_uniform
 from pruning.spec import MethodOptions
 from pruning.units import UnitGroup, UnitSpace
+
+GRAM_BYTES_PER_PASS = 1 << 30  # float32 input Grams held at once by refit_aware_keep (a 7B layer's: 0.55 GB)
 
 
 @dataclass
@@ -68,11 +71,13 @@ class ScoringContext:
             self._column_norms[key] = column_norms(self.output_weight(group))
         return self._column_norms[key]
 
-    def calibration_pass(self, keep: torch.Tensor) -> None:
-        """One forward pass over the whole calibration set under mask `keep`, for the hooks it feeds."""
+    def calibration_pass(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
+        """One forward pass over `sequences` (default: the whole calibration set) under mask `keep`, for
+        the hooks it feeds."""
+        sequences = self.calibration if sequences is None else sequences
         self.masks.set(keep.double())
-        for start in range(0, self.calibration.shape[0], self.batch_size):
-            self.runner.run(self.calibration[start : start + self.batch_size])
+        for start in range(0, sequences.shape[0], self.batch_size):
+            self.runner.run(sequences[start : start + self.batch_size])
 
     def channel_statistics(self, keep: torch.Tensor, before_masks: bool = False) -> ChannelEnergy:
         """Per-channel Σx and Σx² at every unit module, from one pass over the calibration set."""
@@ -89,6 +94,26 @@ class ScoringContext:
             for g in self.space.groups
         ]
         return torch.cat(scores)
+
+    def refit_aware_keep(self, reference: torch.Tensor, sequences: torch.Tensor | None = None) -> torch.Tensor:
+        """[U] keep that removes as many units from every group as `reference` does, choosing them by
+        greedy structured OBS on the dense model's input Gram over `sequences` (default: the calibration
+        set): the units a least-squares refit stands in for best (`pruning.scoring.obs`). One pass over
+        `sequences` per GRAM_BYTES_PER_PASS of Grams."""
+        space = self.space
+        keep = torch.ones(space.size, dtype=torch.bool)
+        pruned = [g for g in space.groups if not bool(reference[space.slice(g)].all())]
+        for chunk in _runs_within_gram_bytes(pruned, GRAM_BYTES_PER_PASS):
+            with InputGrams(chunk).installed() as grams:
+                self.calibration_pass(torch.ones(space.size, dtype=torch.bool), sequences)
+            for group in chunk:
+                gram = grams.grams.pop(id(group))  # [C, C], on the module's device
+                dtype = torch.float64 if gram.device.type == "cpu" else torch.float32  # GPU: memory, speed
+                count = int((~reference[space.slice(group)]).sum())
+                removed = structured_obs_removals(gram, self.output_weight(group).to(gram.device),
+                                                  group.channel_unit.to(gram.device), count, dtype=dtype)
+                keep[group.offset + removed.cpu()] = False
+        return keep
 
     def select(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
                uniform: bool | None = None) -> torch.Tensor:
@@ -126,6 +151,21 @@ class ScoringContext:
         finally:
             if self.clear_compensation is not None:
                 self.clear_compensation()
+
+
+def _runs_within_gram_bytes(groups: list[UnitGroup], limit: int) -> list[list[UnitGroup]]:
+    """`groups` cut into consecutive runs whose float32 input Grams take at most `limit` bytes together
+    (a group larger than that on its own)."""
+    runs: list[list[UnitGroup]] = []
+    used = limit
+    for group in groups:
+        size = 4 * group.channel_unit.numel() ** 2
+        if used + size > limit:
+            runs.append([])
+            used = 0
+        runs[-1].append(group)
+        used += size
+    return runs
 
 
 class PruningMethod:

@@ -89,13 +89,28 @@ class Bonsai(PruningMethod):
         keeps.append(("prior, layer-uniform", ~ctx.select_per_kind(dense_prior / params, alive, ctx.target_params,
                                                                    uniform=True)))
         candidates: list[dict[str, Any]] = []
-        for i, (ranking, k) in enumerate(keeps):
-            same = next((candidates[j] for j in range(i) if torch.equal(keeps[j][1], k)), None)
+        kept: list[torch.Tensor] = []
+
+        def score(ranking: str, k: torch.Tensor) -> None:
+            same = next((c for c, earlier in zip(candidates, kept, strict=True) if torch.equal(earlier, k)), None)
             loss = same["held_out_loss"] if same else ctx.held_out_loss(k, fit, held_out)  # fitted once
             candidates.append({"ranking": ranking, "held_out_loss": loss,
                                "attention_fraction": removed_attention_fraction(space, k)})
-        best = min(range(len(keeps)), key=lambda i: candidates[i]["held_out_loss"])
-        return keeps[best][1], candidates
+            kept.append(k)
+
+        for ranking, k in keeps:
+            score(ranking, k)
+        best = min(range(len(kept)), key=lambda i: candidates[i]["held_out_loss"])
+        if ctx.fit_compensation is None or not self.options.refit_aware:
+            return kept[best], candidates
+        # ls follows: the best split again, each group losing as many units, but those a refit replaces
+        # best (structured OBS); a ranking by loss without a refit cannot see that. Judged with Grams of
+        # the fit sequences only (the held-out ones would flatter it), and if it wins, chosen again with
+        # the whole calibration set, as the final refit is fitted
+        score(f"refit-aware, {candidates[best]['ranking']}", ctx.refit_aware_keep(kept[best], fit))
+        if candidates[-1]["held_out_loss"] >= candidates[best]["held_out_loss"]:
+            return kept[best], candidates
+        return ctx.refit_aware_keep(kept[best]), candidates
 
     def _sub_model_losses(self, ctx: ScoringContext, keep: torch.Tensor, candidates: torch.Tensor,
                           drops: torch.Tensor, batch: torch.Tensor, eta: Eta, round_index: int) -> torch.Tensor:

@@ -37,8 +37,13 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: 
     report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate="ls",
                    options={**OPTIONS, "kind_split": "search", "split_candidates": 3}, **SMALL)
     candidates = report["method_details"]["split_search"]
-    # the rounds' own split, attention fractions 0 .. highest, then the activation prior's pick
-    assert [c["ranking"] for c in candidates] == ["rounds"] + ["importance"] * 3 + ["prior, layer-uniform"]
+    # the rounds' own split, attention fractions 0 .. highest, the activation prior's pick, then (ls
+    # follows) the best of those with the same units per module chosen for the refit
+    rankings = [c["ranking"] for c in candidates]
+    assert rankings[:5] == ["rounds"] + ["importance"] * 3 + ["prior, layer-uniform"]
+    first_best = min(candidates[:5], key=lambda c: c["held_out_loss"])
+    assert rankings[5:] == [f"refit-aware, {first_best['ranking']}"]
+    assert candidates[5]["attention_fraction"] == first_best["attention_fraction"]
     assert candidates[1]["attention_fraction"] == 0.0
     assert candidates[3]["attention_fraction"] > candidates[2]["attention_fraction"] > 0.0
     losses = [c["held_out_loss"] for c in candidates]
@@ -58,7 +63,17 @@ def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Pa
     candidates = report["method_details"]["split_search"]
     best = min(candidates, key=lambda c: c["held_out_loss"])
     assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
-    assert len(candidates) == 5
+    assert len(candidates) == 6
+
+
+@pytest.mark.parametrize(("compensate", "refit_aware"), [("none", True), ("ls", False)])
+def test_split_search_has_no_refit_aware_candidate_without_a_refit_or_when_off(
+        tiny_llama: Path, calibration_file: Path, tmp_path: Path, compensate: str, refit_aware: bool) -> None:
+    options = {**OPTIONS, "kind_split": "search", "split_candidates": 3, "refit_aware": refit_aware}
+    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate=compensate,
+                   options=options, **SMALL)
+    rankings = [c["ranking"] for c in report["method_details"]["split_search"]]
+    assert rankings == ["rounds"] + ["importance"] * 3 + ["prior, layer-uniform"]
 
 
 def two_kind_space() -> UnitSpace:
