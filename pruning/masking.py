@@ -8,7 +8,7 @@ the same code serves int8 (bitsandbytes), bf16 and fp32 weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +17,19 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from pruning.units import UnitGroup, UnitSpace
+
+
+@contextmanager
+def pre_hooks(groups: list[UnitGroup], hook_for: Callable[[UnitGroup], Any], prepend: bool = False) -> Iterator[None]:
+    """A forward pre-hook `hook_for(group)` on every group's module for the duration; removed even on error."""
+    handles: list[RemovableHandle] = []
+    try:
+        for group in groups:
+            handles.append(group.module.register_forward_pre_hook(hook_for(group), prepend=prepend))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class UnitMasks:
@@ -67,14 +80,10 @@ class UnitMasks:
     @contextmanager
     def installed(self) -> Iterator[UnitMasks]:
         """Hooks on every unit-carrying module for the duration; removed even on error."""
-        handles: list[RemovableHandle] = []
         try:
-            for group in self.space.groups:
-                handles.append(group.module.register_forward_pre_hook(self._hook(group)))
-            yield self
+            with pre_hooks(self.space.groups, self._hook):
+                yield self
         finally:
-            for handle in handles:
-                handle.remove()
             self.clear()
 
 
@@ -91,7 +100,6 @@ class ChannelEnergy:
     @contextmanager
     def installed(self) -> Iterator[ChannelEnergy]:
         """Hooks on every unit module: after the masks (default) or, with before_masks, ahead of them."""
-        handles: list[RemovableHandle] = []
 
         def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
             def record(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -103,14 +111,8 @@ class ChannelEnergy:
 
             return record
 
-        try:
-            for group in self.space.groups:
-                handles.append(group.module.register_forward_pre_hook(hook_for(group),
-                                                                      prepend=self.before_masks))
+        with pre_hooks(self.space.groups, hook_for, prepend=self.before_masks):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def channel_moments(self, group: UnitGroup) -> tuple[torch.Tensor, torch.Tensor]:
         """([in_channels] mean, [in_channels] variance) of each channel over all recorded tokens."""
@@ -137,8 +139,6 @@ class InputGrams:
 
     @contextmanager
     def installed(self) -> Iterator[InputGrams]:
-        handles: list[RemovableHandle] = []
-
         def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
             def record(module: nn.Module, args: tuple[Any, ...]) -> None:
                 x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # [tokens, C]
@@ -147,10 +147,5 @@ class InputGrams:
 
             return record
 
-        try:
-            for group in self.groups:
-                handles.append(group.module.register_forward_pre_hook(hook_for(group)))
+        with pre_hooks(self.groups, hook_for):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
