@@ -73,8 +73,9 @@ class Bonsai(PruningMethod):
         grid of attention fractions (units ranked within their kind by the rounds' importance) and the
         activation prior's own pick, fit the job's compensation on 3/4 of the calibration set and keep
         the candidate with the lowest loss on the other quarter (held out: an ls refit scored on its own
-        tokens looks far better than it is, 2.88 vs 4.73 nats on pycoder at 30%). Returns the chosen
-        keep-vector and every candidate's figures."""
+        tokens looks far better than it is, 2.88 vs 4.73 nats on pycoder at 30%). With ls, the winner is
+        then tried with each module's units chosen for the refit (below). Returns the chosen keep-vector
+        and every candidate's figures."""
         space = ctx.space
         params = space.params
         sparsity = ctx.target_params / float(params.sum())
