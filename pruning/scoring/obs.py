@@ -43,10 +43,10 @@ def structured_obs_removals(gram: torch.Tensor, weight: torch.Tensor, channel_un
         s_all = channels[candidates]  # [A, b]
         blocks = hinv[s_all[:, :, None], s_all[:, None, :]]  # [A, b, b] H⁻¹_SS per unit
         w_s = weight[:, s_all].transpose(0, 1)  # [A, out, b]
-        costs = (w_s @ torch.linalg.inv(blocks) * w_s).sum((1, 2))  # [A]
-        unit = int(candidates[costs.argmin()])
-        s = channels[unit]
-        block_inv = torch.linalg.inv(hinv[s][:, s])  # [b, b]
+        block_invs = torch.linalg.inv(blocks)  # [A, b, b] (H⁻¹_SS)⁻¹
+        costs = (w_s @ block_invs * w_s).sum((1, 2))  # [A]
+        best = int(costs.argmin())
+        unit, s, block_inv = int(candidates[best]), s_all[best], block_invs[best]  # block_inv: [b, b]
         rows = hinv[s, :].clone()  # [b, C]
         weight -= weight[:, s] @ block_inv @ rows
         hinv.addmm_(hinv[:, s] @ block_inv, rows, alpha=-1.0)  # in place: no second [C, C]
