@@ -8,7 +8,7 @@
   targets from pruned inputs lets each layer also undo the drift the layers before it left behind
   (one-shot fits to each module's own full output cannot). Exported as changed weights (any family).
   Fitted once, after scoring: refitting after each of bonsai's rounds as well cost 1.5x the scoring
-  time and did not help (README, "Compensation").
+  time and did not help (docs/quality.md, "Compensation").
 
 Corrections are applied to the masked model with forward hooks (`OutputCorrections`), so int8
 weights stay untouched and the report measures exactly what is exported.

@@ -38,7 +38,7 @@ class MethodOptions(BaseModel):
 
 
 class BonsaiOptions(MethodOptions):
-    """Perturbative scoring (Dery et al. 2024). Defaults are justified in README ("Quality")."""
+    """Perturbative scoring (Dery et al. 2024). Defaults are justified in docs/quality.md."""
 
     rounds: int = Field(5, ge=1, le=64, description="pruning rounds; each removes a slice of the budget")
     samples_per_round: int = Field(
@@ -47,7 +47,7 @@ class BonsaiOptions(MethodOptions):
     drop_fraction: float = Field(
         0.2, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
     )
-    # 1.0, not 0.1: better with ls compensation at 20% and 50% (README, "Quality"); 0.1 was better without
+    # 1.0, not 0.1: better with ls compensation at 20% and 50% (docs/quality.md); 0.1 was better without
     ridge: float = Field(1.0, gt=0.0, description="strength of the pull toward the activation prior")
     prior_bias: float = Field(
         0.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
@@ -57,7 +57,7 @@ class BonsaiOptions(MethodOptions):
     scoring_sequences: int = Field(
         8, ge=1, le=4096, description="calibration sequences each sub-model is scored on"
     )
-    # search: better than importance at 20% (by taking the prior's pick) and 50% (reduced CPU budget, ls; README)
+    # search: beats importance at 20% (the prior's pick) and 50% (reduced CPU budget, ls; docs/quality.md)
     kind_split: Literal["search", "importance", "proportional"] = Field(
         "search", description="importance: attention and MLP units compete on one ranking; proportional: "
         "each kind loses the same fraction of its parameters, units ranked within their kind; search: as "
@@ -67,7 +67,7 @@ class BonsaiOptions(MethodOptions):
     split_candidates: int = Field(
         7, ge=2, le=64, description="search: attention fractions tried besides the rounds' own split"
     )
-    # on: pycoder with ls 1.096/1.487/2.044x -> 1.093/1.359/1.882x at 20/35/50% (reduced CPU budget; README)
+    # on: pycoder with ls 1.096/1.487/2.044x -> 1.093/1.359/1.882x at 20/35/50% (reduced budget; docs/quality.md)
     refit_aware: bool = Field(
         True, description="search with ls compensation: also try the best split with each module's units "
         "chosen for the refit (structured OBS on its input Gram), kept if its held-out loss is lower"

@@ -86,7 +86,7 @@ class Bonsai(PruningMethod):
                                                 attention_ratio=fraction / sparsity))
             for fraction in attention_fractions(space, ctx.target_params, self.options.split_candidates)]
         # Σ‖x‖·‖W‖ of the dense model, each kind the same fraction in every layer (wanda-sp's pick): with ls
-        # its units are easier to refit than those bonsai ranks lowest at low sparsity (README, "Quality")
+        # its units are easier to refit than those bonsai ranks lowest at low sparsity (docs/quality.md)
         keeps.append(("prior, layer-uniform", ~ctx.select_per_kind(dense_prior / params, alive, ctx.target_params,
                                                                    uniform=True)))
         candidates: list[dict[str, Any]] = []
