@@ -40,3 +40,29 @@ def llama_fp32(tiny_llama: Path):  # type: ignore[no-untyped-def]
     loaded = load_model(tiny_llama, "fp32", CPU)
     adapter = adapter_for("llama")
     return loaded.model, adapter, build_unit_space(loaded.model, adapter, None)
+
+
+@pytest.fixture(scope="session")
+def llama_ids(llama_fp32) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """[8, 16] random token ids for tiny llama (tests must not modify them)."""
+    vocab = llama_fp32[0].config.vocab_size
+    return torch.randint(0, vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def llama_context(tiny_llama: Path, llama_fp32):  # type: ignore[no-untyped-def]
+    """A real ScoringContext on tiny llama in fp32 (lm objective, batches of 3), for given masks and
+    calibration token ids: `llama_context(masks, ids)`."""
+    from pruning.checkpoint import CheckpointReader
+    from pruning.evaluation import make_objective
+    from pruning.methods.base import ScoringContext
+
+    model, adapter, space = llama_fp32
+
+    def build(masks, calibration: torch.Tensor) -> ScoringContext:  # type: ignore[no-untyped-def]
+        return ScoringContext(model=model, adapter=adapter, space=space, masks=masks,
+                              runner=make_objective("lm", model, adapter, CPU, masks), calibration=calibration,
+                              checkpoint=CheckpointReader(tiny_llama), uniform=False, target_params=0.0, seed=0,
+                              batch_size=3, allowed_counts={})
+
+    return build

@@ -46,21 +46,6 @@ def test_auto_compensation_needs_enough_tokens_per_channel(tiny_models: dict[str
     assert choose_compensation("none", "bias", space, 10 * enough) == "none"
 
 
-def _context(model_dir: Path, model, adapter, space, masks, calibration):  # type: ignore[no-untyped-def]
-    from pruning.checkpoint import CheckpointReader
-    from pruning.evaluation import make_objective
-    from pruning.methods.base import ScoringContext
-
-    return ScoringContext(model=model, adapter=adapter, space=space, masks=masks,
-                          runner=make_objective("lm", model, adapter, torch.device("cpu"), masks),
-                          calibration=calibration, checkpoint=CheckpointReader(model_dir), uniform=False,
-                          target_params=0.0, seed=0, batch_size=3, allowed_counts={})
-
-
-def _calibration(vocab: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (8, 16), generator=torch.Generator().manual_seed(0))  # [N, T]
-
-
 def _down_proj_io(model, layer: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
     """([n, C] input, [n, out] output) of one layer's down_proj on `ids`, in the model as it is."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -75,21 +60,21 @@ def _down_proj_io(model, layer: int, ids: torch.Tensor) -> tuple[torch.Tensor, t
     return seen[0]
 
 
-def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(tiny_llama: Path, llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(llama_fp32, llama_context, llama_ids) -> None:  # type: ignore[no-untyped-def]
     from pruning.compensation import OutputCorrections, sequential_refits
     from pruning.masking import UnitMasks
     from pruning.scoring.reconstruction import ridge_reconstruction
 
-    model, adapter, space = llama_fp32
+    model, _, space = llama_fp32
     last = space.num_layers - 1
     mlp = space.group_of(last, "mlp")
     keep = torch.ones(space.size, dtype=torch.bool)
     keep[space.slice(mlp)][::3] = False  # every third MLP unit of the last layer only
-    calibration = _calibration(model.config.vocab_size)
+    calibration = llama_ids
     masks = UnitMasks(space)
     corrections = OutputCorrections(masks)
     with masks.installed(), corrections.installed():
-        ctx = _context(tiny_llama, model, adapter, space, masks, calibration)
+        ctx = llama_context(masks, calibration)
         sequential_refits(ctx, keep, corrections, ridge=0.1)
 
     # nothing upstream is pruned, so the down_proj's pruned input is its dense input on the kept channels
@@ -107,13 +92,13 @@ def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(tiny_llama: 
     assert corrections.refits[id(space.group_of(last, "attn"))].delta.abs().max() < 1e-4
 
 
-def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(tiny_llama: Path, llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(llama_fp32, llama_context, llama_ids) -> None:  # type: ignore[no-untyped-def]
     from pruning.compensation import OutputCorrections, sequential_refits
     from pruning.masking import UnitMasks
 
-    model, adapter, space = llama_fp32
+    model, _, space = llama_fp32
     keep = torch.rand(space.size, generator=torch.Generator().manual_seed(1)) > 0.3  # every layer loses units
-    calibration = _calibration(model.config.vocab_size)
+    calibration = llama_ids
     with torch.no_grad():
         dense = model(calibration).logits
     masks = UnitMasks(space)
@@ -121,7 +106,7 @@ def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(tiny_llam
     with masks.installed(), corrections.installed(), torch.no_grad():
         masks.set(keep.double())
         uncorrected = model(calibration).logits
-        ctx = _context(tiny_llama, model, adapter, space, masks, calibration)
+        ctx = llama_context(masks, calibration)
         sequential_refits(ctx, keep, corrections, ridge=0.01)
         masks.set(keep.double())
         corrected = model(calibration).logits

@@ -45,34 +45,24 @@ def test_attention_ratio_sets_attention_s_share_and_mlp_makes_up_the_budget(llam
         assert float(space.params[remove].sum()) == pytest.approx(0.25 * total, abs=float(space.params[mlp].max()))
 
 
-def _real_context(model_dir, model, adapter, space, masks, calibration):  # type: ignore[no-untyped-def]
-    from pruning.checkpoint import CheckpointReader
-    from pruning.evaluation import make_objective
-
-    return ScoringContext(model=model, adapter=adapter, space=space, masks=masks,
-                          runner=make_objective("lm", model, adapter, torch.device("cpu"), masks),
-                          calibration=calibration, checkpoint=CheckpointReader(model_dir), uniform=False,
-                          target_params=0.0, seed=0, batch_size=3, allowed_counts={})
-
-
 @pytest.mark.parametrize("gram_bytes", [1 << 30, 1], ids=["one-pass", "pass-per-group"])
 def test_refit_aware_keep_is_structured_obs_on_each_module_s_dense_input(
-        tiny_llama, llama_fp32, monkeypatch: pytest.MonkeyPatch, gram_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        llama_fp32, llama_context, llama_ids, monkeypatch: pytest.MonkeyPatch, gram_bytes: int) -> None:  # type: ignore[no-untyped-def]
     import pruning.methods.base as base
     from pruning.masking import UnitMasks
     from pruning.scoring.obs import structured_obs_removals
 
     monkeypatch.setattr(base, "GRAM_BYTES_PER_PASS", gram_bytes)
-    model, adapter, space = llama_fp32
+    model, _, space = llama_fp32
     reference = torch.ones(space.size, dtype=torch.bool)
     last_mlp, first_attn = space.group_of(space.num_layers - 1, "mlp"), space.group_of(0, "attn")
     reference[last_mlp.offset : last_mlp.offset + 3] = False  # 3 MLP units of the last layer
     reference[first_attn.offset] = False  # one KV group of the first
-    calibration = torch.randint(0, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    calibration = llama_ids
     masks = UnitMasks(space)
     with masks.installed():
         masks.set((torch.rand(space.size) > 0.5).double())  # a mask left over must not leak into the Grams
-        keep = _real_context(tiny_llama, model, adapter, space, masks, calibration).refit_aware_keep(reference)
+        keep = llama_context(masks, calibration).refit_aware_keep(reference)
 
     assert keep.shape == reference.shape and keep.dtype == torch.bool
     for group in space.groups:  # as many units removed from every group as the reference removes
