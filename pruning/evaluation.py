@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pruning.adapters.base import FamilyAdapter
+from pruning.errors import UsageError
 from pruning.masking import UnitMasks
 
 LOGITS_CHUNK_BYTES = 256 * 2**20
@@ -176,7 +177,7 @@ def make_objective(name: str | None, model: Any, adapter: FamilyAdapter, device:
     """`lm` is the default for causal LMs; encoders have no next-token loss and always distill."""
     if not adapter.causal_lm:
         if name == "lm":
-            raise ValueError(f"{adapter.name} models have no next-token loss; use objective 'distill'")
+            raise UsageError(f"{adapter.name} models have no next-token loss; use objective 'distill'")
         return EmbeddingDistillation(model, adapter, device, masks)
     if name == "distill":
         return LogitDistillation(model, adapter, device, masks)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from pruning import modeling_fwdprune
-from pruning.adapters.base import FamilyAdapter, LayerShape
+from pruning.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.checkpoint import INDEX_NAME, CheckpointReader
 from pruning.units import UnitSpace
 
@@ -92,7 +92,7 @@ def _emptied(adapter: FamilyAdapter, name: str, shapes: list[LayerShape]) -> boo
         return False
     layer, kind = found
     shape = shapes[layer]
-    return (shape.num_kv_heads if kind == "attn" else shape.intermediate) == 0
+    return (shape.num_kv_heads if kind == UnitKind.ATTN else shape.intermediate) == 0
 
 
 def _slice(adapter: FamilyAdapter, name: str, tensor: torch.Tensor,

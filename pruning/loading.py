@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pruning.errors import ModelNotFoundError
+from pruning.errors import ModelNotFoundError, UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -37,7 +37,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
+        raise UsageError("device cuda was asked for but CUDA is not available")
     return torch.device(device)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -18,9 +18,12 @@ from torch.utils.hooks import RemovableHandle
 
 from pruning.units import UnitGroup, UnitSpace
 
+PreHook: TypeAlias = Callable[[nn.Module, tuple[Any, ...]], Any]  # a forward pre-hook on a unit module
+
 
 @contextmanager
-def pre_hooks(groups: list[UnitGroup], hook_for: Callable[[UnitGroup], Any], prepend: bool = False) -> Iterator[None]:
+def pre_hooks(groups: list[UnitGroup], hook_for: Callable[[UnitGroup], PreHook],
+              prepend: bool = False) -> Iterator[None]:
     """A forward pre-hook `hook_for(group)` on every group's module for the duration; removed even on error."""
     handles: list[RemovableHandle] = []
     try:
@@ -37,7 +40,7 @@ class UnitMasks:
 
     def __init__(self, space: UnitSpace) -> None:
         self.space = space
-        self._channel_masks: dict[int, torch.Tensor] = {}  # id(group) -> [R, in_channels]
+        self._channel_masks: dict[UnitGroup, torch.Tensor] = {}  # group -> [R, in_channels]
         self.dense = False  # true while suspended: other modifiers of the model (corrections) stand down too
 
     def set(self, keep: torch.Tensor) -> None:
@@ -48,7 +51,7 @@ class UnitMasks:
             unit_keep = keep[:, self.space.slice(group)]  # [R, units]
             if bool((unit_keep == 1).all()):
                 continue  # nothing masked in this module: skip the multiply
-            self._channel_masks[id(group)] = unit_keep[:, group.channel_unit]  # [R, in_channels]
+            self._channel_masks[group] = unit_keep[:, group.channel_unit]  # [R, in_channels]
 
     def clear(self) -> None:
         self._channel_masks = {}
@@ -62,9 +65,9 @@ class UnitMasks:
         finally:
             self._channel_masks, self.dense = saved, False
 
-    def _hook(self, group: UnitGroup):  # type: ignore[no-untyped-def]
+    def _hook(self, group: UnitGroup) -> PreHook:
         def scale_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            mask = self._channel_masks.get(id(group))
+            mask = self._channel_masks.get(group)
             if mask is None:
                 return None
             x = args[0]  # [R*B, T, C]
@@ -93,19 +96,19 @@ class ChannelEnergy:
     def __init__(self, space: UnitSpace, before_masks: bool = False) -> None:
         self.space = space
         self.before_masks = before_masks  # see the inputs as they are before UnitMasks zeroes units
-        self.energy: dict[int, torch.Tensor] = {}  # id(group) -> [in_channels] Σx², float64 on CPU
-        self.sums: dict[int, torch.Tensor] = {}  # id(group) -> [in_channels] Σx
+        self.energy: dict[UnitGroup, torch.Tensor] = {}  # group -> [in_channels] Σx², float64 on CPU
+        self.sums: dict[UnitGroup, torch.Tensor] = {}  # group -> [in_channels] Σx
         self.tokens = 0
 
     @contextmanager
     def installed(self) -> Iterator[ChannelEnergy]:
         """Hooks on every unit module: after the masks (default) or, with before_masks, ahead of them."""
 
-        def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
+        def hook_for(group: UnitGroup) -> PreHook:
             def record(module: nn.Module, args: tuple[Any, ...]) -> None:
                 x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # [tokens, C]
-                self.energy[id(group)] = self.energy.get(id(group), 0) + x.pow(2).sum(0).double().cpu()
-                self.sums[id(group)] = self.sums.get(id(group), 0) + x.sum(0).double().cpu()
+                self.energy[group] = self.energy.get(group, 0) + x.pow(2).sum(0).double().cpu()
+                self.sums[group] = self.sums.get(group, 0) + x.sum(0).double().cpu()
                 if group is self.space.groups[0]:
                     self.tokens += x.shape[0]
 
@@ -117,12 +120,12 @@ class ChannelEnergy:
     def channel_moments(self, group: UnitGroup) -> tuple[torch.Tensor, torch.Tensor]:
         """([in_channels] mean, [in_channels] variance) of each channel over all recorded tokens."""
         count = max(self.tokens, 1)
-        mean = self.sums[id(group)] / count
-        return mean, (self.energy[id(group)] / count - mean.pow(2)).clamp(min=0.0)
+        mean = self.sums[group] / count
+        return mean, (self.energy[group] / count - mean.pow(2)).clamp(min=0.0)
 
     def channel_norms(self, group: UnitGroup) -> torch.Tensor:
         """[in_channels] root of summed squares over tokens (zeros if never seen)."""
-        energy = self.energy.get(id(group))
+        energy = self.energy.get(group)
         if energy is None:
             return torch.zeros(group.channel_unit.numel(), dtype=torch.float64)
         return energy.sqrt()
@@ -135,15 +138,15 @@ class InputGrams:
 
     def __init__(self, groups: list[UnitGroup]) -> None:
         self.groups = groups
-        self.grams: dict[int, torch.Tensor] = {}  # id(group) -> [C, C]
+        self.grams: dict[UnitGroup, torch.Tensor] = {}  # group -> [C, C]
 
     @contextmanager
     def installed(self) -> Iterator[InputGrams]:
-        def hook_for(group: UnitGroup):  # type: ignore[no-untyped-def]
+        def hook_for(group: UnitGroup) -> PreHook:
             def record(module: nn.Module, args: tuple[Any, ...]) -> None:
                 x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # [tokens, C]
-                gram = self.grams.get(id(group))
-                self.grams[id(group)] = x.T @ x if gram is None else gram.addmm_(x.T, x)
+                gram = self.grams.get(group)
+                self.grams[group] = x.T @ x if gram is None else gram.addmm_(x.T, x)
 
             return record
 

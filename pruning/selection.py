@@ -1,11 +1,18 @@
 """Which units to remove, given importances: globally, or the same count in every layer.
 
-Pure functions over flat unit tensors; the round loop and the model live elsewhere.
+`select_global` and `select_uniform` are pure functions over flat unit tensors; `UnitSelector` holds a
+job's selection rules (widths, the counts a stock config allows) over its unit space. The round loop and
+the model live elsewhere.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from pruning.adapters.base import UnitKind
+from pruning.units import UnitSpace
 
 
 def select_global(score: torch.Tensor, params: torch.Tensor, alive: torch.Tensor, budget: float) -> torch.Tensor:
@@ -35,7 +42,7 @@ def select_uniform(
     layer: torch.Tensor,
     kind: torch.Tensor,
     budget: float,
-    allowed_counts: dict[int, list[int]],
+    allowed_counts: dict[UnitKind, list[int]],
 ) -> torch.Tensor:
     """Remove the same number of units of each kind from every layer, cheapest step first.
 
@@ -46,7 +53,7 @@ def select_uniform(
     """
     layers = layer.unique().tolist()
     # per kind, per layer: alive unit indices sorted by score (lowest first)
-    order: dict[int, list[list[int]]] = {}
+    order: dict[UnitKind, list[list[int]]] = {}
     for k in allowed_counts:
         order[k] = []
         for lay in layers:
@@ -56,7 +63,7 @@ def select_uniform(
     remove = torch.zeros_like(alive)
     removed = 0.0
     while removed < budget:
-        steps: list[tuple[float, int, list[int]]] = []
+        steps: list[tuple[float, UnitKind, list[int]]] = []
         for k, counts in allowed_counts.items():
             current = len(order[k][0]) - taken[k]
             lower = [c for c in counts if c < current]
@@ -76,3 +83,43 @@ def select_uniform(
         removed += float(params[units].sum())
         taken[k] += len(units) // len(layers)
     return remove
+
+
+@dataclass(frozen=True)
+class UnitSelector:
+    """A job's selection rules: which units to remove for a budget, by lowest score per parameter.
+
+    `uniform`: the same number of units of each kind from every layer, at counts in `allowed_counts`
+    (per kind, ascending: a stock config cannot express every head count); otherwise one global ranking.
+    """
+
+    space: UnitSpace
+    uniform: bool
+    allowed_counts: dict[UnitKind, list[int]]
+
+    def select(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
+               uniform: bool | None = None) -> torch.Tensor:
+        """Units to remove now: [U] bool, about `budget` parameters, by lowest score per parameter.
+        `uniform` overrides the job's widths for this call."""
+        space = self.space
+        if self.uniform if uniform is None else uniform:
+            return select_uniform(score_per_param, space.params, alive, space.layer, space.kind, budget,
+                                  self.allowed_counts)
+        return select_global(score_per_param, space.params, alive, budget)
+
+    def select_per_kind(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
+                        uniform: bool | None = None, attention_ratio: float = 1.0) -> torch.Tensor:
+        """Attention loses `attention_ratio` times the overall fraction of parameters removed (1: each
+        kind the same fraction), MLP makes up the rest of `budget`; units ranked within their kind
+        (widths as `select`). The attention target is cumulative over calls, so a round too small for
+        one whole head step leaves it to a later round instead of skipping it for good. Attention goes
+        first: heads are large units, so MLP makes up the difference."""
+        params = self.space.params
+        attention, mlp = self.space.kind == UnitKind.ATTN, self.space.kind == UnitKind.MLP
+        removed_before = float(params[~alive].sum())
+        fraction = (removed_before + budget) / float(params.sum())  # overall, once this call is done
+        attention_target = (min(attention_ratio * fraction, 1.0) * float(params[attention].sum())
+                            - float(params[~alive & attention].sum()))
+        remove = self.select(score_per_param, alive & attention, max(attention_target, 0.0), uniform)
+        left = budget - float(params[remove].sum())
+        return remove | self.select(score_per_param, alive & mlp, max(left, 0.0), uniform)

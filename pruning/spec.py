@@ -1,7 +1,10 @@
-"""What a pruning job asks for: validated settings, with no torch import.
+"""What a pruning job asks for: one set of validated settings for every entry point, with no torch import.
 
-The HTTP service validates job requests with these same models before anything touches a GPU, so this
-module must stay importable without torch or transformers.
+`PruneSettings` holds every setting of how to prune. The library and the CLI add where the model and data
+are, where the output goes and which device runs it (`PruneSpec`); the HTTP service adds the names of
+uploaded files and the job's metadata (`service.schemas.jobs.JobCreate`); both CLIs generate their
+options from `PruneSettings`' fields. The API process validates job requests with these models before
+anything touches a GPU, so this module must stay importable without torch or transformers.
 """
 
 from __future__ import annotations
@@ -10,10 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from pruning.errors import UnsupportedModelError
 
 Precision = Literal["auto", "int8", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
+Method = Literal["bonsai", "random", "wanda-sp", "flap"]
+Compensation = Literal["auto", "none", "bias", "ls"]
+ObjectiveName = Literal["lm", "distill"]
 
 # model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
 # unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
@@ -27,10 +35,6 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
 }
 
 
-class UnsupportedModelError(ValueError):
-    """The checkpoint's architecture has no adapter."""
-
-
 class MethodOptions(BaseModel):
     """Options shared by every scoring method."""
 
@@ -38,7 +42,7 @@ class MethodOptions(BaseModel):
 
 
 class BonsaiOptions(MethodOptions):
-    """Perturbative scoring (Dery et al. 2024). Defaults are justified in docs/quality.md."""
+    """Perturbative scoring (Dery et al. 2024). docs/quality.md has the measurements behind each default."""
 
     rounds: int = Field(5, ge=1, le=64, description="pruning rounds; each removes a slice of the budget")
     samples_per_round: int = Field(
@@ -47,30 +51,30 @@ class BonsaiOptions(MethodOptions):
     drop_fraction: float = Field(
         0.2, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
     )
-    # 1.0, not 0.1: better with ls compensation at 20% and 50% (docs/quality.md); 0.1 was better without
+    # strong enough for the least-squares refit that follows by default; weaker suits no compensation
     ridge: float = Field(1.0, gt=0.0, description="strength of the pull toward the activation prior")
     prior_bias: float = Field(
         0.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
     )
-    # 8, not 16: a 7B int8 model's scoring then peaks under 10 GiB for 2% less throughput (README, "Performance")
+    # 8 keeps a 7B int8 model's scoring under 10 GiB of GPU memory for little throughput
     masks_per_forward: int = Field(8, ge=1, le=1024, description="sub-models evaluated per forward pass")
     scoring_sequences: int = Field(
         8, ge=1, le=4096, description="calibration sequences each sub-model is scored on"
     )
-    # search: beats importance at 20% (the prior's pick) and 50% (reduced CPU budget, ls; docs/quality.md)
     kind_split: Literal["search", "importance", "proportional"] = Field(
-        "search", description="importance: attention and MLP units compete on one ranking; proportional: "
-        "each kind loses the same fraction of its parameters, units ranked within their kind; search: as "
-        "importance, then the attention/MLP split (and the activation prior's layer-uniform pick) chosen by "
-        "held-out calibration loss after compensation"
+        "search",
+        description="importance: attention and MLP units compete on one ranking; proportional: each kind "
+        "loses the same fraction of its parameters, units ranked within their kind; search: as importance, "
+        "then the attention/MLP split (and the activation prior's layer-uniform pick) chosen by held-out "
+        "calibration loss after compensation",
     )
     split_candidates: int = Field(
         7, ge=2, le=64, description="search: attention fractions tried besides the rounds' own split"
     )
-    # on: pycoder with ls 1.096/1.487/2.044x -> 1.093/1.359/1.882x at 20/35/50% (reduced budget; docs/quality.md)
     refit_aware: bool = Field(
-        True, description="search with ls compensation: also try the best split with each module's units "
-        "chosen for the refit (structured OBS on its input Gram), kept if its held-out loss is lower"
+        True,
+        description="search with ls compensation: also try the best split with each module's units chosen "
+        "for the refit (structured OBS on its input Gram), kept if its held-out loss is lower",
     )
 
 
@@ -93,61 +97,88 @@ METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
     "flap": FlapOptions,
 }
 
-Method = Literal["bonsai", "random", "wanda-sp", "flap"]
-Compensation = Literal["auto", "none", "bias", "ls"]
-Objective = Literal["lm", "distill"]
 
+class PruneSettings(BaseModel):
+    """How to prune: every setting a job can ask for, however it is submitted (library, CLI, HTTP).
 
-class PruneSpec(BaseModel):
-    """Everything `pruning.prune` needs. `options` is validated by the chosen method's options model."""
+    `options` is validated by the chosen method's options model and holds the options as given, with
+    their values converted to the option's type.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="local checkpoint directory or a Hub id in the local cache")
-    data: Path = Field(description="calibration text: .jsonl with a `text` field per line, or .txt")
     sparsity: float = Field(gt=0.0, le=0.9, description="fraction of prunable parameters to remove")
-    out_dir: Path
-    method: Method = "bonsai"
-    precision: Precision = "auto"
-    device: Device = "auto"
+    method: Method = Field("bonsai", description="how units are scored")
+    precision: Precision = Field(
+        "auto", description="weights while scoring; auto: int8 on CUDA, fp32 on CPU (the export is always "
+        "the original precision)"
+    )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
-    eval_data: Path | None = Field(None, description="held-out text; default: part of `data`")
     seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
-    num_samples: int = Field(64, ge=1, le=100000, description="calibration sequences (prior, scoring, compensation)")
+    num_samples: int = Field(
+        64, ge=1, le=100000, description="calibration sequences (prior, scoring, compensation)"
+    )
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
     mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
-    objective: Objective | None = Field(
+    objective: ObjectiveName | None = Field(
         None, description="lm: next-token loss (default for causal LMs); distill: distance to the dense model"
     )
     compensate: Compensation = Field(
-        "auto", description="bias: add removed channels' mean output to the output bias; ls: least-squares "
-        "refit of the output projections, layer by layer, toward the dense model's outputs; auto: ls when "
-        "the calibration set has 8 tokens per channel, else the method's own"
+        "auto",
+        description="bias: add removed channels' mean output to the output bias; ls: least-squares refit of "
+        "the output projections, layer by layer, toward the dense model's outputs; auto: ls when the "
+        "calibration set has 8 tokens per channel, else the method's own",
     )
     compensation_ridge: float = Field(
-        0.1, gt=0.0, description="ls: pull toward the original weights, relative to the mean activation energy"
+        0.1, gt=0.0,
+        description="ls: pull toward the original weights, relative to the mean activation energy",
     )
-    seed: int = 0
-    options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="method options, e.g. rounds=2 (see METHOD_OPTIONS)"
+    )
 
-    @model_validator(mode="after")
-    def _check_options(self) -> PruneSpec:
-        self.method_options()  # raises a ValidationError naming the bad option
-        return self
+    @field_validator("options")
+    @classmethod
+    def _valid_for_the_method(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method")
+        if method is None:  # the method itself is invalid; that error is reported instead
+            return options
+        try:
+            validated = METHOD_OPTIONS[method].model_validate(options)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{method} option {where}: {first['msg']}") from None
+        return validated.model_dump(include=set(options))
 
     def method_options(self) -> MethodOptions:
         return METHOD_OPTIONS[self.method].model_validate(self.options)
+
+    def settings_only(self) -> dict[str, Any]:
+        """The `PruneSettings` fields alone, without what an entry point adds."""
+        return self.model_dump(include=set(PruneSettings.model_fields))
+
+
+class PruneSpec(PruneSettings):
+    """Everything `pruning.prune` needs: the settings, the inputs, the output and the device."""
+
+    model: str = Field(description="local checkpoint directory or a Hub id in the local cache")
+    data: Path = Field(description="calibration text: .jsonl with a `text` field per line, or .txt")
+    eval_data: Path | None = Field(None, description="held-out text; default: the tail of `data`")
+    out_dir: Path = Field(description="where the compact checkpoint and its report are written")
+    device: Device = Field("auto", description="auto: CUDA when available, else the CPU")
 
 
 def read_model_type(model_dir: Path) -> str:
     """The checkpoint's `model_type`, refusing unsupported ones with the list of supported ones."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
-        raise UnsupportedModelError(f"{model_dir} has no config.json")
+        raise UnsupportedModelError(f"{model_dir.name} has no config.json")
     try:
         model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnsupportedModelError(f"{config_path} is not valid JSON: {err}") from err
+        raise UnsupportedModelError(f"{model_dir.name}/config.json is not valid JSON: {err}") from err
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
         raise UnsupportedModelError(

@@ -14,7 +14,7 @@ from torch import nn
 from pruning.adapters.base import FamilyAdapter, LayerShape, UnitKind, channel_groups
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: per-group statistics are keyed by the group
 class UnitGroup:
     """The units of one kind in one layer, masked on the input channels of `module`."""
 
@@ -23,6 +23,7 @@ class UnitGroup:
     module: nn.Module  # o_proj or down_proj: its input channels carry the units
     channel_unit: torch.Tensor  # [in_channels] unit index (within this group) of each channel
     params: torch.Tensor  # [count] prunable weights removed with each unit
+    name: str = ""  # the module's qualified name in the model, e.g. "model.layers.3.mlp.down_proj"
     offset: int = 0  # index of this group's first unit in the flat space
 
     @property
@@ -38,7 +39,7 @@ class UnitSpace:
     group_size: list[int]  # query heads per KV group, per layer
     mlp_block: int
     params: torch.Tensor = field(init=False)  # [U] prunable weights per unit
-    kind: torch.Tensor = field(init=False)  # [U] 0 = attention, 1 = MLP
+    kind: torch.Tensor = field(init=False)  # [U] UnitKind value of each unit
     layer: torch.Tensor = field(init=False)  # [U] layer index
 
     def __post_init__(self) -> None:
@@ -47,7 +48,7 @@ class UnitSpace:
             group.offset = offset
             offset += group.count
         self.params = torch.cat([g.params for g in self.groups]).double()
-        self.kind = torch.cat([torch.full((g.count,), int(g.kind == "mlp")) for g in self.groups])
+        self.kind = torch.cat([torch.full((g.count,), int(g.kind)) for g in self.groups])
         self.layer = torch.cat([torch.full((g.count,), g.layer) for g in self.groups])
 
     @property
@@ -64,7 +65,7 @@ class UnitSpace:
         """Layer widths after removing the units where `keep` [U] is False."""
         shapes = []
         for layer in range(self.num_layers):
-            attn, mlp = self.group_of(layer, "attn"), self.group_of(layer, "mlp")
+            attn, mlp = self.group_of(layer, UnitKind.ATTN), self.group_of(layer, UnitKind.MLP)
             kv_kept = int(keep[self.slice(attn)].sum())
             mlp_kept = int(keep[self.slice(mlp)][mlp.channel_unit].sum())
             shapes.append(LayerShape(kv_kept * self.group_size[layer], kv_kept, mlp_kept))
@@ -74,7 +75,7 @@ class UnitSpace:
         """Kept channel indices per (layer, axis) with axis q (query/o_proj channels), kv, or mlp."""
         kept: dict[tuple[int, str], torch.Tensor] = {}
         for layer in range(self.num_layers):
-            attn, mlp = self.group_of(layer, "attn"), self.group_of(layer, "mlp")
+            attn, mlp = self.group_of(layer, UnitKind.ATTN), self.group_of(layer, UnitKind.MLP)
             kv_groups = keep[self.slice(attn)].nonzero().flatten()
             kept[(layer, "kv")] = _expand(kv_groups, self.head_dim)
             kept[(layer, "q")] = _expand(kv_groups, self.head_dim * self.group_size[layer])
@@ -100,13 +101,17 @@ def build_unit_space(model: nn.Module, adapter: FamilyAdapter, mlp_block: int | 
     shapes = adapter.layer_shapes(config)
     head_dim = adapter.head_dim(config)
     block = mlp_block or default_mlp_block(max(s.intermediate for s in shapes))
+    names = {module: name for name, module in model.named_modules()}
     groups: list[UnitGroup] = []
     for index, (layer, shape) in enumerate(zip(adapter.layers(model), shapes, strict=True)):
         attn_params, channel_params = adapter.unit_params(config, shape)
+        attn_out, mlp_out = adapter.attention_out(layer), adapter.mlp_out(layer)
         attn_channels = torch.arange(shape.num_heads * head_dim) // (shape.group_size * head_dim)
-        groups.append(UnitGroup(index, "attn", adapter.attention_out(layer), attn_channels,
-                                torch.full((shape.num_kv_heads,), attn_params, dtype=torch.float64)))
+        groups.append(UnitGroup(index, UnitKind.ATTN, attn_out, attn_channels,
+                                torch.full((shape.num_kv_heads,), attn_params, dtype=torch.float64),
+                                names[attn_out]))
         mlp_channels = channel_groups(shape.intermediate, block)
         widths = torch.bincount(mlp_channels).double()
-        groups.append(UnitGroup(index, "mlp", adapter.mlp_out(layer), mlp_channels, widths * channel_params))
+        groups.append(UnitGroup(index, UnitKind.MLP, mlp_out, mlp_channels, widths * channel_params,
+                                names[mlp_out]))
     return UnitSpace(groups, len(shapes), head_dim, [s.group_size for s in shapes], block)

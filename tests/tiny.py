@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from pruning.adapters import FamilyAdapter
+    from pruning.units import UnitSpace
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",
@@ -27,6 +32,14 @@ FAMILY_CONFIGS = {
     # plain multi-head attention
     "llama-mha": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=4),
 }
+
+
+class TinyModel(NamedTuple):
+    """A loaded tiny checkpoint with its family adapter and unit space."""
+
+    model: Any  # a transformers PreTrainedModel
+    adapter: FamilyAdapter
+    space: UnitSpace
 
 
 def calibration_text(lines: int = 200) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pruning.adapters.base import FamilyAdapter, LayerShape
+from pruning.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.adapters.bert import BertAdapter
 from pruning.adapters.llama import LlamaAdapter, MistralAdapter
 from pruning.adapters.qwen import Qwen2Adapter, Qwen3Adapter
-from pruning.spec import SUPPORTED_MODEL_TYPES, UnsupportedModelError
+from pruning.errors import UnsupportedModelError
+from pruning.spec import SUPPORTED_MODEL_TYPES
 
 _ADAPTERS: dict[str, FamilyAdapter] = {
     adapter.name: adapter for adapter in (LlamaAdapter(), MistralAdapter(), Qwen2Adapter(), Qwen3Adapter(), BertAdapter())
@@ -23,4 +24,4 @@ def adapter_for(model_type: str) -> FamilyAdapter:
     return _ADAPTERS[family]
 
 
-__all__ = ["FamilyAdapter", "LayerShape", "adapter_for"]
+__all__ = ["FamilyAdapter", "LayerShape", "UnitKind", "adapter_for"]

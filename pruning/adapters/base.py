@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-UnitKind = Literal["attn", "mlp"]
+
+class UnitKind(IntEnum):
+    """The two kinds of prunable unit. The value is what `UnitSpace.kind` holds for each unit."""
+
+    ATTN = 0  # one key/value group: its KV head and the query heads that read it
+    MLP = 1  # a block of intermediate channels
+
+    @property
+    def label(self) -> str:
+        """The kind's name in reports: "attn" or "mlp"."""
+        return "attn" if self is UnitKind.ATTN else "mlp"
+
 # which set of kept indices slices a tensor: query channels, key/value channels, or MLP channels
 Axis = Literal["q", "kv", "mlp"]
 
@@ -66,9 +78,9 @@ class FamilyAdapter:
     # unit kind -> (config switch that gives its output projection a bias, sibling projections the
     # switch also gives a bias); empty where the stock config has no such switch
     # (None: the projection is always biased)
-    bias_switches: ClassVar[dict[str, tuple[str | None, tuple[str, ...]]]] = {}
+    bias_switches: ClassVar[dict[UnitKind, tuple[str | None, tuple[str, ...]]]] = {}
 
-    def bias_kinds(self) -> set[str]:
+    def bias_kinds(self) -> set[UnitKind]:
         return set(self.bias_switches)
 
     # -- model structure ---------------------------------------------------------------------
@@ -156,7 +168,7 @@ class FamilyAdapter:
         match = self.module_pattern.search(tensor_name)
         if match is None or tensor_name.endswith(self.kept_biases):
             return None
-        return int(match.group(1)), "attn" if match.group(2) == "self_attn" else "mlp"
+        return int(match.group(1)), UnitKind.ATTN if match.group(2) == "self_attn" else UnitKind.MLP
 
     module_pattern: ClassVar[re.Pattern[str]] = re.compile(r"layers\.(\d+)\.(self_attn|mlp)\.")
     kept_biases: ClassVar[tuple[str, ...]] = ("o_proj.bias", "down_proj.bias")

@@ -27,7 +27,7 @@ class BertAdapter(FamilyAdapter):
         SliceRule(re.compile(r"layer\.(\d+)\.intermediate\.dense\.(weight|bias)$"), "mlp", 0),
         SliceRule(re.compile(r"layer\.(\d+)\.output\.dense\.weight$"), "mlp", 1),
     )
-    bias_switches = {"attn": (None, ()), "mlp": (None, ())}
+    bias_switches = {UnitKind.ATTN: (None, ()), UnitKind.MLP: (None, ())}
 
     def auto_class(self) -> Any:
         from transformers import AutoModel

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pruning.adapters.base import FamilyAdapter
+from pruning.adapters.base import FamilyAdapter, UnitKind
 
 
 class LlamaAdapter(FamilyAdapter):
     name = "llama"
     model_types = ("llama",)
     bias_switches = {
-        "attn": ("attention_bias", ("q_proj", "k_proj", "v_proj")),
-        "mlp": ("mlp_bias", ("gate_proj", "up_proj")),
+        UnitKind.ATTN: ("attention_bias", ("q_proj", "k_proj", "v_proj")),
+        UnitKind.MLP: ("mlp_bias", ("gate_proj", "up_proj")),
     }
 
 

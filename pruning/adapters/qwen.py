@@ -6,7 +6,7 @@ heads leaves them untouched: the base slicing rules already do the right thing f
 
 from __future__ import annotations
 
-from pruning.adapters.base import FamilyAdapter
+from pruning.adapters.base import FamilyAdapter, UnitKind
 
 
 class Qwen2Adapter(FamilyAdapter):
@@ -17,4 +17,4 @@ class Qwen2Adapter(FamilyAdapter):
 class Qwen3Adapter(FamilyAdapter):
     name = "qwen3"
     model_types = ("qwen3",)
-    bias_switches = {"attn": ("attention_bias", ("q_proj", "k_proj", "v_proj"))}
+    bias_switches = {UnitKind.ATTN: ("attention_bias", ("q_proj", "k_proj", "v_proj"))}

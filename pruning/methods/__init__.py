@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pruning.methods.base import MethodResult, PruningMethod, ScoringContext
+from pruning.errors import UsageError
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod
 from pruning.methods.baselines import Flap, RandomUnits, WandaSp
 from pruning.methods.bonsai import Bonsai
 from pruning.spec import METHOD_OPTIONS, MethodOptions
@@ -12,10 +13,10 @@ METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Bonsai, Fla
 
 def make_method(name: str, options: MethodOptions | dict | None = None) -> PruningMethod:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+        raise UsageError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     if not isinstance(options, MethodOptions):
         options = METHOD_OPTIONS[name].model_validate(options or {})
     return METHODS[name](options)
 
 
-__all__ = ["METHODS", "MethodResult", "PruningMethod", "ScoringContext", "make_method"]
+__all__ = ["METHODS", "MethodContext", "MethodResult", "PruningMethod", "make_method"]

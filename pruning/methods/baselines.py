@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from pruning.methods.base import MethodResult, PruningMethod, ScoringContext
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod
 from pruning.scoring.flap import fluctuation_scores, standardise
 
 
 class RandomUnits(PruningMethod):
     name = "random"
 
-    def run(self, ctx: ScoringContext) -> MethodResult:
+    def run(self, ctx: MethodContext) -> MethodResult:
         generator = torch.Generator().manual_seed(ctx.seed)
         importance = torch.rand(ctx.space.size, generator=generator, dtype=torch.float64)
         alive = torch.ones(ctx.space.size, dtype=torch.bool)
         # random importance per parameter, so large and small units are equally likely to go
-        remove = ctx.select(importance / ctx.space.params, alive, ctx.target_params)
+        remove = ctx.selector.select(importance / ctx.space.params, alive, ctx.target_params)
         return MethodResult(~remove, importance)
 
 
@@ -25,11 +25,11 @@ class WandaSp(PruningMethod):
 
     name = "wanda-sp"
 
-    def run(self, ctx: ScoringContext) -> MethodResult:
+    def run(self, ctx: MethodContext) -> MethodResult:
         alive = torch.ones(ctx.space.size, dtype=torch.bool)
-        prior = ctx.activation_prior(alive)
+        prior = ctx.probe.activation_prior(alive)
         # attention and MLP scores are not on one scale: each kind loses the target fraction on its own
-        remove = ctx.select_per_kind(prior / ctx.space.params, alive, ctx.target_params, uniform=True)
+        remove = ctx.selector.select_per_kind(prior / ctx.space.params, alive, ctx.target_params, uniform=True)
         return MethodResult(~remove, prior)
 
 
@@ -40,14 +40,15 @@ class Flap(PruningMethod):
     name = "flap"
     default_compensation = "bias"
 
-    def run(self, ctx: ScoringContext) -> MethodResult:
+    def run(self, ctx: MethodContext) -> MethodResult:
         alive = torch.ones(ctx.space.size, dtype=torch.bool)
-        stats = ctx.channel_statistics(alive)
+        stats = ctx.probe.channel_statistics(alive)
         standardised = []
         for group in ctx.space.groups:
             _, variance = stats.channel_moments(group)
-            scores = fluctuation_scores(variance, ctx.weight_column_norms(group), group.channel_unit, group.count)
+            scores = fluctuation_scores(variance, ctx.probe.weights.column_norms(group), group.channel_unit,
+                                        group.count)
             standardised.append(standardise(scores))
         z = torch.cat(standardised)
-        remove = ctx.select(z, alive, ctx.target_params)
+        remove = ctx.selector.select(z, alive, ctx.target_params)
         return MethodResult(~remove, z)

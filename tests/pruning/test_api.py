@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -13,16 +13,25 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import pruning.api
+import pruning.stages
 from pruning import PruneSpec, load_pruned, prune
 from pruning.data import load_calibration
+from pruning.errors import UnsupportedModelError
 from pruning.masking import UnitMasks
 from pruning.methods import METHODS
-from pruning.spec import UnsupportedModelError
+from tests.tiny import TinyModel
 
 CPU = torch.device("cpu")
 BONSAI = dict(rounds=2, samples_per_round=16, scoring_sequences=2, masks_per_forward=8)
 SMALL: dict[str, Any] = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
+
+
+class BonsaiRun(NamedTuple):
+    """One tiny bonsai job shared by the tests of its report: the report, the output, every event."""
+
+    report: dict[str, Any]
+    out: Path
+    events: list[dict[str, Any]]
 
 
 def run(model: Path, data: Path, out: Path, on_event: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -48,14 +57,14 @@ def compact_perplexity(out: Path, calibration_file: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def bonsai_run(tiny_llama: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def bonsai_run(tiny_llama: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory) -> BonsaiRun:
     out = tmp_path_factory.mktemp("bonsai") / "out"
     events: list[dict[str, Any]] = []
     report = run(tiny_llama, calibration_file, out, on_event=events.append)
-    return report, out, events
+    return BonsaiRun(report, out, events)
 
 
-def test_report_contents(bonsai_run, llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
     report, out, _ = bonsai_run
     _, _, space = llama_fp32
     assert json.loads((out / "pruning_report.json").read_text()) == report
@@ -92,7 +101,7 @@ def test_report_contents(bonsai_run, llama_fp32) -> None:  # type: ignore[no-unt
         (s.num_kv_heads, s.intermediate) for s in space.kept_shapes(keep)]
 
 
-def test_events(bonsai_run) -> None:  # type: ignore[no-untyped-def]
+def test_events(bonsai_run: BonsaiRun) -> None:
     _, _, events = bonsai_run
     stages = [e["stage"] for e in events if e["type"] == "stage"]
     assert stages[0] == "load" and stages[-1] == "done" and "scoring" in stages and "export" in stages
@@ -103,14 +112,14 @@ def test_events(bonsai_run) -> None:  # type: ignore[no-untyped-def]
     assert metrics == {"perplexity_before", "perplexity_after"}
 
 
-def test_exported_checkpoint_computes_the_reported_perplexity(bonsai_run, calibration_file: Path) -> None:  # type: ignore[no-untyped-def]
+def test_exported_checkpoint_computes_the_reported_perplexity(bonsai_run: BonsaiRun, calibration_file: Path) -> None:
     report, out, _ = bonsai_run
     assert compact_perplexity(out, calibration_file) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
     compact = load_pruned(out)
     assert sum(p.numel() for p in compact.parameters()) == report["params"]["total_after"]
 
 
-def test_same_seed_same_result(bonsai_run, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_same_result(bonsai_run: BonsaiRun, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
     first, _, _ = bonsai_run
     second = run(tiny_llama, calibration_file, tmp_path / "again")
     assert [u["kept"] for u in first["units"]] == [u["kept"] for u in second["units"]]
@@ -159,7 +168,7 @@ def test_bias_compensation_per_family(tiny_models: dict[str, Path], calibration_
     assert got == pytest.approx(report["perplexity"]["after"], rel=1e-5)
 
 
-def test_int8_on_cpu(llama_fp32, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_int8_on_cpu(llama_fp32: TinyModel, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
     model, _, space = llama_fp32
     report = run(tiny_llama, calibration_file, tmp_path / "int8", precision="int8")
     assert report["precision"] == "int8" and report["device"] == "cpu"
@@ -185,7 +194,7 @@ def test_unsupported_architecture_refused_before_loading(tmp_path: Path, calibra
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr(pruning.api, "load_model", fail)
+    monkeypatch.setattr(pruning.stages, "load_model", fail)
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported model types: .*llama"):

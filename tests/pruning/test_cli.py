@@ -21,8 +21,8 @@ def test_prune_prints_the_summary_table(tiny_llama: Path, calibration_file: Path
     result = fwdprune("prune", "--model", str(tiny_llama), "--data", str(calibration_file),
                       "--sparsity", "0.3", "--out", str(out), "--seq-len", "32", "--precision", "fp32",
                       "--device", "cpu", "--num-samples", "8", "--eval-samples", "4",
-                      "-o", "rounds=2", "-o", "samples_per_round=16", "-o", "scoring_sequences=2",
-                      "-o", "masks_per_forward=8")
+                      "--options", "rounds=2", "--options", "samples_per_round=16",
+                      "--options", "scoring_sequences=2,masks_per_forward=8")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "[fwdprune] load" in result.stderr and "[fwdprune] done" in result.stderr
@@ -66,6 +66,6 @@ def test_unsupported_model_and_bad_option_exit_2(calibration_file: Path, tmp_pat
     assert result.returncode == 2 and "error: model_type 'gpt2' is not supported" in result.stderr
     assert "Traceback" not in result.stderr
     result = fwdprune("prune", "--model", str(tmp_path / "gpt2"), "--data", str(calibration_file),
-                      "--sparsity", "0.3", "--out", str(tmp_path / "out"), "-o", "no_such_option=1")
+                      "--sparsity", "0.3", "--out", str(tmp_path / "out"), "--options", "no_such_option=1")
     assert result.returncode == 2 and "error: invalid settings" in result.stderr
     assert "no_such_option" in result.stderr and "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""Least-squares compensation: what the report measures (hooks on the masked model) is what is exported."""
+"""Compensation: what the report measures (hooks on the masked model) is what is exported; the refit is
+its ridge solution; the refit-aware choice of units is structured OBS on each module's dense input."""
 
 from __future__ import annotations
 
@@ -9,8 +10,22 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+import pruning.compensation as compensation
 from pruning import load_pruned, prune
+from pruning.adapters.base import UnitKind
+from pruning.compensation import (
+    LS_TOKENS_PER_CHANNEL,
+    LeastSquaresRefit,
+    OutputCorrections,
+    choose_compensation,
+    sequential_refits,
+)
 from pruning.data import load_calibration
+from pruning.masking import UnitMasks
+from pruning.scoring.obs import structured_obs_removals
+from pruning.scoring.reconstruction import ridge_reconstruction
+from tests.pruning.conftest import ProbeFactory
+from tests.tiny import TinyModel
 
 SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
 
@@ -30,14 +45,8 @@ def test_ls_refit_exported_exactly(tiny_models: dict[str, Path], calibration_fil
     assert "compensate" in report["stage_s"]
 
 
-def test_auto_compensation_needs_enough_tokens_per_channel(tiny_models: dict[str, Path]) -> None:
-    from pruning.adapters import adapter_for
-    from pruning.api import LS_TOKENS_PER_CHANNEL, choose_compensation
-    from pruning.loading import load_model
-    from pruning.units import build_unit_space
-
-    loaded = load_model(tiny_models["llama"], "fp32", torch.device("cpu"))
-    space = build_unit_space(loaded.model, adapter_for("llama"), None)
+def test_auto_compensation_needs_enough_tokens_per_channel(llama_fp32: TinyModel) -> None:
+    space = llama_fp32.space
     widest = 96  # the tiny model's intermediate size, wider than its 64 attention channels
     enough = LS_TOKENS_PER_CHANNEL * widest
     assert choose_compensation("auto", "none", space, enough) == "ls"
@@ -46,10 +55,10 @@ def test_auto_compensation_needs_enough_tokens_per_channel(tiny_models: dict[str
     assert choose_compensation("none", "bias", space, 10 * enough) == "none"
 
 
-def _down_proj_io(model, layer: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+def _down_proj_io(model: torch.nn.Module, layer: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """([n, C] input, [n, out] output) of one layer's down_proj on `ids`, in the model as it is."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    module = model.model.layers[layer].mlp.down_proj
+    module = model.model.layers[layer].mlp.down_proj  # type: ignore[index,union-attr]
     handle = module.register_forward_hook(lambda m, a, o: seen.append((a[0].reshape(-1, a[0].shape[-1]),
                                                                         o.reshape(-1, o.shape[-1]))))
     try:
@@ -60,43 +69,39 @@ def _down_proj_io(model, layer: int, ids: torch.Tensor) -> tuple[torch.Tensor, t
     return seen[0]
 
 
-def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(llama_fp32, llama_context, llama_ids) -> None:  # type: ignore[no-untyped-def]
-    from pruning.compensation import OutputCorrections, sequential_refits
-    from pruning.masking import UnitMasks
-    from pruning.scoring.reconstruction import ridge_reconstruction
-
-    model, _, space = llama_fp32
+def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(
+        llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor) -> None:
+    model, adapter, space = llama_fp32
     last = space.num_layers - 1
-    mlp = space.group_of(last, "mlp")
+    mlp = space.group_of(last, UnitKind.MLP)
     keep = torch.ones(space.size, dtype=torch.bool)
     keep[space.slice(mlp)][::3] = False  # every third MLP unit of the last layer only
     calibration = llama_ids
     masks = UnitMasks(space)
     corrections = OutputCorrections(masks)
     with masks.installed(), corrections.installed():
-        ctx = llama_context(masks, calibration)
-        sequential_refits(ctx, keep, corrections, ridge=0.1)
+        probe = llama_probe(masks, calibration)
+        sequential_refits(probe, adapter.layers(model), keep, corrections, ridge=0.1)
 
     # nothing upstream is pruned, so the down_proj's pruned input is its dense input on the kept channels
     x, _ = _down_proj_io(model, last, calibration)  # [n, C]
     kept = keep[space.slice(mlp)][mlp.channel_unit]  # [C]
     x_kept = x.double()[:, kept]
-    expected = ridge_reconstruction(x_kept.T @ x_kept, x_kept.T @ x.double(), ctx.output_weight(mlp), kept, 0.1)
-    assert set(corrections.refits) == {id(mlp), id(space.group_of(last, "attn"))}  # from the first pruned layer
-    refit = corrections.refits[id(mlp)]  # stored for the kept columns only
+    expected = ridge_reconstruction(x_kept.T @ x_kept, x_kept.T @ x.double(), probe.weights.of(mlp), kept, 0.1)
+    attention = space.group_of(last, UnitKind.ATTN)
+    assert set(corrections.refits) == {mlp, attention}  # from the first pruned layer
+    refit = corrections.refits[mlp]  # stored for the kept columns only
     assert torch.equal(refit.columns, kept.nonzero().flatten())
     assert refit.delta.shape == (model.config.hidden_size, int(kept.sum())) and refit.delta.dtype == torch.float32
     assert torch.allclose(refit.delta.double(), expected[:, kept], rtol=1e-4, atol=1e-6)
     assert torch.all(expected[:, ~kept] == 0)
     # the unpruned attention before it sees no drift: its refit is the identity, up to round-off
-    assert corrections.refits[id(space.group_of(last, "attn"))].delta.abs().max() < 1e-4
+    assert corrections.refits[attention].delta.abs().max() < 1e-4
 
 
-def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(llama_fp32, llama_context, llama_ids) -> None:  # type: ignore[no-untyped-def]
-    from pruning.compensation import OutputCorrections, sequential_refits
-    from pruning.masking import UnitMasks
-
-    model, _, space = llama_fp32
+def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(
+        llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor) -> None:
+    model, adapter, space = llama_fp32
     keep = torch.rand(space.size, generator=torch.Generator().manual_seed(1)) > 0.3  # every layer loses units
     calibration = llama_ids
     with torch.no_grad():
@@ -106,8 +111,8 @@ def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(llama_fp3
     with masks.installed(), corrections.installed(), torch.no_grad():
         masks.set(keep.double())
         uncorrected = model(calibration).logits
-        ctx = llama_context(masks, calibration)
-        sequential_refits(ctx, keep, corrections, ridge=0.01)
+        probe = llama_probe(masks, calibration)
+        sequential_refits(probe, adapter.layers(model), keep, corrections, ridge=0.01)
         masks.set(keep.double())
         corrected = model(calibration).logits
         with masks.suspended():  # corrections stand down with the masks
@@ -128,3 +133,37 @@ def test_bonsai_ls_refit_exported_exactly(tiny_llama: Path, calibration_file: Pa
     with torch.no_grad():
         loss = compact(data.evaluation, labels=data.evaluation).loss
     assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+
+
+@pytest.mark.parametrize("gram_bytes", [1 << 30, 1], ids=["one-pass", "pass-per-group"])
+def test_refit_aware_keep_is_structured_obs_on_each_module_s_dense_input(
+        llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor,
+        monkeypatch: pytest.MonkeyPatch, gram_bytes: int) -> None:
+    monkeypatch.setattr(compensation, "GRAM_BYTES_PER_PASS", gram_bytes)
+    model, adapter, space = llama_fp32
+    reference = torch.ones(space.size, dtype=torch.bool)
+    last_mlp = space.group_of(space.num_layers - 1, UnitKind.MLP)
+    first_attn = space.group_of(0, UnitKind.ATTN)
+    reference[last_mlp.offset : last_mlp.offset + 3] = False  # 3 MLP units of the last layer
+    reference[first_attn.offset] = False  # one KV group of the first
+    calibration = llama_ids
+    masks = UnitMasks(space)
+    refit = LeastSquaresRefit(llama_probe(masks, calibration), adapter, OutputCorrections(masks),
+                              adapter.layers(model), ridge=0.1)
+    with masks.installed():
+        masks.set((torch.rand(space.size) > 0.5).double())  # a mask left over must not leak into the Grams
+        keep = refit.refit_aware_keep(reference)
+
+    assert keep.shape == reference.shape and keep.dtype == torch.bool
+    for group in space.groups:  # as many units removed from every group as the reference removes
+        assert int((~keep[space.slice(group)]).sum()) == int((~reference[space.slice(group)]).sum())
+    inputs: list[torch.Tensor] = []
+    handle = last_mlp.module.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            model(calibration)  # the dense model (masks removed with their hooks)
+    finally:
+        handle.remove()
+    x = inputs[0].double()  # [n, C]
+    expected = structured_obs_removals(x.T @ x, last_mlp.module.weight.detach(), last_mlp.channel_unit, 3)
+    assert sorted((~keep[space.slice(last_mlp)]).nonzero().flatten().tolist()) == sorted(expected.tolist())

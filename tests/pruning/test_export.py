@@ -12,15 +12,15 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import pruning
-from pruning.adapters import adapter_for
-from pruning.api import count_checkpoint_params
+from pruning.adapters import UnitKind, adapter_for
 from pruning.export import export_pruned
 from pruning.loading import load_model
 from pruning.masking import UnitMasks
 from pruning.monitor import StageMonitor, anonymous_rss
+from pruning.report import count_checkpoint_params
 from pruning.units import UnitSpace, build_unit_space
 from tests.pruning.conftest import FAMILIES
-from tests.tiny import make_tiny_causal_lm
+from tests.tiny import TinyModel, make_tiny_causal_lm
 
 CPU = torch.device("cpu")
 
@@ -29,7 +29,7 @@ def uniform_keep(space: UnitSpace, kv_keep: int, mlp_drop: int) -> torch.Tensor:
     """Every layer keeps `kv_keep` KV groups (different ones per layer) and loses `mlp_drop` MLP units."""
     keep = torch.ones(space.size, dtype=torch.bool)
     for layer in range(space.num_layers):
-        attn, mlp = space.group_of(layer, "attn"), space.group_of(layer, "mlp")
+        attn, mlp = space.group_of(layer, UnitKind.ATTN), space.group_of(layer, UnitKind.MLP)
         order = torch.randperm(attn.count, generator=torch.Generator().manual_seed(layer + 1))
         keep[attn.offset + order[kv_keep:]] = False
         dropped = torch.randperm(mlp.count, generator=torch.Generator().manual_seed(10 + layer))[:mlp_drop]
@@ -40,12 +40,12 @@ def uniform_keep(space: UnitSpace, kv_keep: int, mlp_drop: int) -> torch.Tensor:
 def global_keep(space: UnitSpace) -> torch.Tensor:
     """Unequal widths: layer 0 loses ALL attention and some MLP, layer 1 ALL MLP and one KV group."""
     keep = torch.rand(space.size, generator=torch.Generator().manual_seed(3)) > 0.4
-    keep[space.slice(space.group_of(0, "attn"))] = False
-    keep[space.slice(space.group_of(1, "mlp"))] = False
-    attn1 = space.group_of(1, "attn")
+    keep[space.slice(space.group_of(0, UnitKind.ATTN))] = False
+    keep[space.slice(space.group_of(1, UnitKind.MLP))] = False
+    attn1 = space.group_of(1, UnitKind.ATTN)
     keep[space.slice(attn1)] = True
     keep[attn1.offset + 1] = False
-    assert bool(keep[space.slice(space.group_of(0, "mlp"))].any())
+    assert bool(keep[space.slice(space.group_of(0, UnitKind.MLP))].any())
     return keep
 
 
@@ -54,7 +54,7 @@ def extra_removed(family: str, space: UnitSpace, keep: torch.Tensor) -> int:
     emptied attention block (qwen3)."""
     extra = 0
     for layer in range(space.num_layers):
-        attn = space.group_of(layer, "attn")
+        attn = space.group_of(layer, UnitKind.ATTN)
         gone = int((~keep[space.slice(attn)]).sum())
         if family == "qwen2":
             extra += gone * (space.group_size[layer] + 2) * space.head_dim
@@ -139,13 +139,13 @@ def test_compact_model_matches_masked_model(tiny_models: dict[str, Path], tmp_pa
     assert not (out / "pruning_report.json").exists()
 
 
-def test_uniform_export_refuses_unequal_widths(llama_fp32, tiny_llama: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_uniform_export_refuses_unequal_widths(llama_fp32: TinyModel, tiny_llama: Path, tmp_path: Path) -> None:
     _, adapter, space = llama_fp32
     with pytest.raises(ValueError, match="equal widths"):
         export_pruned(tiny_llama, tmp_path / "x", adapter, space, global_keep(space), True)
 
 
-def test_export_with_nothing_removed_is_the_original(llama_fp32, tiny_llama: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_export_with_nothing_removed_is_the_original(llama_fp32: TinyModel, tiny_llama: Path, tmp_path: Path) -> None:
     model, adapter, space = llama_fp32
     export_pruned(tiny_llama, tmp_path / "same", adapter, space, torch.ones(space.size, dtype=torch.bool), True)
     compact = AutoModelForCausalLM.from_pretrained(tmp_path / "same", dtype=torch.float32)

@@ -8,9 +8,9 @@ import torch
 
 from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
-from pruning.errors import ModelNotFoundError
+from pruning.errors import ModelNotFoundError, UnsupportedModelError, UsageError
 from pruning.loading import checkpoint_dtype, load_model, resolve_device, resolve_model_dir, resolve_precision
-from pruning.spec import UnsupportedModelError, read_model_type
+from pruning.spec import read_model_type
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,7 @@ def test_resolve_device_and_precision() -> None:
     assert resolve_device("cpu") == CPU
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(UsageError, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_precision("auto", CPU) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "int8"

@@ -2,17 +2,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.hooks import RemovableHandle
 
+from pruning.adapters.base import UnitKind
 from pruning.masking import ChannelEnergy, UnitMasks
+from pruning.units import UnitSpace
+from tests.tiny import TinyModel
 
 IDS = torch.randint(0, 320, (3, 16), generator=torch.Generator().manual_seed(0))
 
 
-def no_hooks_left(space) -> bool:  # type: ignore[no-untyped-def]
+def no_hooks_left(space: UnitSpace) -> bool:
     return all(not g.module._forward_pre_hooks and not g.module._forward_hooks for g in space.groups)
 
 
-def test_replicated_masks_equal_separate_forwards(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_replicated_masks_equal_separate_forwards(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
     replicas = 4
     keeps = (torch.rand(replicas, space.size, generator=torch.Generator().manual_seed(1)) > 0.3).double()
@@ -36,7 +40,7 @@ def test_replicated_masks_equal_separate_forwards(llama_fp32) -> None:  # type: 
     assert not torch.allclose(batched[0], dense, atol=1e-3)
 
 
-def test_hooks_removed_after_the_context_even_on_error(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_hooks_removed_after_the_context_even_on_error(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
     with torch.no_grad():
         dense = model(IDS).logits
@@ -53,7 +57,7 @@ def test_hooks_removed_after_the_context_even_on_error(llama_fp32) -> None:  # t
         assert torch.equal(model(IDS).logits, dense)
 
 
-def test_all_ones_masks_leave_logits_unchanged(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_all_ones_masks_leave_logits_unchanged(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
     masks = UnitMasks(space)
     with torch.no_grad():
@@ -65,13 +69,13 @@ def test_all_ones_masks_leave_logits_unchanged(llama_fp32) -> None:  # type: ign
             assert torch.equal(model(IDS.repeat(2, 1)).logits, dense.repeat(2, 1, 1))
 
 
-def capture_inputs(module: torch.nn.Module, store: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+def capture_inputs(module: torch.nn.Module, store: list[torch.Tensor]) -> RemovableHandle:
     return module.register_forward_pre_hook(lambda m, args: store.append(args[0].detach().clone()))
 
 
-def test_masking_a_kv_group_zeroes_exactly_its_o_proj_channels(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_masking_a_kv_group_zeroes_exactly_its_o_proj_channels(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
-    attn = space.group_of(0, "attn")  # 2 KV groups, each 2 query heads x 16 dims = 32 channels
+    attn = space.group_of(0, UnitKind.ATTN)  # 2 KV groups, each 2 query heads x 16 dims = 32 channels
     keep = torch.ones(space.size)
     keep[attn.offset + 1] = 0
     dense_in: list[torch.Tensor] = []
@@ -93,9 +97,9 @@ def test_masking_a_kv_group_zeroes_exactly_its_o_proj_channels(llama_fp32) -> No
     assert bool((dense[..., 32:] != 0).any())
 
 
-def test_masking_an_mlp_unit_zeroes_its_down_proj_block(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_masking_an_mlp_unit_zeroes_its_down_proj_block(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
-    mlp = space.group_of(1, "mlp")  # blocks of 2 channels
+    mlp = space.group_of(1, UnitKind.MLP)  # blocks of 2 channels
     keep = torch.ones(space.size)
     keep[mlp.offset + 5] = 0.0
     keep[mlp.offset + 6] = 0.5  # masks are scales: half of channels 12, 13
@@ -117,9 +121,9 @@ def test_masking_an_mlp_unit_zeroes_its_down_proj_block(llama_fp32) -> None:  # 
     assert torch.equal(seen[0][..., others], dense[0][..., others])
 
 
-def test_channel_energy_sees_masked_or_unmasked_inputs(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_channel_energy_sees_masked_or_unmasked_inputs(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
-    attn = space.group_of(0, "attn")
+    attn = space.group_of(0, UnitKind.ATTN)
     keep = torch.ones(space.size)
     keep[attn.offset + 1] = 0
     masks = UnitMasks(space)

@@ -1,7 +1,16 @@
+"""Selection rules: the pure global/uniform selections, and the job's UnitSelector on a real unit space."""
+
+from __future__ import annotations
+
 import pytest
 import torch
 
-from pruning.selection import select_global, select_uniform
+from pruning.adapters.base import UnitKind
+from pruning.selection import UnitSelector, select_global, select_uniform
+from pruning.units import UnitSpace
+from tests.tiny import TinyModel
+
+ATTN, MLP = UnitKind.ATTN, UnitKind.MLP
 
 F64 = torch.float64
 
@@ -43,16 +52,16 @@ def test_select_global_is_a_prefix_by_score_within_one_unit_of_budget(seed: int)
 
 
 LAYER = torch.tensor([0] * 8 + [1] * 8)
-KIND = torch.tensor(([0] * 4 + [1] * 4) * 2)
-PARAMS = torch.where(KIND == 0, 4.0, 1.0).double()
+KIND = torch.tensor(([ATTN] * 4 + [MLP] * 4) * 2)
+PARAMS = torch.where(KIND == ATTN, 4.0, 1.0).double()
 SCORE = torch.tensor([5, 1, 3, 2, 9, 8, 7, 6, 1, 5, 4, 2, 9, 6, 7, 8], dtype=F64) / 10
 
 
 def test_select_uniform_same_count_per_layer_lowest_first() -> None:
-    # two layers, each 4 attention units (kind 0, 4 params) and 4 MLP units (kind 1, 1 param)
+    # two layers, each 4 attention units (4 params each) and 4 MLP units (1 param each)
     alive = torch.ones(16, dtype=torch.bool)
     remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=16.0,
-                            allowed_counts={0: [1, 2, 4], 1: [1, 2, 3, 4]})
+                            allowed_counts={ATTN: [1, 2, 4], MLP: [1, 2, 3, 4]})
     # attention: 4 -> 2 per layer (the next allowed count), each layer losing its two lowest
     assert remove[:4].tolist() == [False, True, False, True]
     assert remove[8:12].tolist() == [True, False, False, True]
@@ -64,15 +73,15 @@ def test_select_uniform_step_size_follows_allowed_counts() -> None:
     alive = torch.ones(16, dtype=torch.bool)
     # only attention may go; one unit's worth of budget still takes the whole 4 -> 2 step (16 params
     # overshoots 10 by 6, which is less than the 10 it would otherwise fall short)
-    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=10.0, allowed_counts={0: [1, 2, 4]})
+    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=10.0, allowed_counts={ATTN: [1, 2, 4]})
     for lay in (0, 1):
-        assert int(remove[(lay == LAYER) & (KIND == 0)].sum()) == 2
-    assert int(remove[KIND == 1].sum()) == 0
+        assert int(remove[(lay == LAYER) & (KIND == ATTN)].sum()) == 2
+    assert int(remove[KIND == MLP].sum()) == 0
     # a budget too small for any step removes nothing
-    assert not bool(select_uniform(SCORE, PARAMS, alive, LAYER, KIND, 7.0, {0: [1, 2, 4]}).any())
+    assert not bool(select_uniform(SCORE, PARAMS, alive, LAYER, KIND, 7.0, {ATTN: [1, 2, 4]}).any())
     # after the 4 -> 2 step, the next is 2 -> 1
-    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=24.0, allowed_counts={0: [1, 2, 4]})
-    assert [int(remove[(lay == LAYER) & (KIND == 0)].sum()) for lay in (0, 1)] == [3, 3]
+    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=24.0, allowed_counts={ATTN: [1, 2, 4]})
+    assert [int(remove[(lay == LAYER) & (KIND == ATTN)].sum()) for lay in (0, 1)] == [3, 3]
     assert remove[:4].tolist() == [False, True, True, True]  # unit 0 (score .5) survives in layer 0
     assert remove[8:12].tolist() == [True, False, True, True]  # unit 9 (score .5) survives in layer 1
 
@@ -80,7 +89,7 @@ def test_select_uniform_step_size_follows_allowed_counts() -> None:
 def test_select_uniform_counts_from_the_units_still_alive() -> None:
     alive = torch.ones(16, dtype=torch.bool)
     alive[[1, 3, 8, 11]] = False  # two attention units already gone per layer: current count is 2
-    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=8.0, allowed_counts={0: [1, 2, 4]})
+    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=8.0, allowed_counts={ATTN: [1, 2, 4]})
     assert not bool((remove & ~alive).any())
     assert remove.nonzero().flatten().tolist() == [2, 10]  # the lower of the two survivors per layer
 
@@ -88,8 +97,42 @@ def test_select_uniform_counts_from_the_units_still_alive() -> None:
 def test_select_uniform_takes_the_cheaper_kind_first() -> None:
     alive = torch.ones(16, dtype=torch.bool)
     score = SCORE.clone()
-    score[KIND == 1] = 0.0  # MLP units are worthless
+    score[KIND == MLP] = 0.0  # MLP units are worthless
     remove = select_uniform(score, PARAMS, alive, LAYER, KIND, budget=2.0,
-                            allowed_counts={0: [1, 2, 4], 1: [1, 2, 3, 4]})
-    assert int(remove[KIND == 0].sum()) == 0
-    assert [int(remove[(lay == LAYER) & (KIND == 1)].sum()) for lay in (0, 1)] == [1, 1]
+                            allowed_counts={ATTN: [1, 2, 4], MLP: [1, 2, 3, 4]})
+    assert int(remove[KIND == ATTN].sum()) == 0
+    assert [int(remove[(lay == LAYER) & (KIND == MLP)].sum()) for lay in (0, 1)] == [1, 1]
+
+
+def _selector(space: UnitSpace, uniform: bool) -> UnitSelector:
+    return UnitSelector(space, uniform, {ATTN: [1], MLP: list(range(1, space.group_of(0, MLP).count))})
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
+def test_select_per_kind_takes_the_same_fraction_of_each_kind(llama_fp32: TinyModel, uniform: bool) -> None:
+    space = llama_fp32.space
+    score = torch.rand(space.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alive = torch.ones(space.size, dtype=torch.bool)
+    budget = 0.5 * float(space.params.sum())
+    remove = _selector(space, uniform).select_per_kind(score, alive, budget)
+    attn, mlp = space.kind == ATTN, space.kind == MLP
+    removed_attn = float(space.params[remove & attn].sum()) / float(space.params[attn].sum())
+    removed_mlp = float(space.params[remove & mlp].sum()) / float(space.params[mlp].sum())
+    assert removed_attn == pytest.approx(0.5)  # 1 of 2 KV groups in each layer, or half of all of them
+    assert removed_mlp == pytest.approx(0.5, abs=float(space.params[mlp].max()) / float(space.params[mlp].sum()))
+    if not uniform:  # one ranking per kind across layers: every removed unit scores below every kept one
+        for kind in (attn, mlp):
+            assert float(score[remove & kind].max()) < float(score[~remove & kind].min())
+
+
+def test_attention_ratio_sets_attention_s_share_and_mlp_makes_up_the_budget(llama_fp32: TinyModel) -> None:
+    space = llama_fp32.space
+    score = torch.rand(space.size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alive = torch.ones(space.size, dtype=torch.bool)
+    total = float(space.params.sum())
+    attn, mlp = space.kind == ATTN, space.kind == MLP
+    selector = _selector(space, uniform=False)
+    for ratio, attention in [(0.0, 0.0), (2.0, 0.5)]:  # 25% overall: no attention, then twice the overall fraction
+        remove = selector.select_per_kind(score, alive, 0.25 * total, attention_ratio=ratio)
+        assert float(space.params[remove & attn].sum()) / float(space.params[attn].sum()) == pytest.approx(attention)
+        assert float(space.params[remove].sum()) == pytest.approx(0.25 * total, abs=float(space.params[mlp].max()))

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from pruning.adapters import adapter_for
-from pruning.adapters.base import LayerShape, channel_groups
+from pruning.adapters.base import LayerShape, UnitKind, channel_groups
 from pruning.loading import load_model
 from pruning.units import build_unit_space, default_mlp_block
+from tests.tiny import TinyModel
 
 CPU = torch.device("cpu")
 # tiny models: hidden 64, head_dim 16, 4 query heads, intermediate 96, 2 layers
@@ -23,15 +24,18 @@ def test_channel_groups_last_block_may_be_short() -> None:
     assert channel_groups(7, 3).tolist() == [0, 0, 0, 1, 1, 1, 2]
 
 
-def test_unit_space_of_tiny_gqa_llama(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_unit_space_of_tiny_gqa_llama(llama_fp32: TinyModel) -> None:
     model, _, space = llama_fp32
     assert space.mlp_block == 2 and space.head_dim == 16 and space.group_size == [2, 2]
     assert space.size == 2 * (2 + 48)
     assert [(g.layer, g.kind, g.count, g.offset) for g in space.groups] == [
-        (0, "attn", 2, 0), (0, "mlp", 48, 2), (1, "attn", 2, 50), (1, "mlp", 48, 52)]
-    attn = space.group_of(0, "attn")
+        (0, UnitKind.ATTN, 2, 0), (0, UnitKind.MLP, 48, 2), (1, UnitKind.ATTN, 2, 50), (1, UnitKind.MLP, 48, 52)]
+    assert [g.name for g in space.groups] == [
+        "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj",
+        "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
+    attn = space.group_of(0, UnitKind.ATTN)
     assert attn.module is model.model.layers[0].self_attn.o_proj
-    assert space.group_of(1, "mlp").module is model.model.layers[1].mlp.down_proj
+    assert space.group_of(1, UnitKind.MLP).module is model.model.layers[1].mlp.down_proj
     # a KV group owns 2 query heads x 16 dims of o_proj input
     assert attn.channel_unit.tolist() == [0] * 32 + [1] * 32
     # q rows + o columns of 2 heads, one k and one v head: (2·2 + 2)·16·64
@@ -48,13 +52,13 @@ def test_unit_space_of_mha_and_custom_block(tiny_models: dict[str, Path]) -> Non
     model = load_model(tiny_models["llama-mha"], "fp32", CPU).model
     space = build_unit_space(model, adapter_for("llama"), 40)  # 96 = 40 + 40 + 16
     assert space.group_size == [1, 1]
-    attn, mlp = space.group_of(0, "attn"), space.group_of(0, "mlp")
+    attn, mlp = space.group_of(0, UnitKind.ATTN), space.group_of(0, UnitKind.MLP)
     assert attn.count == 4 and space.params[attn.offset].item() == (2 + 2) * 16 * 64
     assert mlp.count == 3
     assert space.params[space.slice(mlp)].tolist() == [40 * 192.0, 40 * 192.0, 16 * 192.0]
 
 
-def test_kept_shapes_and_indices(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_kept_shapes_and_indices(llama_fp32: TinyModel) -> None:
     _, _, space = llama_fp32
     keep = torch.ones(space.size, dtype=torch.bool)
     keep[0] = False  # layer 0 loses KV group 0
@@ -71,7 +75,7 @@ def test_kept_shapes_and_indices(llama_fp32) -> None:  # type: ignore[no-untyped
     assert kept[(1, "mlp")].tolist() == list(range(96))
 
 
-def test_unit_space_reads_per_layer_widths_of_a_pruned_config(llama_fp32) -> None:  # type: ignore[no-untyped-def]
+def test_unit_space_reads_per_layer_widths_of_a_pruned_config(llama_fp32: TinyModel) -> None:
     model, adapter, _ = llama_fp32
 
     class Config:

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModel
 
 from pruning import load_pruned, prune
-from pruning.adapters import adapter_for
+from pruning.adapters import UnitKind, adapter_for
+from pruning.errors import UsageError
 from pruning.export import export_pruned
 from pruning.loading import load_model
 from pruning.masking import UnitMasks
@@ -32,13 +33,13 @@ def test_compact_encoder_matches_masked(tiny_bert: Path, tmp_path: Path, uniform
     assert space.params[0] == 4 * 16 * 64 and space.params[4] == 2 * 2 * 64
     keep = torch.ones(space.size, dtype=torch.bool)
     for layer in range(2):
-        attn, mlp = space.group_of(layer, "attn"), space.group_of(layer, "mlp")
+        attn, mlp = space.group_of(layer, UnitKind.ATTN), space.group_of(layer, UnitKind.MLP)
         if uniform:
             keep[attn.offset + layer] = False
             keep[mlp.offset + 3 * layer : mlp.offset + 3 * layer + 5] = False
     if not uniform:
-        keep[space.slice(space.group_of(0, "attn"))] = False  # layer 0: no attention left
-        keep[space.slice(space.group_of(1, "mlp"))] = False  # layer 1: no MLP left
+        keep[space.slice(space.group_of(0, UnitKind.ATTN))] = False  # layer 0: no attention left
+        keep[space.slice(space.group_of(1, UnitKind.MLP))] = False  # layer 1: no MLP left
     vocab = loaded.model.config.vocab_size
     ids = torch.randint(5, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
     masks = UnitMasks(space)
@@ -69,7 +70,7 @@ def test_distill_prune_reports_embedding_cosine(tiny_bert: Path, tmp_path: Path)
 def test_encoders_have_no_next_token_loss(tiny_bert: Path, tmp_path: Path) -> None:
     data = tmp_path / "text.txt"
     data.write_text("def f(a, b):\n    return a + b\n" * 100)
-    with pytest.raises(ValueError, match="no next-token loss"):
+    with pytest.raises(UsageError, match="no next-token loss"):
         prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "o", seq_len=16,
               num_samples=4, eval_samples=2, objective="lm", device="cpu")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.quality import removed_fraction
 from pruning import prune
 from pruning.adapters.base import UnitKind
 from pruning.methods.bonsai import attention_fractions, held_out_split, removed_attention_fraction
+from pruning.report import removed_fraction
 from pruning.units import UnitGroup, UnitSpace
 
 SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4)
@@ -81,7 +81,7 @@ def two_kind_space() -> UnitSpace:
     def group(kind: UnitKind, params: list[float]) -> UnitGroup:
         count = len(params)
         return UnitGroup(0, kind, nn.Linear(count, 1), torch.arange(count), torch.tensor(params))
-    return UnitSpace([group("attn", [100.0, 100.0]), group("mlp", [50.0] * 4)], num_layers=1, head_dim=1,
+    return UnitSpace([group(UnitKind.ATTN, [100.0, 100.0]), group(UnitKind.MLP, [50.0] * 4)], num_layers=1, head_dim=1,
                      group_size=[1], mlp_block=1)
 
 
