@@ -15,6 +15,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pruning.cli import add_prune_command
+from pruning.cli_options import add_settings_options, settings_given
+from pruning.errors import EXIT_USER_ERROR
+
 SERVE_FLAGS = {"host": "HOST", "port": "PORT", "data_dir": "DATA_DIR", "models_dir": "MODELS_DIR",
                "database_url": "DATABASE_URL", "slots": "WORKER_SLOTS", "device": "DEVICE"}
 
@@ -108,20 +112,27 @@ def _download(client: Any, job_id: str, dest: Path) -> None:
     print(f"{len(paths)} files verified (sha256) in {dest}")
 
 
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The job settings a `submit` command line sets, validated and as JSON (raises ValidationError)."""
+    from pruning.spec import PruneSettings
+
+    given = settings_given(args.settings_source, args)
+    return PruneSettings.model_validate(given).model_dump(mode="json", exclude_unset=True)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    try:  # checked here first, so a typo costs no upload
+        settings = settings_from_args(args)
+    except ValidationError as err:
+        print(f"error: invalid settings\n{err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     with _client(args) as client:
         data = client.upload(args.data)
-        request: dict[str, Any] = {"model": args.model, "calibration_file": data["id"],
-                                   "target_sparsity": args.sparsity, "method": args.method}
+        request: dict[str, Any] = {"model": args.model, "calibration_file": data["id"], **settings}
         if args.eval_data:
             request["eval_file"] = client.upload(args.eval_data)["id"]
-        if args.options:
-            request["options"] = json.loads(args.options)
-        for field in ("seq_len", "num_samples", "eval_samples", "precision"):
-            if getattr(args, field) is not None:
-                request[field] = getattr(args, field)
-        if args.uniform:
-            request["uniform"] = True
         job = client.submit(idempotency_key=args.idempotency_key or str(uuid.uuid4()), **request)
         print(job["id"])
         if not (args.wait or args.download):
@@ -147,7 +158,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         for job in client.jobs(args.status, args.limit):
             progress = job.get("progress") or {}
             print(f"{job['id']}  {job['status']:<10}  {job['request']['model']}  "
-                  f"sparsity={job['request']['target_sparsity']}  {progress.get('stage') or ''}")
+                  f"sparsity={job['request']['sparsity']}  {progress.get('stage') or ''}")
     return 0
 
 
@@ -196,21 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     submit = client_parser("submit", "upload data and submit a pruning job")
-    submit.add_argument("--model", required=True)
-    submit.add_argument("--data", required=True, type=Path)
-    submit.add_argument("--eval-data", type=Path)
-    submit.add_argument("--sparsity", required=True, type=float)
-    submit.add_argument("--method", default="bonsai")
-    submit.add_argument("--options", help="method options as JSON")
-    submit.add_argument("--uniform", action="store_true", help="equal widths in every layer (stock config)")
-    submit.add_argument("--precision", choices=["auto", "int8", "bf16", "fp16", "fp32"])
-    submit.add_argument("--seq-len", type=int, help="tokens per calibration sequence")
-    submit.add_argument("--num-samples", type=int, help="calibration sequences")
-    submit.add_argument("--eval-samples", type=int, help="held-out sequences")
+    submit.add_argument("--model", required=True, help="a model name on the server (its models dir or HF cache)")
+    submit.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
+    submit.add_argument("--eval-data", type=Path, help="held-out text for perplexity")
     submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", action="store_true")
-    submit.add_argument("--download", type=Path, metavar="DIR")
-    submit.set_defaults(handler=cmd_submit)
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the checkpoint here")
+    submit.set_defaults(handler=cmd_submit, settings_source=add_settings_options(submit))
 
     status = client_parser("status", "show a job")
     status.add_argument("job_id")
@@ -227,12 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("dir", type=Path)
     download.set_defaults(handler=cmd_download)
 
-    try:
-        from pruning.cli import add_prune_command
-    except ImportError:
-        pass
-    else:
-        add_prune_command(sub)
+    add_prune_command(sub)  # torch-free until a prune actually runs
     return parser
 
 

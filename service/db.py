@@ -100,12 +100,18 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def upgrade(url: str) -> None:
-    """Apply Alembic migrations up to head (idempotent; every process calls it at start)."""
-    from alembic import command
+def alembic_config(url: str) -> Any:
+    """The Alembic configuration of the store's migrations, against `url`."""
     from alembic.config import Config
 
     config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["url"] = url
-    command.upgrade(config, "head")
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Apply Alembic migrations up to head (idempotent; every process calls it at start)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -52,6 +53,18 @@ def docstring_corpus(path: Path) -> int:
                     out.write(json.dumps({"text": doc}) + "\n")
                     records += 1
     return records
+
+
+def docstring_split(work: Path) -> tuple[Path, Path]:
+    """The docstring corpus shuffled (seed 0) and cut in two under `work`: (calib.jsonl, dev.jsonl)."""
+    corpus = work / "docstrings.jsonl"
+    docstring_corpus(corpus)
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    random.Random(0).shuffle(lines)
+    half = len(lines) // 2
+    (work / "calib.jsonl").write_text("\n".join(lines[:half]) + "\n", encoding="utf-8")
+    (work / "dev.jsonl").write_text("\n".join(lines[half:]) + "\n", encoding="utf-8")
+    return work / "calib.jsonl", work / "dev.jsonl"
 
 
 def dir_bytes(path: Path) -> int:
@@ -101,7 +114,7 @@ def main() -> int:
         try:
             with Client(f"http://127.0.0.1:{port}") as client:
                 file_id = client.upload(calibration)["id"]
-                job = client.submit(model=model_name, calibration_file=file_id, target_sparsity=0.3,
+                job = client.submit(model=model_name, calibration_file=file_id, sparsity=0.3,
                                     seq_len=128, num_samples=16, eval_samples=8,
                                     options={"rounds": 2, "samples_per_round": 64, "masks_per_forward": 8,
                                              "scoring_sequences": 4})
@@ -110,7 +123,7 @@ def main() -> int:
                 if job["status"] != "succeeded":
                     error = job.get("error") or {}
                     print(f"\nthe job {job['status']}: [{error.get('code')}] {error.get('message')}")
-                    if error.get("code") == "invalid_input":
+                    if error.get("code") == "unsupported_model":
                         print(f"the engine refused {model_name}; this demo needs an architecture it supports")
                     return 1
                 out = work / "checkpoint"

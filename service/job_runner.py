@@ -12,8 +12,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from pruning.errors import FwdpruneError, failure_code
+from pruning.spec import Device
+from service.schemas.jobs import JobCreate, JobInputs
 from service.store import Store
 
 REPORT_KEYS = ("params", "sparsity", "perplexity", "embedding_cosine", "calibration_loss", "compensation", "stage_s", "total_s", "forward_tokens",
@@ -25,8 +28,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     return {key: report[key] for key in REPORT_KEYS if key in report}
 
 
-class EventSink:
-    """Engine events to the store; progress is throttled so a fast engine cannot flood the event log."""
+class JobEvents:
+    """Engine events into the store; progress is throttled so a fast engine cannot flood the event log."""
 
     def __init__(self, store: Store, job_id: str, min_interval_s: float = 1.0) -> None:
         self.store, self.job_id, self.min_interval_s = store, job_id, min_interval_s
@@ -44,37 +47,13 @@ class EventSink:
             self._last_saved, self._last_round = now, event.get("round")
 
 
-def build_spec(job_request: dict[str, Any], resolved: dict[str, Any], out_dir: Path, device: str) -> Any:
-    from pruning.spec import PruneSpec
-
-    fields: dict[str, Any] = {
-        "model": resolved["model"], "data": resolved["data"], "eval_data": resolved.get("eval_data"),
-        "sparsity": job_request["target_sparsity"], "out_dir": out_dir, "method": job_request["method"],
-        "precision": job_request["precision"], "device": device, "uniform": job_request["uniform"],
-        "seed": job_request["seed"], "options": job_request.get("options") or {},
-    }
-    fields.update({k: job_request[k] for k in ("seq_len", "num_samples", "eval_samples") if job_request.get(k)})
-    return PruneSpec(**fields)
-
-
-def classify(err: BaseException) -> str:
-    from pruning.errors import DataError, ModelNotFoundError
-    from pruning.spec import UnsupportedModelError
-
-    if isinstance(err, (DataError, UnsupportedModelError, ModelNotFoundError)):
-        return "invalid_input"
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-        return "oom"
-    return "internal_error"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.job_runner")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--result", required=True, type=Path)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=get_args(Device))
     args = parser.parse_args(argv)
 
     store = Store(args.database_url, migrate=False)
@@ -83,17 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"job {args.job_id} not found", file=sys.stderr)
         return 2
     try:
-        spec = build_spec(job.request, job.resolved, args.out_dir, args.device)
+        spec = JobCreate.model_validate(job.request).to_spec(JobInputs.model_validate(job.resolved), args.out_dir,
+                                                             args.device)
         from pruning import prune
 
-        report = prune(spec, on_event=EventSink(store, job.id))
+        report = prune(spec, on_event=JobEvents(store, job.id))
         result: dict[str, Any] = {"ok": True, "metrics": summarize(report)}
         code = 0
     except Exception as err:
         traceback.print_exc()
-        kind = classify(err)
-        result = {"ok": False, "code": kind, "message": f"{type(err).__name__}: {err}"}
-        code = 3 if kind == "invalid_input" else 1
+        result = {"ok": False, "code": failure_code(err), "message": f"{type(err).__name__}: {err}"}
+        code = 3 if isinstance(err, FwdpruneError) else 1
     tmp = args.result.with_suffix(".tmp")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     tmp.rename(args.result)  # the worker never sees a half-written verdict

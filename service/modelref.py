@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pruning.errors import ModelNotFoundError
+
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ModelRefError(ValueError):
-    pass
+class ModelRefError(ModelNotFoundError):
+    """The model name is not one this server can resolve (or not one it may)."""
 
 
 def resolve_model(name: str, models_dir: Path, hf_cache_dir: Path | None = None) -> Path:

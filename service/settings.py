@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pruning.spec import Device
+
 
 class SettingsError(ValueError):
     """The configuration is unsafe or incomplete; the server must not start."""
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     embedded_worker: bool = True
     worker_slots: int | None = Field(default=None, ge=1, description="concurrent jobs per worker; default: GPU count or 1")
-    device: str = Field(default="auto", pattern="^(auto|cuda|cpu)$")
+    device: Device = "auto"
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="a worker silent this long is presumed dead")
     cancel_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace for cancelled jobs")

@@ -1,32 +1,33 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from pruning.spec import Method, Precision
+from pruning.spec import Device, PruneSettings, PruneSpec
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 MetadataValue = str | int | float | bool | None
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobInputs(BaseModel):
+    """Where a job's model and files are on the server, resolved at submit time; never shown to users."""
+
+    model: str  # checkpoint directory
+    data: str  # calibration file
+    eval_data: str | None = None
+
+
+class JobCreate(PruneSettings):
+    """A job as submitted: the pruning settings shared with the library and the CLI
+    (`pruning.spec.PruneSettings`), the model by name, the uploaded files, and the caller's metadata."""
 
     model: str = Field(min_length=1, max_length=255,
                        description="a model name under the server's models dir, or a Hub id in its cache")
-    calibration_file: str = Field(min_length=1, max_length=64)
-    eval_file: str | None = Field(default=None, max_length=64)
-    target_sparsity: float = Field(gt=0.0, le=0.9)
-    method: Method = "bonsai"
-    precision: Precision = "auto"
-    uniform: bool = False
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    seq_len: int | None = Field(default=None, ge=8, le=8192, description="tokens per calibration sequence")
-    num_samples: int | None = Field(default=None, ge=1, le=100000, description="calibration sequences")
-    eval_samples: int | None = Field(default=None, ge=1, le=100000, description="held-out sequences")
-    options: dict[str, Any] = Field(default_factory=dict, description="method options (see METHOD_OPTIONS)")
+    calibration_file: str = Field(min_length=1, max_length=64, description="id of an uploaded file")
+    eval_file: str | None = Field(default=None, max_length=64, description="id of an uploaded held-out file")
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
 
     @field_validator("metadata")
@@ -35,6 +36,12 @@ class JobCreate(BaseModel):
         if len(value) > 32 or any(len(k) > 64 or (isinstance(v, str) and len(v) > 512) for k, v in value.items()):
             raise ValueError("metadata holds at most 32 keys of 64 characters with values of 512 characters")
         return value
+
+    def to_spec(self, inputs: JobInputs, out_dir: Path, device: Device) -> PruneSpec:
+        """The engine's request for this job: its settings, with the server's paths and device."""
+        eval_data = Path(inputs.eval_data) if inputs.eval_data is not None else None
+        return PruneSpec(**self.settings_only(), model=inputs.model, data=Path(inputs.data), eval_data=eval_data,
+                         out_dir=out_dir, device=device)
 
 
 class Progress(BaseModel):

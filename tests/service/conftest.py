@@ -122,7 +122,7 @@ def upload(client: httpx.Client, path: Path) -> str:
 
 
 def submit(client: httpx.Client, file_id: str, budget: dict[str, Any] = QUICK, **extra: Any) -> dict[str, Any]:
-    body = {"model": "tiny-llama", "calibration_file": file_id, "target_sparsity": 0.3, **budget, **extra}
+    body = {"model": "tiny-llama", "calibration_file": file_id, "sparsity": 0.3, **budget, **extra}
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 201, response.text
     return dict(response.json())

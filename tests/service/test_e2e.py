@@ -148,12 +148,12 @@ def test_killed_job_process_fails_with_reason(server: Server, calibration: Path)
 def test_queued_cancel_idempotency_and_listing(server: Server, calibration: Path) -> None:
     with server.client() as client:
         file_id = upload(client, calibration)
-        body = {"model": "tiny-llama", "calibration_file": file_id, "target_sparsity": 0.5, **LONG}
+        body = {"model": "tiny-llama", "calibration_file": file_id, "sparsity": 0.5, **LONG}
         first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
         again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
         assert first.status_code == 201 and again.status_code == 200
         assert first.json()["id"] == again.json()["id"]
-        other = client.post("/v1/jobs", json={**body, "target_sparsity": 0.4}, headers={"Idempotency-Key": "k1"})
+        other = client.post("/v1/jobs", json={**body, "sparsity": 0.4}, headers={"Idempotency-Key": "k1"})
         assert other.status_code == 422 and "Idempotency-Key" in other.text
         second = client.post("/v1/jobs", json=body).json()
         for job_id in (second["id"], first.json()["id"]):

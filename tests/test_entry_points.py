@@ -1,0 +1,97 @@
+"""Every job setting reaches the engine the same way from every entry point: the library (`PruneSpec`),
+`fwdprune prune`, the job API (`JobCreate` and its one mapping to the engine's request, and its OpenAPI
+schema) and `fwdprune submit`. A setting added to `PruneSettings` fails here until SAMPLES covers it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pruning.spec import PruneSettings, PruneSpec
+from service.schemas.jobs import JobCreate, JobInputs
+
+# together they move every setting off its default; each is valid on its own
+SAMPLES: list[dict[str, Any]] = [
+    {"sparsity": 0.35, "method": "flap", "precision": "bf16", "uniform": True, "seq_len": 64, "num_samples": 7,
+     "eval_samples": 5, "mlp_block": 4, "objective": "distill", "compensate": "ls", "compensation_ridge": 0.5,
+     "seed": 3, "options": {}},
+    {"sparsity": 0.5, "method": "bonsai", "precision": "int8", "uniform": False, "seq_len": 128,
+     "num_samples": 9, "eval_samples": 3, "mlp_block": None, "objective": "lm", "compensate": "bias",
+     "compensation_ridge": 2.0, "seed": 11, "options": {"rounds": 2, "kind_split": "importance", "ridge": 0.25}},
+]
+
+
+def argv_of(settings: dict[str, Any]) -> list[str]:
+    """The command-line options that ask for `settings`."""
+    argv: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, dict):
+            argv += [arg for key, option in value.items() for arg in ("--options", f"{key}={option}")]
+        else:
+            argv += [flag, "null" if value is None else str(value)]
+    return argv
+
+
+def expected(settings: dict[str, Any]) -> dict[str, Any]:
+    return PruneSettings(**settings).model_dump()
+
+
+def test_samples_move_every_setting_off_its_default() -> None:
+    for sample in SAMPLES:
+        assert set(sample) == set(PruneSettings.model_fields)
+    defaults = PruneSettings(sparsity=0.1).model_dump()
+    defaults["sparsity"] = None  # required: no default
+    unmoved = [name for name in PruneSettings.model_fields if all(s[name] == defaults[name] for s in SAMPLES)]
+    assert not unmoved
+
+
+@pytest.mark.parametrize("settings", SAMPLES)
+def test_library(settings: dict[str, Any], tmp_path: Path) -> None:
+    spec = PruneSpec(model="m", data=tmp_path / "d.jsonl", out_dir=tmp_path / "o", **settings)
+    assert spec.settings_only() == expected(settings)
+
+
+@pytest.mark.parametrize("settings", SAMPLES)
+def test_prune_command(settings: dict[str, Any], tmp_path: Path) -> None:
+    from pruning.cli import add_prune_command, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_prune_command(parser.add_subparsers())
+    args = parser.parse_args(["prune", "--model", "m", "--data", str(tmp_path / "d.jsonl"), "--out",
+                              str(tmp_path / "o"), *argv_of(settings)])
+    assert spec_from_args(args).settings_only() == expected(settings)
+
+
+@pytest.mark.parametrize("settings", SAMPLES)
+def test_job_api_and_its_mapping_to_the_engine(settings: dict[str, Any], tmp_path: Path) -> None:
+    body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **settings})
+    spec = body.to_spec(JobInputs(model=str(tmp_path / "m"), data=str(tmp_path / "d.jsonl")), tmp_path, "cpu")
+    assert spec.settings_only() == expected(settings)
+    assert (spec.model, spec.data, spec.eval_data, spec.device) == (str(tmp_path / "m"), tmp_path / "d.jsonl",
+                                                                    None, "cpu")
+
+
+def test_job_api_schema_offers_every_setting(tmp_path: Path) -> None:
+    from service.main import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path, api_keys=["key-0123456789abcdef"]))
+    schema = app.openapi()["components"]["schemas"]
+    create = next(value for name, value in schema.items() if name.startswith("JobCreate"))
+    assert set(PruneSettings.model_fields) <= set(create["properties"])
+
+
+@pytest.mark.parametrize("settings", SAMPLES)
+def test_submit_command(settings: dict[str, Any], tmp_path: Path) -> None:
+    from service.cli import build_parser, settings_from_args
+
+    args = build_parser().parse_args(["submit", "--model", "tiny", "--data", "d.jsonl", *argv_of(settings)])
+    sent = settings_from_args(args)  # the JSON body's settings
+    body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **sent})
+    assert body.settings_only() == expected(settings)
