@@ -1,16 +1,14 @@
-"""Artifact files: checksums at publication, HTTP Range parsing, and a streamed tar of a checkpoint."""
+"""Artifact files: checksums at publication, and a streamed tar of a checkpoint."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 CHUNK = 1 << 20
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def sha256_file(path: Path) -> str:
@@ -27,39 +25,11 @@ def describe(directory: Path) -> list[dict[str, Any]]:
             for p in sorted(directory.iterdir()) if p.is_file() and not p.is_symlink()]
 
 
-class RangeNotSatisfiable(ValueError):
-    pass
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One `bytes=` range as inclusive (start, end); None means "send everything" (unparseable or multi)."""
-    match = _RANGE.match(header.strip())
-    if match is None:
-        return None  # RFC 9110: a server may ignore a Range it does not understand
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:  # suffix: the last N bytes
-        length = int(last)
-        if length == 0 or size == 0:
-            raise RangeNotSatisfiable
-        return max(0, size - length), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
-        raise RangeNotSatisfiable
-    return start, end
-
-
-def read_span(path: Path, start: int, end: int) -> Iterator[bytes]:
+def read_chunks(path: Path, size: int) -> Iterator[bytes]:
+    """At most `size` bytes of `path`, a chunk at a time: a tar member must not outgrow its header."""
     with path.open("rb") as handle:
-        handle.seek(start)
-        remaining = end - start + 1
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
+        while size > 0 and (chunk := handle.read(min(CHUNK, size))):
+            size -= len(chunk)
             yield chunk
 
 
@@ -71,7 +41,7 @@ def stream_tar(directory: Path, names: list[str], prefix: str) -> Iterator[bytes
         stat = path.stat()
         info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
         yield info.tobuf(format=tarfile.PAX_FORMAT)
-        yield from read_span(path, 0, stat.st_size - 1) if stat.st_size else iter(())
+        yield from read_chunks(path, stat.st_size)
         if stat.st_size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - stat.st_size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)  # end-of-archive marker

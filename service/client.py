@@ -98,7 +98,8 @@ class Client:
             if on_bytes and have:
                 on_bytes(have)
             if have < artifact["bytes"]:
-                headers = {"Range": f"bytes={have}-"} if have else {}
+                # If-Range: should the artifact differ from the listing, the server sends all of it (200)
+                headers = {"Range": f"bytes={have}-", "If-Range": f'"{artifact["sha256"]}"'} if have else {}
                 with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{artifact['name']}",
                                       headers=headers) as response:
                     if response.status_code not in (200, 206):

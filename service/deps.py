@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal, authenticate
 from service.settings import Settings
@@ -21,11 +22,15 @@ def get_store(request: Request) -> Store:
     return store
 
 
+# auto_error=False: the 401 below is ours (its detail and header), and insecure mode needs no header at all
+bearer = HTTPBearer(auto_error=False, description="An API key, sent as `Authorization: Bearer <key>`.")
+
+
 def get_principal(
-    request: Request,
-    authorization: Annotated[str | None, Header(description="Bearer API key")] = None,
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    principal = authenticate(request.app.state.settings, request.app.state.key_hashes, authorization)
+    token = credentials.credentials if credentials is not None else None
+    principal = authenticate(request.app.state.settings, request.app.state.key_hashes, token)
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})

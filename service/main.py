@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.metrics import RequestMetrics, ServiceMetrics
 from service.routers import files, health, jobs
 from service.settings import Settings
 from service.store import Store
@@ -29,6 +30,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.key_hashes = settings.key_hashes()
+    app.state.metrics = ServiceMetrics(store, settings.heartbeat_timeout_s)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for router in (health.router, files.router, jobs.router):
         app.include_router(router)
     return app

@@ -254,8 +254,13 @@ class Store:
         counts.update({status: int(n) for status, n in rows})
         return counts
 
-    def finished_durations(self) -> list[tuple[str, float]]:
+    def finished_since(self, after: float | None) -> list[tuple[str, float, float]]:
+        """(id, finished_at, run seconds) of finished jobs that ran, finished after `after` (None: all)."""
+        query = select(JobRow.id, JobRow.started_at, JobRow.finished_at).where(
+            JobRow.status.in_(TERMINAL), JobRow.started_at.is_not(None), JobRow.finished_at.is_not(None))
+        if after is not None:
+            query = query.where(JobRow.finished_at > after)
         with self.session() as s:
-            rows = s.execute(select(JobRow.status, JobRow.started_at, JobRow.finished_at).where(
-                JobRow.status.in_(TERMINAL), JobRow.started_at.is_not(None), JobRow.finished_at.is_not(None))).all()
-        return [(status, float(end) - float(start)) for status, start, end in rows if start is not None and end is not None]
+            rows = s.execute(query.order_by(JobRow.finished_at)).all()
+        return [(job_id, float(end), float(end) - float(start)) for job_id, start, end in rows
+                if start is not None and end is not None]

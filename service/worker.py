@@ -29,20 +29,35 @@ from service.store import Store
 
 
 def gpu_info() -> list[dict[str, Any]]:
-    """GPUs as nvidia-smi sees them (no torch in the worker); empty without NVIDIA tooling."""
-    if shutil.which("nvidia-smi") is None:
+    """GPUs as NVML sees them (no torch in the worker); empty without nvidia-ml-py or an NVIDIA driver."""
+    try:
+        import pynvml
+    except ImportError:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
+        pynvml.nvmlInit()
+    except (pynvml.NVMLError, OSError):
         return []
-    gpus = []
-    for line in out.strip().splitlines():
-        index, used, total = (part.strip() for part in line.split(","))
-        gpus.append({"index": int(index), "memory_used_bytes": int(used) << 20,
-                     "memory_total_bytes": int(total) << 20})
-    return gpus
+    try:
+        return [_gpu(pynvml, index) for index in range(pynvml.nvmlDeviceGetCount())]
+    except pynvml.NVMLError:
+        return []
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+
+def _gpu(nvml: Any, index: int) -> dict[str, Any]:
+    """One GPU: NVML's index (nvidia-smi's), memory in bytes, and the UUID that names it to CUDA."""
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    return {"index": index, "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+            "name": _text(nvml.nvmlDeviceGetName(handle)),
+            "memory_used_bytes": int(memory.used), "memory_total_bytes": int(memory.total)}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -135,7 +150,8 @@ class Worker:
         tmp_dir.mkdir(parents=True)
         env = dict(os.environ)
         if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot]["index"])  # one GPU per slot
+            # one GPU per slot, named by UUID: CUDA's own device order need not follow NVML's indices
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot].get("uuid") or str(self.gpus[slot]["index"])
         log = (tmp_dir / "job.log").open("wb")
         cmd = [sys.executable, "-m", "service.job_runner", "--database-url", self.store.url, "--job-id", job_id,
                "--out-dir", str(tmp_dir / "out"), "--result", str(tmp_dir / "result.json"),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from service.deps import SettingsDep, StoreDep
-from service.metrics import render
+from service.metrics import CONTENT_TYPE, ServiceMetrics
 
 router = APIRouter(tags=["health"])
 
@@ -39,6 +39,6 @@ def readyz(response: Response, settings: SettingsDep, store: StoreDep) -> Health
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(settings: SettingsDep, store: StoreDep) -> PlainTextResponse:
-    return PlainTextResponse(render(store, settings.heartbeat_timeout_s),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+def metrics(request: Request) -> PlainTextResponse:
+    app_metrics: ServiceMetrics = request.app.state.metrics
+    return PlainTextResponse(app_metrics.render(), media_type=CONTENT_TYPE)

@@ -11,18 +11,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse, StreamingResponse
 
-from pruning.spec import METHOD_OPTIONS, PruneSpec, UnsupportedModelError, read_model_type
-from service.artifacts import RangeNotSatisfiable, parse_range, read_span, stream_tar
+from pruning.errors import FwdpruneError
+from pruning.spec import read_model_type
+from service.artifacts import stream_tar
 from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StoreDep, unprocessable
-from service.modelref import ModelRefError, resolve_model
+from service.modelref import resolve_model
 from service.schemas.events import EventList, EventPublic
-from service.schemas.jobs import ArtifactList, ArtifactPublic, JobCreate, JobList, JobPublic, JobStatus
-from service.store import ACTIVE, IdempotencyConflict
+from service.schemas.jobs import (
+    ArtifactList,
+    ArtifactPublic,
+    JobCreate,
+    JobInputs,
+    JobList,
+    JobPublic,
+    JobStatus,
+)
+from service.settings import Settings
+from service.store import ACTIVE, IdempotencyConflict, Store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
@@ -41,43 +50,23 @@ def to_public(row: JobRow) -> JobPublic:
     })
 
 
-def _validate(body: JobCreate, owner: str | None, settings: Any, store: Any) -> dict[str, Any]:
-    """Everything checkable before a GPU is touched; returns the server-side paths for the worker."""
+def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
+    """Where the job's model and files are on this server; the settings were validated with the body."""
     try:
         model_dir = resolve_model(body.model, settings.models_dir, settings.hf_cache_dir)
         read_model_type(model_dir)
-    except (ModelRefError, UnsupportedModelError) as err:
-        raise unprocessable(["body", "model"], str(err)) from err
-    paths: dict[str, str | None] = {"model": str(model_dir), "data": None, "eval_data": None}
-    for field, key in (("calibration_file", "data"), ("eval_file", "eval_data")):
+    except FwdpruneError as err:
+        raise unprocessable(["body", "model"], str(err), err.code) from err
+    paths: dict[str, str] = {}
+    for field in ("calibration_file", "eval_file"):
         file_id = getattr(body, field)
         if file_id is None:
             continue
         row = store.get_file(file_id, owner)
         if row is None:
             raise unprocessable(["body", field], f"file {file_id!r} does not exist")
-        paths[key] = row.path
-    fields: dict[str, Any] = {
-        "model": paths["model"], "data": paths["data"], "eval_data": paths["eval_data"],
-        "sparsity": body.target_sparsity, "out_dir": settings.jobs_dir, "method": body.method,
-        "precision": body.precision, "device": settings.device, "uniform": body.uniform, "seed": body.seed,
-        "options": body.options,
-    }
-    fields.update({k: v for k in ("seq_len", "num_samples", "eval_samples") if (v := getattr(body, k)) is not None})
-    try:
-        METHOD_OPTIONS[body.method].model_validate(body.options)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise unprocessable(["body", "options", *first["loc"]], first["msg"], first["type"]) from err
-    try:
-        PruneSpec(**fields)
-    except ValidationError as err:
-        first = err.errors()[0]
-        # PruneSpec names the sparsity `sparsity`; a method-options error surfaces with an empty loc
-        spec_loc = [str(part) for part in first["loc"]] or ["options"]
-        loc: list[str | int] = ["body", *(["target_sparsity"] if spec_loc[0] == "sparsity" else spec_loc)]
-        raise unprocessable(loc, first["msg"], first["type"]) from err
-    return paths
+        paths[field] = row.path
+    return JobInputs(model=str(model_dir), data=paths["calibration_file"], eval_data=paths.get("eval_file"))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
@@ -87,9 +76,9 @@ def create_job(body: JobCreate, response: Response, principal: PrincipalDep, set
                store: StoreDep, idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
     request = body.model_dump(mode="json")
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-    resolved = _validate(body, principal.owner, settings, store)
+    inputs = _resolve_inputs(body, principal.owner, settings, store)
     row = JobRow(id="job_" + secrets.token_urlsafe(16), owner=principal.owner, status="queued", request=request,
-                 resolved=resolved, request_hash=request_hash, idempotency_key=idempotency_key,
+                 resolved=inputs.model_dump(), request_hash=request_hash, idempotency_key=idempotency_key,
                  metadata_=body.metadata, created_at=time.time(), progress={}, attempts=0, computing=False)
     try:
         job, created = store.create_job(row)
@@ -162,34 +151,39 @@ def _artifact_dir(settings: Any, row: JobRow) -> Path:
     return Path(settings.jobs_dir) / row.id
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=StreamingResponse,
-            responses={**NOT_FOUND, 206: {"description": "partial content"}, 416: {"description": "bad range"},
-                       200: {"content": {"application/octet-stream": {}}}})
-def download_artifact(job_id: str, name: str, request: Request, principal: PrincipalDep,
-                      settings: SettingsDep, store: StoreDep) -> Response:
-    row = _job(store, job_id, principal)
-    directory = _artifact_dir(settings, row)
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND, 200: {"content": {"application/octet-stream": {}}},
+    206: {"description": "the requested range; several ranges come as multipart/byteranges"},
+    400: {"description": "a Range header that cannot be parsed"},
+    416: {"description": "a range that starts past the end of the file"},
+}
+
+
+def _artifact_entry(row: JobRow, name: str) -> dict[str, Any]:
     # only names recorded at publication are served, so `name` can never address another path
     entry = next((a for a in row.artifacts or [] if a["name"] == name), None)
     if entry is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact")
-    path, size = directory / entry["name"], int(entry["bytes"])
-    headers = {"Accept-Ranges": "bytes", "ETag": f'"{entry["sha256"]}"', "X-Checksum-Sha256": entry["sha256"]}
-    span = None
-    if (header := request.headers.get("range")) is not None:
-        try:
-            span = parse_range(header, size)
-        except RangeNotSatisfiable:
-            return Response(status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
-                            headers={"Content-Range": f"bytes */{size}", **headers})
-    if span is None:
-        return StreamingResponse(read_span(path, 0, size - 1), media_type="application/octet-stream",
-                                 headers={**headers, "Content-Length": str(size)})
-    start, end = span
-    return StreamingResponse(read_span(path, start, end), status_code=status.HTTP_206_PARTIAL_CONTENT,
-                             media_type="application/octet-stream",
-                             headers={**headers, "Content-Range": f"bytes {start}-{end}/{size}",
-                                      "Content-Length": str(end - start + 1)})
+    return dict(entry)
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES)
+@router.head("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES,
+             summary="Artifact headers (size, checksum) without the body")
+def download_artifact(job_id: str, name: str, principal: PrincipalDep, settings: SettingsDep,
+                      store: StoreDep) -> FileResponse:
+    """One artifact; Range, If-Range (against the sha256 ETag or Last-Modified) and HEAD as in RFC 9110."""
+    row = _job(store, job_id, principal)
+    directory = _artifact_dir(settings, row)
+    entry = _artifact_entry(row, name)
+    path = directory / entry["name"]
+    try:
+        stat = path.stat()
+    except FileNotFoundError as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact") from err
+    # FileResponse keeps a given ETag (its own is an mtime/size hash) and compares If-Range against it
+    headers = {"ETag": f'"{entry["sha256"]}"', "X-Checksum-Sha256": entry["sha256"]}
+    return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
 
 
 @router.get("/{job_id}/checkpoint.tar", response_class=StreamingResponse,

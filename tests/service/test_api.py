@@ -1,19 +1,24 @@
-"""API behaviour in-process (TestClient): auth, ownership, and validation before any job runs."""
+"""API behaviour in-process (TestClient): auth, ownership, validation before any job runs, artifact
+downloads (Range, If-Range, HEAD) and the metrics endpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.artifacts import describe
+from service.db import JobRow
 from service.main import create_app
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, hash_key
 from tests.service.conftest import ADMIN, KEY_A, KEY_B, QUICK, REPO
 
 
@@ -38,12 +43,31 @@ def put_file(client: TestClient, name: str, content: bytes, key: str = KEY_A) ->
 
 
 def test_keys_required(app_client: TestClient) -> None:
-    assert app_client.get("/v1/jobs").status_code == 401
-    assert app_client.get("/v1/jobs", headers=auth("not-a-key-at-all-xxxxx")).status_code == 401
-    assert app_client.get("/v1/files", headers={"Authorization": f"Basic {KEY_A}"}).status_code == 401
+    for headers in ({}, auth("not-a-key-at-all-xxxxx"), {"Authorization": f"Basic {KEY_A}"},
+                    {"Authorization": "Bearer "}, {"Authorization": KEY_A}):
+        response = app_client.get("/v1/jobs", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json() == {"detail": "missing or invalid API key"}
+    assert app_client.get("/v1/jobs", headers={"Authorization": f"bearer  {KEY_A} "}).status_code == 200
     assert app_client.get("/v1/jobs", headers=auth()).status_code == 200
     assert app_client.get("/healthz").status_code == 200
     assert app_client.get("/readyz").status_code == 503  # no worker heartbeat in this process
+
+
+def test_docs_offer_bearer_auth(app_client: TestClient) -> None:
+    spec = app_client.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["HTTPBearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "Authorization: Bearer" in scheme["description"]
+    assert spec["paths"]["/v1/jobs"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_insecure_mode_needs_no_header(tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(data_dir=tmp_path, insecure_no_auth=True))) as client:
+        assert client.get("/v1/jobs").status_code == 200
+        assert client.get("/v1/jobs", headers=auth("whatever-key-0123456789")).status_code == 200
 
 
 def test_server_refuses_to_start_without_keys(tmp_path: Path) -> None:
@@ -102,7 +126,7 @@ def test_upload_keeps_only_the_base_name(app_client: TestClient, settings: Setti
 
 
 def _job_body(file_id: str, **extra: object) -> dict[str, object]:
-    return {"model": "tiny-llama", "calibration_file": file_id, "target_sparsity": 0.3, **QUICK, **extra}
+    return {"model": "tiny-llama", "calibration_file": file_id, "sparsity": 0.3, **QUICK, **extra}
 
 
 @pytest.fixture
@@ -118,8 +142,8 @@ def file_id(app_client: TestClient, calibration: Path) -> str:
     ({"model": "no-such-model"}, "model", "neither"),
     ({"model": "nobody/not-cached"}, "model", "neither"),
     ({"model": "tiny-gpt2"}, "model", "supported model types"),
-    ({"target_sparsity": 0.95}, "target_sparsity", "less than or equal"),
-    ({"target_sparsity": 0}, "target_sparsity", "greater than"),
+    ({"sparsity": 0.95}, "sparsity", "less than or equal"),
+    ({"sparsity": 0}, "sparsity", "greater than"),
     ({"method": "magic"}, "method", "bonsai"),
     ({"options": {"rounds": 0}}, "options", "rounds"),
     ({"options": {"no_such_option": 1}}, "options", "no_such_option"),
@@ -177,12 +201,129 @@ service.cli.build_parser()
 app = create_app(Settings(data_dir={str(tmp_path)!r}, models_dir={str(models_dir)!r}, insecure_no_auth=True))
 with TestClient(app) as client:
     f = client.post("/v1/files", files={{"file": ("c.jsonl", open({str(calibration)!r}, "rb").read())}}).json()
-    r = client.post("/v1/jobs", json={{"model": "tiny-llama", "calibration_file": f["id"], "target_sparsity": 0.3}})
+    r = client.post("/v1/jobs", json={{"model": "tiny-llama", "calibration_file": f["id"], "sparsity": 0.3}})
     assert r.status_code == 201, r.text
     assert client.post("/v1/jobs", json={{"model": "nobody/x", "calibration_file": f["id"],
-                                          "target_sparsity": 0.3}}).status_code == 422
+                                          "sparsity": 0.3}}).status_code == 422
 heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
 assert not heavy, heavy
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+BLOB = bytes(range(256)) * 40  # 10240 bytes, every offset's value predictable
+
+
+@pytest.fixture
+def artifact_url(app_client: TestClient, settings: Settings) -> str:
+    """A succeeded job of KEY_A's with two published artifacts; the URL of the larger one."""
+    job_id = "job_artifacts"
+    directory = settings.jobs_dir / job_id
+    directory.mkdir(parents=True)
+    (directory / "model.safetensors").write_bytes(BLOB)
+    (directory / "config.json").write_text("{}")
+    now = time.time()
+    store = app_client.app.state.store  # type: ignore[attr-defined]
+    store.create_job(JobRow(id=job_id, owner=hash_key(KEY_A), status="succeeded", request={}, resolved={},
+                            request_hash="h", metadata_={}, created_at=now, started_at=now, finished_at=now,
+                            progress={}, artifacts=describe(directory), attempts=1, computing=False))
+    return f"/v1/jobs/{job_id}/artifacts/model.safetensors"
+
+
+def test_artifact_whole_and_head(app_client: TestClient, artifact_url: str) -> None:
+    sha = hashlib.sha256(BLOB).hexdigest()
+    whole = app_client.get(artifact_url, headers=auth())
+    assert whole.status_code == 200 and whole.content == BLOB
+    assert whole.headers["etag"] == f'"{sha}"' and whole.headers["x-checksum-sha256"] == sha
+    assert whole.headers["accept-ranges"] == "bytes" and whole.headers["content-length"] == str(len(BLOB))
+    head = app_client.head(artifact_url, headers=auth())
+    assert head.status_code == 200 and head.content == b""
+    assert {k: head.headers[k] for k in ("etag", "x-checksum-sha256", "content-length", "accept-ranges")} == {
+        k: whole.headers[k] for k in ("etag", "x-checksum-sha256", "content-length", "accept-ranges")}
+    assert app_client.head(artifact_url).status_code == 401
+    assert app_client.head(artifact_url, headers=auth(KEY_B)).status_code == 404
+    missing = artifact_url.replace("model.safetensors", "job.log")
+    assert app_client.get(missing, headers=auth()).status_code == 404
+
+
+@pytest.mark.parametrize(("header", "start", "end"), [
+    ("bytes=100-1099", 100, 1099),  # a middle slice
+    ("bytes=-10", len(BLOB) - 10, len(BLOB) - 1),  # suffix: the last 10 bytes
+    ("bytes=4000-", 4000, len(BLOB) - 1),  # open-ended
+    ("bytes=10000-99999", 10000, len(BLOB) - 1),  # an end past the file is cut to it
+])
+def test_artifact_single_range(app_client: TestClient, artifact_url: str, header: str, start: int,
+                               end: int) -> None:
+    part = app_client.get(artifact_url, headers={**auth(), "Range": header})
+    assert part.status_code == 206 and part.content == BLOB[start:end + 1]
+    assert part.headers["content-range"] == f"bytes {start}-{end}/{len(BLOB)}"
+    assert part.headers["etag"] == f'"{hashlib.sha256(BLOB).hexdigest()}"'
+    head = app_client.head(artifact_url, headers={**auth(), "Range": header})
+    assert head.status_code == 206 and head.content == b""
+    assert head.headers["content-range"] == part.headers["content-range"]
+
+
+def test_artifact_bad_ranges(app_client: TestClient, artifact_url: str) -> None:
+    past = app_client.get(artifact_url, headers={**auth(), "Range": f"bytes={len(BLOB)}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(BLOB)}"
+    for header in ("items=0-1", "bytes=abc", "bytes=50-10"):  # unparseable: refused, not ignored
+        assert app_client.get(artifact_url, headers={**auth(), "Range": header}).status_code == 400, header
+
+
+def test_artifact_multiple_ranges(app_client: TestClient, artifact_url: str) -> None:
+    response = app_client.get(artifact_url, headers={**auth(), "Range": "bytes=0-9, 5000-5099, -5"})
+    assert response.status_code == 206
+    kind, _, boundary = response.headers["content-type"].partition("; boundary=")
+    assert kind == "multipart/byteranges" and int(response.headers["content-length"]) == len(response.content)
+    parts = response.content.split(f"--{boundary}".encode())
+    assert parts[0] == b"" and parts[-1] == b"--"
+    spans = [(0, 9), (5000, 5099), (len(BLOB) - 5, len(BLOB) - 1)]
+    for part, (start, end) in zip(parts[1:-1], spans, strict=True):
+        head, _, body = part.partition(b"\r\n\r\n")
+        assert f"Content-Range: bytes {start}-{end}/{len(BLOB)}".encode() in head
+        assert body == BLOB[start:end + 1] + b"\r\n"
+
+
+def test_artifact_if_range(app_client: TestClient, artifact_url: str) -> None:
+    etag = f'"{hashlib.sha256(BLOB).hexdigest()}"'
+    same = app_client.get(artifact_url, headers={**auth(), "Range": "bytes=10-19", "If-Range": etag})
+    assert same.status_code == 206 and same.content == BLOB[10:20]
+    for stale in ('"0000"', f"W/{etag}"):  # another version, or a weak tag: the whole file instead
+        changed = app_client.get(artifact_url, headers={**auth(), "Range": "bytes=10-19", "If-Range": stale})
+        assert changed.status_code == 200 and changed.content == BLOB
+
+
+def _finished(store: object, job_id: str, seconds: float) -> None:
+    now = time.time()
+    store.create_job(JobRow(  # type: ignore[attr-defined]
+        id=job_id, owner="o", status="failed", request={}, resolved={}, request_hash="h", metadata_={},
+        created_at=now, started_at=now - seconds, finished_at=now, progress={}, attempts=1, computing=False))
+
+
+def _sample(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_metrics(app_client: TestClient) -> None:
+    store = app_client.app.state.store  # type: ignore[attr-defined]
+    _finished(store, "job_old", 3.0)
+    app_client.get("/v1/jobs/job_nope", headers=auth())
+    app_client.get("/no/such/path")
+    first = app_client.get("/metrics")
+    assert first.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = first.text
+    assert 'fwdprune_jobs{status="failed"} 1.0' in text and "fwdprune_queue_depth 0.0" in text
+    assert "fwdprune_workers 0.0" in text and "fwdprune_worker_slots 0.0" in text
+    assert "# TYPE fwdprune_gpu_memory_used_bytes gauge" in text
+    assert _sample(text, "fwdprune_job_duration_seconds_count") == 1  # the history, observed once
+    assert _sample(text, 'fwdprune_job_duration_seconds_bucket{le="5.0"}') == 1
+    # requests are labelled by route template, never by raw path
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text and "job_nope" not in text
+    assert 'fwdprune_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    _finished(store, "job_new", 100.0)
+    for _ in range(2):  # a job finished since the last scrape is observed once, however often scraped
+        text = app_client.get("/metrics").text
+        assert _sample(text, "fwdprune_job_duration_seconds_count") == 2
+        assert _sample(text, "fwdprune_job_duration_seconds_sum") == pytest.approx(103.0, abs=0.01)
+    assert 'fwdprune_http_requests_total{method="GET",route="/metrics",status="200"}' in text

