@@ -33,89 +33,118 @@ from typing import Any
 import torch
 
 from bench.quality import REPO, SHARED, budget, pycoder_inputs
-from pruning.methods.bonsai import attention_fractions, held_out_split, removed_attention_fraction
+from pruning import stages
+from pruning.adapters.base import UnitKind
+from pruning.methods import MethodContext
+from pruning.methods.bonsai import (
+    attention_fractions,
+    held_out_loss,
+    held_out_split,
+    removed_attention_fraction,
+)
+from pruning.spec import BonsaiOptions, PruneSpec
 
 Candidates = dict[str, torch.Tensor]
+ATTN, MLP = UnitKind.ATTN, UnitKind.MLP
 
 
-def grid_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+def grid_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
     sparsity = ctx.target_params / float(space.params.sum())
     keeps = {}
     for fraction in fractions:
         for label, score in (("imp", importance), ("prior", prior)):
-            keeps[f"{label} global attn={fraction:.3f}"] = ~ctx.select_per_kind(
+            keeps[f"{label} global attn={fraction:.3f}"] = ~ctx.selector.select_per_kind(
                 score / space.params, alive, ctx.target_params, attention_ratio=fraction / sparsity)
     return keeps
 
 
-def even_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+def even_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
     params, kind = space.params, space.kind
-    groups = int(((space.layer == 0) & (kind == 0)).sum())
+    groups = int(((space.layer == 0) & (kind == ATTN)).sum())
     keeps = {}
     for per_layer in range(1, groups):
         removed = torch.zeros(space.size, dtype=torch.bool)
         for layer in space.layer.unique().tolist():
-            index = ((space.layer == layer) & (kind == 0)).nonzero().flatten()
+            index = ((space.layer == layer) & (kind == ATTN)).nonzero().flatten()
             removed[index[torch.argsort(importance[index] / params[index], stable=True)[:per_layer]]] = True
         left = ctx.target_params - float(params[removed].sum())
         if left <= 0:
             continue
         for uniform in (False, True):
-            mlp = ctx.select(importance / params, alive & (kind == 1), left, uniform=uniform)
+            mlp = ctx.selector.select(importance / params, alive & (kind == MLP), left, uniform=uniform)
             keeps[f"even{per_layer} attn, mlp {'uniform' if uniform else 'global'}"] = ~(removed | mlp)
     return keeps
 
 
-def uniform_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+def uniform_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
     params, kind = space.params, space.kind
 
     def ranks(score: torch.Tensor) -> torch.Tensor:
         """[U] rank of each unit within its kind, scaled to [0, 1]."""
         out = torch.zeros(space.size, dtype=torch.float64)
-        for k in (0, 1):
+        for k in UnitKind:
             index = (kind == k).nonzero().flatten()
             out[index] = score[index].argsort().argsort().double() / max(1, index.numel() - 1)
         return out
 
-    keeps = {"wanda-sp (prior, uniform)": ~ctx.select_per_kind(prior / params, alive, ctx.target_params, uniform=True),
-             "imp uniform": ~ctx.select_per_kind(importance / params, alive, ctx.target_params, uniform=True)}
+    select_per_kind = ctx.selector.select_per_kind
+    keeps = {"wanda-sp (prior, uniform)": ~select_per_kind(prior / params, alive, ctx.target_params, uniform=True),
+             "imp uniform": ~select_per_kind(importance / params, alive, ctx.target_params, uniform=True)}
     for t in (0.25, 0.5, 0.75):
         blend = (1 - t) * ranks(importance / params) + t * ranks(prior / params)
-        keeps[f"blend t={t} uniform"] = ~ctx.select_per_kind(blend, alive, ctx.target_params, uniform=True)
-        keeps[f"blend t={t} global, no attn"] = ~ctx.select_per_kind(blend, alive, ctx.target_params,
-                                                                      attention_ratio=0.0)
+        keeps[f"blend t={t} uniform"] = ~select_per_kind(blend, alive, ctx.target_params, uniform=True)
+        keeps[f"blend t={t} global, no attn"] = ~select_per_kind(blend, alive, ctx.target_params, attention_ratio=0.0)
     return keeps
 
 
-def obs_candidates(ctx: Any, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float],
+def obs_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float],
                    chosen: torch.Tensor | None = None) -> Candidates:
     """Per-module unit counts of wanda-sp's pick and of the job's own, units within each module chosen for
     the refit (the engine's refit_aware_keep: structured OBS on the dense input Gram)."""
+    assert ctx.refit is not None
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
-    references = {"uniform": ~ctx.select_per_kind(prior / space.params, alive, ctx.target_params, uniform=True)}
+    references = {"uniform": ~ctx.selector.select_per_kind(prior / space.params, alive, ctx.target_params,
+                                                           uniform=True)}
     if chosen is not None:
         references["the job's counts"] = chosen
     # Grams of the whole calibration set, as the job exports the pick (the search judges it with the fit
     # sequences' Grams, so its held-out loss here is flattered; dev perplexity is not)
-    return {f"refit-aware, {label}": ctx.refit_aware_keep(reference) for label, reference in references.items()}
+    return {f"refit-aware, {label}": ctx.refit.refit_aware_keep(reference) for label, reference in references.items()}
 
 
 FAMILIES: dict[str, Callable[..., Candidates]] = {
     "grid": grid_candidates, "even": even_candidates, "uniform": uniform_candidates, "obs": obs_candidates}
 
 
-def evaluate(ctx: Any, keep: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
+def evaluate(ctx: MethodContext, keep: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
     """The search's held-out loss and the dev perplexity after the job's full ls fit, for one keep."""
-    assert ctx.fit_compensation is not None and ctx.clear_compensation is not None
-    held_out = ctx.held_out_loss(keep, *held_out_split(ctx.calibration))
-    ctx.fit_compensation(keep, ctx.calibration)
-    ctx.masks.set(keep.double())
-    perplexity = ctx.runner.quality(dev, ctx.batch_size)["perplexity"]
-    ctx.clear_compensation()
-    return {"attention_fraction": removed_attention_fraction(ctx.space, keep), "held_out_loss": held_out, "dev_perplexity": perplexity}
+    assert ctx.refit is not None
+    held_out = held_out_loss(ctx, keep, *held_out_split(ctx.probe.calibration))
+    ctx.refit.fit(keep)
+    perplexity = ctx.probe.quality(keep, dev)["perplexity"]
+    ctx.refit.clear()
+    return {"attention_fraction": removed_attention_fraction(ctx.space, keep), "held_out_loss": held_out,
+            "dev_perplexity": perplexity}
+
+
+def compare(ctx: MethodContext, result: Any, dev: torch.Tensor, families: list[str], split_candidates: int,
+            rows: list[dict[str, Any]]) -> None:
+    """Score the job's pick and every candidate of `families` both ways, appending one row each."""
+    fractions = attention_fractions(ctx.space, ctx.target_params, split_candidates)
+    prior = ctx.probe.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
+    keeps = {"chosen": result.keep}
+    for family in families:
+        extra = {"chosen": result.keep} if family == "obs" else {}
+        keeps |= FAMILIES[family](ctx, result.importance, prior, fractions, **extra)
+    for name, keep in keeps.items():
+        start = time.perf_counter()
+        rows.append({"candidate": name, **evaluate(ctx, keep, dev)})
+        print(f"{name:<32} attn {rows[-1]['attention_fraction']:.3f}  held-out loss "
+              f"{rows[-1]['held_out_loss']:.4f}  dev ppl {rows[-1]['dev_perplexity']:.3f}  "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def main() -> None:
@@ -126,49 +155,30 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    import pruning.api as api
-    from pruning.methods.bonsai import Bonsai
-
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     out = args.out or REPO / "bench" / "results" / f"split-criterion-{device.replace(' ', '-').lower()}-{args.sparsity}.json"
     rows: list[dict[str, Any]] = []
-    data: dict[str, Any] = {}
-    load_calibration, run = api.load_calibration, Bonsai.run
-
-    def keep_data(*a: Any, **k: Any) -> Any:
-        data["split"] = load_calibration(*a, **k)
-        return data["split"]
-
-    def run_then_compare(self: Bonsai, ctx: Any) -> Any:
-        result = run(self, ctx)
-        fractions = attention_fractions(ctx.space, ctx.target_params, self.options.split_candidates)
-        prior = ctx.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
-        keeps = {"chosen": result.keep}
-        for family in filter(None, args.families.split(",")):
-            extra = {"chosen": result.keep} if family == "obs" else {}
-            keeps |= FAMILIES[family](ctx, result.importance, prior, fractions, **extra)
-        for name, keep in keeps.items():
-            start = time.perf_counter()
-            rows.append({"candidate": name, **evaluate(ctx, keep, data["split"].evaluation)})
-            print(f"{name:<32} attn {rows[-1]['attention_fraction']:.3f}  held-out loss "
-                  f"{rows[-1]['held_out_loss']:.4f}  dev ppl {rows[-1]['dev_perplexity']:.3f}  "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-        return result
-
-    api.load_calibration, Bonsai.run = keep_data, run_then_compare  # type: ignore[assignment,method-assign]
     common = budget(args.reduced)
     with tempfile.TemporaryDirectory() as work:
-        report = api.prune(out_dir=Path(work) / "out", method="bonsai", sparsity=args.sparsity, compensate="ls",
-                           options=common["options"], **{k: v for k, v in common.items() if k != "options"},
-                           **pycoder_inputs(args.shared, Path(work)))
-    dense = report["perplexity"]["before"]
+        spec = PruneSpec(out_dir=Path(work) / "out", method="bonsai", sparsity=args.sparsity, compensate="ls",
+                         options=common["options"], **{k: v for k, v in common.items() if k != "options"},
+                         **pycoder_inputs(args.shared, Path(work)))
+        run = stages.prepare(spec, lambda event: None)
+        with run.installed():  # the job's own stages, with the comparison between scoring and compensation
+            ctx = stages.method_context(run)
+            result = run.method.run(ctx)
+            compare(ctx, result, run.data.evaluation, [f for f in args.families.split(",") if f],
+                    BonsaiOptions.model_validate(spec.options).split_candidates, rows)
+            stages.compensate(run, result.keep)
+            job_perplexity = stages.evaluate(run, result.keep).figures["perplexity"]
+    dense = run.dense.figures["perplexity"]
     for row in rows:
         row["ratio"] = row["dev_perplexity"] / dense
     out.parent.mkdir(parents=True, exist_ok=True)
     # `chosen` re-fitted here must match the job's own figure: the comparison measures what users get
-    print(f"job perplexity {report['perplexity']['after']:.3f}, chosen here {rows[0]['dev_perplexity']:.3f}")
+    print(f"job perplexity {job_perplexity:.3f}, chosen here {rows[0]['dev_perplexity']:.3f}")
     out.write_text(json.dumps({"device": device, "sparsity": args.sparsity, "budget": common, "dense_perplexity": dense,
-                               "job_perplexity": report["perplexity"]["after"], "rows": rows}, indent=2) + "\n")
+                               "job_perplexity": job_perplexity, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -111,15 +111,21 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
     return Run(spec, emit, monitor, model_dir, adapter, loaded, data, probe, method, compensator, dense)
 
 
-def score(run: Run) -> MethodResult:
-    """The method chooses the units to keep (hooks installed)."""
+def method_context(run: Run) -> MethodContext:
+    """What the method is given: the job's selection rules, the probe, the budget and, if the job refits
+    the output projections afterwards, that refit."""
     spec, space = run.spec, run.space
     allowed_counts = {UnitKind.ATTN: run.adapter.uniform_kv_counts(run.loaded.model.config),
                       UnitKind.MLP: list(range(1, space.group_of(0, UnitKind.MLP).count))}
     refit = run.compensator if isinstance(run.compensator, LeastSquaresRefit) else None
-    ctx = MethodContext(space=space, selector=UnitSelector(space, spec.uniform, allowed_counts), probe=run.probe,
-                        target_params=spec.sparsity * float(space.params.sum()), seed=spec.seed, refit=refit,
-                        progress=lambda p: run.emit({"type": "progress", "stage": "scoring", **p}))
+    return MethodContext(space=space, selector=UnitSelector(space, spec.uniform, allowed_counts), probe=run.probe,
+                         target_params=spec.sparsity * float(space.params.sum()), seed=spec.seed, refit=refit,
+                         progress=lambda p: run.emit({"type": "progress", "stage": "scoring", **p}))
+
+
+def score(run: Run) -> MethodResult:
+    """The method chooses the units to keep (hooks installed)."""
+    ctx = method_context(run)
     run.emit({"type": "stage", "stage": "scoring"})
     with run.monitor.stage("scoring"):
         return run.method.run(ctx)

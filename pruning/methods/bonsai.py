@@ -105,7 +105,7 @@ class Bonsai(PruningMethod):
 
         def score(ranking: str, k: torch.Tensor) -> None:
             same = next((c for c, earlier in zip(candidates, kept, strict=True) if torch.equal(earlier, k)), None)
-            loss = same["held_out_loss"] if same else _held_out_loss(ctx, k, fit, held_out)  # fitted once
+            loss = same["held_out_loss"] if same else held_out_loss(ctx, k, fit, held_out)  # fitted once
             candidates.append({"ranking": ranking, "held_out_loss": loss,
                                "attention_fraction": removed_attention_fraction(space, k)})
             kept.append(k)
@@ -140,7 +140,7 @@ class Bonsai(PruningMethod):
         return torch.cat(losses)
 
 
-def _held_out_loss(ctx: MethodContext, keep: torch.Tensor, fit: torch.Tensor, held_out: torch.Tensor) -> float:
+def held_out_loss(ctx: MethodContext, keep: torch.Tensor, fit: torch.Tensor, held_out: torch.Tensor) -> float:
     """Mean loss on `held_out` of the model pruned to `keep`, refitted as the job will be (if it refits) on
     the sequences `fit`. Leaves no refit behind."""
     if ctx.refit is not None:
