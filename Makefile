@@ -17,5 +17,7 @@ test: $(PY)
 	$(PY) -m pytest -q -x --timeout=900 tests
 
 lint: $(PY)
+	$(VENV)/bin/ruff format --check pruning service tests bench
 	$(VENV)/bin/ruff check pruning service tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy

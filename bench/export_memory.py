@@ -1,4 +1,4 @@
-"""Host memory of the export: how much anonymous memory (heap) slicing a checkpoint adds, against its shard size.
+"""Host memory of the export: the anonymous memory (heap) slicing a checkpoint adds, against its shard size.
 
     python -m bench.export_memory                       # a synthetic bf16 Llama, 400 MB in ~100 MB shards
     python -m bench.export_memory --model DIR           # any supported checkpoint, e.g. bench.gpu's 7B shape
@@ -24,15 +24,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_synthetic(out_dir: Path, hidden: int, intermediate: int, layers: int, shard: str) -> Path:
-    """A random bf16 Llama with GQA saved as sharded safetensors (no tokenizer: the export does not need it)."""
+    """A random bf16 Llama with GQA saved as sharded safetensors (no tokenizer: the export needs none)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 256, vocab_size=32000,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 256,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).bfloat16()
     model.save_pretrained(out_dir, max_shard_size=shard)
     return out_dir
 
@@ -58,11 +64,17 @@ def measure(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     summary = monitor.summary()
     shards = sorted(path.stat().st_size for path in model_dir.glob("*.safetensors"))
     growth = summary["host_anon_growth_bytes"]["export"]
-    return {"model": str(model_dir), "shards": len(shards), "checkpoint_bytes": sum(shards),
-            "largest_shard_bytes": shards[-1], "export_s": summary["stage_s"]["export"],
-            "anon_growth_bytes": growth, "anon_growth_per_largest_shard": round(growth / shards[-1], 3),
-            "peak_rss_bytes": summary["peak_host_rss_bytes"]["export"],
-            "pruned_bytes": sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))}
+    return {
+        "model": str(model_dir),
+        "shards": len(shards),
+        "checkpoint_bytes": sum(shards),
+        "largest_shard_bytes": shards[-1],
+        "export_s": summary["stage_s"]["export"],
+        "anon_growth_bytes": growth,
+        "anon_growth_per_largest_shard": round(growth / shards[-1], 3),
+        "peak_rss_bytes": summary["peak_host_rss_bytes"]["export"],
+        "pruned_bytes": sum(p.stat().st_size for p in out_dir.glob("*.safetensors")),
+    }
 
 
 def main() -> None:
@@ -83,17 +95,37 @@ def main() -> None:
         model_dir = args.model
         if model_dir is None:  # built in a child: memory freed here would hide the export's growth
             model_dir = Path(work) / "model"
-            subprocess.run([sys.executable, "-m", "bench.export_memory", "--build-only", str(model_dir),
-                            "--hidden", str(args.hidden), "--intermediate", str(args.intermediate),
-                            "--layers", str(args.layers), "--shard", args.shard], check=True, cwd=REPO)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.export_memory",
+                    "--build-only",
+                    str(model_dir),
+                    "--hidden",
+                    str(args.hidden),
+                    "--intermediate",
+                    str(args.intermediate),
+                    "--layers",
+                    str(args.layers),
+                    "--shard",
+                    args.shard,
+                ],
+                check=True,
+                cwd=REPO,
+            )
         build_s = time.perf_counter() - started
         row = {**measure(model_dir, Path(work) / "pruned"), "build_s": round(build_s, 1)}
     mb = 2**20
-    print(f"{'shards':>6} {'checkpoint MB':>13} {'largest shard MB':>16} {'heap growth MB':>14} {'/ shard':>7} "
-          f"{'peak RSS MB':>11} {'export s':>8}")
-    print(f"{row['shards']:>6} {row['checkpoint_bytes'] / mb:>13.0f} {row['largest_shard_bytes'] / mb:>16.0f} "
-          f"{row['anon_growth_bytes'] / mb:>14.0f} {row['anon_growth_per_largest_shard']:>7.2f} "
-          f"{row['peak_rss_bytes'] / mb:>11.0f} {row['export_s']:>8.1f}")
+    print(
+        f"{'shards':>6} {'checkpoint MB':>13} {'largest shard MB':>16} {'heap growth MB':>14} {'/ shard':>7} "
+        f"{'peak RSS MB':>11} {'export s':>8}"
+    )
+    print(
+        f"{row['shards']:>6} {row['checkpoint_bytes'] / mb:>13.0f} {row['largest_shard_bytes'] / mb:>16.0f} "
+        f"{row['anon_growth_bytes'] / mb:>14.0f} {row['anon_growth_per_largest_shard']:>7.2f} "
+        f"{row['peak_rss_bytes'] / mb:>11.0f} {row['export_s']:>8.1f}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(row, indent=2) + "\n")
     print(f"wrote {args.out}")

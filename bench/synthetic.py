@@ -20,19 +20,61 @@ from pathlib import Path
 from typing import Any
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
-                  "max_position_embeddings": 4096},
-    "llama3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "head_dim": 128,
-                  "rope_theta": 500000.0, "max_position_embeddings": 8192},
-    "tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "vocab_size": 2048, "max_position_embeddings": 2048},
+    "llama2-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+    },
+    "llama3-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "head_dim": 128,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 8192,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 2048,
+        "max_position_embeddings": 2048,
+    },
 }
-STDLIB_MODULES = ("typing", "argparse", "inspect", "pathlib", "subprocess", "threading", "logging",
-                  "dataclasses", "collections", "enum", "functools", "ast", "difflib", "textwrap", "tarfile",
-                  "zipfile", "statistics", "pydoc", "email.message", "json.decoder", "configparser",
-                  "calendar", "shutil")
+STDLIB_MODULES = (
+    "typing",
+    "argparse",
+    "inspect",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "logging",
+    "dataclasses",
+    "collections",
+    "enum",
+    "functools",
+    "ast",
+    "difflib",
+    "textwrap",
+    "tarfile",
+    "zipfile",
+    "statistics",
+    "pydoc",
+    "email.message",
+    "json.decoder",
+    "configparser",
+    "calendar",
+    "shutil",
+)
 CALIBRATION_CHARS, DOCUMENT_CHARS = 1_500_000, 4000
 SHARD_SIZE = "4GB"
 
@@ -40,8 +82,9 @@ SHARD_SIZE = "4GB"
 def matmul_params(shape: dict[str, Any]) -> int:
     """Parameters that take part in a matmul for every token: all but the input embedding (lm_head counts,
     since the scoring loss runs it on every token). 2x this is the forward FLOPs per token."""
-    hidden, inter, layers, vocab = (shape[k] for k in ("hidden_size", "intermediate_size",
-                                                       "num_hidden_layers", "vocab_size"))
+    hidden, inter, layers, vocab = (
+        shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
+    )
     head_dim = shape.get("head_dim", hidden // shape["num_attention_heads"])
     q = hidden * shape["num_attention_heads"] * head_dim
     kv = 2 * hidden * shape["num_key_value_heads"] * head_dim
@@ -59,7 +102,8 @@ def dir_bytes(path: Path) -> int:
 
 def checkpoint_ready(model_dir: Path) -> bool:
     return all((model_dir / name).is_file() for name in ("config.json", "tokenizer.json")) and any(
-        model_dir.glob("*.safetensors"))
+        model_dir.glob("*.safetensors")
+    )
 
 
 def calibration_texts() -> list[str]:
@@ -99,11 +143,16 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)  # the alphabet and merges stop short of a 32k/128k vocab: fine
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
 
 
 def build_checkpoint(shape_name: str, model_dir: str, data_path: str, device: str) -> dict[str, Any]:
@@ -121,8 +170,9 @@ def build_checkpoint(shape_name: str, model_dir: str, data_path: str, device: st
     shutil.rmtree(partial, ignore_errors=True)
     shape = SHAPES[shape_name]
     build_tokenizer(texts, shape["vocab_size"]).save_pretrained(partial)
-    config = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, initializer_range=0.02,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        **shape, bos_token_id=1, eos_token_id=2, initializer_range=0.02, tie_word_embeddings=False
+    )
     init_start = time.perf_counter()
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -136,18 +186,26 @@ def build_checkpoint(shape_name: str, model_dir: str, data_path: str, device: st
     gc.collect()
     shutil.rmtree(model_path, ignore_errors=True)
     partial.rename(model_path)
-    return {"status": "ok", "built": True, "init_s": round(init_s, 2), "save_s": round(save_s, 2),
-            "build_s": round(time.perf_counter() - start, 2), "checkpoint_bytes": dir_bytes(model_path)}
+    return {
+        "status": "ok",
+        "built": True,
+        "init_s": round(init_s, 2),
+        "save_s": round(save_s, 2),
+        "build_s": round(time.perf_counter() - start, 2),
+        "checkpoint_bytes": dir_bytes(model_path),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("shape", choices=list(SHAPES))
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--device", default="cpu", choices=["cuda", "cpu"])
-    parser.add_argument("--data", type=Path,
-                        help="calibration .jsonl (default: calib.jsonl beside model_dir)")
+    parser.add_argument(
+        "--data", type=Path, help="calibration .jsonl (default: calib.jsonl beside model_dir)"
+    )
     args = parser.parse_args()
     data = args.data or args.model_dir.parent / "calib.jsonl"
     result = build_checkpoint(args.shape, str(args.model_dir), str(data), args.device)

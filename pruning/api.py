@@ -1,4 +1,4 @@
-"""`prune(spec)`: the job's stages in order (`pruning.stages`), from a model on disk to a compact checkpoint."""
+"""`prune(spec)`: the job's stages in order (`pruning.stages`), from a model on disk to a compact one."""
 
 from __future__ import annotations
 

@@ -57,5 +57,7 @@ class CheckpointReader:
         """The stored name ending in `suffix` (module names may lack or add a prefix)."""
         if suffix in self.weight_map:
             return suffix
-        matches = [name for name in self.weight_map if name.endswith("." + suffix) or suffix.endswith("." + name)]
+        matches = [
+            name for name in self.weight_map if name.endswith("." + suffix) or suffix.endswith("." + name)
+        ]
         return matches[0] if len(matches) == 1 else None

@@ -18,7 +18,9 @@ def add_prune_command(subparsers: Any) -> None:
     parser = subparsers.add_parser("prune", help="prune a model locally (no server)")
     parser.add_argument("--model", required=True, help="checkpoint directory or Hub id in the local cache")
     parser.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
-    parser.add_argument("--eval-data", type=Path, help="held-out text for perplexity (default: the tail of --data)")
+    parser.add_argument(
+        "--eval-data", type=Path, help="held-out text for perplexity (default: the tail of --data)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -27,8 +29,14 @@ def add_prune_command(subparsers: Any) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> PruneSpec:
     """The request a `prune` command line makes (raises ValidationError naming a bad setting)."""
-    return PruneSpec(model=args.model, data=args.data, eval_data=args.eval_data, out_dir=args.out,
-                     device=args.device, **settings_given(args.settings_source, args))
+    return PruneSpec(
+        model=args.model,
+        data=args.data,
+        eval_data=args.eval_data,
+        out_dir=args.out,
+        device=args.device,
+        **settings_given(args.settings_source, args),
+    )
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -40,8 +48,10 @@ def run_prune(args: argparse.Namespace) -> int:
     try:
         from pruning.api import prune  # torch is imported only when pruning actually runs
     except ImportError as err:
-        print(f"error: the pruning engine is not installed ({err.name}): pip install 'fwdprune[engine]'",
-              file=sys.stderr)
+        print(
+            f"error: the pruning engine is not installed ({err.name}): pip install 'fwdprune[engine]'",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
 
     progress = ProgressPrinter(enabled=not args.quiet)
@@ -93,17 +103,26 @@ def summary_table(report: dict[str, Any]) -> str:
         ("parameters (total)", f"{params['total_before']:,}", f"{params['total_after']:,}"),
         ("parameters (prunable)", f"{params['prunable_before']:,}", f"{params['prunable_after']:,}"),
         *[(f"{name} ({q['eval_source']})", f"{q['before']:.4f}", f"{q['after']:.4f}") for name, q in quality],
-        (f"calibration loss ({report['calibration_loss']['objective']})", f"{report['calibration_loss']['before']:.4f}",
-         f"{report['calibration_loss']['after']:.4f}"),
+        (
+            f"calibration loss ({report['calibration_loss']['objective']})",
+            f"{report['calibration_loss']['before']:.4f}",
+            f"{report['calibration_loss']['after']:.4f}",
+        ),
     ]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) for row in rows]
-    lines.append(f"sparsity: target {report['sparsity']['target']:.3f}, achieved {report['sparsity']['achieved']:.4f}"
-                 f" | method {report['method']} | {report['precision']} on {report['device']}"
-                 f" | {report['total_s']:.1f} s | {report['forward_tokens']:,} forward tokens")
-    lines.append("kept per layer (kv groups / heads / MLP channels): " + ", ".join(
-        f"{layer['num_key_value_heads']}/{layer['num_attention_heads']}/{layer['intermediate_size']}"
-        for layer in report["layers"]))
+    lines.append(
+        f"sparsity: target {report['sparsity']['target']:.3f}, achieved {report['sparsity']['achieved']:.4f}"
+        f" | method {report['method']} | {report['precision']} on {report['device']}"
+        f" | {report['total_s']:.1f} s | {report['forward_tokens']:,} forward tokens"
+    )
+    lines.append(
+        "kept per layer (kv groups / heads / MLP channels): "
+        + ", ".join(
+            f"{layer['num_key_value_heads']}/{layer['num_attention_heads']}/{layer['intermediate_size']}"
+            for layer in report["layers"]
+        )
+    )
     lines.append(f"report: {Path(report['out_dir']) / 'pruning_report.json'}")
     return "\n".join(lines)
 

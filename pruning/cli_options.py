@@ -19,8 +19,13 @@ from pruning.spec import PruneSettings
 def add_settings_options(parser: argparse.ArgumentParser) -> CliSettingsSource[Any]:
     """Add one option per `PruneSettings` field to `parser`; the returned source reads them back."""
     # pydantic-settings reads the fields of any pydantic model, though its signature names BaseSettings
-    return CliSettingsSource(PruneSettings, root_parser=parser,  # type: ignore[arg-type]
-                             cli_kebab_case=True, cli_implicit_flags=True, cli_parse_none_str="null")
+    return CliSettingsSource(
+        PruneSettings,  # type: ignore[arg-type]
+        root_parser=parser,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_parse_none_str="null",
+    )
 
 
 def settings_given(source: CliSettingsSource[Any], args: argparse.Namespace) -> dict[str, Any]:

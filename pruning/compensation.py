@@ -37,7 +37,12 @@ from pruning.units import UnitGroup, UnitSpace
 
 # float32 input Grams held at once when choosing units for the refit (a 7B layer's: 0.55 GB)
 GRAM_BYTES_PER_PASS = 1 << 30
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
 # least squares over C input channels needs well over C calibration tokens, or it fits their noise
 LS_TOKENS_PER_CHANNEL = 8
 
@@ -57,7 +62,9 @@ class Compensator:
 
     name: ClassVar[str] = "none"
 
-    def __init__(self, probe: CalibrationProbe, adapter: FamilyAdapter, corrections: OutputCorrections) -> None:
+    def __init__(
+        self, probe: CalibrationProbe, adapter: FamilyAdapter, corrections: OutputCorrections
+    ) -> None:
         self.probe, self.adapter, self.corrections = probe, adapter, corrections
 
     @property
@@ -101,8 +108,14 @@ class LeastSquaresRefit(Compensator):
 
     name = "ls"
 
-    def __init__(self, probe: CalibrationProbe, adapter: FamilyAdapter, corrections: OutputCorrections,
-                 layers: list[nn.Module], ridge: float) -> None:
+    def __init__(
+        self,
+        probe: CalibrationProbe,
+        adapter: FamilyAdapter,
+        corrections: OutputCorrections,
+        layers: list[nn.Module],
+        ridge: float,
+    ) -> None:
         super().__init__(probe, adapter, corrections)
         self.layers, self.ridge = layers, ridge
 
@@ -110,9 +123,13 @@ class LeastSquaresRefit(Compensator):
         sequential_refits(self.probe, self.layers, keep, self.corrections, self.ridge, sequences)
 
     def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
-        return ExportChanges(weight_replacements(self.probe.space.groups, checkpoint, self.corrections.refits), {})
+        return ExportChanges(
+            weight_replacements(self.probe.space.groups, checkpoint, self.corrections.refits), {}
+        )
 
-    def refit_aware_keep(self, reference: torch.Tensor, sequences: torch.Tensor | None = None) -> torch.Tensor:
+    def refit_aware_keep(
+        self, reference: torch.Tensor, sequences: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[U] keep that removes as many units from every group as `reference` does, choosing them by
         greedy structured OBS on the dense model's input Gram over `sequences` (default: the calibration
         set): the units this refit stands in for best (`pruning.scoring.obs`). One pass over `sequences`
@@ -126,8 +143,13 @@ class LeastSquaresRefit(Compensator):
                 gram = grams.pop(group)  # [C, C], on the module's device
                 dtype = torch.float64 if gram.device.type == "cpu" else torch.float32  # GPU: memory, speed
                 count = int((~reference[space.slice(group)]).sum())
-                removed = structured_obs_removals(gram, self.probe.weights.of(group).to(gram.device),
-                                                  group.channel_unit.to(gram.device), count, dtype=dtype)
+                removed = structured_obs_removals(
+                    gram,
+                    self.probe.weights.of(group).to(gram.device),
+                    group.channel_unit.to(gram.device),
+                    count,
+                    dtype=dtype,
+                )
                 keep[group.offset + removed.cpu()] = False
         return keep
 
@@ -145,8 +167,9 @@ def choose_compensation(asked: str, method_default: str, space: UnitSpace, calib
     return "ls" if calibration_tokens >= LS_TOKENS_PER_CHANNEL * widest else method_default
 
 
-def make_compensator(name: str, probe: CalibrationProbe, adapter: FamilyAdapter, layers: list[nn.Module],
-                     ridge: float) -> Compensator:
+def make_compensator(
+    name: str, probe: CalibrationProbe, adapter: FamilyAdapter, layers: list[nn.Module], ridge: float
+) -> Compensator:
     """The compensator called `name` ("none", "bias" or "ls"), with its hooks' corrections."""
     corrections = OutputCorrections(probe.masks)
     if name == "ls":
@@ -169,7 +192,9 @@ def _runs_within_gram_bytes(groups: list[UnitGroup], limit: int) -> list[list[Un
     return runs
 
 
-def bias_shifts(probe: CalibrationProbe, kinds: set[UnitKind], keep: torch.Tensor) -> dict[UnitGroup, torch.Tensor]:
+def bias_shifts(
+    probe: CalibrationProbe, kinds: set[UnitKind], keep: torch.Tensor
+) -> dict[UnitGroup, torch.Tensor]:
     """group -> [out] float64 bias shift for every module of `kinds` that lost units."""
     space = probe.space
     groups = [g for g in space.groups if g.kind in kinds and not bool(keep[space.slice(g)].all())]
@@ -185,9 +210,14 @@ def bias_shifts(probe: CalibrationProbe, kinds: set[UnitKind], keep: torch.Tenso
 
 
 @torch.inference_mode()
-def sequential_refits(probe: CalibrationProbe, layers: list[nn.Module], keep: torch.Tensor,
-                      corrections: OutputCorrections, ridge: float = 0.1,
-                      sequences: torch.Tensor | None = None) -> None:
+def sequential_refits(
+    probe: CalibrationProbe,
+    layers: list[nn.Module],
+    keep: torch.Tensor,
+    corrections: OutputCorrections,
+    ridge: float = 0.1,
+    sequences: torch.Tensor | None = None,
+) -> None:
     """Refit every output projection from the first pruned layer on, in forward order, into `corrections`,
     on `sequences` [N, T] (default: the whole calibration set); `layers` are the model's decoder layers.
 
@@ -244,15 +274,21 @@ class _LayerStreams:
     pruned, corrected one, with the other arguments the model passed to that layer (position
     embeddings, attention mask), so that layers can be run one at a time."""
 
-    def __init__(self, masks: UnitMasks, keep: torch.Tensor, hidden: list[torch.Tensor],
-                 extra: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        masks: UnitMasks,
+        keep: torch.Tensor,
+        hidden: list[torch.Tensor],
+        extra: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
         self.masks, self.extra = masks, extra
         self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
         masks.set(keep.double())
 
     @classmethod
-    def capture(cls, probe: CalibrationProbe, keep: torch.Tensor, layer: nn.Module,
-                sequences: torch.Tensor | None) -> _LayerStreams:
+    def capture(
+        cls, probe: CalibrationProbe, keep: torch.Tensor, layer: nn.Module, sequences: torch.Tensor | None
+    ) -> _LayerStreams:
         """Run each batch of `sequences` up to `layer` (nothing before it is pruned) and keep what the
         layer is given."""
         hidden: list[torch.Tensor] = []
@@ -283,8 +319,9 @@ class _LayerStreams:
             out = layer(self.pruned[batch], *args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
-    def paired_moments(self, layer: nn.Module, module: nn.Module,
-                       kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def paired_moments(
+        self, layer: nn.Module, module: nn.Module, kept: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """([K, K] X̃_Kᵀ X̃_K, [K, C] X̃_Kᵀ X): X̃ the module's input in the pruned model, X in the dense
         one, token for token, over every batch."""
         gram: torch.Tensor | int = 0
@@ -362,8 +399,9 @@ class OutputCorrections:
                 handle.remove()
 
 
-def weight_replacements(groups: list[UnitGroup], checkpoint: CheckpointReader,
-                        refits: dict[UnitGroup, Refit]) -> dict[str, torch.Tensor]:
+def weight_replacements(
+    groups: list[UnitGroup], checkpoint: CheckpointReader, refits: dict[UnitGroup, Refit]
+) -> dict[str, torch.Tensor]:
     """The refitted output projections, full width (the export slices them like the originals)."""
     tensors = {}
     for group in groups:
@@ -384,8 +422,12 @@ def _header_dtype(checkpoint: CheckpointReader, name: str) -> torch.dtype:
     return SAFETENSORS_DTYPES[checkpoint.header(_stored(checkpoint, name))[1]]
 
 
-def bias_replacements(groups: list[UnitGroup], adapter: FamilyAdapter, checkpoint: CheckpointReader,
-                      shifts: dict[UnitGroup, torch.Tensor]) -> ExportChanges:
+def bias_replacements(
+    groups: list[UnitGroup],
+    adapter: FamilyAdapter,
+    checkpoint: CheckpointReader,
+    shifts: dict[UnitGroup, torch.Tensor],
+) -> ExportChanges:
     """Checkpoint tensors and config switches that carry the shifts into the export.
 
     The stock switch (e.g. Llama's `attention_bias`) gives q/k/v a bias too, so those get zeros.

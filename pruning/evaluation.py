@@ -168,12 +168,15 @@ class EmbeddingDistillation(Objective):
         return 1.0 - F.cosine_similarity(self.embeddings(ids), reference, dim=-1)
 
     def quality(self, ids: torch.Tensor, batch_size: int) -> dict[str, float]:
-        cosines = torch.cat([1.0 - self.sequence_losses(b, self.reference(b)) for b in _batches(ids, batch_size)])
+        cosines = torch.cat(
+            [1.0 - self.sequence_losses(b, self.reference(b)) for b in _batches(ids, batch_size)]
+        )
         return {"embedding_cosine": float(cosines.mean()), "embedding_cosine_min": float(cosines.min())}
 
 
-def make_objective(name: str | None, model: Any, adapter: FamilyAdapter, device: torch.device,
-                   masks: UnitMasks) -> Objective:
+def make_objective(
+    name: str | None, model: Any, adapter: FamilyAdapter, device: torch.device, masks: UnitMasks
+) -> Objective:
     """`lm` is the default for causal LMs; encoders have no next-token loss and always distill."""
     if not adapter.causal_lm:
         if name == "lm":

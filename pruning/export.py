@@ -71,8 +71,14 @@ def export_pruned(
     return config
 
 
-def _add_sliced(sliced: dict[str, torch.Tensor], adapter: FamilyAdapter, name: str, tensor: torch.Tensor,
-                kept: dict[tuple[int, str], torch.Tensor], shapes: list[LayerShape]) -> None:
+def _add_sliced(
+    sliced: dict[str, torch.Tensor],
+    adapter: FamilyAdapter,
+    name: str,
+    tensor: torch.Tensor,
+    kept: dict[tuple[int, str], torch.Tensor],
+    shapes: list[LayerShape],
+) -> None:
     """Put the kept part of `tensor` into `sliced` (index_select copies, so the whole tensor is not kept
     alive by a view); tensors of emptied modules are left out."""
     if _emptied(adapter, name, shapes):
@@ -95,8 +101,9 @@ def _emptied(adapter: FamilyAdapter, name: str, shapes: list[LayerShape]) -> boo
     return (shape.num_kv_heads if kind == UnitKind.ATTN else shape.intermediate) == 0
 
 
-def _slice(adapter: FamilyAdapter, name: str, tensor: torch.Tensor,
-           kept: dict[tuple[int, str], torch.Tensor]) -> torch.Tensor:
+def _slice(
+    adapter: FamilyAdapter, name: str, tensor: torch.Tensor, kept: dict[tuple[int, str], torch.Tensor]
+) -> torch.Tensor:
     found = adapter.rule_for(name)
     if found is None:
         return tensor
@@ -104,8 +111,14 @@ def _slice(adapter: FamilyAdapter, name: str, tensor: torch.Tensor,
     return tensor.index_select(rule.dim, kept[(layer, rule.axis)])
 
 
-def _write_config(model_dir: Path, out_dir: Path, adapter: FamilyAdapter, shapes: list[LayerShape], uniform: bool,
-                  updates: dict[str, Any] | None) -> dict[str, Any]:
+def _write_config(
+    model_dir: Path,
+    out_dir: Path,
+    adapter: FamilyAdapter,
+    shapes: list[LayerShape],
+    uniform: bool,
+    updates: dict[str, Any] | None,
+) -> dict[str, Any]:
     config = json.loads((model_dir / "config.json").read_text())
     config = adapter.shrink_config(config, shapes, uniform)
     config.update(updates or {})

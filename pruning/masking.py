@@ -22,9 +22,11 @@ PreHook: TypeAlias = Callable[[nn.Module, tuple[Any, ...]], Any]  # a forward pr
 
 
 @contextmanager
-def pre_hooks(groups: list[UnitGroup], hook_for: Callable[[UnitGroup], PreHook],
-              prepend: bool = False) -> Iterator[None]:
-    """A forward pre-hook `hook_for(group)` on every group's module for the duration; removed even on error."""
+def pre_hooks(
+    groups: list[UnitGroup], hook_for: Callable[[UnitGroup], PreHook], prepend: bool = False
+) -> Iterator[None]:
+    """A forward pre-hook `hook_for(group)` on every group's module for the duration, removed even on
+    error."""
     handles: list[RemovableHandle] = []
     try:
         for group in groups:

@@ -63,8 +63,13 @@ class EmptyMLP(nn.Module):
 
 
 def _resize(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=linear.bias is not None,
-                     device=linear.weight.device, dtype=linear.weight.dtype)
+    return nn.Linear(
+        in_features,
+        out_features,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
 
 
 def shrink_layers(model: nn.Module, config: Any) -> None:
@@ -73,8 +78,11 @@ def shrink_layers(model: nn.Module, config: Any) -> None:
     hidden = config.hidden_size
     layers: Any = model.model.layers  # type: ignore[union-attr]
     for index, (layer, widths) in enumerate(zip(layers, config.fwdprune_layers, strict=True)):
-        heads, kv_heads, inter = (widths["num_attention_heads"], widths["num_key_value_heads"],
-                                  widths["intermediate_size"])
+        heads, kv_heads, inter = (
+            widths["num_attention_heads"],
+            widths["num_key_value_heads"],
+            widths["intermediate_size"],
+        )
         attn = layer.self_attn
         if heads == 0:
             layer.self_attn = EmptyAttention(config, index, head_dim)
@@ -113,7 +121,9 @@ def shrink_encoder_layers(model: nn.Module, config: Any) -> None:
             attention.self = EmptySelfAttention()
         else:
             for name in ("query", "key", "value"):
-                setattr(attention.self, name, _resize(getattr(attention.self, name), hidden, heads * head_size))
+                setattr(
+                    attention.self, name, _resize(getattr(attention.self, name), hidden, heads * head_size)
+                )
             attention.self.num_attention_heads = heads
             attention.self.all_head_size = heads * head_size
         attention.output.dense = _resize(attention.output.dense, heads * head_size, hidden)

@@ -81,8 +81,9 @@ class StageMonitor:
             yield
         finally:
             if self.counter is not None:
-                self.forward_tokens[name] = (self.forward_tokens.get(name, 0) + self.counter.tokens
-                                             - tokens_before)
+                self.forward_tokens[name] = (
+                    self.forward_tokens.get(name, 0) + self.counter.tokens - tokens_before
+                )
             if cuda:
                 torch.cuda.synchronize(self.device)
             self.stage_s[name] = self.stage_s.get(name, 0.0) + time.perf_counter() - start
@@ -92,12 +93,16 @@ class StageMonitor:
             with self._lock:
                 self.peak_host_rss_bytes[name] = max(self.peak_host_rss_bytes.get(name, 0), self._peak_rss)
                 if anon is not None:
-                    self.peak_host_anon_bytes[name] = max(self.peak_host_anon_bytes.get(name, 0), self._peak_anon)
+                    self.peak_host_anon_bytes[name] = max(
+                        self.peak_host_anon_bytes.get(name, 0), self._peak_anon
+                    )
             if cuda:
-                self.peak_gpu_bytes[name] = max(self.peak_gpu_bytes.get(name, 0),
-                                                torch.cuda.max_memory_allocated(self.device))
-                self.peak_gpu_reserved_bytes[name] = max(self.peak_gpu_reserved_bytes.get(name, 0),
-                                                         torch.cuda.max_memory_reserved(self.device))
+                self.peak_gpu_bytes[name] = max(
+                    self.peak_gpu_bytes.get(name, 0), torch.cuda.max_memory_allocated(self.device)
+                )
+                self.peak_gpu_reserved_bytes[name] = max(
+                    self.peak_gpu_reserved_bytes.get(name, 0), torch.cuda.max_memory_reserved(self.device)
+                )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -110,6 +115,8 @@ class StageMonitor:
             "peak_host_anon_bytes": dict(self.peak_host_anon_bytes),
             "host_anon_at_start_bytes": dict(self.host_anon_at_start_bytes),
             # what each stage added to the heap at its peak: the figure that shows what a stage holds
-            "host_anon_growth_bytes": {name: peak - self.host_anon_at_start_bytes[name]
-                                       for name, peak in self.peak_host_anon_bytes.items()},
+            "host_anon_growth_bytes": {
+                name: peak - self.host_anon_at_start_bytes[name]
+                for name, peak in self.peak_host_anon_bytes.items()
+            },
         }

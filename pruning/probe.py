@@ -47,8 +47,14 @@ class OutputWeights:
 class CalibrationProbe:
     """Runs the model, under unit masks, over calibration sequences `batch_size` at a time."""
 
-    def __init__(self, objective: Objective, masks: UnitMasks, weights: OutputWeights,
-                 calibration: torch.Tensor, batch_size: int) -> None:
+    def __init__(
+        self,
+        objective: Objective,
+        masks: UnitMasks,
+        weights: OutputWeights,
+        calibration: torch.Tensor,
+        batch_size: int,
+    ) -> None:
         self.objective, self.masks, self.weights = objective, masks, weights
         self.calibration = calibration  # [N, T] token ids
         self.batch_size = batch_size  # sequences per forward pass when no masks are replicated
@@ -60,7 +66,10 @@ class CalibrationProbe:
     def batches(self, sequences: torch.Tensor | None = None) -> list[torch.Tensor]:
         """`sequences` (default: the calibration set) cut into forward-pass batches."""
         sequences = self.calibration if sequences is None else sequences
-        return [sequences[start : start + self.batch_size] for start in range(0, sequences.shape[0], self.batch_size)]
+        return [
+            sequences[start : start + self.batch_size]
+            for start in range(0, sequences.shape[0], self.batch_size)
+        ]
 
     def run(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
         """One forward pass over `sequences` (default: the calibration set) under mask `keep`, for the
@@ -97,13 +106,16 @@ class CalibrationProbe:
         """[U] Σ ‖x_j‖·‖W_:j‖ per unit, from one pass over the calibration set under mask `keep`."""
         energy = self.channel_statistics(keep)
         scores = [
-            unit_activation_scores(energy.channel_norms(g), self.weights.column_norms(g), g.channel_unit, g.count)
+            unit_activation_scores(
+                energy.channel_norms(g), self.weights.column_norms(g), g.channel_unit, g.count
+            )
             for g in self.space.groups
         ]
         return torch.cat(scores)
 
-    def dense_input_grams(self, groups: list[UnitGroup],
-                          sequences: torch.Tensor | None = None) -> dict[UnitGroup, torch.Tensor]:
+    def dense_input_grams(
+        self, groups: list[UnitGroup], sequences: torch.Tensor | None = None
+    ) -> dict[UnitGroup, torch.Tensor]:
         """group -> [C, C] XᵀX of its module's input in the dense model over `sequences`, float32 on the
         module's device, from one pass."""
         with InputGrams(groups).installed() as grams:

@@ -28,9 +28,16 @@ def count_checkpoint_params(model_dir: Path) -> int:
 def unit_records(space: UnitSpace, keep: torch.Tensor, importance: torch.Tensor) -> list[dict[str, Any]]:
     """One record per unit, in the flat order: layer, kind, index within its group, size, estimate, fate."""
     return [
-        {"layer": group.layer, "kind": group.kind.label, "index": index, "params": int(group.params[index]),
-         "importance": float(importance[group.offset + index]), "kept": bool(keep[group.offset + index])}
-        for group in space.groups for index in range(group.count)
+        {
+            "layer": group.layer,
+            "kind": group.kind.label,
+            "index": index,
+            "params": int(group.params[index]),
+            "importance": float(importance[group.offset + index]),
+            "kept": bool(keep[group.offset + index]),
+        }
+        for group in space.groups
+        for index in range(group.count)
     ]
 
 
@@ -41,10 +48,23 @@ def removed_fraction(units: list[dict[str, Any]], kind: str) -> float:
     return sum(u["params"] for u in of_kind if not u["kept"]) / max(1, sum(u["params"] for u in of_kind))
 
 
-def build_report(spec: PruneSpec, *, precision: str, device: torch.device, model_dir: Path, space: UnitSpace,
-                 keep: torch.Tensor, importance: torch.Tensor, method_details: dict[str, Any],
-                 compensation: str, quality: dict[str, Any], calibration_loss: dict[str, Any],
-                 monitor_summary: dict[str, Any], forward_passes: int, forward_tokens: int) -> dict[str, Any]:
+def build_report(
+    spec: PruneSpec,
+    *,
+    precision: str,
+    device: torch.device,
+    model_dir: Path,
+    space: UnitSpace,
+    keep: torch.Tensor,
+    importance: torch.Tensor,
+    method_details: dict[str, Any],
+    compensation: str,
+    quality: dict[str, Any],
+    calibration_loss: dict[str, Any],
+    monitor_summary: dict[str, Any],
+    forward_passes: int,
+    forward_tokens: int,
+) -> dict[str, Any]:
     """The report written beside the checkpoint in `spec.out_dir` (which must hold the export already).
     `quality`: {"before": {name: value}, "after": {...}, "eval_source": ..., "eval_tokens": ...}."""
     out_dir = Path(spec.out_dir)
@@ -59,24 +79,38 @@ def build_report(spec: PruneSpec, *, precision: str, device: torch.device, model
         "device": str(device),
         "uniform": spec.uniform,
         "compensation": compensation,
-        "settings": json.loads(spec.model_dump_json()) | {"options": spec.method_options().model_dump(),
-                                                          "mlp_block": space.mlp_block},
+        "settings": json.loads(spec.model_dump_json())
+        | {"options": spec.method_options().model_dump(), "mlp_block": space.mlp_block},
         "params": {
             "total_before": count_checkpoint_params(model_dir),
             "total_after": count_checkpoint_params(out_dir),
             "prunable_before": prunable_before,
             "prunable_after": prunable_after,
         },
-        "sparsity": {"target": spec.sparsity, "achieved": 1.0 - prunable_after / prunable_before,
-                     "max_unit_fraction": float(space.params.max()) / prunable_before},
+        "sparsity": {
+            "target": spec.sparsity,
+            "achieved": 1.0 - prunable_after / prunable_before,
+            "max_unit_fraction": float(space.params.max()) / prunable_before,
+        },
         "layers": [
-            {"layer": i, "num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
-             "intermediate_size": s.intermediate} for i, s in enumerate(space.kept_shapes(keep))
+            {
+                "layer": i,
+                "num_attention_heads": s.num_heads,
+                "num_key_value_heads": s.num_kv_heads,
+                "intermediate_size": s.intermediate,
+            }
+            for i, s in enumerate(space.kept_shapes(keep))
         ],
         # one entry per quality figure (perplexity for causal LMs, embedding_cosine for encoders)
-        **{name: {"before": quality["before"][name], "after": quality["after"][name],
-                  "eval_source": quality["eval_source"], "eval_tokens": quality["eval_tokens"]}
-           for name in quality["after"]},
+        **{
+            name: {
+                "before": quality["before"][name],
+                "after": quality["after"][name],
+                "eval_source": quality["eval_source"],
+                "eval_tokens": quality["eval_tokens"],
+            }
+            for name in quality["after"]
+        },
         "calibration_loss": calibration_loss,
         **monitor_summary,
         "forward_passes": forward_passes,

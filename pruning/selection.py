@@ -15,7 +15,9 @@ from pruning.adapters.base import UnitKind
 from pruning.units import UnitSpace
 
 
-def select_global(score: torch.Tensor, params: torch.Tensor, alive: torch.Tensor, budget: float) -> torch.Tensor:
+def select_global(
+    score: torch.Tensor, params: torch.Tensor, alive: torch.Tensor, budget: float
+) -> torch.Tensor:
     """Remove alive units in increasing order of `score` until `budget` parameters are removed.
 
     score: [U] importance per parameter; params: [U]; alive: [U] bool.
@@ -74,8 +76,11 @@ def select_uniform(
             cost = float((score[units] * params[units]).sum() / params[units].sum())
             steps.append((cost, k, units))
         # the cheapest step that does not overshoot the budget by more than it would fall short
-        fitting = [s for s in sorted(steps, key=lambda s: s[0])
-                   if removed + float(params[s[2]].sum()) - budget <= budget - removed]
+        fitting = [
+            s
+            for s in sorted(steps, key=lambda s: s[0])
+            if removed + float(params[s[2]].sum()) - budget <= budget - removed
+        ]
         if not fitting:
             break
         _, k, units = fitting[0]
@@ -97,18 +102,26 @@ class UnitSelector:
     uniform: bool
     allowed_counts: dict[UnitKind, list[int]]
 
-    def select(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
-               uniform: bool | None = None) -> torch.Tensor:
+    def select(
+        self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float, uniform: bool | None = None
+    ) -> torch.Tensor:
         """Units to remove now: [U] bool, about `budget` parameters, by lowest score per parameter.
         `uniform` overrides the job's widths for this call."""
         space = self.space
         if self.uniform if uniform is None else uniform:
-            return select_uniform(score_per_param, space.params, alive, space.layer, space.kind, budget,
-                                  self.allowed_counts)
+            return select_uniform(
+                score_per_param, space.params, alive, space.layer, space.kind, budget, self.allowed_counts
+            )
         return select_global(score_per_param, space.params, alive, budget)
 
-    def select_per_kind(self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float,
-                        uniform: bool | None = None, attention_ratio: float = 1.0) -> torch.Tensor:
+    def select_per_kind(
+        self,
+        score_per_param: torch.Tensor,
+        alive: torch.Tensor,
+        budget: float,
+        uniform: bool | None = None,
+        attention_ratio: float = 1.0,
+    ) -> torch.Tensor:
         """Attention loses `attention_ratio` times the overall fraction of parameters removed (1: each
         kind the same fraction), MLP makes up the rest of `budget`; units ranked within their kind
         (widths as `select`). The attention target is cumulative over calls, so a round too small for
@@ -118,8 +131,9 @@ class UnitSelector:
         attention, mlp = self.space.kind == UnitKind.ATTN, self.space.kind == UnitKind.MLP
         removed_before = float(params[~alive].sum())
         fraction = (removed_before + budget) / float(params.sum())  # overall, once this call is done
-        attention_target = (min(attention_ratio * fraction, 1.0) * float(params[attention].sum())
-                            - float(params[~alive & attention].sum()))
+        attention_target = min(attention_ratio * fraction, 1.0) * float(params[attention].sum()) - float(
+            params[~alive & attention].sum()
+        )
         remove = self.select(score_per_param, alive & attention, max(attention_target, 0.0), uniform)
         left = budget - float(params[remove].sum())
         return remove | self.select(score_per_param, alive & mlp, max(left, 0.0), uniform)

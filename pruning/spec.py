@@ -110,8 +110,9 @@ class PruneSettings(BaseModel):
     sparsity: float = Field(gt=0.0, le=0.9, description="fraction of prunable parameters to remove")
     method: Method = Field("bonsai", description="how units are scored")
     precision: Precision = Field(
-        "auto", description="weights while scoring; auto: int8 on CUDA, fp32 on CPU (the export is always "
-        "the original precision)"
+        "auto",
+        description="weights while scoring; auto: int8 on CUDA, fp32 on CPU (the export is always "
+        "the original precision)",
     )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
     seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
@@ -130,7 +131,8 @@ class PruneSettings(BaseModel):
         "calibration set has 8 tokens per channel, else the method's own",
     )
     compensation_ridge: float = Field(
-        0.1, gt=0.0,
+        0.1,
+        gt=0.0,
         description="ls: pull toward the original weights, relative to the mean activation energy",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice")

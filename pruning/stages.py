@@ -88,14 +88,26 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
         loaded = load_model(model_dir, spec.precision, device, adapter.auto_class())
     emit({"type": "stage", "stage": "data"})
     with monitor.stage("data"):
-        data = load_calibration(loaded.tokenizer, spec.data, spec.seq_len, spec.num_samples,
-                                spec.eval_samples, spec.eval_data, wrap=not adapter.causal_lm)
+        data = load_calibration(
+            loaded.tokenizer,
+            spec.data,
+            spec.seq_len,
+            spec.num_samples,
+            spec.eval_samples,
+            spec.eval_data,
+            wrap=not adapter.causal_lm,
+        )
     space = build_unit_space(loaded.model, adapter, _mlp_block(spec, adapter, loaded.model.config))
     masks = UnitMasks(space)
     objective = make_objective(spec.objective, loaded.model, adapter, device, masks)
     monitor.counter = objective.counter
-    probe = CalibrationProbe(objective, masks, OutputWeights(CheckpointReader(model_dir)), data.calibration,
-                             batch_size=max(1, TOKENS_PER_BATCH // spec.seq_len))
+    probe = CalibrationProbe(
+        objective,
+        masks,
+        OutputWeights(CheckpointReader(model_dir)),
+        data.calibration,
+        batch_size=max(1, TOKENS_PER_BATCH // spec.seq_len),
+    )
 
     emit({"type": "stage", "stage": "evaluate"})
     with monitor.stage("evaluate_dense"):
@@ -104,10 +116,12 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
         emit({"type": "metric", "name": f"{name}_before", "value": value})
 
     method = make_method(spec.method, spec.method_options())
-    compensation = choose_compensation(spec.compensate, method.default_compensation, space,
-                                       int(data.calibration.numel()))
-    compensator = make_compensator(compensation, probe, adapter, adapter.layers(loaded.model),
-                                   spec.compensation_ridge)
+    compensation = choose_compensation(
+        spec.compensate, method.default_compensation, space, int(data.calibration.numel())
+    )
+    compensator = make_compensator(
+        compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
+    )
     return Run(spec, emit, monitor, model_dir, adapter, loaded, data, probe, method, compensator, dense)
 
 
@@ -115,12 +129,20 @@ def method_context(run: Run) -> MethodContext:
     """What the method is given: the job's selection rules, the probe, the budget and, if the job refits
     the output projections afterwards, that refit."""
     spec, space = run.spec, run.space
-    allowed_counts = {UnitKind.ATTN: run.adapter.uniform_kv_counts(run.loaded.model.config),
-                      UnitKind.MLP: list(range(1, space.group_of(0, UnitKind.MLP).count))}
+    allowed_counts = {
+        UnitKind.ATTN: run.adapter.uniform_kv_counts(run.loaded.model.config),
+        UnitKind.MLP: list(range(1, space.group_of(0, UnitKind.MLP).count)),
+    }
     refit = run.compensator if isinstance(run.compensator, LeastSquaresRefit) else None
-    return MethodContext(space=space, selector=UnitSelector(space, spec.uniform, allowed_counts), probe=run.probe,
-                         target_params=spec.sparsity * float(space.params.sum()), seed=spec.seed, refit=refit,
-                         progress=lambda p: run.emit({"type": "progress", "stage": "scoring", **p}))
+    return MethodContext(
+        space=space,
+        selector=UnitSelector(space, spec.uniform, allowed_counts),
+        probe=run.probe,
+        target_params=spec.sparsity * float(space.params.sum()),
+        seed=spec.seed,
+        refit=refit,
+        progress=lambda p: run.emit({"type": "progress", "stage": "scoring", **p}),
+    )
 
 
 def score(run: Run) -> MethodResult:
@@ -137,8 +159,13 @@ def compensate(run: Run, keep: torch.Tensor) -> None:
         with run.monitor.stage("compensate"):
             run.compensator.fit(keep)
     if run.compensator.name == "bias" and not run.adapter.bias_kinds():
-        run.emit({"type": "warning", "message": f"{run.adapter.name} checkpoints cannot carry output "
-                  "biases in their stock config; exported without bias compensation"})
+        run.emit(
+            {
+                "type": "warning",
+                "message": f"{run.adapter.name} checkpoints cannot carry output "
+                "biases in their stock config; exported without bias compensation",
+            }
+        )
 
 
 def evaluate(run: Run, keep: torch.Tensor) -> Quality:
@@ -156,8 +183,16 @@ def export(run: Run, keep: torch.Tensor) -> None:
     changes = run.compensator.export_changes(run.probe.weights.checkpoint)
     run.emit({"type": "stage", "stage": "export"})
     with run.monitor.stage("export"):
-        export_pruned(run.model_dir, Path(run.spec.out_dir), run.adapter, run.space, keep, run.spec.uniform,
-                      changes.tensors, changes.config)
+        export_pruned(
+            run.model_dir,
+            Path(run.spec.out_dir),
+            run.adapter,
+            run.space,
+            keep,
+            run.spec.uniform,
+            changes.tensors,
+            changes.config,
+        )
 
 
 def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
@@ -165,14 +200,30 @@ def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
     compensation = run.compensator.name if run.compensator.applied else "none"
     counter = run.probe.objective.counter
     built = build_report(
-        run.spec, precision=run.loaded.precision, device=run.loaded.device, model_dir=run.model_dir,
-        space=run.space, keep=result.keep, importance=result.importance,
-        method_details={**result.details, "compensation": compensation}, compensation=compensation,
-        quality={"before": run.dense.figures, "after": pruned.figures, "eval_source": run.data.eval_source,
-                 "eval_tokens": int(run.data.evaluation.numel())},
-        calibration_loss={"objective": run.probe.objective.name, "before": run.dense.calibration_loss,
-                          "after": pruned.calibration_loss},
-        monitor_summary=run.monitor.summary(), forward_passes=counter.passes, forward_tokens=counter.tokens)
+        run.spec,
+        precision=run.loaded.precision,
+        device=run.loaded.device,
+        model_dir=run.model_dir,
+        space=run.space,
+        keep=result.keep,
+        importance=result.importance,
+        method_details={**result.details, "compensation": compensation},
+        compensation=compensation,
+        quality={
+            "before": run.dense.figures,
+            "after": pruned.figures,
+            "eval_source": run.data.eval_source,
+            "eval_tokens": int(run.data.evaluation.numel()),
+        },
+        calibration_loss={
+            "objective": run.probe.objective.name,
+            "before": run.dense.calibration_loss,
+            "after": pruned.calibration_loss,
+        },
+        monitor_summary=run.monitor.summary(),
+        forward_passes=counter.passes,
+        forward_tokens=counter.tokens,
+    )
     write_report(built, Path(run.spec.out_dir))
     run.emit({"type": "stage", "stage": "done"})
     return built

@@ -107,11 +107,19 @@ def build_unit_space(model: nn.Module, adapter: FamilyAdapter, mlp_block: int | 
         attn_params, channel_params = adapter.unit_params(config, shape)
         attn_out, mlp_out = adapter.attention_out(layer), adapter.mlp_out(layer)
         attn_channels = torch.arange(shape.num_heads * head_dim) // (shape.group_size * head_dim)
-        groups.append(UnitGroup(index, UnitKind.ATTN, attn_out, attn_channels,
-                                torch.full((shape.num_kv_heads,), attn_params, dtype=torch.float64),
-                                names[attn_out]))
+        groups.append(
+            UnitGroup(
+                index,
+                UnitKind.ATTN,
+                attn_out,
+                attn_channels,
+                torch.full((shape.num_kv_heads,), attn_params, dtype=torch.float64),
+                names[attn_out],
+            )
+        )
         mlp_channels = channel_groups(shape.intermediate, block)
         widths = torch.bincount(mlp_channels).double()
-        groups.append(UnitGroup(index, UnitKind.MLP, mlp_out, mlp_channels, widths * channel_params,
-                                names[mlp_out]))
+        groups.append(
+            UnitGroup(index, UnitKind.MLP, mlp_out, mlp_channels, widths * channel_params, names[mlp_out])
+        )
     return UnitSpace(groups, len(shapes), head_dim, [s.group_size for s in shapes], block)

@@ -21,8 +21,11 @@ def sha256_file(path: Path) -> str:
 
 def describe(directory: Path) -> list[dict[str, Any]]:
     """name/bytes/sha256 of every regular file in a (flat) checkpoint directory, sorted by name."""
-    return [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(directory.iterdir()) if p.is_file() and not p.is_symlink()]
+    return [
+        {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not p.is_symlink()
+    ]
 
 
 def read_chunks(path: Path, size: int) -> Iterator[bytes]:

@@ -19,8 +19,15 @@ from pruning.cli import add_prune_command
 from pruning.cli_options import add_settings_options, settings_given
 from pruning.errors import EXIT_USER_ERROR
 
-SERVE_FLAGS = {"host": "HOST", "port": "PORT", "data_dir": "DATA_DIR", "models_dir": "MODELS_DIR",
-               "database_url": "DATABASE_URL", "slots": "WORKER_SLOTS", "device": "DEVICE"}
+SERVE_FLAGS = {
+    "host": "HOST",
+    "port": "PORT",
+    "data_dir": "DATA_DIR",
+    "models_dir": "MODELS_DIR",
+    "database_url": "DATABASE_URL",
+    "slots": "WORKER_SLOTS",
+    "device": "DEVICE",
+}
 
 
 def _apply_env(args: argparse.Namespace) -> None:
@@ -28,7 +35,9 @@ def _apply_env(args: argparse.Namespace) -> None:
     for attr, name in SERVE_FLAGS.items():
         value = getattr(args, attr, None)
         if value is not None:
-            os.environ[f"FWDPRUNE_{name}"] = str(Path(value).resolve()) if attr.endswith("_dir") else str(value)
+            os.environ[f"FWDPRUNE_{name}"] = (
+                str(Path(value).resolve()) if attr.endswith("_dir") else str(value)
+            )
     if getattr(args, "insecure_no_auth", False):
         os.environ["FWDPRUNE_INSECURE_NO_AUTH"] = "true"
 
@@ -50,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.embedded_worker and not args.no_worker:
         # --parent-pid: uvicorn re-raises SIGTERM after its shutdown, so our `finally` may never run;
         # the worker watches its parent instead and stops (requeueing its jobs) when the server is gone
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())])
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())]
+        )
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     finally:
@@ -86,7 +97,10 @@ def _print(obj: Any) -> None:
 def _follow(client: Any, job_id: str) -> dict[str, Any]:
     from tqdm import tqdm
 
-    with tqdm(total=100, unit="%", desc="queued", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+    with tqdm(
+        total=100, unit="%", desc="queued", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}"
+    ) as bar:
+
         def update(job: dict[str, Any]) -> None:
             progress = job.get("progress") or {}
             stage = progress.get("stage") or job["status"]
@@ -157,8 +171,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for job in client.jobs(args.status, args.limit):
             progress = job.get("progress") or {}
-            print(f"{job['id']}  {job['status']:<10}  {job['request']['model']}  "
-                  f"sparsity={job['request']['sparsity']}  {progress.get('stage') or ''}")
+            print(
+                f"{job['id']}  {job['status']:<10}  {job['request']['model']}  "
+                f"sparsity={job['request']['sparsity']}  {progress.get('stage') or ''}"
+            )
     return 0
 
 
@@ -207,12 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     submit = client_parser("submit", "upload data and submit a pruning job")
-    submit.add_argument("--model", required=True, help="a model name on the server (its models dir or HF cache)")
+    submit.add_argument(
+        "--model", required=True, help="a model name on the server (its models dir or HF cache)"
+    )
     submit.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
     submit.add_argument("--eval-data", type=Path, help="held-out text for perplexity")
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    submit.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the checkpoint here")
+    submit.add_argument(
+        "--download", type=Path, metavar="DIR", help="wait, then download the checkpoint here"
+    )
     submit.set_defaults(handler=cmd_submit, settings_source=add_settings_options(submit))
 
     status = client_parser("status", "show a job")

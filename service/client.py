@@ -66,8 +66,13 @@ class Client:
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         return self._json(self.http.get(f"/v1/jobs/{job_id}/artifacts"))["data"]  # type: ignore[no-any-return]
 
-    def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
-             poll_s: float = 1.0, timeout_s: float | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             job = self.job(job_id)
@@ -100,8 +105,9 @@ class Client:
             if have < artifact["bytes"]:
                 # If-Range: should the artifact differ from the listing, the server sends all of it (200)
                 headers = {"Range": f"bytes={have}-", "If-Range": f'"{artifact["sha256"]}"'} if have else {}
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{artifact['name']}",
-                                      headers=headers) as response:
+                with self.http.stream(
+                    "GET", f"/v1/jobs/{job_id}/artifacts/{artifact['name']}", headers=headers
+                ) as response:
                     if response.status_code not in (200, 206):
                         raise ApiError(response.status_code, response.read().decode(errors="replace"))
                     mode = "ab" if response.status_code == 206 else "wb"

@@ -24,10 +24,40 @@ import httpx
 from service.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
-DOC_MODULES = ("json", "pathlib", "collections", "argparse", "functools", "itertools", "subprocess", "logging",
-               "asyncio", "unittest", "email", "http.client", "urllib.parse", "csv", "sqlite3", "tarfile",
-               "typing", "dataclasses", "textwrap", "string", "re", "datetime", "decimal", "fractions",
-               "statistics", "random", "heapq", "bisect", "shutil", "tempfile", "threading", "socket")
+DOC_MODULES = (
+    "json",
+    "pathlib",
+    "collections",
+    "argparse",
+    "functools",
+    "itertools",
+    "subprocess",
+    "logging",
+    "asyncio",
+    "unittest",
+    "email",
+    "http.client",
+    "urllib.parse",
+    "csv",
+    "sqlite3",
+    "tarfile",
+    "typing",
+    "dataclasses",
+    "textwrap",
+    "string",
+    "re",
+    "datetime",
+    "decimal",
+    "fractions",
+    "statistics",
+    "random",
+    "heapq",
+    "bisect",
+    "shutil",
+    "tempfile",
+    "threading",
+    "socket",
+)
 
 
 def pick_model() -> tuple[Path, str]:
@@ -45,8 +75,14 @@ def docstring_corpus(path: Path) -> int:
     with path.open("w", encoding="utf-8") as out:
         for name in DOC_MODULES:
             module = importlib.import_module(name)
-            objects = [module, *(obj for _, obj in inspect.getmembers(module)
-                                 if inspect.isfunction(obj) or inspect.isclass(obj))]
+            objects = [
+                module,
+                *(
+                    obj
+                    for _, obj in inspect.getmembers(module)
+                    if inspect.isfunction(obj) or inspect.isclass(obj)
+                ),
+            ]
             for obj in objects:
                 doc = inspect.getdoc(obj)
                 if doc and len(doc) > 80:
@@ -74,9 +110,25 @@ def dir_bytes(path: Path) -> int:
 def start_server(work: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FWDPRUNE_")}
     env["FWDPRUNE_DEVICE"] = os.environ.get("FWDPRUNE_DEVICE", "auto")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--insecure-no-auth", "--port", str(port),
-                             "--data-dir", str(work / "data"), "--models-dir", str(work / "models"),
-                             "--log-level", "warning"], cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--insecure-no-auth",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / "data"),
+            "--models-dir",
+            str(work / "models"),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     for _ in range(300):
         if proc.poll() is not None:
             raise SystemExit("the server exited during start-up")
@@ -114,10 +166,20 @@ def main() -> int:
         try:
             with Client(f"http://127.0.0.1:{port}") as client:
                 file_id = client.upload(calibration)["id"]
-                job = client.submit(model=model_name, calibration_file=file_id, sparsity=0.3,
-                                    seq_len=128, num_samples=16, eval_samples=8,
-                                    options={"rounds": 2, "samples_per_round": 64, "masks_per_forward": 8,
-                                             "scoring_sequences": 4})
+                job = client.submit(
+                    model=model_name,
+                    calibration_file=file_id,
+                    sparsity=0.3,
+                    seq_len=128,
+                    num_samples=16,
+                    eval_samples=8,
+                    options={
+                        "rounds": 2,
+                        "samples_per_round": 64,
+                        "masks_per_forward": 8,
+                        "scoring_sequences": 4,
+                    },
+                )
                 print(f"job {job['id']} submitted; following progress")
                 job = _follow(client, job["id"])
                 if job["status"] != "succeeded":
@@ -137,15 +199,35 @@ def main() -> int:
         model = load_pruned(out)
         loaded = sum(p.numel() for p in model.parameters())
         metrics = job["metrics"]
-        # causal LMs report perplexity; encoders (the MiniLM fallback) their embedding cosine to the dense model
+        # causal LMs report perplexity; encoders (the MiniLM fallback) their embedding cosine to the dense
+        # model
         quality = "perplexity" if "perplexity" in metrics else "embedding_cosine"
         figures = metrics.get(quality, {})
-        print("\n" + table([
-            ("parameters", f"{metrics['params']['total_before']:,}", f"{metrics['params']['total_after']:,}"),
-            (quality, f"{figures.get('before', float('nan')):.3f}", f"{figures.get('after', float('nan')):.3f}"),
-            ("size on disk (MB)", f"{dir_bytes(model_dir.resolve()) / 1e6:.1f}", f"{dir_bytes(out) / 1e6:.1f}"),
-        ]))
-        print(f"\nloaded the pruned checkpoint with transformers: {type(model).__name__}, {loaded:,} parameters")
+        print(
+            "\n"
+            + table(
+                [
+                    (
+                        "parameters",
+                        f"{metrics['params']['total_before']:,}",
+                        f"{metrics['params']['total_after']:,}",
+                    ),
+                    (
+                        quality,
+                        f"{figures.get('before', float('nan')):.3f}",
+                        f"{figures.get('after', float('nan')):.3f}",
+                    ),
+                    (
+                        "size on disk (MB)",
+                        f"{dir_bytes(model_dir.resolve()) / 1e6:.1f}",
+                        f"{dir_bytes(out) / 1e6:.1f}",
+                    ),
+                ]
+            )
+        )
+        print(
+            f"\nloaded the pruned checkpoint with transformers: {type(model).__name__}, {loaded:,} parameters"
+        )
     return 0
 
 

@@ -27,13 +27,15 @@ bearer = HTTPBearer(auto_error=False, description="An API key, sent as `Authoriz
 
 
 def get_principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     token = credentials.credentials if credentials is not None else None
     principal = authenticate(request.app.state.settings, request.app.state.key_hashes, token)
     if principal is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}
+        )
     return principal
 
 
@@ -44,5 +46,6 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def unprocessable(field: list[str | int], message: str, kind: str = "value_error") -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors, naming the field and the reason."""
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                         detail=[{"loc": field, "msg": message, "type": kind}])
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": field, "msg": message, "type": kind}]
+    )

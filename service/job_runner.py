@@ -19,8 +19,22 @@ from pruning.spec import Device
 from service.schemas.jobs import JobCreate, JobInputs
 from service.store import Store
 
-REPORT_KEYS = ("params", "sparsity", "perplexity", "embedding_cosine", "calibration_loss", "compensation", "stage_s", "total_s", "forward_tokens",
-               "peak_gpu_bytes", "peak_host_rss_bytes", "method", "precision", "device")
+REPORT_KEYS = (
+    "params",
+    "sparsity",
+    "perplexity",
+    "embedding_cosine",
+    "calibration_loss",
+    "compensation",
+    "stage_s",
+    "total_s",
+    "forward_tokens",
+    "peak_gpu_bytes",
+    "peak_host_rss_bytes",
+    "method",
+    "precision",
+    "device",
+)
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -62,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"job {args.job_id} not found", file=sys.stderr)
         return 2
     try:
-        spec = JobCreate.model_validate(job.request).to_spec(JobInputs.model_validate(job.resolved), args.out_dir,
-                                                             args.device)
+        spec = JobCreate.model_validate(job.request).to_spec(
+            JobInputs.model_validate(job.resolved), args.out_dir, args.device
+        )
         from pruning import prune
 
         report = prune(spec, on_event=JobEvents(store, job.id))

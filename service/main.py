@@ -1,4 +1,4 @@
-"""The app factory: wiring only. Run with `fwdprune serve` (or uvicorn --factory service.main:app_from_env)."""
+"""The app factory, wiring only: `fwdprune serve` runs it (or uvicorn --factory service.main:app_from_env)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         if owned:
             store.close()
 
-    app = FastAPI(title="fwdprune", version="0.1.0", lifespan=lifespan,
-                  description="Forward-only structured pruning of Hugging Face models, as a service.")
+    app = FastAPI(
+        title="fwdprune",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Forward-only structured pruning of Hugging Face models, as a service.",
+    )
     app.state.settings = settings
     app.state.store = store
     app.state.key_hashes = settings.key_hashes()

@@ -45,10 +45,14 @@ class StoreCollector(Collector):
         now = time.time()
         live = [w for w in self.store.workers() if now - w.heartbeat_at <= self.heartbeat_timeout_s]
         yield GaugeMetricFamily("fwdprune_workers", "Workers with a recent heartbeat.", value=len(live))
-        yield GaugeMetricFamily("fwdprune_worker_slots", "Job slots of live workers.",
-                                value=sum(w.slots for w in live))
-        memory = GaugeMetricFamily("fwdprune_gpu_memory_used_bytes",
-                                   "GPU memory in use, as reported by workers.", labels=["worker", "gpu"])
+        yield GaugeMetricFamily(
+            "fwdprune_worker_slots", "Job slots of live workers.", value=sum(w.slots for w in live)
+        )
+        memory = GaugeMetricFamily(
+            "fwdprune_gpu_memory_used_bytes",
+            "GPU memory in use, as reported by workers.",
+            labels=["worker", "gpu"],
+        )
         for worker in live:
             for gpu in worker.info.get("gpus", []):
                 memory.add_metric([worker.id, str(gpu["index"])], gpu["memory_used_bytes"])
@@ -95,15 +99,26 @@ class ServiceMetrics:
         self.store = store
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StoreCollector(store, heartbeat_timeout_s))
-        durations = Histogram("fwdprune_job_duration_seconds", "Run time of finished jobs.",
-                              buckets=JOB_BUCKETS, registry=self.registry)
+        durations = Histogram(
+            "fwdprune_job_duration_seconds",
+            "Run time of finished jobs.",
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
         self.durations = DurationFeed(durations)
-        self.requests = Counter("fwdprune_http_requests", "HTTP requests by method, route and status code.",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("fwdprune_http_request_duration_seconds",
-                                 "Time from request to the last byte of the response.",
-                                 ["method", "route", "status"], buckets=REQUEST_BUCKETS,
-                                 registry=self.registry)
+        self.requests = Counter(
+            "fwdprune_http_requests",
+            "HTTP requests by method, route and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fwdprune_http_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            ["method", "route", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         self.durations.feed(self.store)
@@ -138,8 +153,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.observe_request(scope["method"], route_template(scope), status,
-                                         time.perf_counter() - started)
+            self.metrics.observe_request(
+                scope["method"], route_template(scope), status, time.perf_counter() - started
+            )
 
 
 def route_template(scope: Scope) -> str:

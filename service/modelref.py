@@ -23,10 +23,17 @@ class ModelRefError(ModelNotFoundError):
 
 def resolve_model(name: str, models_dir: Path, hf_cache_dir: Path | None = None) -> Path:
     parts = name.split("/")
-    if not name or name.startswith(("/", "~")) or "\\" in name or any(not _COMPONENT.match(p) for p in parts) \
-            or any(p in (".", "..") for p in parts):
-        raise ModelRefError("model must be a model name under the server's models dir or a Hub id "
-                            "(plain name components; no absolute paths or '..')")
+    if (
+        not name
+        or name.startswith(("/", "~"))
+        or "\\" in name
+        or any(not _COMPONENT.match(p) for p in parts)
+        or any(p in (".", "..") for p in parts)
+    ):
+        raise ModelRefError(
+            "model must be a model name under the server's models dir or a Hub id "
+            "(plain name components; no absolute paths or '..')"
+        )
     local = _local_model(parts, models_dir)
     if local is not None:
         return local

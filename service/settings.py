@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path(".fwdprune-data")
     models_dir: Path = Path("models")
-    hf_cache_dir: Path | None = Field(default=None, description="Hugging Face hub cache; default: huggingface_hub's")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    hf_cache_dir: Path | None = Field(
+        default=None, description="Hugging Face hub cache; default: huggingface_hub's"
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite under data_dir"
+    )
     # NoDecode: a comma-separated env value, not JSON.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
@@ -43,10 +47,14 @@ class Settings(BaseSettings):
     insecure_no_auth: bool = False
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     embedded_worker: bool = True
-    worker_slots: int | None = Field(default=None, ge=1, description="concurrent jobs per worker; default: GPU count or 1")
+    worker_slots: int | None = Field(
+        default=None, ge=1, description="concurrent jobs per worker; default: GPU count or 1"
+    )
     device: Device = "auto"
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="a worker silent this long is presumed dead")
+    heartbeat_timeout_s: float = Field(
+        default=30.0, gt=0, description="a worker silent this long is presumed dead"
+    )
     cancel_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace for cancelled jobs")
     poll_interval_s: float = Field(default=0.5, gt=0)
 
@@ -73,7 +81,9 @@ class Settings(BaseSettings):
             try:
                 text = self.api_keys_file.read_text(encoding="utf-8")
             except OSError as err:
-                raise SettingsError(f"cannot read FWDPRUNE_API_KEYS_FILE {self.api_keys_file}: {err}") from err
+                raise SettingsError(
+                    f"cannot read FWDPRUNE_API_KEYS_FILE {self.api_keys_file}: {err}"
+                ) from err
             keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         return keys
 
@@ -87,7 +97,8 @@ class Settings(BaseSettings):
         """Refuse to serve without authentication unless explicitly told to (fail closed)."""
         if not self.key_hashes() and not self.insecure_no_auth:
             raise SettingsError(
-                "no API key configured: set FWDPRUNE_API_KEYS, FWDPRUNE_API_KEYS_FILE or FWDPRUNE_ADMIN_KEYS, "
+                "no API key configured: set FWDPRUNE_API_KEYS, FWDPRUNE_API_KEYS_FILE or "
+                "FWDPRUNE_ADMIN_KEYS, "
                 "or pass --insecure-no-auth for a local, trusted setup"
             )
         for key in self.all_user_keys() + list(self.admin_keys):

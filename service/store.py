@@ -87,7 +87,11 @@ class Store:
             with self.session() as s, s.begin():
                 s.add(row)
                 s.flush()  # the job row must exist before its first event (foreign key)
-                s.add(EventRow(job_id=row.id, created_at=row.created_at, type="status", data={"status": "queued"}))
+                s.add(
+                    EventRow(
+                        job_id=row.id, created_at=row.created_at, type="status", data={"status": "queued"}
+                    )
+                )
         except IntegrityError:
             # a concurrent request with the same key won the insert
             if row.idempotency_key is None:
@@ -106,15 +110,18 @@ class Store:
 
     def _by_idempotency_key(self, owner: str, key: str) -> JobRow | None:
         with self.session() as s:
-            return s.scalars(select(JobRow).where(JobRow.owner == owner, JobRow.idempotency_key == key)).first()
+            return s.scalars(
+                select(JobRow).where(JobRow.owner == owner, JobRow.idempotency_key == key)
+            ).first()
 
     def get_job(self, job_id: str, owner: str | None = None) -> JobRow | None:
         with self.session() as s:
             row = s.scalars(select(JobRow).where(JobRow.id == job_id)).first()
         return row if row is not None and (owner is None or row.owner == owner) else None
 
-    def list_jobs(self, owner: str | None, *, status: str | None = None, limit: int = 50,
-                  after: str | None = None) -> tuple[Sequence[JobRow], bool]:
+    def list_jobs(
+        self, owner: str | None, *, status: str | None = None, limit: int = 50, after: str | None = None
+    ) -> tuple[Sequence[JobRow], bool]:
         """Newest first; `after` is the id of the last job of the previous page. Returns (jobs, has_more)."""
         query = select(JobRow).order_by(JobRow.seq.desc()).limit(limit + 1)
         if owner is not None:
@@ -133,7 +140,9 @@ class Store:
     def _transition(self, job_id: str, from_statuses: Iterable[str], **values: Any) -> bool:
         with self.session() as s, s.begin():
             result = s.execute(
-                update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(tuple(from_statuses))).values(**values)
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(tuple(from_statuses)))
+                .values(**values)
             )
             if result.rowcount == 1 and "status" in values:  # type: ignore[attr-defined]
                 data: dict[str, Any] = {"status": values["status"]}
@@ -150,7 +159,9 @@ class Store:
     def delete_job(self, job_id: str) -> bool:
         with self.session() as s, s.begin():
             s.execute(delete(EventRow).where(EventRow.job_id == job_id))
-            result = s.execute(delete(JobRow).where(JobRow.id == job_id, JobRow.status.in_(("queued", *TERMINAL))))
+            result = s.execute(
+                delete(JobRow).where(JobRow.id == job_id, JobRow.status.in_(("queued", *TERMINAL)))
+            )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def claim_job(self, worker_id: str) -> JobRow | None:
@@ -162,9 +173,16 @@ class Store:
                 ).first()
             if candidate is None:
                 return None
-            if self._transition(candidate, ("queued",), status="running", worker_id=worker_id,
-                                started_at=time.time(), attempts=JobRow.attempts + 1, computing=False,
-                                pid=None):
+            if self._transition(
+                candidate,
+                ("queued",),
+                status="running",
+                worker_id=worker_id,
+                started_at=time.time(),
+                attempts=JobRow.attempts + 1,
+                computing=False,
+                pid=None,
+            ):
                 return self.get_job(candidate)
         return None
 
@@ -184,21 +202,53 @@ class Store:
                 job.progress = {"stage": event.get("stage")}
                 job.computing = True
             elif kind == "progress":
-                job.progress = {key: event.get(key) for key in ("stage", "round", "rounds", "fraction", "eta_s")}
+                job.progress = {
+                    key: event.get(key) for key in ("stage", "round", "rounds", "fraction", "eta_s")
+                }
             if store_event:
-                s.add(EventRow(job_id=job_id, created_at=now, type=kind,
-                               data={k: v for k, v in event.items() if k != "type"}))
+                s.add(
+                    EventRow(
+                        job_id=job_id,
+                        created_at=now,
+                        type=kind,
+                        data={k: v for k, v in event.items() if k != "type"},
+                    )
+                )
 
-    def finish_job(self, job_id: str, status: str, *, metrics: dict[str, Any] | None = None,
-                   artifacts: list[dict[str, Any]] | None = None, error_code: str | None = None,
-                   error_message: str | None = None, from_statuses: Iterable[str] = ACTIVE) -> bool:
-        return self._transition(job_id, from_statuses, status=status, finished_at=time.time(), metrics=metrics,
-                                artifacts=artifacts, error_code=error_code, error_message=error_message,
-                                pid=None)
+    def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        metrics: dict[str, Any] | None = None,
+        artifacts: list[dict[str, Any]] | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        from_statuses: Iterable[str] = ACTIVE,
+    ) -> bool:
+        return self._transition(
+            job_id,
+            from_statuses,
+            status=status,
+            finished_at=time.time(),
+            metrics=metrics,
+            artifacts=artifacts,
+            error_code=error_code,
+            error_message=error_message,
+            pid=None,
+        )
 
     def requeue(self, job_id: str, reason: str) -> bool:
-        ok = self._transition(job_id, ACTIVE, status="queued", worker_id=None, pid=None, started_at=None,
-                              progress={}, computing=False)
+        ok = self._transition(
+            job_id,
+            ACTIVE,
+            status="queued",
+            worker_id=None,
+            pid=None,
+            started_at=None,
+            progress={},
+            computing=False,
+        )
         if ok:
             self.record_event(job_id, {"type": "warning", "message": reason})
         return ok
@@ -206,21 +256,28 @@ class Store:
     def events(self, job_id: str, after: int, limit: int) -> Sequence[EventRow]:
         with self.session() as s:
             return s.scalars(
-                select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > after)
-                .order_by(EventRow.seq).limit(limit)
+                select(EventRow)
+                .where(EventRow.job_id == job_id, EventRow.seq > after)
+                .order_by(EventRow.seq)
+                .limit(limit)
             ).all()
 
     def jobs_of_worker(self, worker_id: str) -> Sequence[JobRow]:
         with self.session() as s:
-            return s.scalars(select(JobRow).where(JobRow.worker_id == worker_id, JobRow.status.in_(ACTIVE))).all()
+            return s.scalars(
+                select(JobRow).where(JobRow.worker_id == worker_id, JobRow.status.in_(ACTIVE))
+            ).all()
 
     def reap_dead_workers(self, timeout_s: float, max_attempts: int = 2) -> list[str]:
         """Jobs held by workers that stopped heartbeating: requeue once if nothing was computed, else fail."""
         cutoff = time.time() - timeout_s
         with self.session() as s:
             alive = set(s.scalars(select(WorkerRow.id).where(WorkerRow.heartbeat_at >= cutoff)).all())
-            orphans = [j for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))).all()
-                       if j.worker_id not in alive]
+            orphans = [
+                j
+                for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))).all()
+                if j.worker_id not in alive
+            ]
         reaped = []
         for job in orphans:
             reason = f"worker {job.worker_id} stopped sending heartbeats for over {timeout_s:g}s"
@@ -257,10 +314,14 @@ class Store:
     def finished_since(self, after: float | None) -> list[tuple[str, float, float]]:
         """(id, finished_at, run seconds) of finished jobs that ran, finished after `after` (None: all)."""
         query = select(JobRow.id, JobRow.started_at, JobRow.finished_at).where(
-            JobRow.status.in_(TERMINAL), JobRow.started_at.is_not(None), JobRow.finished_at.is_not(None))
+            JobRow.status.in_(TERMINAL), JobRow.started_at.is_not(None), JobRow.finished_at.is_not(None)
+        )
         if after is not None:
             query = query.where(JobRow.finished_at > after)
         with self.session() as s:
             rows = s.execute(query.order_by(JobRow.finished_at)).all()
-        return [(job_id, float(end), float(end) - float(start)) for job_id, start, end in rows
-                if start is not None and end is not None]
+        return [
+            (job_id, float(end), float(end) - float(start))
+            for job_id, start, end in rows
+            if start is not None and end is not None
+        ]

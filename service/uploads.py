@@ -25,7 +25,9 @@ def check_filename(filename: str) -> str:
     if not name or len(name) > 255:
         raise UploadInvalid("the upload needs a file name")
     if not name.lower().endswith(SUFFIXES):
-        raise UploadInvalid(f"unsupported file type {name!r}: upload .jsonl (a `text` field per line) or .txt")
+        raise UploadInvalid(
+            f"unsupported file type {name!r}: upload .jsonl (a `text` field per line) or .txt"
+        )
     return name
 
 

@@ -51,9 +51,13 @@ def _gpu(nvml: Any, index: int) -> dict[str, Any]:
     """One GPU: NVML's index (nvidia-smi's), memory in bytes, and the UUID that names it to CUDA."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-    return {"index": index, "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
-            "name": _text(nvml.nvmlDeviceGetName(handle)),
-            "memory_used_bytes": int(memory.used), "memory_total_bytes": int(memory.total)}
+    return {
+        "index": index,
+        "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+        "name": _text(nvml.nvmlDeviceGetName(handle)),
+        "memory_used_bytes": int(memory.used),
+        "memory_total_bytes": int(memory.total),
+    }
 
 
 def _text(value: str | bytes) -> str:
@@ -123,8 +127,17 @@ class Worker:
 
     def beat(self, now: float) -> None:
         info = {"gpus": gpu_info() if self.gpus else [], "running": sorted(self.running)}
-        self.store.heartbeat(WorkerRow(id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
-                                       slots=self.slots, started_at=self._started, heartbeat_at=now, info=info))
+        self.store.heartbeat(
+            WorkerRow(
+                id=self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                slots=self.slots,
+                started_at=self._started,
+                heartbeat_at=now,
+                info=info,
+            )
+        )
 
     def shutdown(self) -> None:
         """Stop our job processes and give their jobs back to the queue, so a restart loses nothing."""
@@ -153,9 +166,21 @@ class Worker:
             # one GPU per slot, named by UUID: CUDA's own device order need not follow NVML's indices
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot].get("uuid") or str(self.gpus[slot]["index"])
         log = (tmp_dir / "job.log").open("wb")
-        cmd = [sys.executable, "-m", "service.job_runner", "--database-url", self.store.url, "--job-id", job_id,
-               "--out-dir", str(tmp_dir / "out"), "--result", str(tmp_dir / "result.json"),
-               "--device", self.settings.device]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.job_runner",
+            "--database-url",
+            self.store.url,
+            "--job-id",
+            job_id,
+            "--out-dir",
+            str(tmp_dir / "out"),
+            "--result",
+            str(tmp_dir / "result.json"),
+            "--device",
+            self.settings.device,
+        ]
         # its own session, so cancel can signal the job's whole process tree (data loaders and all)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.store.set_pid(job_id, proc.pid)
@@ -206,7 +231,9 @@ class Worker:
             shutil.rmtree(final, ignore_errors=True)
             artifacts = describe(running.out_dir)
             running.out_dir.rename(final)  # atomic publication: same filesystem, one rename
-            self.store.finish_job(running.job_id, "succeeded", metrics=result.get("metrics"), artifacts=artifacts)
+            self.store.finish_job(
+                running.job_id, "succeeded", metrics=result.get("metrics"), artifacts=artifacts
+            )
             return
         if result:
             code, message = result.get("code", "internal_error"), result.get("message")
@@ -217,7 +244,10 @@ class Worker:
             if -rc == signal.SIGKILL:
                 message += " (by an operator or the kernel's out-of-memory killer)"
         else:
-            code, message = "internal_error", f"job process exited with status {rc}: {self._log_tail(running)}"
+            code, message = (
+                "internal_error",
+                f"job process exited with status {rc}: {self._log_tail(running)}",
+            )
         self.store.finish_job(running.job_id, "failed", error_code=code, error_message=message)
 
     @staticmethod

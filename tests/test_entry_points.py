@@ -1,6 +1,7 @@
 """Every job setting reaches the engine the same way from every entry point: the library (`PruneSpec`),
 `fwdprune prune`, the job API (`JobCreate` and its one mapping to the engine's request, and its OpenAPI
-schema) and `fwdprune submit`. A setting added to `PruneSettings` fails here until SAMPLES covers it."""
+schema) and `fwdprune submit`; and README's table names it. A setting added to `PruneSettings` fails here
+until SAMPLES covers it."""
 
 from __future__ import annotations
 
@@ -15,12 +16,36 @@ from service.schemas.jobs import JobCreate, JobInputs
 
 # together they move every setting off its default; each is valid on its own
 SAMPLES: list[dict[str, Any]] = [
-    {"sparsity": 0.35, "method": "flap", "precision": "bf16", "uniform": True, "seq_len": 64, "num_samples": 7,
-     "eval_samples": 5, "mlp_block": 4, "objective": "distill", "compensate": "ls", "compensation_ridge": 0.5,
-     "seed": 3, "options": {}},
-    {"sparsity": 0.5, "method": "bonsai", "precision": "int8", "uniform": False, "seq_len": 128,
-     "num_samples": 9, "eval_samples": 3, "mlp_block": None, "objective": "lm", "compensate": "bias",
-     "compensation_ridge": 2.0, "seed": 11, "options": {"rounds": 2, "kind_split": "importance", "ridge": 0.25}},
+    {
+        "sparsity": 0.35,
+        "method": "flap",
+        "precision": "bf16",
+        "uniform": True,
+        "seq_len": 64,
+        "num_samples": 7,
+        "eval_samples": 5,
+        "mlp_block": 4,
+        "objective": "distill",
+        "compensate": "ls",
+        "compensation_ridge": 0.5,
+        "seed": 3,
+        "options": {},
+    },
+    {
+        "sparsity": 0.5,
+        "method": "bonsai",
+        "precision": "int8",
+        "uniform": False,
+        "seq_len": 128,
+        "num_samples": 9,
+        "eval_samples": 3,
+        "mlp_block": None,
+        "objective": "lm",
+        "compensate": "bias",
+        "compensation_ridge": 2.0,
+        "seed": 11,
+        "options": {"rounds": 2, "kind_split": "importance", "ridge": 0.25},
+    },
 ]
 
 
@@ -40,6 +65,11 @@ def argv_of(settings: dict[str, Any]) -> list[str]:
 
 def expected(settings: dict[str, Any]) -> dict[str, Any]:
     return PruneSettings(**settings).model_dump()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert [name for name in PruneSettings.model_fields if f"| `{name}` |" not in readme] == []
 
 
 def test_samples_move_every_setting_off_its_default() -> None:
@@ -63,8 +93,18 @@ def test_prune_command(settings: dict[str, Any], tmp_path: Path) -> None:
 
     parser = argparse.ArgumentParser()
     add_prune_command(parser.add_subparsers())
-    args = parser.parse_args(["prune", "--model", "m", "--data", str(tmp_path / "d.jsonl"), "--out",
-                              str(tmp_path / "o"), *argv_of(settings)])
+    args = parser.parse_args(
+        [
+            "prune",
+            "--model",
+            "m",
+            "--data",
+            str(tmp_path / "d.jsonl"),
+            "--out",
+            str(tmp_path / "o"),
+            *argv_of(settings),
+        ]
+    )
     assert spec_from_args(args).settings_only() == expected(settings)
 
 
@@ -73,8 +113,12 @@ def test_job_api_and_its_mapping_to_the_engine(settings: dict[str, Any], tmp_pat
     body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **settings})
     spec = body.to_spec(JobInputs(model=str(tmp_path / "m"), data=str(tmp_path / "d.jsonl")), tmp_path, "cpu")
     assert spec.settings_only() == expected(settings)
-    assert (spec.model, spec.data, spec.eval_data, spec.device) == (str(tmp_path / "m"), tmp_path / "d.jsonl",
-                                                                    None, "cpu")
+    assert (spec.model, spec.data, spec.eval_data, spec.device) == (
+        str(tmp_path / "m"),
+        tmp_path / "d.jsonl",
+        None,
+        "cpu",
+    )
 
 
 def test_job_api_schema_offers_every_setting(tmp_path: Path) -> None:

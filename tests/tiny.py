@@ -23,7 +23,7 @@ CORPUS = [
     "async def fetch(client, url):\n    return await client.get(url)\n",
 ]
 
-FAMILY_CONFIGS = {
+FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
     # Llama with grouped-query attention: 4 query heads over 2 KV heads.
     "llama": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2),
     "mistral": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, sliding_window=64),
@@ -114,24 +114,38 @@ def make_tiny_causal_lm(
     return out_dir
 
 
-def make_tiny_encoder(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4,
-                      intermediate_size: int = 96, seed: int = 0) -> Path:
+def make_tiny_encoder(
+    out_dir: Path,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate_size: int = 96,
+    seed: int = 0,
+) -> Path:
     """Save a tiny random BERT encoder with a WordPiece tokenizer (vocab from CORPUS) to `out_dir`."""
     import re
 
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     words = sorted({w for text in CORPUS for w in re.findall(r"\w+|[^\w\s]", text.lower())})
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    (out_dir / "vocab.txt").write_text("\n".join(specials + words + list("abcdefghijklmnopqrstuvwxyz0123456789")) + "\n")
+    (out_dir / "vocab.txt").write_text(
+        "\n".join(specials + words + list("abcdefghijklmnopqrstuvwxyz0123456789")) + "\n"
+    )
     tokenizer = BertTokenizerFast(vocab=str(out_dir / "vocab.txt"))
     tokenizer.save_pretrained(out_dir)
     # the saved tokenizer may number added tokens past the vocab file; leave room for them
-    config = BertConfig(vocab_size=len(tokenizer) + 16, hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate_size,
-                        max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=len(tokenizer) + 16,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(seed)
     model = BertModel(config).eval()
     with torch.no_grad():

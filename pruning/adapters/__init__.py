@@ -10,7 +10,8 @@ from pruning.errors import UnsupportedModelError
 from pruning.spec import SUPPORTED_MODEL_TYPES
 
 _ADAPTERS: dict[str, FamilyAdapter] = {
-    adapter.name: adapter for adapter in (LlamaAdapter(), MistralAdapter(), Qwen2Adapter(), Qwen3Adapter(), BertAdapter())
+    adapter.name: adapter
+    for adapter in (LlamaAdapter(), MistralAdapter(), Qwen2Adapter(), Qwen3Adapter(), BertAdapter())
 }
 
 

@@ -30,6 +30,7 @@ class UnitKind(IntEnum):
         """The kind's name in reports: "attn" or "mlp"."""
         return "attn" if self is UnitKind.ATTN else "mlp"
 
+
 # which set of kept indices slices a tensor: query channels, key/value channels, or MLP channels
 Axis = Literal["q", "kv", "mlp"]
 
@@ -70,8 +71,13 @@ class FamilyAdapter:
         SliceRule(re.compile(r"layers\.(\d+)\.mlp\.down_proj\.weight$"), "mlp", 1),
     )
     prunable_linears: ClassVar[tuple[str, ...]] = (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
     )
     causal_lm: ClassVar[bool] = True
     stock_uniform: ClassVar[bool] = True  # can equal widths be written as a stock config?
@@ -112,8 +118,10 @@ class FamilyAdapter:
         """Per-layer widths, read from a pruned checkpoint's per-layer record when there is one."""
         per_layer = getattr(config, "fwdprune_layers", None)
         if per_layer:
-            return [LayerShape(d["num_attention_heads"], d["num_key_value_heads"], d["intermediate_size"])
-                    for d in per_layer]
+            return [
+                LayerShape(d["num_attention_heads"], d["num_key_value_heads"], d["intermediate_size"])
+                for d in per_layer
+            ]
         kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         shape = LayerShape(config.num_attention_heads, kv, config.intermediate_size)
         return [shape] * config.num_hidden_layers
@@ -134,7 +142,9 @@ class FamilyAdapter:
                 return rule, int(match.group(1))
         return None
 
-    def shrink_config(self, config: dict[str, Any], shapes: list[LayerShape], uniform: bool) -> dict[str, Any]:
+    def shrink_config(
+        self, config: dict[str, Any], shapes: list[LayerShape], uniform: bool
+    ) -> dict[str, Any]:
         """The config of the compact model. Uniform widths fit the stock config; others are recorded."""
         config = dict(config)
         config.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
@@ -149,16 +159,21 @@ class FamilyAdapter:
         # stock fields keep their original values (transformers validates them); the per-layer record
         # is what the modeling code reads
         config["fwdprune_layers"] = [
-            {"num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
-             "intermediate_size": s.intermediate} for s in shapes
+            {
+                "num_attention_heads": s.num_heads,
+                "num_key_value_heads": s.num_kv_heads,
+                "intermediate_size": s.intermediate,
+            }
+            for s in shapes
         ]
         return config
 
     def uniform_kv_counts(self, config: Any) -> list[int]:
         """KV-group counts a stock config can express: transformers requires hidden % heads == 0."""
         shape = self.layer_shapes(config)[0]
-        return [k for k in range(1, shape.num_kv_heads + 1)
-                if config.hidden_size % (k * shape.group_size) == 0]
+        return [
+            k for k in range(1, shape.num_kv_heads + 1) if config.hidden_size % (k * shape.group_size) == 0
+        ]
 
     def emptied_module(self, tensor_name: str) -> tuple[int, UnitKind] | None:
         """(layer, kind) whose removal drops this tensor entirely, e.g. q/k norms of an emptied attention.

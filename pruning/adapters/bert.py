@@ -48,7 +48,10 @@ class BertAdapter(FamilyAdapter):
 
     def unit_params(self, config: Any, shape: LayerShape) -> tuple[int, int]:
         hidden, head_dim = config.hidden_size, self.head_dim(config)
-        return 4 * head_dim * hidden, 2 * hidden  # q/k/v rows + output columns; intermediate row + output column
+        return (
+            4 * head_dim * hidden,
+            2 * hidden,
+        )  # q/k/v rows + output columns; intermediate row + output column
 
     def uniform_kv_counts(self, config: Any) -> list[int]:
         return list(range(1, config.num_attention_heads + 1))
@@ -56,5 +59,7 @@ class BertAdapter(FamilyAdapter):
     def emptied_module(self, tensor_name: str) -> tuple[int, UnitKind] | None:
         return None  # an emptied block keeps its LayerNorm and output bias; zero-size tensors are dropped
 
-    def shrink_config(self, config: dict[str, Any], shapes: list[LayerShape], uniform: bool) -> dict[str, Any]:
+    def shrink_config(
+        self, config: dict[str, Any], shapes: list[LayerShape], uniform: bool
+    ) -> dict[str, Any]:
         return super().shrink_config(config, shapes, uniform=False)

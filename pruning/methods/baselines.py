@@ -29,7 +29,9 @@ class WandaSp(PruningMethod):
         alive = torch.ones(ctx.space.size, dtype=torch.bool)
         prior = ctx.probe.activation_prior(alive)
         # attention and MLP scores are not on one scale: each kind loses the target fraction on its own
-        remove = ctx.selector.select_per_kind(prior / ctx.space.params, alive, ctx.target_params, uniform=True)
+        remove = ctx.selector.select_per_kind(
+            prior / ctx.space.params, alive, ctx.target_params, uniform=True
+        )
         return MethodResult(~remove, prior)
 
 
@@ -46,8 +48,9 @@ class Flap(PruningMethod):
         standardised = []
         for group in ctx.space.groups:
             _, variance = stats.channel_moments(group)
-            scores = fluctuation_scores(variance, ctx.probe.weights.column_norms(group), group.channel_unit,
-                                        group.count)
+            scores = fluctuation_scores(
+                variance, ctx.probe.weights.column_norms(group), group.channel_unit, group.count
+            )
             standardised.append(standardise(scores))
         z = torch.cat(standardised)
         remove = ctx.selector.select(z, alive, ctx.target_params)

@@ -39,13 +39,17 @@ class Bonsai(PruningMethod):
     def run(self, ctx: MethodContext) -> MethodResult:
         opts = self.options
         pairs = max(1, opts.samples_per_round // 2)
-        state = _Rounds(keep=torch.ones(ctx.space.size, dtype=torch.bool),
-                        importance=torch.zeros(ctx.space.size, dtype=torch.float64),
-                        generator=torch.Generator().manual_seed(ctx.seed),
-                        eta=Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward))))
+        state = _Rounds(
+            keep=torch.ones(ctx.space.size, dtype=torch.bool),
+            importance=torch.zeros(ctx.space.size, dtype=torch.float64),
+            generator=torch.Generator().manual_seed(ctx.seed),
+            eta=Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward))),
+        )
         batches = _batches(ctx.probe.calibration, opts.scoring_sequences)
         details: dict[str, Any] = {"rounds": state.history}
-        dense_prior = ctx.probe.activation_prior(state.keep)  # [U] all alive: round one's prior, and the search's
+        dense_prior = ctx.probe.activation_prior(
+            state.keep
+        )  # [U] all alive: round one's prior, and the search's
         for index in range(opts.rounds):
             prior = dense_prior if index == 0 else ctx.probe.activation_prior(state.keep)
             self._round(ctx, state, index, prior, batches[index % len(batches)])
@@ -56,30 +60,41 @@ class Bonsai(PruningMethod):
             details["split_search_s"] = round(time.perf_counter() - start, 3)
         return MethodResult(keep, state.importance, details)
 
-    def _round(self, ctx: MethodContext, state: _Rounds, index: int, prior: torch.Tensor,
-               batch: torch.Tensor) -> None:
+    def _round(
+        self, ctx: MethodContext, state: _Rounds, index: int, prior: torch.Tensor, batch: torch.Tensor
+    ) -> None:
         """Round `index`: sample sub-models among the alive units, regress their losses on the drops,
         remove a slice of the budget. `prior` [U] is the activation prior with the alive units."""
         opts, space = self.options, ctx.space
         pairs = max(1, opts.samples_per_round // 2)
         budget = (ctx.target_params - state.removed) / (opts.rounds - index)
         candidates = state.keep.nonzero().flatten()  # [A]
-        probs = drop_probabilities(prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias)
+        probs = drop_probabilities(
+            prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias
+        )
         drops = sample_antithetic_drops(probs, pairs, state.generator)  # [S, A]
         losses = self._sub_model_losses(ctx, state, candidates, drops, batch, index)  # [S]
         scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
-        state.importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)  # [A]
+        state.importance[candidates] = fit_importance(
+            drops, losses, scale * prior[candidates], opts.ridge
+        )  # [A]
         select = ctx.selector.select_per_kind if opts.kind_split == "proportional" else ctx.selector.select
         remove = select(state.importance / space.params, state.keep, budget)
         state.keep &= ~remove
         removed_now = float(space.params[remove].sum())
-        state.history.append({"round": index + 1, "removed_units": int(remove.sum()),
-                              "removed_params": state.removed + removed_now,
-                              "mean_sub_model_loss": float(losses.mean())})
+        state.history.append(
+            {
+                "round": index + 1,
+                "removed_units": int(remove.sum()),
+                "removed_params": state.removed + removed_now,
+                "mean_sub_model_loss": float(losses.mean()),
+            }
+        )
         state.removed += removed_now
 
-    def _search_split(self, ctx: MethodContext, keep: torch.Tensor, importance: torch.Tensor,
-                      dense_prior: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    def _search_split(
+        self, ctx: MethodContext, keep: torch.Tensor, importance: torch.Tensor, dense_prior: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Re-split the budget between attention and MLP by measurement: for the rounds' own result, a
         grid of attention fractions (units ranked within their kind by the rounds' importance) and the
         activation prior's own pick, fit the job's refit on 3/4 of the calibration set and keep the
@@ -93,21 +108,37 @@ class Bonsai(PruningMethod):
         fit, held_out = held_out_split(ctx.probe.calibration)
         alive = torch.ones(space.size, dtype=torch.bool)
         keeps = [("rounds", keep)] + [
-            ("importance", ~select_per_kind(importance / params, alive, ctx.target_params,
-                                            attention_ratio=fraction / sparsity))
-            for fraction in attention_fractions(space, ctx.target_params, self.options.split_candidates)]
+            (
+                "importance",
+                ~select_per_kind(
+                    importance / params, alive, ctx.target_params, attention_ratio=fraction / sparsity
+                ),
+            )
+            for fraction in attention_fractions(space, ctx.target_params, self.options.split_candidates)
+        ]
         # Σ‖x‖·‖W‖ of the dense model, each kind the same fraction in every layer (wanda-sp's pick): with a
         # refit its units are easier to replace than those bonsai ranks lowest at low sparsity
-        keeps.append(("prior, layer-uniform", ~select_per_kind(dense_prior / params, alive, ctx.target_params,
-                                                               uniform=True)))
+        keeps.append(
+            (
+                "prior, layer-uniform",
+                ~select_per_kind(dense_prior / params, alive, ctx.target_params, uniform=True),
+            )
+        )
         candidates: list[dict[str, Any]] = []
         kept: list[torch.Tensor] = []
 
         def score(ranking: str, k: torch.Tensor) -> None:
-            same = next((c for c, earlier in zip(candidates, kept, strict=True) if torch.equal(earlier, k)), None)
+            same = next(
+                (c for c, earlier in zip(candidates, kept, strict=True) if torch.equal(earlier, k)), None
+            )
             loss = same["held_out_loss"] if same else held_out_loss(ctx, k, fit, held_out)  # fitted once
-            candidates.append({"ranking": ranking, "held_out_loss": loss,
-                               "attention_fraction": removed_attention_fraction(space, k)})
+            candidates.append(
+                {
+                    "ranking": ranking,
+                    "held_out_loss": loss,
+                    "attention_fraction": removed_attention_fraction(space, k),
+                }
+            )
             kept.append(k)
 
         for ranking, k in keeps:
@@ -124,8 +155,15 @@ class Bonsai(PruningMethod):
             return kept[best], candidates
         return ctx.refit.refit_aware_keep(kept[best]), candidates
 
-    def _sub_model_losses(self, ctx: MethodContext, state: _Rounds, candidates: torch.Tensor,
-                          drops: torch.Tensor, batch: torch.Tensor, index: int) -> torch.Tensor:
+    def _sub_model_losses(
+        self,
+        ctx: MethodContext,
+        state: _Rounds,
+        candidates: torch.Tensor,
+        drops: torch.Tensor,
+        batch: torch.Tensor,
+        index: int,
+    ) -> torch.Tensor:
         """[S] calibration loss of each sampled sub-model, `masks_per_forward` of them per forward."""
         per_forward = self.options.masks_per_forward
         losses = []
@@ -135,8 +173,14 @@ class Bonsai(PruningMethod):
             masks[:, candidates] *= 1.0 - chunk
             losses.append(ctx.probe.sub_model_losses(masks, batch))
             eta_s = state.eta.step()
-            ctx.progress({"round": index + 1, "rounds": self.options.rounds,
-                          "fraction": state.eta.done / state.eta.total, "eta_s": round(eta_s, 1)})
+            ctx.progress(
+                {
+                    "round": index + 1,
+                    "rounds": self.options.rounds,
+                    "fraction": state.eta.done / state.eta.total,
+                    "eta_s": round(eta_s, 1),
+                }
+            )
         return torch.cat(losses)
 
 

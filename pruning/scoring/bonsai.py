@@ -36,7 +36,9 @@ def sample_antithetic_drops(probs: torch.Tensor, pairs: int, generator: torch.Ge
     return torch.stack([first, twin], dim=1).flatten(0, 1).double()
 
 
-def fit_prior_scale(drops: torch.Tensor, losses: torch.Tensor, prior: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+def fit_prior_scale(
+    drops: torch.Tensor, losses: torch.Tensor, prior: torch.Tensor, kind: torch.Tensor
+) -> torch.Tensor:
     """Least-squares scale per unit kind that turns the prior into loss units.
 
     drops: [S, A]; losses: [S]; prior: [A]; kind: [A] integer kind of each unit.

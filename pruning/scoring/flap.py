@@ -26,8 +26,9 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
     return (scores - scores.mean()) / scores.std().clamp(min=1e-12)
 
 
-def compensation_bias(weight: torch.Tensor, channel_mean: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+def compensation_bias(
+    weight: torch.Tensor, channel_mean: torch.Tensor, removed: torch.Tensor
+) -> torch.Tensor:
     """[out] W[:, removed] · E[x_removed]: the average contribution the removed channels made, which a
     bias can keep adding once they are gone. weight: [out, C]; channel_mean: [C]; removed: [C] bool."""
     return weight.double()[:, removed] @ channel_mean.double()[removed]
-

@@ -18,8 +18,14 @@ from __future__ import annotations
 import torch
 
 
-def structured_obs_removals(gram: torch.Tensor, weight: torch.Tensor, channel_unit: torch.Tensor,
-                            count: int, damp: float = 0.01, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def structured_obs_removals(
+    gram: torch.Tensor,
+    weight: torch.Tensor,
+    channel_unit: torch.Tensor,
+    count: int,
+    damp: float = 0.01,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """[count] indices of the units to remove, cheapest first, each chosen after the refits of those
     before it.
 

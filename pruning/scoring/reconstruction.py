@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def ridge_reconstruction(gram_kept: torch.Tensor, cross_kept: torch.Tensor, weight: torch.Tensor,
-                         kept: torch.Tensor, ridge: float) -> torch.Tensor:
+def ridge_reconstruction(
+    gram_kept: torch.Tensor, cross_kept: torch.Tensor, weight: torch.Tensor, kept: torch.Tensor, ridge: float
+) -> torch.Tensor:
     """Refit an output projection on its kept input channels so it best reproduces the dense output.
 
     X: [n, C] the module's input in the dense model; X̃: [n, C] its input in the pruned model (upstream

@@ -22,18 +22,34 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such file
 
 
 def to_public(row: FileRow) -> FilePublic:
-    return FilePublic(id=row.id, filename=row.filename, bytes=row.bytes, sha256=row.sha256,
-                      created_at=datetime.fromtimestamp(row.created_at, timezone.utc))
+    return FilePublic(
+        id=row.id,
+        filename=row.filename,
+        bytes=row.bytes,
+        sha256=row.sha256,
+        created_at=datetime.fromtimestamp(row.created_at, timezone.utc),
+    )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=FilePublic,
-             responses={413: {"description": "upload too large"}, 422: {"description": "invalid content"}})
-def upload_file(request: Request, file: Annotated[UploadFile, File(description=".jsonl or .txt")],
-                principal: PrincipalDep, settings: SettingsDep, store: StoreDep) -> FilePublic:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FilePublic,
+    responses={413: {"description": "upload too large"}, 422: {"description": "invalid content"}},
+)
+def upload_file(
+    request: Request,
+    file: Annotated[UploadFile, File(description=".jsonl or .txt")],
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> FilePublic:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"upload exceeds the limit of {settings.max_upload_bytes} bytes",
+        )
     try:
         filename = check_filename(file.filename or "")
     except UploadInvalid as err:
@@ -56,14 +72,26 @@ def upload_file(request: Request, file: Annotated[UploadFile, File(description="
         raise unprocessable(["body", "file"], str(err)) from err
     finally:
         tmp.unlink(missing_ok=True)
-    row = store.add_file(FileRow(id=file_id, owner=principal.owner, filename=filename, bytes=size,
-                                 sha256=sha256, path=str(final.resolve()), created_at=time.time()))
+    row = store.add_file(
+        FileRow(
+            id=file_id,
+            owner=principal.owner,
+            filename=filename,
+            bytes=size,
+            sha256=sha256,
+            path=str(final.resolve()),
+            created_at=time.time(),
+        )
+    )
     return to_public(row)
 
 
 @router.get("", response_model=FileList)
-def list_files(principal: PrincipalDep, store: StoreDep,
-               all: Annotated[bool, Query(description="admins: every key's files")] = False) -> FileList:
+def list_files(
+    principal: PrincipalDep,
+    store: StoreDep,
+    all: Annotated[bool, Query(description="admins: every key's files")] = False,
+) -> FileList:
     return FileList(data=[to_public(row) for row in store.list_files(principal.scope(all))])
 
 
@@ -75,8 +103,11 @@ def get_file(file_id: str, principal: PrincipalDep, store: StoreDep) -> FilePubl
     return to_public(row)
 
 
-@router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={**NOT_FOUND, 409: {"description": "an unfinished job uses the file"}})
+@router.delete(
+    "/{file_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "an unfinished job uses the file"}},
+)
 def delete_file(file_id: str, principal: PrincipalDep, store: StoreDep) -> Response:
     row = store.get_file(file_id, principal.scope(True))
     if row is None:

@@ -42,12 +42,20 @@ def _dt(value: float | None) -> datetime | None:
 
 
 def to_public(row: JobRow) -> JobPublic:
-    return JobPublic.model_validate({
-        "id": row.id, "status": row.status, "created_at": _dt(row.created_at), "started_at": _dt(row.started_at),
-        "finished_at": _dt(row.finished_at), "progress": row.progress or {}, "request": row.request,
-        "metrics": row.metrics, "metadata": row.metadata_ or {},
-        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
-    })
+    return JobPublic.model_validate(
+        {
+            "id": row.id,
+            "status": row.status,
+            "created_at": _dt(row.created_at),
+            "started_at": _dt(row.started_at),
+            "finished_at": _dt(row.finished_at),
+            "progress": row.progress or {},
+            "request": row.request,
+            "metrics": row.metrics,
+            "metadata": row.metadata_ or {},
+            "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+        }
+    )
 
 
 def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
@@ -69,33 +77,63 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
     return JobInputs(model=str(model_dir), data=paths["calibration_file"], eval_data=paths.get("eval_file"))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-             responses={200: {"model": JobPublic, "description": "the job already made with this Idempotency-Key"},
-                        422: {"description": "invalid request"}})
-def create_job(body: JobCreate, response: Response, principal: PrincipalDep, settings: SettingsDep,
-               store: StoreDep, idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JobPublic:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "the job already made with this Idempotency-Key"},
+        422: {"description": "invalid request"},
+    },
+)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobPublic:
     request = body.model_dump(mode="json")
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     inputs = _resolve_inputs(body, principal.owner, settings, store)
-    row = JobRow(id="job_" + secrets.token_urlsafe(16), owner=principal.owner, status="queued", request=request,
-                 resolved=inputs.model_dump(), request_hash=request_hash, idempotency_key=idempotency_key,
-                 metadata_=body.metadata, created_at=time.time(), progress={}, attempts=0, computing=False)
+    row = JobRow(
+        id="job_" + secrets.token_urlsafe(16),
+        owner=principal.owner,
+        status="queued",
+        request=request,
+        resolved=inputs.model_dump(),
+        request_hash=request_hash,
+        idempotency_key=idempotency_key,
+        metadata_=body.metadata,
+        created_at=time.time(),
+        progress={},
+        attempts=0,
+        computing=False,
+    )
     try:
         job, created = store.create_job(row)
     except IdempotencyConflict as err:
-        raise unprocessable(["header", "idempotency-key"],
-                            "this Idempotency-Key was already used with a different request body") from err
+        raise unprocessable(
+            ["header", "idempotency-key"],
+            "this Idempotency-Key was already used with a different request body",
+        ) from err
     if not created:
         response.status_code = status.HTTP_200_OK
     return to_public(job)
 
 
 @router.get("", response_model=JobList)
-def list_jobs(principal: PrincipalDep, store: StoreDep,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              after: Annotated[str | None, Query(max_length=64, description="id of the previous page's last job")] = None,
-              status_: Annotated[JobStatus | None, Query(alias="status")] = None,
-              all: Annotated[bool, Query(description="admins: every key's jobs")] = False) -> JobList:
+def list_jobs(
+    principal: PrincipalDep,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    after: Annotated[
+        str | None, Query(max_length=64, description="id of the previous page's last job")
+    ] = None,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    all: Annotated[bool, Query(description="admins: every key's jobs")] = False,
+) -> JobList:
     rows, more = store.list_jobs(principal.scope(all), status=status_, limit=limit, after=after)
     return JobList(data=[to_public(r) for r in rows], has_more=more, next_after=rows[-1].id if more else None)
 
@@ -120,17 +158,34 @@ def cancel_job(job_id: str, principal: PrincipalDep, store: StoreDep) -> JobPubl
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=NOT_FOUND)
-def job_events(job_id: str, principal: PrincipalDep, store: StoreDep,
-               after: Annotated[int, Query(ge=0, le=2**62, description="last event seq already seen")] = 0,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> EventList:
+def job_events(
+    job_id: str,
+    principal: PrincipalDep,
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0, le=2**62, description="last event seq already seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> EventList:
     _job(store, job_id, principal)
     events = store.events(job_id, after, limit)
-    return EventList(data=[EventPublic(seq=e.seq, created_at=datetime.fromtimestamp(e.created_at, timezone.utc), type=e.type, data=e.data)
-                           for e in events], next_after=events[-1].seq if events else after)
+    return EventList(
+        data=[
+            EventPublic(
+                seq=e.seq,
+                created_at=datetime.fromtimestamp(e.created_at, timezone.utc),
+                type=e.type,
+                data=e.data,
+            )
+            for e in events
+        ],
+        next_after=events[-1].seq if events else after,
+    )
 
 
-@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={**NOT_FOUND, 409: {"description": "the job is running"}})
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "the job is running"}},
+)
 def delete_job(job_id: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep) -> Response:
     row = _job(store, job_id, principal)
     if row.status in ACTIVE or not store.delete_job(job_id):
@@ -152,7 +207,8 @@ def _artifact_dir(settings: Any, row: JobRow) -> Path:
 
 
 ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **NOT_FOUND, 200: {"content": {"application/octet-stream": {}}},
+    **NOT_FOUND,
+    200: {"content": {"application/octet-stream": {}}},
     206: {"description": "the requested range; several ranges come as multipart/byteranges"},
     400: {"description": "a Range header that cannot be parsed"},
     416: {"description": "a range that starts past the end of the file"},
@@ -168,10 +224,15 @@ def _artifact_entry(row: JobRow, name: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES)
-@router.head("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES,
-             summary="Artifact headers (size, checksum) without the body")
-def download_artifact(job_id: str, name: str, principal: PrincipalDep, settings: SettingsDep,
-                      store: StoreDep) -> FileResponse:
+@router.head(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses=ARTIFACT_RESPONSES,
+    summary="Artifact headers (size, checksum) without the body",
+)
+def download_artifact(
+    job_id: str, name: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep
+) -> FileResponse:
     """One artifact; Range, If-Range (against the sha256 ETag or Last-Modified) and HEAD as in RFC 9110."""
     row = _job(store, job_id, principal)
     directory = _artifact_dir(settings, row)
@@ -186,11 +247,19 @@ def download_artifact(job_id: str, name: str, principal: PrincipalDep, settings:
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
 
 
-@router.get("/{job_id}/checkpoint.tar", response_class=StreamingResponse,
-            responses={**NOT_FOUND, 200: {"content": {"application/x-tar": {}}}})
-def download_checkpoint(job_id: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep) -> Response:
+@router.get(
+    "/{job_id}/checkpoint.tar",
+    response_class=StreamingResponse,
+    responses={**NOT_FOUND, 200: {"content": {"application/x-tar": {}}}},
+)
+def download_checkpoint(
+    job_id: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep
+) -> Response:
     row = _job(store, job_id, principal)
     directory = _artifact_dir(settings, row)
     names = [a["name"] for a in row.artifacts or []]
-    return StreamingResponse(stream_tar(directory, names, row.id), media_type="application/x-tar",
-                             headers={"Content-Disposition": f'attachment; filename="{row.id}.tar"'})
+    return StreamingResponse(
+        stream_tar(directory, names, row.id),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{row.id}.tar"'},
+    )

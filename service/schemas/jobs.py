@@ -24,8 +24,11 @@ class JobCreate(PruneSettings):
     """A job as submitted: the pruning settings shared with the library and the CLI
     (`pruning.spec.PruneSettings`), the model by name, the uploaded files, and the caller's metadata."""
 
-    model: str = Field(min_length=1, max_length=255,
-                       description="a model name under the server's models dir, or a Hub id in its cache")
+    model: str = Field(
+        min_length=1,
+        max_length=255,
+        description="a model name under the server's models dir, or a Hub id in its cache",
+    )
     calibration_file: str = Field(min_length=1, max_length=64, description="id of an uploaded file")
     eval_file: str | None = Field(default=None, max_length=64, description="id of an uploaded held-out file")
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
@@ -33,15 +36,23 @@ class JobCreate(PruneSettings):
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
-        if len(value) > 32 or any(len(k) > 64 or (isinstance(v, str) and len(v) > 512) for k, v in value.items()):
+        if len(value) > 32 or any(
+            len(k) > 64 or (isinstance(v, str) and len(v) > 512) for k, v in value.items()
+        ):
             raise ValueError("metadata holds at most 32 keys of 64 characters with values of 512 characters")
         return value
 
     def to_spec(self, inputs: JobInputs, out_dir: Path, device: Device) -> PruneSpec:
         """The engine's request for this job: its settings, with the server's paths and device."""
         eval_data = Path(inputs.eval_data) if inputs.eval_data is not None else None
-        return PruneSpec(**self.settings_only(), model=inputs.model, data=Path(inputs.data), eval_data=eval_data,
-                         out_dir=out_dir, device=device)
+        return PruneSpec(
+            **self.settings_only(),
+            model=inputs.model,
+            data=Path(inputs.data),
+            eval_data=eval_data,
+            out_dir=out_dir,
+            device=device,
+        )
 
 
 class Progress(BaseModel):

@@ -62,7 +62,8 @@ def llama_probe(tiny_llama: Path, llama_fp32: TinyModel) -> ProbeFactory:
 
     def build(masks: UnitMasks, calibration: torch.Tensor) -> CalibrationProbe:
         objective = make_objective("lm", model, adapter, CPU, masks)
-        return CalibrationProbe(objective, masks, OutputWeights(CheckpointReader(tiny_llama)), calibration,
-                                batch_size=3)
+        return CalibrationProbe(
+            objective, masks, OutputWeights(CheckpointReader(tiny_llama)), calibration, batch_size=3
+        )
 
     return build

@@ -57,7 +57,9 @@ def compact_perplexity(out: Path, calibration_file: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def bonsai_run(tiny_llama: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory) -> BonsaiRun:
+def bonsai_run(
+    tiny_llama: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> BonsaiRun:
     out = tmp_path_factory.mktemp("bonsai") / "out"
     events: list[dict[str, Any]] = []
     report = run(tiny_llama, calibration_file, out, on_event=events.append)
@@ -68,10 +70,26 @@ def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
     report, out, _ = bonsai_run
     _, _, space = llama_fp32
     assert json.loads((out / "pruning_report.json").read_text()) == report
-    assert {"params", "sparsity", "perplexity", "calibration_loss", "stage_s", "total_s", "forward_passes",
-            "forward_tokens", "units", "layers", "method_details", "settings"} <= set(report)
+    assert {
+        "params",
+        "sparsity",
+        "perplexity",
+        "calibration_loss",
+        "stage_s",
+        "total_s",
+        "forward_passes",
+        "forward_tokens",
+        "units",
+        "layers",
+        "method_details",
+        "settings",
+    } <= set(report)
     assert (report["method"], report["precision"], report["device"], report["uniform"]) == (
-        "bonsai", "fp32", "cpu", False)
+        "bonsai",
+        "fp32",
+        "cpu",
+        False,
+    )
     sparsity, params = report["sparsity"], report["params"]
     assert sparsity["target"] == 0.4
     assert sparsity["max_unit_fraction"] == pytest.approx(6144 / float(space.params.sum()))
@@ -80,12 +98,22 @@ def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
     assert params["prunable_before"] == int(space.params.sum())
     assert params["prunable_after"] == int(space.params[keep].sum())
     assert params["prunable_before"] - params["prunable_after"] == pytest.approx(
-        sparsity["achieved"] * params["prunable_before"])
-    assert params["total_before"] - params["total_after"] == params["prunable_before"] - params["prunable_after"]
+        sparsity["achieved"] * params["prunable_before"]
+    )
+    assert (
+        params["total_before"] - params["total_after"] == params["prunable_before"] - params["prunable_after"]
+    )
     ppl = report["perplexity"]
     assert math.isfinite(ppl["before"]) and math.isfinite(ppl["after"]) and ppl["before"] > 1.0
     assert ppl["eval_source"] == "held-out" and ppl["eval_tokens"] == 4 * 32
-    assert set(report["stage_s"]) >= {"load", "data", "evaluate_dense", "scoring", "evaluate_pruned", "export"}
+    assert set(report["stage_s"]) >= {
+        "load",
+        "data",
+        "evaluate_dense",
+        "scoring",
+        "evaluate_pruned",
+        "export",
+    }
     assert all(v >= 0 for v in report["stage_s"].values())
     assert report["forward_tokens"] > 0 and report["forward_passes"] > 0
     # 2 rounds x 16 sub-models on 2 sequences of 32, plus activation passes and evaluations
@@ -98,7 +126,8 @@ def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
     assert len({u["importance"] for u in units}) > 10  # estimated, not constant
     assert len(report["method_details"]["rounds"]) == 2
     assert [(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]] == [
-        (s.num_kv_heads, s.intermediate) for s in space.kept_shapes(keep)]
+        (s.num_kv_heads, s.intermediate) for s in space.kept_shapes(keep)
+    ]
 
 
 def test_events(bonsai_run: BonsaiRun) -> None:
@@ -112,14 +141,18 @@ def test_events(bonsai_run: BonsaiRun) -> None:
     assert metrics == {"perplexity_before", "perplexity_after"}
 
 
-def test_exported_checkpoint_computes_the_reported_perplexity(bonsai_run: BonsaiRun, calibration_file: Path) -> None:
+def test_exported_checkpoint_computes_the_reported_perplexity(
+    bonsai_run: BonsaiRun, calibration_file: Path
+) -> None:
     report, out, _ = bonsai_run
     assert compact_perplexity(out, calibration_file) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
     compact = load_pruned(out)
     assert sum(p.numel() for p in compact.parameters()) == report["params"]["total_after"]
 
 
-def test_same_seed_same_result(bonsai_run: BonsaiRun, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
+def test_same_seed_same_result(
+    bonsai_run: BonsaiRun, tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
     first, _, _ = bonsai_run
     second = run(tiny_llama, calibration_file, tmp_path / "again")
     assert [u["kept"] for u in first["units"]] == [u["kept"] for u in second["units"]]
@@ -131,8 +164,9 @@ def test_same_seed_same_result(bonsai_run: BonsaiRun, tiny_llama: Path, calibrat
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
-def test_every_method(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path, method: str,
-                      uniform: bool) -> None:
+def test_every_method(
+    tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path, method: str, uniform: bool
+) -> None:
     family = "llama"
     out = tmp_path / method
     report = run(tiny_models[family], calibration_file, out, method=method, uniform=uniform)
@@ -154,11 +188,18 @@ def test_every_method(tiny_models: dict[str, Path], calibration_file: Path, tmp_
 
 
 @pytest.mark.parametrize("family", ["qwen3", "mistral"])
-def test_bias_compensation_per_family(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path,
-                                      family: str) -> None:
+def test_bias_compensation_per_family(
+    tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path, family: str
+) -> None:
     events: list[dict[str, Any]] = []
-    report = run(tiny_models[family], calibration_file, tmp_path / "o", on_event=events.append, method="flap",
-                 compensate="bias")
+    report = run(
+        tiny_models[family],
+        calibration_file,
+        tmp_path / "o",
+        on_event=events.append,
+        method="flap",
+        compensate="bias",
+    )
     warnings = [e["message"] for e in events if e["type"] == "warning"]
     if family == "mistral":  # no bias switch in the stock config
         assert report["compensation"] == "none" and warnings and "cannot carry output biases" in warnings[0]
@@ -189,15 +230,18 @@ def test_int8_on_cpu(llama_fp32: TinyModel, tiny_llama: Path, calibration_file: 
     assert report["perplexity"]["after"] == pytest.approx(fp32_ppl, rel=0.1)
 
 
-def test_unsupported_architecture_refused_before_loading(tmp_path: Path, calibration_file: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unsupported_architecture_refused_before_loading(
+    tmp_path: Path, calibration_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model must not be loaded")
 
     monkeypatch.setattr(pruning.stages, "load_model", fail)
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported model types: .*llama"):
+    with pytest.raises(
+        UnsupportedModelError, match="'gpt2' is not supported; supported model types: .*llama"
+    ):
         prune(model=str(tmp_path / "gpt2"), data=calibration_file, sparsity=0.3, out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 

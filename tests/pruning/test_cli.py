@@ -12,37 +12,70 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fwdprune(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pruning", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pruning", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
 
 
 def test_prune_prints_the_summary_table(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = fwdprune("prune", "--model", str(tiny_llama), "--data", str(calibration_file),
-                      "--sparsity", "0.3", "--out", str(out), "--seq-len", "32", "--precision", "fp32",
-                      "--device", "cpu", "--num-samples", "8", "--eval-samples", "4",
-                      "--options", "rounds=2", "--options", "samples_per_round=16",
-                      "--options", "scoring_sequences=2,masks_per_forward=8")
+    result = fwdprune(
+        "prune",
+        "--model",
+        str(tiny_llama),
+        "--data",
+        str(calibration_file),
+        "--sparsity",
+        "0.3",
+        "--out",
+        str(out),
+        "--seq-len",
+        "32",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--num-samples",
+        "8",
+        "--eval-samples",
+        "4",
+        "--options",
+        "rounds=2",
+        "--options",
+        "samples_per_round=16",
+        "--options",
+        "scoring_sequences=2,masks_per_forward=8",
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "[fwdprune] load" in result.stderr and "[fwdprune] done" in result.stderr
     report = json.loads((out / "pruning_report.json").read_text())
-    assert report["settings"]["options"]["rounds"] == 2 and report["settings"]["options"]["masks_per_forward"] == 8
+    assert (
+        report["settings"]["options"]["rounds"] == 2
+        and report["settings"]["options"]["masks_per_forward"] == 8
+    )
     lines = result.stdout.splitlines()
     assert re.match(r"\s+before\s+after\s*$", lines[0])
     rows = {re.split(r"\s{2,}", line.strip())[0]: line.split()[-2:] for line in lines[1:5]}
     params = report["params"]
     assert rows["parameters (total)"] == [f"{params['total_before']:,}", f"{params['total_after']:,}"]
-    assert rows["parameters (prunable)"] == [f"{params['prunable_before']:,}", f"{params['prunable_after']:,}"]
+    assert rows["parameters (prunable)"] == [
+        f"{params['prunable_before']:,}",
+        f"{params['prunable_after']:,}",
+    ]
     ppl = report["perplexity"]
     before, after = (float(x) for x in rows["perplexity (held-out)"])
     assert before == pytest.approx(ppl["before"], abs=1e-3) and after == pytest.approx(ppl["after"], abs=1e-3)
     loss = next(v for k, v in rows.items() if k.startswith("calibration loss"))
     assert float(loss[0]) == pytest.approx(report["calibration_loss"]["before"], abs=1e-4)
-    assert f"sparsity: target 0.300, achieved {report['sparsity']['achieved']:.4f} | method bonsai | fp32 on cpu" \
+    assert (
+        f"sparsity: target 0.300, achieved {report['sparsity']['achieved']:.4f} | method bonsai | fp32 on cpu"
         in lines[5]
-    widths = ", ".join(f"{la['num_key_value_heads']}/{la['num_attention_heads']}/{la['intermediate_size']}"
-                       for la in report["layers"])
+    )
+    widths = ", ".join(
+        f"{la['num_key_value_heads']}/{la['num_attention_heads']}/{la['intermediate_size']}"
+        for la in report["layers"]
+    )
     assert lines[6] == f"kept per layer (kv groups / heads / MLP channels): {widths}"
     assert lines[7] == f"report: {out / 'pruning_report.json'}"
 
@@ -50,8 +83,20 @@ def test_prune_prints_the_summary_table(tiny_llama: Path, calibration_file: Path
 def test_bad_data_exits_2_with_a_clear_error(tiny_llama: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"content": "no text field"}\n')
-    result = fwdprune("prune", "--model", str(tiny_llama), "--data", str(bad), "--sparsity", "0.3",
-                      "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet")
+    result = fwdprune(
+        "prune",
+        "--model",
+        str(tiny_llama),
+        "--data",
+        str(bad),
+        "--sparsity",
+        "0.3",
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.returncode == 2, result.stderr
     assert "error: bad.jsonl line 1: expected an object with a string `text` field" in result.stderr
     assert "Traceback" not in result.stderr
@@ -61,11 +106,32 @@ def test_bad_data_exits_2_with_a_clear_error(tiny_llama: Path, tmp_path: Path) -
 def test_unsupported_model_and_bad_option_exit_2(calibration_file: Path, tmp_path: Path) -> None:
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    result = fwdprune("prune", "--model", str(tmp_path / "gpt2"), "--data", str(calibration_file),
-                      "--sparsity", "0.3", "--out", str(tmp_path / "out"), "--quiet")
+    result = fwdprune(
+        "prune",
+        "--model",
+        str(tmp_path / "gpt2"),
+        "--data",
+        str(calibration_file),
+        "--sparsity",
+        "0.3",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     assert result.returncode == 2 and "error: model_type 'gpt2' is not supported" in result.stderr
     assert "Traceback" not in result.stderr
-    result = fwdprune("prune", "--model", str(tmp_path / "gpt2"), "--data", str(calibration_file),
-                      "--sparsity", "0.3", "--out", str(tmp_path / "out"), "--options", "no_such_option=1")
+    result = fwdprune(
+        "prune",
+        "--model",
+        str(tmp_path / "gpt2"),
+        "--data",
+        str(calibration_file),
+        "--sparsity",
+        "0.3",
+        "--out",
+        str(tmp_path / "out"),
+        "--options",
+        "no_such_option=1",
+    )
     assert result.returncode == 2 and "error: invalid settings" in result.stderr
     assert "no_such_option" in result.stderr and "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,15 +28,24 @@ from pruning.scoring.reconstruction import ridge_reconstruction
 from tests.pruning.conftest import ProbeFactory
 from tests.tiny import TinyModel
 
-SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
+SMALL: dict[str, Any] = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
-def test_ls_refit_exported_exactly(tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path,
-                                   family: str, uniform: bool) -> None:
-    report = prune(model=str(tiny_models[family]), data=calibration_file, sparsity=0.4, out_dir=tmp_path / "o",
-                   method="wanda-sp" if uniform else "flap", uniform=uniform, compensate="ls", **SMALL)
+def test_ls_refit_exported_exactly(
+    tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path, family: str, uniform: bool
+) -> None:
+    report = prune(
+        model=str(tiny_models[family]),
+        data=calibration_file,
+        sparsity=0.4,
+        out_dir=tmp_path / "o",
+        method="wanda-sp" if uniform else "flap",
+        uniform=uniform,
+        compensate="ls",
+        **SMALL,
+    )
     assert report["compensation"] == "ls"
     compact = load_pruned(tmp_path / "o", dtype=torch.float32)
     data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
@@ -59,8 +69,9 @@ def _down_proj_io(model: torch.nn.Module, layer: int, ids: torch.Tensor) -> tupl
     """([n, C] input, [n, out] output) of one layer's down_proj on `ids`, in the model as it is."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     module = model.model.layers[layer].mlp.down_proj  # type: ignore[index,union-attr]
-    handle = module.register_forward_hook(lambda m, a, o: seen.append((a[0].reshape(-1, a[0].shape[-1]),
-                                                                        o.reshape(-1, o.shape[-1]))))
+    handle = module.register_forward_hook(
+        lambda m, a, o: seen.append((a[0].reshape(-1, a[0].shape[-1]), o.reshape(-1, o.shape[-1])))
+    )
     try:
         with torch.no_grad():
             model(ids)
@@ -70,7 +81,8 @@ def _down_proj_io(model: torch.nn.Module, layer: int, ids: torch.Tensor) -> tupl
 
 
 def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(
-        llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor) -> None:
+    llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor
+) -> None:
     model, adapter, space = llama_fp32
     last = space.num_layers - 1
     mlp = space.group_of(last, UnitKind.MLP)
@@ -87,12 +99,17 @@ def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(
     x, _ = _down_proj_io(model, last, calibration)  # [n, C]
     kept = keep[space.slice(mlp)][mlp.channel_unit]  # [C]
     x_kept = x.double()[:, kept]
-    expected = ridge_reconstruction(x_kept.T @ x_kept, x_kept.T @ x.double(), probe.weights.of(mlp), kept, 0.1)
+    expected = ridge_reconstruction(
+        x_kept.T @ x_kept, x_kept.T @ x.double(), probe.weights.of(mlp), kept, 0.1
+    )
     attention = space.group_of(last, UnitKind.ATTN)
     assert set(corrections.refits) == {mlp, attention}  # from the first pruned layer
     refit = corrections.refits[mlp]  # stored for the kept columns only
     assert torch.equal(refit.columns, kept.nonzero().flatten())
-    assert refit.delta.shape == (model.config.hidden_size, int(kept.sum())) and refit.delta.dtype == torch.float32
+    assert (
+        refit.delta.shape == (model.config.hidden_size, int(kept.sum()))
+        and refit.delta.dtype == torch.float32
+    )
     assert torch.allclose(refit.delta.double(), expected[:, kept], rtol=1e-4, atol=1e-6)
     assert torch.all(expected[:, ~kept] == 0)
     # the unpruned attention before it sees no drift: its refit is the identity, up to round-off
@@ -100,7 +117,8 @@ def test_sequential_refit_of_a_last_layer_mlp_is_its_ridge_solution(
 
 
 def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(
-        llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor) -> None:
+    llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor
+) -> None:
     model, adapter, space = llama_fp32
     keep = torch.rand(space.size, generator=torch.Generator().manual_seed(1)) > 0.3  # every layer loses units
     calibration = llama_ids
@@ -124,9 +142,17 @@ def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(
 
 
 def test_bonsai_ls_refit_exported_exactly(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
-    report = prune(model=str(tiny_llama), data=calibration_file, sparsity=0.4, out_dir=tmp_path / "o",
-                   method="bonsai", uniform=False, compensate="ls",
-                   options=dict(rounds=3, samples_per_round=16, scoring_sequences=4), **SMALL)
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        sparsity=0.4,
+        out_dir=tmp_path / "o",
+        method="bonsai",
+        uniform=False,
+        compensate="ls",
+        options=dict(rounds=3, samples_per_round=16, scoring_sequences=4),
+        **SMALL,
+    )
     assert report["compensation"] == "ls" and len(report["method_details"]["rounds"]) == 3
     compact = load_pruned(tmp_path / "o", dtype=torch.float32)
     data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
@@ -137,8 +163,12 @@ def test_bonsai_ls_refit_exported_exactly(tiny_llama: Path, calibration_file: Pa
 
 @pytest.mark.parametrize("gram_bytes", [1 << 30, 1], ids=["one-pass", "pass-per-group"])
 def test_refit_aware_keep_is_structured_obs_on_each_module_s_dense_input(
-        llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor,
-        monkeypatch: pytest.MonkeyPatch, gram_bytes: int) -> None:
+    llama_fp32: TinyModel,
+    llama_probe: ProbeFactory,
+    llama_ids: torch.Tensor,
+    monkeypatch: pytest.MonkeyPatch,
+    gram_bytes: int,
+) -> None:
     monkeypatch.setattr(compensation, "GRAM_BYTES_PER_PASS", gram_bytes)
     model, adapter, space = llama_fp32
     reference = torch.ones(space.size, dtype=torch.bool)
@@ -148,8 +178,9 @@ def test_refit_aware_keep_is_structured_obs_on_each_module_s_dense_input(
     reference[first_attn.offset] = False  # one KV group of the first
     calibration = llama_ids
     masks = UnitMasks(space)
-    refit = LeastSquaresRefit(llama_probe(masks, calibration), adapter, OutputCorrections(masks),
-                              adapter.layers(model), ridge=0.1)
+    refit = LeastSquaresRefit(
+        llama_probe(masks, calibration), adapter, OutputCorrections(masks), adapter.layers(model), ridge=0.1
+    )
     with masks.installed():
         masks.set((torch.rand(space.size) > 0.5).double())  # a mask left over must not leak into the Grams
         keep = refit.refit_aware_keep(reference)
@@ -158,12 +189,15 @@ def test_refit_aware_keep_is_structured_obs_on_each_module_s_dense_input(
     for group in space.groups:  # as many units removed from every group as the reference removes
         assert int((~keep[space.slice(group)]).sum()) == int((~reference[space.slice(group)]).sum())
     inputs: list[torch.Tensor] = []
-    handle = last_mlp.module.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
+    handle = last_mlp.module.register_forward_pre_hook(
+        lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1]))
+    )
     try:
         with torch.no_grad():
             model(calibration)  # the dense model (masks removed with their hooks)
     finally:
         handle.remove()
     x = inputs[0].double()  # [n, C]
-    expected = structured_obs_removals(x.T @ x, last_mlp.module.weight.detach(), last_mlp.channel_unit, 3)
+    weight: torch.Tensor = last_mlp.module.weight  # type: ignore[assignment]
+    expected = structured_obs_removals(x.T @ x, weight.detach(), last_mlp.channel_unit, 3)
     assert sorted((~keep[space.slice(last_mlp)]).nonzero().flatten().tolist()) == sorted(expected.tolist())

@@ -25,7 +25,11 @@ class WordTokenizer:
         ("empty.jsonl", b"", "empty.jsonl is empty"),
         ("blank.txt", b"  \n\n", "blank.txt is empty"),
         ("notext.jsonl", b'{"body": "x"}\n', "line 1: expected an object with a string `text` field"),
-        ("numtext.jsonl", b'{"text": "ok"}\n{"text": 3}\n', "line 2: expected an object with a string `text`"),
+        (
+            "numtext.jsonl",
+            b'{"text": "ok"}\n{"text": 3}\n',
+            "line 2: expected an object with a string `text`",
+        ),
         ("list.jsonl", b'["text"]\n', "line 1: expected an object"),
         ("badjson.jsonl", b'{"text": "a"}\n\n{oops\n', "line 3: not valid JSON"),
         ("latin.txt", "caf\xe9".encode("latin-1"), r"latin.txt is not UTF-8 text \(byte 3"),
@@ -84,7 +88,9 @@ def test_pack_tokens_with_a_real_tokenizer(tiny_llama: Path) -> None:
 def test_too_few_tokens_for_the_request(tmp_path: Path) -> None:
     path = tmp_path / "small.txt"
     path.write_text("a b c d e f g h i j", encoding="utf-8")  # 10 words + EOS = 11 tokens
-    with pytest.raises(DataError, match=r"gives 2 sequences of 4 tokens; 3 are needed \(2 calibration \+ 1 held"):
+    with pytest.raises(
+        DataError, match=r"gives 2 sequences of 4 tokens; 3 are needed \(2 calibration \+ 1 held"
+    ):
         load_calibration(WordTokenizer(), path, seq_len=4, num_samples=2, eval_samples=1)
     data = load_calibration(WordTokenizer(), path, seq_len=4, num_samples=1, eval_samples=1)
     assert data.calibration.shape == (1, 4) and data.evaluation.shape == (1, 4)

@@ -69,8 +69,9 @@ def num_params(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
-def test_compact_model_matches_masked_model(tiny_models: dict[str, Path], tmp_path: Path, family: str,
-                                            uniform: bool) -> None:
+def test_compact_model_matches_masked_model(
+    tiny_models: dict[str, Path], tmp_path: Path, family: str, uniform: bool
+) -> None:
     source = tiny_models[family]
     loaded = load_model(source, "fp32", CPU)
     adapter = adapter_for(loaded.model.config.model_type)
@@ -88,8 +89,9 @@ def test_compact_model_matches_masked_model(tiny_models: dict[str, Path], tmp_pa
     with torch.no_grad(), masks.installed():
         masks.set(keep.double())
         expected = loaded.model(ids).logits
-        expected_tokens = loaded.model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True,
-                                                pad_token_id=0)
+        expected_tokens = loaded.model.generate(
+            prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0
+        )
     assert not torch.allclose(expected, loaded.model(ids).logits, atol=1e-3)  # the masks matter
 
     out = tmp_path / "out"
@@ -100,22 +102,29 @@ def test_compact_model_matches_masked_model(tiny_models: dict[str, Path], tmp_pa
     if uniform:
         assert "auto_map" not in written and "fwdprune_layers" not in written
         assert not (out / "modeling_fwdprune.py").exists()
-        assert (written["num_attention_heads"], written["num_key_value_heads"], written["intermediate_size"]) == (
-            shapes[0].num_heads, shapes[0].num_kv_heads, shapes[0].intermediate)
+        assert (
+            written["num_attention_heads"],
+            written["num_key_value_heads"],
+            written["intermediate_size"],
+        ) == (shapes[0].num_heads, shapes[0].num_kv_heads, shapes[0].intermediate)
         compacts = [AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)]
     else:
         assert (out / "modeling_fwdprune.py").is_file()
         assert written["fwdprune_layers"][0]["num_key_value_heads"] == 0
         assert written["fwdprune_layers"][1]["intermediate_size"] == 0
-        compacts = [AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True),
-                    pruning.load_pruned(out, dtype=torch.float32)]
+        compacts = [
+            AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True),
+            pruning.load_pruned(out, dtype=torch.float32),
+        ]
     for compact in compacts:
         assert compact.dtype == torch.float32
         with torch.no_grad():
             logits = compact(ids).logits
             assert logits.shape == expected.shape
             assert torch.allclose(logits, expected, atol=1e-5, rtol=0), (logits - expected).abs().max()
-            tokens = compact.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+            tokens = compact.generate(
+                prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0
+            )
         assert tokens.shape == (1, 14)
         assert torch.equal(tokens, expected_tokens)
 
@@ -139,15 +148,21 @@ def test_compact_model_matches_masked_model(tiny_models: dict[str, Path], tmp_pa
     assert not (out / "pruning_report.json").exists()
 
 
-def test_uniform_export_refuses_unequal_widths(llama_fp32: TinyModel, tiny_llama: Path, tmp_path: Path) -> None:
+def test_uniform_export_refuses_unequal_widths(
+    llama_fp32: TinyModel, tiny_llama: Path, tmp_path: Path
+) -> None:
     _, adapter, space = llama_fp32
     with pytest.raises(ValueError, match="equal widths"):
         export_pruned(tiny_llama, tmp_path / "x", adapter, space, global_keep(space), True)
 
 
-def test_export_with_nothing_removed_is_the_original(llama_fp32: TinyModel, tiny_llama: Path, tmp_path: Path) -> None:
+def test_export_with_nothing_removed_is_the_original(
+    llama_fp32: TinyModel, tiny_llama: Path, tmp_path: Path
+) -> None:
     model, adapter, space = llama_fp32
-    export_pruned(tiny_llama, tmp_path / "same", adapter, space, torch.ones(space.size, dtype=torch.bool), True)
+    export_pruned(
+        tiny_llama, tmp_path / "same", adapter, space, torch.ones(space.size, dtype=torch.bool), True
+    )
     compact = AutoModelForCausalLM.from_pretrained(tmp_path / "same", dtype=torch.float32)
     ids = torch.randint(1, 320, (1, 12), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -173,8 +188,9 @@ def _export_heap_growth(src: Path, out: Path) -> int:
 def test_export_holds_about_half_a_shard_not_the_whole_shard(tmp_path: Path) -> None:
     # two ~50 MB shards, half the units go: reading a whole shard before slicing grew the heap by ~0.9 of
     # a shard (the read copies + the sliced copies); slicing each tensor as it is read, by ~0.5
-    src = make_tiny_causal_lm(tmp_path / "m", "llama", hidden_size=512, intermediate_size=4096, layers=4,
-                              max_shard_size="60MB")
+    src = make_tiny_causal_lm(
+        tmp_path / "m", "llama", hidden_size=512, intermediate_size=4096, layers=4, max_shard_size="60MB"
+    )
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         grown = pool.apply(_export_heap_growth, (src, tmp_path / "o"))
     largest_shard = max(path.stat().st_size for path in src.glob("*.safetensors"))

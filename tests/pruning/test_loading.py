@@ -46,7 +46,9 @@ def test_read_model_type(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModelError, match="not valid JSON"):
         read_model_type(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported model types: .*llama"):
+    with pytest.raises(
+        UnsupportedModelError, match="'gpt2' is not supported; supported model types: .*llama"
+    ):
         read_model_type(tmp_path)
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported") as info:
         adapter_for("gpt2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,10 +26,22 @@ def shared_files() -> None:
 def test_bonsai_beats_random_at_20_percent(shared_files: None, tmp_path: Path) -> None:
     from pruning import prune
 
-    common = dict(model=str(PYCODER), data=CALIB, eval_data=DEV, sparsity=0.2, precision="fp32", device="cpu",
-                  seq_len=128, num_samples=16, eval_samples=8)
-    bonsai = prune(**common, out_dir=tmp_path / "bonsai",
-                   options=dict(rounds=2, samples_per_round=32, scoring_sequences=2, masks_per_forward=16))
+    common: dict[str, Any] = dict(
+        model=str(PYCODER),
+        data=CALIB,
+        eval_data=DEV,
+        sparsity=0.2,
+        precision="fp32",
+        device="cpu",
+        seq_len=128,
+        num_samples=16,
+        eval_samples=8,
+    )
+    bonsai = prune(
+        **common,
+        out_dir=tmp_path / "bonsai",
+        options=dict(rounds=2, samples_per_round=32, scoring_sequences=2, masks_per_forward=16),
+    )
     random = prune(**common, out_dir=tmp_path / "random", method="random")
     for report in (bonsai, random):
         ppl = report["perplexity"]

@@ -60,8 +60,9 @@ SCORE = torch.tensor([5, 1, 3, 2, 9, 8, 7, 6, 1, 5, 4, 2, 9, 6, 7, 8], dtype=F64
 def test_select_uniform_same_count_per_layer_lowest_first() -> None:
     # two layers, each 4 attention units (4 params each) and 4 MLP units (1 param each)
     alive = torch.ones(16, dtype=torch.bool)
-    remove = select_uniform(SCORE, PARAMS, alive, LAYER, KIND, budget=16.0,
-                            allowed_counts={ATTN: [1, 2, 4], MLP: [1, 2, 3, 4]})
+    remove = select_uniform(
+        SCORE, PARAMS, alive, LAYER, KIND, budget=16.0, allowed_counts={ATTN: [1, 2, 4], MLP: [1, 2, 3, 4]}
+    )
     # attention: 4 -> 2 per layer (the next allowed count), each layer losing its two lowest
     assert remove[:4].tolist() == [False, True, False, True]
     assert remove[8:12].tolist() == [True, False, False, True]
@@ -98,8 +99,9 @@ def test_select_uniform_takes_the_cheaper_kind_first() -> None:
     alive = torch.ones(16, dtype=torch.bool)
     score = SCORE.clone()
     score[KIND == MLP] = 0.0  # MLP units are worthless
-    remove = select_uniform(score, PARAMS, alive, LAYER, KIND, budget=2.0,
-                            allowed_counts={ATTN: [1, 2, 4], MLP: [1, 2, 3, 4]})
+    remove = select_uniform(
+        score, PARAMS, alive, LAYER, KIND, budget=2.0, allowed_counts={ATTN: [1, 2, 4], MLP: [1, 2, 3, 4]}
+    )
     assert int(remove[KIND == ATTN].sum()) == 0
     assert [int(remove[(lay == LAYER) & (KIND == MLP)].sum()) for lay in (0, 1)] == [1, 1]
 
@@ -119,7 +121,9 @@ def test_select_per_kind_takes_the_same_fraction_of_each_kind(llama_fp32: TinyMo
     removed_attn = float(space.params[remove & attn].sum()) / float(space.params[attn].sum())
     removed_mlp = float(space.params[remove & mlp].sum()) / float(space.params[mlp].sum())
     assert removed_attn == pytest.approx(0.5)  # 1 of 2 KV groups in each layer, or half of all of them
-    assert removed_mlp == pytest.approx(0.5, abs=float(space.params[mlp].max()) / float(space.params[mlp].sum()))
+    assert removed_mlp == pytest.approx(
+        0.5, abs=float(space.params[mlp].max()) / float(space.params[mlp].sum())
+    )
     if not uniform:  # one ranking per kind across layers: every removed unit scores below every kept one
         for kind in (attn, mlp):
             assert float(score[remove & kind].max()) < float(score[~remove & kind].min())
@@ -132,7 +136,14 @@ def test_attention_ratio_sets_attention_s_share_and_mlp_makes_up_the_budget(llam
     total = float(space.params.sum())
     attn, mlp = space.kind == ATTN, space.kind == MLP
     selector = _selector(space, uniform=False)
-    for ratio, attention in [(0.0, 0.0), (2.0, 0.5)]:  # 25% overall: no attention, then twice the overall fraction
+    for ratio, attention in [
+        (0.0, 0.0),
+        (2.0, 0.5),
+    ]:  # 25% overall: no attention, then twice the overall fraction
         remove = selector.select_per_kind(score, alive, 0.25 * total, attention_ratio=ratio)
-        assert float(space.params[remove & attn].sum()) / float(space.params[attn].sum()) == pytest.approx(attention)
-        assert float(space.params[remove].sum()) == pytest.approx(0.25 * total, abs=float(space.params[mlp].max()))
+        assert float(space.params[remove & attn].sum()) / float(space.params[attn].sum()) == pytest.approx(
+            attention
+        )
+        assert float(space.params[remove].sum()) == pytest.approx(
+            0.25 * total, abs=float(space.params[mlp].max())
+        )

@@ -15,7 +15,9 @@ CPU = torch.device("cpu")
 # tiny models: hidden 64, head_dim 16, 4 query heads, intermediate 96, 2 layers
 
 
-@pytest.mark.parametrize(("intermediate", "block"), [(11008, 128), (4096, 128), (96, 2), (64, 2), (63, 1), (8, 1)])
+@pytest.mark.parametrize(
+    ("intermediate", "block"), [(11008, 128), (4096, 128), (96, 2), (64, 2), (63, 1), (8, 1)]
+)
 def test_default_mlp_block(intermediate: int, block: int) -> None:
     assert default_mlp_block(intermediate) == block
 
@@ -29,10 +31,17 @@ def test_unit_space_of_tiny_gqa_llama(llama_fp32: TinyModel) -> None:
     assert space.mlp_block == 2 and space.head_dim == 16 and space.group_size == [2, 2]
     assert space.size == 2 * (2 + 48)
     assert [(g.layer, g.kind, g.count, g.offset) for g in space.groups] == [
-        (0, UnitKind.ATTN, 2, 0), (0, UnitKind.MLP, 48, 2), (1, UnitKind.ATTN, 2, 50), (1, UnitKind.MLP, 48, 52)]
+        (0, UnitKind.ATTN, 2, 0),
+        (0, UnitKind.MLP, 48, 2),
+        (1, UnitKind.ATTN, 2, 50),
+        (1, UnitKind.MLP, 48, 52),
+    ]
     assert [g.name for g in space.groups] == [
-        "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj",
-        "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
+        "model.layers.0.self_attn.o_proj",
+        "model.layers.0.mlp.down_proj",
+        "model.layers.1.self_attn.o_proj",
+        "model.layers.1.mlp.down_proj",
+    ]
     attn = space.group_of(0, UnitKind.ATTN)
     assert attn.module is model.model.layers[0].self_attn.o_proj
     assert space.group_of(1, UnitKind.MLP).module is model.model.layers[1].mlp.down_proj

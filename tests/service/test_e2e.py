@@ -93,7 +93,9 @@ def test_upload_submit_poll_download(server: Server, calibration: Path, tmp_path
             tar.extractall(tmp_path / "tar", filter="data")
         unpacked = tmp_path / "tar" / job["id"]
         for artifact in artifacts:
-            assert hashlib.sha256((unpacked / artifact["name"]).read_bytes()).hexdigest() == artifact["sha256"]
+            assert (
+                hashlib.sha256((unpacked / artifact["name"]).read_bytes()).hexdigest() == artifact["sha256"]
+            )
 
         # the client resumes a partial file with Range and verifies the checksum
         resumed = tmp_path / "resumed"
@@ -173,7 +175,9 @@ def test_queued_cancel_idempotency_and_listing(server: Server, calibration: Path
         assert other_client.get(f"/v1/jobs/{second['id']}").status_code == 404
         assert other_client.post(f"/v1/jobs/{second['id']}/cancel").status_code == 404
     with server.client(ADMIN) as admin:
-        assert any(j["id"] == second["id"] for j in admin.get("/v1/jobs", params={"all": True}).json()["data"])
+        assert any(
+            j["id"] == second["id"] for j in admin.get("/v1/jobs", params={"all": True}).json()["data"]
+        )
 
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'fwdprune_jobs{status="cancelled"}' in metrics and "fwdprune_queue_depth" in metrics
@@ -183,17 +187,40 @@ def test_cli_client_commands(server: Server, calibration: Path, tmp_path: Path) 
     env = {**os.environ, "FWDPRUNE_URL": server.url, "FWDPRUNE_TOKEN": KEY_A}
 
     def cli(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=180)
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
     import json
 
-    out = cli("submit", "--model", "tiny-llama", "--data", str(calibration), "--sparsity", "0.3",
-              "--seq-len", str(QUICK["seq_len"]), "--num-samples", str(QUICK["num_samples"]),
-              "--eval-samples", str(QUICK["eval_samples"]), "--precision", "fp32",
-              "--options", json.dumps(QUICK["options"]), "--download", str(tmp_path / "ckpt"))
+    out = cli(
+        "submit",
+        "--model",
+        "tiny-llama",
+        "--data",
+        str(calibration),
+        "--sparsity",
+        "0.3",
+        "--seq-len",
+        str(QUICK["seq_len"]),
+        "--num-samples",
+        str(QUICK["num_samples"]),
+        "--eval-samples",
+        str(QUICK["eval_samples"]),
+        "--precision",
+        "fp32",
+        "--options",
+        json.dumps(QUICK["options"]),
+        "--download",
+        str(tmp_path / "ckpt"),
+    )
     job_id = out.splitlines()[0]
     assert (tmp_path / "ckpt" / "config.json").is_file()
     assert json.loads(cli("status", job_id))["status"] == "succeeded"

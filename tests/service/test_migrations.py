@@ -10,26 +10,53 @@ from alembic import command
 from service.db import alembic_config, make_engine
 from service.store import Store
 
-OLD_REQUEST = {"model": "tiny-llama", "calibration_file": "file_1", "eval_file": None, "target_sparsity": 0.3,
-               "method": "bonsai", "precision": "auto", "uniform": False, "seed": 0, "seq_len": None,
-               "num_samples": 16, "eval_samples": None, "options": {"rounds": 2}, "metadata": {}}
+OLD_REQUEST = {
+    "model": "tiny-llama",
+    "calibration_file": "file_1",
+    "eval_file": None,
+    "target_sparsity": 0.3,
+    "method": "bonsai",
+    "precision": "auto",
+    "uniform": False,
+    "seed": 0,
+    "seq_len": None,
+    "num_samples": 16,
+    "eval_samples": None,
+    "options": {"rounds": 2},
+    "metadata": {},
+}
 
 
 def test_0002_renames_target_sparsity_and_drops_unset_lengths(db_url: str) -> None:
     command.upgrade(alembic_config(db_url), "0001")
     engine = make_engine(db_url)
-    jobs = sa.table("jobs", *(sa.column(c) for c in ("id", "owner", "status", "request_hash", "created_at")),
-                    *(sa.column(c, sa.JSON) for c in ("request", "resolved", "metadata", "progress")))
+    jobs = sa.table(
+        "jobs",
+        *(sa.column(c) for c in ("id", "owner", "status", "request_hash", "created_at")),
+        *(sa.column(c, sa.JSON) for c in ("request", "resolved", "metadata", "progress")),
+    )
     with engine.begin() as conn:
-        conn.execute(sa.insert(jobs).values(id="job_1", owner="alice", status="succeeded", request=OLD_REQUEST,
-                                            resolved={}, request_hash="h", metadata={}, created_at=time.time(),
-                                            progress={}))
+        conn.execute(
+            sa.insert(jobs).values(
+                id="job_1",
+                owner="alice",
+                status="succeeded",
+                request=OLD_REQUEST,
+                resolved={},
+                request_hash="h",
+                metadata={},
+                created_at=time.time(),
+                progress={},
+            )
+        )
     engine.dispose()
     store = Store(db_url)  # migrates to head
     try:
         job = store.get_job("job_1")
         assert job is not None
-        expected = {k: v for k, v in OLD_REQUEST.items() if k not in ("target_sparsity", "seq_len", "eval_samples")}
+        expected = {
+            k: v for k, v in OLD_REQUEST.items() if k not in ("target_sparsity", "seq_len", "eval_samples")
+        }
         assert job.request == {**expected, "sparsity": 0.3}
         from service.schemas.jobs import JobCreate
 

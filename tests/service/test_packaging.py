@@ -11,8 +11,16 @@ import pytest
 
 from tests.service.conftest import REPO
 
-ENGINE = {"torch", "transformers", "bitsandbytes", "accelerate", "safetensors", "tokenizers", "numpy",
-          "psutil"}
+ENGINE = {
+    "torch",
+    "transformers",
+    "bitsandbytes",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+    "psutil",
+}
 
 # Run in a fresh interpreter: a meta-path finder makes every engine package look uninstalled.
 BLOCKED_IMPORTS = """
@@ -31,7 +39,9 @@ class EngineBlocker(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, EngineBlocker())
 """
 
-WITHOUT_ENGINE = BLOCKED_IMPORTS + """
+WITHOUT_ENGINE = (
+    BLOCKED_IMPORTS
+    + """
 import contextlib, io, runpy
 from fastapi.testclient import TestClient
 from service.client import Client
@@ -59,16 +69,21 @@ assert args.command == "submit" and args.model == "m"
 loaded = sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED)
 assert not loaded, loaded
 """
+)
 
 
 def _python(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_api_client_and_cli_without_engine(models_dir: Path, calibration: Path, tmp_path: Path) -> None:
-    script = WITHOUT_ENGINE.replace("DATA_DIR", repr(str(tmp_path / "data"))).replace(
-        "MODELS_DIR", repr(str(models_dir))).replace("CALIBRATION", repr(str(calibration)))
+    script = (
+        WITHOUT_ENGINE.replace("DATA_DIR", repr(str(tmp_path / "data")))
+        .replace("MODELS_DIR", repr(str(models_dir)))
+        .replace("CALIBRATION", repr(str(calibration)))
+    )
     result = _python(script, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -10,17 +10,37 @@ from service.store import IdempotencyConflict, Store
 
 
 def _job(job_id: str, owner: str = "alice", key: str | None = None, digest: str = "h1") -> JobRow:
-    return JobRow(id=job_id, owner=owner, status="queued", request={"calibration_file": "file_1"}, resolved={},
-                  request_hash=digest, idempotency_key=key, metadata_={}, created_at=time.time(), progress={},
-                  attempts=0, computing=False)
+    return JobRow(
+        id=job_id,
+        owner=owner,
+        status="queued",
+        request={"calibration_file": "file_1"},
+        resolved={},
+        request_hash=digest,
+        idempotency_key=key,
+        metadata_={},
+        created_at=time.time(),
+        progress={},
+        attempts=0,
+        computing=False,
+    )
 
 
 def test_files_jobs_and_ownership(db_url: str) -> None:
     store = Store(db_url)
     Store(db_url).close()  # migrating twice is a no-op
     try:
-        store.add_file(FileRow(id="file_1", owner="alice", filename="a.txt", bytes=3, sha256="x" * 64,
-                               path="/tmp/a", created_at=time.time()))
+        store.add_file(
+            FileRow(
+                id="file_1",
+                owner="alice",
+                filename="a.txt",
+                bytes=3,
+                sha256="x" * 64,
+                path="/tmp/a",
+                created_at=time.time(),
+            )
+        )
         assert store.get_file("file_1", "bob") is None and store.get_file("file_1", "alice") is not None
         for i in range(3):
             store.create_job(_job(f"job_{i}"))
@@ -86,13 +106,18 @@ def test_cancel_progress_and_reaping(db_url: str) -> None:
         store.request_cancel("job_3")  # queued: cancelled at once
         assert store.get_job("job_3").status == "cancelled"  # type: ignore[union-attr]
         now = time.time()
-        store.heartbeat(WorkerRow(id="dead", hostname="h", pid=1, slots=3, started_at=now - 100,
-                                  heartbeat_at=now - 100, info={}))
+        store.heartbeat(
+            WorkerRow(
+                id="dead", hostname="h", pid=1, slots=3, started_at=now - 100, heartbeat_at=now - 100, info={}
+            )
+        )
         for _ in range(3):
             store.claim_job("dead")
         store.record_event("job_0", {"type": "stage", "stage": "scoring"})
-        store.record_event("job_0", {"type": "progress", "stage": "scoring", "round": 1, "rounds": 2,
-                                     "fraction": 0.5, "eta_s": 3.0})
+        store.record_event(
+            "job_0",
+            {"type": "progress", "stage": "scoring", "round": 1, "rounds": 2, "fraction": 0.5, "eta_s": 3.0},
+        )
         assert store.get_job("job_0").progress["fraction"] == 0.5  # type: ignore[union-attr]
         store.request_cancel("job_2")  # running: the worker must stop it
         assert store.get_job("job_2").status == "cancelling"  # type: ignore[union-attr]

@@ -22,7 +22,8 @@ def test_stream_tar_round_trip(tmp_path: Path) -> None:
     data = b"".join(stream_tar(tmp_path, sorted(files), "ckpt"))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == {  # type: ignore[union-attr]
-            f"ckpt/{name}": content for name, content in files.items()}
+            f"ckpt/{name}": content for name, content in files.items()
+        }
 
 
 def test_model_refs(tmp_path: Path) -> None:
@@ -44,11 +45,26 @@ def test_progress_events_are_throttled(db_url: str) -> None:
     from service.store import Store
 
     store = Store(db_url)
-    store.create_job(JobRow(id="job_t", owner="o", status="queued", request={}, resolved={}, request_hash="h",
-                            metadata_={}, created_at=time.time(), progress={}, attempts=0, computing=False))
+    store.create_job(
+        JobRow(
+            id="job_t",
+            owner="o",
+            status="queued",
+            request={},
+            resolved={},
+            request_hash="h",
+            metadata_={},
+            created_at=time.time(),
+            progress={},
+            attempts=0,
+            computing=False,
+        )
+    )
     sink = JobEvents(store, "job_t", min_interval_s=60)
     for i in range(1, 101):
-        sink({"type": "progress", "stage": "scoring", "round": 1, "rounds": 1, "fraction": i / 100, "eta_s": 1})
+        sink(
+            {"type": "progress", "stage": "scoring", "round": 1, "rounds": 1, "fraction": i / 100, "eta_s": 1}
+        )
     sink({"type": "metric", "name": "perplexity_after", "value": 3.0})
     kinds = [(e.type, e.data.get("fraction")) for e in store.events("job_t", 0, 1000)]
     assert kinds == [("status", None), ("progress", 0.01), ("progress", 1.0), ("metric", None)]
@@ -82,12 +98,26 @@ def test_gpu_info_shape(monkeypatch: pytest.MonkeyPatch) -> None:
 
     memory = types.SimpleNamespace(used=3 << 30, total=80 << 30)
     fake = types.SimpleNamespace(
-        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 2,
-        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetMemoryInfo=lambda h: memory,
-        nvmlDeviceGetUUID=lambda h: f"GPU-{h}", nvmlDeviceGetName=lambda h: b"NVIDIA H100")
+        NVMLError=NVMLError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=lambda h: memory,
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}",
+        nvmlDeviceGetName=lambda h: b"NVIDIA H100",
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    assert gpu_info() == [{"index": i, "uuid": f"GPU-{i}", "name": "NVIDIA H100",
-                           "memory_used_bytes": 3 << 30, "memory_total_bytes": 80 << 30} for i in range(2)]
+    assert gpu_info() == [
+        {
+            "index": i,
+            "uuid": f"GPU-{i}",
+            "name": "NVIDIA H100",
+            "memory_used_bytes": 3 << 30,
+            "memory_total_bytes": 80 << 30,
+        }
+        for i in range(2)
+    ]
 
 
 class _FinishedJobs:

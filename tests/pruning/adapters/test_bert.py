@@ -49,7 +49,10 @@ def test_compact_encoder_matches_masked(tiny_bert: Path, tmp_path: Path, uniform
     export_pruned(tiny_bert, tmp_path / "out", adapter, space, keep, uniform)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_fwdprune.FwdPrunedBertModel"
-    for compact in (load_pruned(tmp_path / "out"), AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True)):
+    for compact in (
+        load_pruned(tmp_path / "out"),
+        AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True),
+    ):
         with torch.no_grad():
             assert torch.allclose(compact(ids).last_hidden_state, expected, atol=1e-5)
 
@@ -57,9 +60,18 @@ def test_compact_encoder_matches_masked(tiny_bert: Path, tmp_path: Path, uniform
 def test_distill_prune_reports_embedding_cosine(tiny_bert: Path, tmp_path: Path) -> None:
     data = tmp_path / "text.txt"
     data.write_text("\n".join(f"def f{i}(a, b):\n    return a + b * {i}\n" for i in range(200)))
-    report = prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "out", seq_len=16,
-                   num_samples=8, eval_samples=4, precision="fp32", device="cpu",
-                   options=dict(rounds=2, samples_per_round=16, scoring_sequences=2))
+    report = prune(
+        model=str(tiny_bert),
+        data=data,
+        sparsity=0.3,
+        out_dir=tmp_path / "out",
+        seq_len=16,
+        num_samples=8,
+        eval_samples=4,
+        precision="fp32",
+        device="cpu",
+        options=dict(rounds=2, samples_per_round=16, scoring_sequences=2),
+    )
     cosine = report["embedding_cosine"]
     assert cosine["before"] == pytest.approx(1.0, abs=1e-6)
     assert 0.0 < cosine["after"] < 1.0
@@ -71,8 +83,17 @@ def test_encoders_have_no_next_token_loss(tiny_bert: Path, tmp_path: Path) -> No
     data = tmp_path / "text.txt"
     data.write_text("def f(a, b):\n    return a + b\n" * 100)
     with pytest.raises(UsageError, match="no next-token loss"):
-        prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "o", seq_len=16,
-              num_samples=4, eval_samples=2, objective="lm", device="cpu")
+        prune(
+            model=str(tiny_bert),
+            data=data,
+            sparsity=0.3,
+            out_dir=tmp_path / "o",
+            seq_len=16,
+            num_samples=4,
+            eval_samples=2,
+            objective="lm",
+            device="cpu",
+        )
 
 
 def test_ls_refit_encoder_exported_exactly(tiny_bert: Path, tmp_path: Path) -> None:
@@ -82,14 +103,28 @@ def test_ls_refit_encoder_exported_exactly(tiny_bert: Path, tmp_path: Path) -> N
 
     data = tmp_path / "text.txt"
     data.write_text("\n".join(f"def f{i}(a, b):\n    return a + b * {i}\n" for i in range(400)))
-    report = prune(model=str(tiny_bert), data=data, sparsity=0.3, out_dir=tmp_path / "out", seq_len=16,
-                   num_samples=48, eval_samples=4, precision="fp32", device="cpu", uniform=False, compensate="ls",
-                   options=dict(rounds=2, samples_per_round=16, scoring_sequences=2))
+    report = prune(
+        model=str(tiny_bert),
+        data=data,
+        sparsity=0.3,
+        out_dir=tmp_path / "out",
+        seq_len=16,
+        num_samples=48,
+        eval_samples=4,
+        precision="fp32",
+        device="cpu",
+        uniform=False,
+        compensate="ls",
+        options=dict(rounds=2, samples_per_round=16, scoring_sequences=2),
+    )
     assert report["compensation"] == "ls"
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     ids = load_calibration(tokenizer, data, 16, 48, 4, wrap=True).evaluation  # the report's held-out ids
     dense = AutoModel.from_pretrained(tiny_bert)
     with torch.no_grad():
-        cosine = torch.nn.functional.cosine_similarity(load_pruned(tmp_path / "out")(ids).last_hidden_state.mean(1),
-                                                       dense(ids).last_hidden_state.mean(1), dim=-1)
+        cosine = torch.nn.functional.cosine_similarity(
+            load_pruned(tmp_path / "out")(ids).last_hidden_state.mean(1),
+            dense(ids).last_hidden_state.mean(1),
+            dim=-1,
+        )
     assert float(cosine.mean()) == pytest.approx(report["embedding_cosine"]["after"], abs=1e-5)

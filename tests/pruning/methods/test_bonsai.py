@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,17 +15,27 @@ from pruning.methods.bonsai import attention_fractions, held_out_split, removed_
 from pruning.report import removed_fraction
 from pruning.units import UnitGroup, UnitSpace
 
-SMALL = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4)
-OPTIONS = dict(rounds=3, samples_per_round=16, scoring_sequences=4)
+SMALL: dict[str, Any] = dict(
+    seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4
+)
+OPTIONS: dict[str, Any] = dict(rounds=3, samples_per_round=16, scoring_sequences=4)
 
 
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
-def test_proportional_split_takes_the_same_fraction_of_each_kind(tiny_llama: Path, calibration_file: Path,
-                                                                  tmp_path: Path, uniform: bool) -> None:
-    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", uniform=uniform,
-                   options={**OPTIONS, "kind_split": "proportional"}, **SMALL)
+def test_proportional_split_takes_the_same_fraction_of_each_kind(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, uniform: bool
+) -> None:
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        uniform=uniform,
+        options={**OPTIONS, "kind_split": "proportional"},
+        **SMALL,
+    )
     attention_unit = max(u["params"] for u in report["units"] if u["kind"] == "attn") / sum(
-        u["params"] for u in report["units"] if u["kind"] == "attn")
+        u["params"] for u in report["units"] if u["kind"] == "attn"
+    )
     assert len(report["method_details"]["rounds"]) == 3
     assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
     # KV groups are large units: attention lands within one of them of the target, MLP makes up the rest
@@ -32,10 +43,17 @@ def test_proportional_split_takes_the_same_fraction_of_each_kind(tiny_llama: Pat
     assert removed_fraction(report["units"], "mlp") == pytest.approx(0.4, abs=attention_unit)
 
 
-def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: Path, calibration_file: Path,
-                                                                    tmp_path: Path) -> None:
-    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate="ls",
-                   options={**OPTIONS, "kind_split": "search", "split_candidates": 3}, **SMALL)
+def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        compensate="ls",
+        options={**OPTIONS, "kind_split": "search", "split_candidates": 3},
+        **SMALL,
+    )
     candidates = report["method_details"]["split_search"]
     # the rounds' own split, attention fractions 0 .. highest, the activation prior's pick, then (ls
     # follows) the best of those with the same units per module chosen for the refit
@@ -55,11 +73,21 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(tiny_llama: 
     assert report["method_details"]["split_search_s"] > 0
 
 
-def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Path, calibration_file: Path,
-                                                                   tmp_path: Path) -> None:
-    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate="ls",
-                   uniform=True, options={**OPTIONS, "kind_split": "search", "split_candidates": 3}, **SMALL)
-    assert len({(layer["num_key_value_heads"], layer["intermediate_size"]) for layer in report["layers"]}) == 1
+def test_split_search_with_uniform_widths_keeps_every_layer_alike(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        compensate="ls",
+        uniform=True,
+        options={**OPTIONS, "kind_split": "search", "split_candidates": 3},
+        **SMALL,
+    )
+    assert (
+        len({(layer["num_key_value_heads"], layer["intermediate_size"]) for layer in report["layers"]}) == 1
+    )
     candidates = report["method_details"]["split_search"]
     best = min(candidates, key=lambda c: c["held_out_loss"])
     assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
@@ -68,21 +96,35 @@ def test_split_search_with_uniform_widths_keeps_every_layer_alike(tiny_llama: Pa
 
 @pytest.mark.parametrize(("compensate", "refit_aware"), [("none", True), ("ls", False)])
 def test_split_search_has_no_refit_aware_candidate_without_a_refit_or_when_off(
-        tiny_llama: Path, calibration_file: Path, tmp_path: Path, compensate: str, refit_aware: bool) -> None:
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, compensate: str, refit_aware: bool
+) -> None:
     options = {**OPTIONS, "kind_split": "search", "split_candidates": 3, "refit_aware": refit_aware}
-    report = prune(model=str(tiny_llama), data=calibration_file, out_dir=tmp_path / "o", compensate=compensate,
-                   options=options, **SMALL)
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        compensate=compensate,
+        options=options,
+        **SMALL,
+    )
     rankings = [c["ranking"] for c in report["method_details"]["split_search"]]
     assert rankings == ["rounds"] + ["importance"] * 3 + ["prior, layer-uniform"]
 
 
 def two_kind_space() -> UnitSpace:
     """One layer: 2 attention units of 100 weights each, 4 MLP units of 50 (600 weights in all)."""
+
     def group(kind: UnitKind, params: list[float]) -> UnitGroup:
         count = len(params)
         return UnitGroup(0, kind, nn.Linear(count, 1), torch.arange(count), torch.tensor(params))
-    return UnitSpace([group(UnitKind.ATTN, [100.0, 100.0]), group(UnitKind.MLP, [50.0] * 4)], num_layers=1, head_dim=1,
-                     group_size=[1], mlp_block=1)
+
+    return UnitSpace(
+        [group(UnitKind.ATTN, [100.0, 100.0]), group(UnitKind.MLP, [50.0] * 4)],
+        num_layers=1,
+        head_dim=1,
+        group_size=[1],
+        mlp_block=1,
+    )
 
 
 def test_held_out_split_holds_out_the_last_quarter() -> None:

@@ -4,8 +4,9 @@ from pruning.scoring.flap import compensation_bias, fluctuation_scores, standard
 
 
 def test_fluctuation_scores_weight_variance_by_squared_column_norm() -> None:
-    scores = fluctuation_scores(torch.tensor([1.0, 0.5, 2.0]), torch.tensor([2.0, 2.0, 1.0]),
-                                torch.tensor([0, 0, 1]), 2)
+    scores = fluctuation_scores(
+        torch.tensor([1.0, 0.5, 2.0]), torch.tensor([2.0, 2.0, 1.0]), torch.tensor([0, 0, 1]), 2
+    )
     assert scores.tolist() == [1.0 * 4 + 0.5 * 4, 2.0 * 1]
 
 

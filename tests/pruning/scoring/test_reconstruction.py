@@ -3,7 +3,9 @@ import torch
 from pruning.scoring.reconstruction import ridge_reconstruction
 
 
-def _moments(pruned: torch.Tensor, dense: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(
+    pruned: torch.Tensor, dense: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     x_kept = pruned[:, kept]
     return x_kept.T @ x_kept, x_kept.T @ dense
 
@@ -18,7 +20,9 @@ def test_refit_recovers_output_when_removed_channel_is_a_copy() -> None:
     delta = ridge_reconstruction(*_moments(x, x, kept), weight, kept, ridge=1e-9)
     assert delta.shape == (2, 3)
     assert torch.all(delta[:, 2] == 0)
-    assert torch.allclose(delta[:, :2], torch.tensor([[3.0, 0.0], [2.0, 0.0]], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        delta[:, :2], torch.tensor([[3.0, 0.0], [2.0, 0.0]], dtype=torch.float64), atol=1e-6
+    )
     refit = (weight + delta)[:, :2]
     assert torch.allclose(x[:, :2] @ refit.T, x @ weight.T, atol=1e-6)
 
@@ -45,5 +49,7 @@ def test_strong_ridge_keeps_weights_and_all_removed_gives_zero() -> None:
     delta = ridge_reconstruction(eye[kept][:, kept], eye[kept], weight, kept, ridge=1e9)
     assert delta.abs().max() < 1e-6
     none = torch.zeros(3, dtype=torch.bool)
-    assert torch.equal(ridge_reconstruction(eye[none][:, none], eye[none], weight, none, 1.0),
-                       torch.zeros(2, 3, dtype=torch.float64))
+    assert torch.equal(
+        ridge_reconstruction(eye[none][:, none], eye[none], weight, none, 1.0),
+        torch.zeros(2, 3, dtype=torch.float64),
+    )
