@@ -112,6 +112,9 @@ class Results:
             **dict.fromkeys(CONFIG_KEYS),
             "peak_bf16_flops": self.peak_flops,
             "options_asked": self.args.options,
+            "num_samples_asked": self.args.num_samples,
+            "compensate_asked": self.args.compensate,
+            "budget_asked": self.args.budget,
         }
         self.data["configs"].append(config)
         self.save()
@@ -135,7 +138,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "sparsity": prune_speed.SPARSITY,
         "uniform": True,
         "method": "bonsai",
-        "num_samples": prune_speed.NUM_SAMPLES,
+        "num_samples": args.num_samples,
+        "compensate": args.compensate,
+        "budget": args.budget,
         "eval_samples": prune_speed.EVAL_SAMPLES,
         "seq_len": prune_speed.SEQ_LEN,
         "options": args.options,
@@ -225,6 +230,10 @@ def run_precision(
                 "device": args.device,
                 "options": args.options,
                 "peak_flops": results.peak_flops,
+                "num_samples": args.num_samples,
+                "compensate": args.compensate,
+                "budget": args.budget,
+                "run_probe": not args.no_probe,
             },
             args.step_timeout_s,
             on_message,
@@ -321,6 +330,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--masks-per-forward", type=int, help="bonsai's masks_per_forward (default: the engine's)"
     )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=prune_speed.NUM_SAMPLES,
+        help="calibration sequences; enough of them make compensate auto pick the least-squares refit",
+    )
+    parser.add_argument("--compensate", default="auto", choices=["auto", "none", "bias", "ls"])
+    parser.add_argument("--budget", default="auto", choices=["auto", "fast", "standard", "thorough"])
+    parser.add_argument("--no-probe", action="store_true", help="skip the batched-vs-single probe")
     parser.add_argument(
         "--step-timeout-s",
         type=float,

@@ -148,25 +148,20 @@ def probe(model_dir: Path, precision: str, device: str, data_path: Path, options
 
 
 def progress_printer(label: str, sampler: DeviceMemorySampler) -> Callable[[dict[str, Any]], None]:
-    """prune's event sink: logs stages and progress, and names the memory sampler's current stage."""
+    """prune's event sink: logs the plan, stages and progress, and names the memory sampler's stage."""
     last_print = [0.0]
-    seen_scoring = [False]
 
     def on_event(event: dict[str, Any]) -> None:
         if event["type"] == "stage":
-            stage = event["stage"]
-            if stage == "evaluate":  # prune evaluates twice; named apart as its own monitor does
-                stage = "evaluate_pruned" if seen_scoring[0] else "evaluate_dense"
-            seen_scoring[0] |= stage == "scoring"
-            sampler.stage = stage
-            log(f"{label}: stage {stage}")
+            sampler.stage = event["stage"]
+            log(f"{label}: stage {event['stage']}")
         elif event["type"] == "progress" and time.monotonic() - last_print[0] > PROGRESS_EVERY_S:
             last_print[0] = time.monotonic()
             log(
-                f"{label}: round {event['round']}/{event['rounds']} {100 * event['fraction']:.0f}% "
-                f"eta {event['eta_s']}s"
+                f"{label}: {event['stage']} {100 * event['fraction']:.0f}% of the job, "
+                f"eta {event['eta_s']:.0f}s"
             )
-        elif event["type"] in ("warning", "metric"):
+        elif event["type"] in ("plan", "warning", "metric"):
             log(f"{label}: {event}")
 
     return on_event
@@ -181,6 +176,10 @@ def prune_step(
     device: str,
     options: dict[str, Any],
     peak_flops: float | None,
+    num_samples: int = NUM_SAMPLES,
+    compensate: str = "auto",
+    budget: str = "auto",
+    run_probe: bool = True,
 ) -> dict[str, Any]:
     """Probe, then prune, one precision of one shape; `options` are bonsai's, {} for the engine defaults."""
     import torch
@@ -189,18 +188,22 @@ def prune_step(
     from pruning.spec import BonsaiOptions
 
     label = f"{shape_name}/{precision}"
-    log(f"{label}: probe")
-    found = probe(Path(model_dir), precision, device, Path(data_path), BonsaiOptions.model_validate(options))
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        found["allocated_after_probe_bytes"] = torch.cuda.memory_allocated()  # ~0 unless the probe leaked
-    ratio = found["batched_vs_single"]
-    log(
-        f"{label}: load {found['load_s']}s, {found['probe_tokens_per_s']:.0f} tok/s scoring, "
-        f"batched/single {ratio['ratio']}x (loss diff {ratio['max_loss_diff']:.2g})"
-    )
-    send("probe", found)  # kept by the parent even if the prune is later killed
+    found: dict[str, Any] = {}
+    if run_probe:
+        log(f"{label}: probe")
+        found = probe(
+            Path(model_dir), precision, device, Path(data_path), BonsaiOptions.model_validate(options)
+        )
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            found["allocated_after_probe_bytes"] = torch.cuda.memory_allocated()  # ~0 unless the probe leaked
+        ratio = found["batched_vs_single"]
+        log(
+            f"{label}: load {found['load_s']}s, {found['probe_tokens_per_s']:.0f} tok/s scoring, "
+            f"batched/single {ratio['ratio']}x (loss diff {ratio['max_loss_diff']:.2g})"
+        )
+        send("probe", found)  # kept by the parent even if the prune is later killed
 
     spec = PruneSpec.model_validate(
         {
@@ -210,8 +213,10 @@ def prune_step(
             "out_dir": out_dir,
             "precision": precision,
             "device": device,
-            "num_samples": NUM_SAMPLES,
+            "num_samples": num_samples,
             "eval_samples": EVAL_SAMPLES,
+            "compensate": compensate,
+            "budget": budget,
             "seq_len": SEQ_LEN,
             "uniform": True,
             "options": options,
@@ -257,11 +262,14 @@ def summarise(
         "scoring_tokens_per_s": round(tokens_per_s, 1),
         "flop_params": flop_params,
         "mfu": round(2 * flop_params * tokens_per_s / peak_flops, 4) if peak_flops else None,
-        "batched_vs_single_ratio": found["batched_vs_single"]["ratio"],
-        "batched_vs_single": found["batched_vs_single"],
+        "batched_vs_single_ratio": found["batched_vs_single"]["ratio"] if found else None,
+        "batched_vs_single": found.get("batched_vs_single"),
         "probe": {k: v for k, v in found.items() if k != "batched_vs_single"},
         "options": report["settings"]["options"],
+        "budget": report.get("budget"),
+        "num_samples": report["settings"]["num_samples"],
         "compensation": report.get("compensation"),
+        "method_details": {k: v for k, v in report.get("method_details", {}).items() if k != "rounds"},
         "params": report["params"],
         "sparsity": report["sparsity"],
         "layers_after": report["layers"][0],

@@ -27,11 +27,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-def budget(reduced: bool) -> dict[str, Any]:
-    """The full calibration set either way (least-squares compensation needs its tokens); `reduced`
-    cuts bonsai's sub-models per round and scoring sequences to fit 2 CPU cores."""
+def budget(reduced: bool, name: str = "standard", time_limit: float | None = None) -> dict[str, Any]:
+    """The full calibration set either way (least-squares compensation needs its tokens), bonsai at the
+    named budget (`standard` unless asked: the engine's `auto` would depend on the device); `reduced` is
+    the standard budget with 128 sub-models per round and 4 scoring sequences."""
     options = {"samples_per_round": 128, "scoring_sequences": 4} if reduced else {}
-    return {"seq_len": 256, "num_samples": 64, "eval_samples": 64, "options": options}
+    return {
+        "seq_len": 256,
+        "num_samples": 64,
+        "eval_samples": 64,
+        "budget": name,
+        "time_limit": time_limit,
+        "options": options,
+    }
 
 
 def pycoder_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
@@ -40,6 +48,13 @@ def pycoder_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
         "data": shared_dir / "data" / "webcode-calib.jsonl",
         "eval_data": shared_dir / "data" / "webcode-dev.jsonl",
     }
+
+
+def smollm2_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct (materialized once by bench.smollm2) on pycoder-28m's webcode task."""
+    from bench.smollm2 import default_cache, materialize
+
+    return {**pycoder_inputs(shared_dir, work), "model": str(materialize(default_cache()))}
 
 
 def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
@@ -59,7 +74,7 @@ def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
     }
 
 
-MODELS = {"pycoder": pycoder_inputs, "minilm": minilm_inputs}
+MODELS = {"pycoder": pycoder_inputs, "smollm2": smollm2_inputs, "minilm": minilm_inputs}
 
 
 def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +106,12 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
         "compensation": report["compensation"],
         "params_after": report["params"]["total_after"],
         "wall_s": wall,
+        "total_s": report["total_s"],
+        "budget": report["budget"],
+        "options_used": report["settings"]["options"],
+        "peak_host_rss_bytes": max(report["peak_host_rss_bytes"].values()),
+        "peak_host_anon_bytes": max(report["peak_host_anon_bytes"].values(), default=None),
+        "peak_gpu_bytes": max(report["peak_gpu_bytes"].values(), default=None),
         "stage_s": report["stage_s"],
         "scoring_s": report["stage_s"]["scoring"],
         "forward_tokens": report["forward_tokens"],
@@ -125,13 +146,14 @@ def method_grid(
 
 
 def sweep_grid(
+    model: str,
     precision: str,
     variants: list[dict[str, Any]] | None = None,
     compensations: list[str] | None = None,
     sparsities: list[float] | None = None,
     uniform: bool = False,
 ) -> list[dict[str, Any]]:
-    base = {"model": "pycoder", "method": "bonsai", "precision": precision, "uniform": uniform}
+    base = {"model": model, "method": "bonsai", "precision": precision, "uniform": uniform}
     grid: list[dict[str, Any]] = []
     variants = variants or [
         {},
@@ -174,7 +196,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--reduced", action="store_true", help="CPU-sized scoring budget")
+    parser.add_argument(
+        "--reduced", action="store_true", help="the standard budget cut to 128 x 4 sub-models"
+    )
+    parser.add_argument(
+        "--budget", default="standard", help="bonsai's named budget: fast, standard, thorough"
+    )
+    parser.add_argument("--time-limit", type=float, help="seconds each bonsai job must end within")
+    parser.add_argument("--num-samples", type=int, help="calibration sequences (default 64)")
+    parser.add_argument("--compensation-ridge", type=float, help="ls ridge (default: the engine's)")
     parser.add_argument("--sweep", action="store_true", help="bonsai option grid instead of the method table")
     parser.add_argument("--variants", type=json.loads, help="JSON list of bonsai option dicts for --sweep")
     parser.add_argument("--precision", default="fp32")
@@ -199,9 +229,14 @@ def main() -> None:
     from pruning.methods import METHODS
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    common = budget(args.reduced)
+    common = budget(args.reduced, args.budget, args.time_limit)
+    if args.num_samples:
+        common["num_samples"] = args.num_samples
+    if args.compensation_ridge:
+        common["compensation_ridge"] = args.compensation_ridge
     if args.sweep:
         configs = sweep_grid(
+            args.models.split(",")[0],
             args.precision,
             args.variants,
             args.compensations and args.compensations.split(","),
@@ -212,10 +247,8 @@ def main() -> None:
         wanted = set(args.methods.split(",")) & set(METHODS)
         widths = {"uniform": True, "global": False}
         wanted_widths = {widths[w] for w in args.widths.split(",")}
-        sparsities = {
-            "pycoder": [float(s) for s in (args.sparsities or "0.2,0.35,0.5").split(",")],
-            "minilm": [0.3],
-        }
+        decoder = [float(s) for s in (args.sparsities or "0.2,0.35,0.5").split(",")]
+        sparsities = {"pycoder": decoder, "smollm2": decoder, "minilm": [0.3]}
         configs = [
             c
             for model in args.models.split(",")

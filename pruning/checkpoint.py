@@ -11,6 +11,12 @@ import torch
 from safetensors import safe_open
 
 INDEX_NAME = "model.safetensors.index.json"
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
 SINGLE_NAME = "model.safetensors"
 
 
@@ -52,6 +58,10 @@ class CheckpointReader:
         with safe_open(self.model_dir / self.weight_map[name], framework="pt") as handle:
             tensor = handle.get_slice(name)
             return tensor.get_shape(), tensor.get_dtype()
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of a tensor, from the safetensors header (no tensor is read)."""
+        return SAFETENSORS_DTYPES[self.header(name)[1]]
 
     def find(self, suffix: str) -> str | None:
         """The stored name ending in `suffix` (module names may lack or add a prefix)."""

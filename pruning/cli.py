@@ -67,7 +67,8 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 class ProgressPrinter:
-    """Turns engine events into a stage line and a tqdm bar for the scoring rounds."""
+    """Turns engine events into one progress bar for the whole job (stage, round, ETA) and a line for the
+    plan and each warning."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -77,22 +78,52 @@ class ProgressPrinter:
         if not self.enabled:
             return
         if event["type"] == "stage":
-            self.close()
-            print(f"[fwdprune] {event['stage']}", file=sys.stderr)
-        elif event["type"] == "progress":
-            from tqdm import tqdm
-
-            if self.bar is None:
-                self.bar = tqdm(total=1000, desc="scoring", unit="‰", file=sys.stderr)
-            self.bar.set_postfix_str(f"round {event['round']}/{event['rounds']}")
-            self.bar.update(int(event["fraction"] * 1000) - self.bar.n)
+            if event["stage"] == "done":
+                self.close()
+            self._write(f"[fwdprune] {event['stage']}")
+        elif event["type"] == "plan" and "budget" in event:
+            self._write(
+                f"[fwdprune] budget {event['budget']}: expected to take {_duration(event['expected_s'])}"
+            )
+        elif event["type"] == "progress" and event.get("stage") not in (None, "done"):
+            self._progress(event)
         elif event["type"] == "warning":
-            print(f"[fwdprune] warning: {event['message']}", file=sys.stderr)
+            self._write(f"[fwdprune] warning: {event['message']}")
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(
+                total=1000,
+                unit="‰",
+                file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{postfix}",
+            )
+        detail = ""
+        if "round" in event:
+            detail = f" {event['round']}/{event['rounds']}"
+        elif "candidate" in event:
+            detail = f" {event['candidate']}/{event['candidates']}"
+        self.bar.set_description_str(f"{event['stage']}{detail}", refresh=False)
+        self.bar.set_postfix_str(_duration(event["eta_s"]), refresh=False)
+        self.bar.update(int(event["fraction"] * 1000) - self.bar.n)
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -37,12 +37,6 @@ from pruning.units import UnitGroup, UnitSpace
 
 # float32 input Grams held at once when choosing units for the refit (a 7B layer's: 0.55 GB)
 GRAM_BYTES_PER_PASS = 1 << 30
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
 # least squares over C input channels needs well over C calibration tokens, or it fits their noise
 LS_TOKENS_PER_CHANNEL = 8
 
@@ -72,9 +66,14 @@ class Compensator:
         """Whether the current fit changes anything (a bias shift finds no biased module on Mistral)."""
         return bool(self.corrections.shifts or self.corrections.refits)
 
-    def fit(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
+    def fit(
+        self,
+        keep: torch.Tensor,
+        sequences: torch.Tensor | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
         """Fit for the model pruned to `keep` on `sequences` (default: the calibration set); the fit
-        takes effect at once while installed."""
+        takes effect at once while installed. `progress` is told the fraction done as it goes."""
 
     def clear(self) -> None:
         """Undo the fit: the masked model as it is without compensation."""
@@ -96,7 +95,12 @@ class BiasShift(Compensator):
 
     name = "bias"
 
-    def fit(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
+    def fit(
+        self,
+        keep: torch.Tensor,
+        sequences: torch.Tensor | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
         self.corrections.shifts = bias_shifts(self.probe, self.adapter.bias_kinds(), keep)
 
     def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
@@ -119,8 +123,13 @@ class LeastSquaresRefit(Compensator):
         super().__init__(probe, adapter, corrections)
         self.layers, self.ridge = layers, ridge
 
-    def fit(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> None:
-        sequential_refits(self.probe, self.layers, keep, self.corrections, self.ridge, sequences)
+    def fit(
+        self,
+        keep: torch.Tensor,
+        sequences: torch.Tensor | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        sequential_refits(self.probe, self.layers, keep, self.corrections, self.ridge, sequences, progress)
 
     def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
         return ExportChanges(
@@ -205,8 +214,18 @@ def bias_shifts(
     for group in groups:
         mean, _ = moments.channel_moments(group)
         removed = ~keep[space.slice(group)][group.channel_unit]  # [C]
-        shifts[group] = compensation_bias(probe.weights.of(group), mean, removed)
+        shift = compensation_bias(probe.weights.of(group), mean, removed)
+        base = probe.weights.bias(group)
+        shifts[group] = as_exported(shift, 0.0 if base is None else base, probe.weights.stored_dtype(group))
     return shifts
+
+
+def as_exported(change: torch.Tensor, base: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
+    """The float64 `change` to `base` as it survives the export's cast of their sum to `dtype`, so that the
+    masked model is measured with exactly what the compact one will compute (a bf16 checkpoint keeps
+    8 bits of mantissa: a refit's small change is partly rounded away)."""
+    base64 = torch.as_tensor(base, dtype=torch.float64)
+    return (base64 + change).to(dtype).double() - base64
 
 
 @torch.inference_mode()
@@ -217,16 +236,18 @@ def sequential_refits(
     corrections: OutputCorrections,
     ridge: float = 0.1,
     sequences: torch.Tensor | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> None:
     """Refit every output projection from the first pruned layer on, in forward order, into `corrections`,
-    on `sequences` [N, T] (default: the whole calibration set); `layers` are the model's decoder layers.
+    on `sequences` [N, T] (default: the whole calibration set); `layers` are the model's decoder layers;
+    `progress` is told the fraction of layers done.
 
     Each module is fitted on its input in the pruned model (its own units removed, every earlier refit
     applied) to reproduce its output in the dense model, so each fit also corrects the drift that
     earlier layers left behind; modules that lost no units are refitted for that drift alone. The
     calibration set's hidden states are carried from layer to layer for both models, so the whole fit
-    costs about four forward passes; memory is those hidden states plus one module's [K, K] and
-    [K, C] moments (fp32, on the model's device).
+    costs about three and a half forward passes (without the LM head); memory is those hidden states
+    plus one module's [K, K] and [K, C] moments (fp32, on the model's device).
     """
     corrections.refits.clear()  # an earlier fit must not leak into this one
     space = probe.space
@@ -235,12 +256,17 @@ def sequential_refits(
         return
     streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
     for index in range(pruned_layers[0], len(layers)):
-        for group in (g for g in space.groups if g.layer == index):  # attention, then MLP
+        groups = [g for g in space.groups if g.layer == index]  # attention, then MLP
+        for group in groups:
             kept = keep[space.slice(group)][group.channel_unit]  # [C]
-            gram, cross = streams.paired_moments(layers[index], group.module, kept)
-            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), probe.weights.of(group), kept, ridge)
+            gram, cross = streams.paired_moments(layers[index], group.module, kept, last=group is groups[-1])
+            weight = probe.weights.of(group)
+            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), weight, kept, ridge)
+            delta = as_exported(delta, weight.double(), probe.weights.stored_dtype(group))
             corrections.refits[group] = Refit.of(delta, kept)
         streams.advance(layers[index])
+        if progress is not None:
+            progress((index + 1 - pruned_layers[0]) / (len(layers) - pruned_layers[0]))
 
 
 @dataclass
@@ -283,6 +309,7 @@ class _LayerStreams:
     ) -> None:
         self.masks, self.extra = masks, extra
         self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
+        self._dense_advanced = False  # the dense stream went through the current layer already
         masks.set(keep.double())
 
     @classmethod
@@ -320,25 +347,48 @@ class _LayerStreams:
         return out[0] if isinstance(out, tuple) else out
 
     def paired_moments(
-        self, layer: nn.Module, module: nn.Module, kept: torch.Tensor
+        self, layer: nn.Module, module: nn.Module, kept: torch.Tensor, last: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """([K, K] X̃_Kᵀ X̃_K, [K, C] X̃_Kᵀ X): X̃ the module's input in the pruned model, X in the dense
-        one, token for token, over every batch."""
+        one, token for token, over every batch. `last`: `module` is the layer's last unit module, so the
+        dense run goes on through the layer and moves the dense stream on (nothing refits it), sparing
+        `advance` a dense pass."""
         gram: torch.Tensor | int = 0
         cross: torch.Tensor | int = 0
         for batch in range(len(self.extra)):
-            dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
+            if last:
+                dense, self.dense[batch] = _input_and_output(module, self._run, layer, batch, True)
+            else:
+                dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
             pruned = _input_of(module, self._run, layer, batch, False)
             pruned = pruned[:, kept.to(pruned.device)]  # [tokens, K]
             gram = gram + pruned.T @ pruned
             cross = cross + pruned.T @ dense
         assert isinstance(gram, torch.Tensor) and isinstance(cross, torch.Tensor)
+        self._dense_advanced = last
         return gram, cross
 
     def advance(self, layer: nn.Module) -> None:
         """Move both streams through `layer`, the pruned one with its refits applied."""
-        self.dense = [self._run(layer, b, dense=True) for b in range(len(self.extra))]
+        if not self._dense_advanced:
+            self.dense = [self._run(layer, b, dense=True) for b in range(len(self.extra))]
         self.pruned = [self._run(layer, b, dense=False) for b in range(len(self.extra))]
+        self._dense_advanced = False
+
+
+def _input_and_output(module: nn.Module, run: Callable[..., Any], *args: Any) -> tuple[torch.Tensor, Any]:
+    """([tokens, C] float32 input of `module`, what `run(*args)` returns), from one whole run."""
+    captured: list[torch.Tensor] = []
+
+    def capture(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+
+    handle = module.register_forward_pre_hook(capture, prepend=True)
+    try:
+        out = run(*args)
+    finally:
+        handle.remove()
+    return captured[0], out
 
 
 def _input_of(module: nn.Module, run: Callable[..., Any], *args: Any) -> torch.Tensor:
@@ -417,11 +467,6 @@ def _stored(checkpoint: CheckpointReader, name: str) -> str:
     return stored
 
 
-def _header_dtype(checkpoint: CheckpointReader, name: str) -> torch.dtype:
-    """The stored dtype of a weight, from the safetensors header (no tensor is read)."""
-    return SAFETENSORS_DTYPES[checkpoint.header(_stored(checkpoint, name))[1]]
-
-
 def bias_replacements(
     groups: list[UnitGroup],
     adapter: FamilyAdapter,
@@ -442,7 +487,7 @@ def bias_replacements(
         if switch is not None:
             config[switch] = True
         stored = checkpoint.find(group.name + ".bias")
-        dtype = _header_dtype(checkpoint, group.name + ".weight")
+        dtype = checkpoint.dtype(_stored(checkpoint, group.name + ".weight"))
         base = checkpoint.get(stored).double() if stored else 0.0
         tensors[group.name + ".bias"] = (base + shifts[group]).to(dtype)
         for sibling in siblings:

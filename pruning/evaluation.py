@@ -12,7 +12,7 @@ vocabulary does not dominate memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,13 @@ LOGITS_CHUNK_BYTES = 256 * 2**20
 class ForwardCounter:
     passes: int = 0
     tokens: int = 0
+    listener: Callable[[int], None] | None = None  # told the tokens of every forward pass
+
+    def count(self, tokens: int) -> None:
+        self.passes += 1
+        self.tokens += tokens
+        if self.listener is not None:
+            self.listener(tokens)
 
 
 class Objective:
@@ -47,8 +54,7 @@ class Objective:
         """ids: [N, T] -> [N, T, D] final hidden states."""
         ids = ids.to(self.device, non_blocking=True)
         out = self.adapter.backbone(self.model)(input_ids=ids, use_cache=False).last_hidden_state
-        self.counter.passes += 1
-        self.counter.tokens += ids.numel()
+        self.counter.count(ids.numel())
         return out
 
     def run(self, ids: torch.Tensor) -> None:

@@ -54,6 +54,41 @@ def checkpoint_dtype(model_dir: Path) -> torch.dtype:
     return getattr(torch, name, torch.float32)
 
 
+# Weight formats from torchao, for scoring on hardware or software where they beat bitsandbytes' int8:
+# int8 weights dequantized in the matmul (activations stay bf16), and FP8 weights and activations with
+# one scale per row (Hopper and Ada matmul units). The output projection stays in the load dtype, as
+# bitsandbytes leaves it.
+TORCHAO_FORMATS = ("int8-weight-only", "fp8")
+
+
+def torchao_config(precision: str, device: torch.device) -> Any:
+    try:
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Int8WeightOnlyConfig,
+            PerRow,
+        )
+    except ImportError as err:
+        raise UsageError(f"precision {precision} needs torchao: pip install 'fwdprune[torchao]'") from err
+    if precision == "int8-weight-only":
+        return Int8WeightOnlyConfig()
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise UsageError("precision fp8 needs a CUDA GPU of compute capability 8.9 or later (Ada, Hopper)")
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+
+def quantize_linear_layers(model: Any, config: Any) -> None:
+    """Every nn.Linear but the output projection, in the torchao format `config` names."""
+    from torchao.quantization import quantize_
+
+    output = model.get_output_embeddings()
+    quantize_(
+        model,
+        config,
+        filter_fn=lambda module, _: isinstance(module, torch.nn.Linear) and module is not output,
+    )
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -64,7 +99,8 @@ class LoadedModel:
 
 
 def load_model(model_dir: Path, precision: str, device: torch.device, auto_class: Any = None) -> LoadedModel:
-    """Load for inference. int8 quantizes linear layers with bitsandbytes as they are read."""
+    """Load for inference. int8 quantizes linear layers with bitsandbytes as they are read; the torchao
+    formats quantize the decoder's linear layers once loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     auto_class = auto_class or AutoModelForCausalLM
@@ -75,10 +111,15 @@ def load_model(model_dir: Path, precision: str, device: torch.device, auto_class
         # bitsandbytes computes int8 matmuls with fp16 activations; fp32 elsewhere on CPU
         kwargs["dtype"] = torch.float16 if device.type == "cuda" else torch.float32
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    elif precision in TORCHAO_FORMATS:
+        quantization = torchao_config(precision, device)  # before loading: a missing torchao fails fast
+        kwargs["dtype"] = torch.bfloat16 if device.type == "cuda" else torch.float32
     else:
         kwargs["dtype"] = DTYPES[precision]
     model = auto_class.from_pretrained(model_dir, **kwargs)
     model.eval()
     model.requires_grad_(False)
+    if precision in TORCHAO_FORMATS:
+        quantize_linear_layers(model, quantization)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return LoadedModel(model, tokenizer, model_dir, device, precision)

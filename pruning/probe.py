@@ -37,6 +37,16 @@ class OutputWeights:
         module_weight: torch.Tensor = group.module.weight  # type: ignore[assignment]
         return module_weight.detach().float().cpu()
 
+    def stored_dtype(self, group: UnitGroup) -> torch.dtype:
+        """The dtype the checkpoint keeps the group's output projection in (what the export writes)."""
+        stored = self.stored_name(group)
+        return self.checkpoint.dtype(stored) if stored else torch.float32
+
+    def bias(self, group: UnitGroup) -> torch.Tensor | None:
+        """[out] float64 output bias of the group's projection as stored, if the checkpoint has one."""
+        stored = self.stored_name(group, "bias")
+        return self.checkpoint.get(stored).double() if stored else None
+
     def column_norms(self, group: UnitGroup) -> torch.Tensor:
         """[in_channels] column norms of the group's output projection (read once)."""
         if group not in self._column_norms:
@@ -94,17 +104,20 @@ class CalibrationProbe:
         self.masks.set(keeps)
         return self.objective.replica_losses(batch, keeps.shape[0])
 
-    def channel_statistics(self, keep: torch.Tensor, before_masks: bool = False) -> ChannelEnergy:
-        """Per-channel Σx and Σx² at every unit module, from one pass over the calibration set
-        (`before_masks`: the inputs as they are before the masks zero the removed units)."""
+    def channel_statistics(
+        self, keep: torch.Tensor, before_masks: bool = False, sequences: torch.Tensor | None = None
+    ) -> ChannelEnergy:
+        """Per-channel Σx and Σx² at every unit module, from one pass over `sequences` (default: the
+        calibration set; `before_masks`: the inputs as they are before the masks zero the removed units)."""
         energy = ChannelEnergy(self.space, before_masks=before_masks)
         with energy.installed():
-            self.run(keep)
+            self.run(keep, sequences)
         return energy
 
-    def activation_prior(self, keep: torch.Tensor) -> torch.Tensor:
-        """[U] Σ ‖x_j‖·‖W_:j‖ per unit, from one pass over the calibration set under mask `keep`."""
-        energy = self.channel_statistics(keep)
+    def activation_prior(self, keep: torch.Tensor, sequences: torch.Tensor | None = None) -> torch.Tensor:
+        """[U] Σ ‖x_j‖·‖W_:j‖ per unit, from one pass over `sequences` (default: the calibration set) under
+        mask `keep`."""
+        energy = self.channel_statistics(keep, sequences=sequences)
         scores = [
             unit_activation_scores(
                 energy.channel_norms(g), self.weights.column_norms(g), g.channel_unit, g.count
@@ -118,6 +131,6 @@ class CalibrationProbe:
     ) -> dict[UnitGroup, torch.Tensor]:
         """group -> [C, C] XᵀX of its module's input in the dense model over `sequences`, float32 on the
         module's device, from one pass."""
-        with InputGrams(groups).installed() as grams:
+        with InputGrams(groups).installed() as grams, self.masks.suspended():  # no corrections either
             self.run(torch.ones(self.space.size, dtype=torch.bool), sequences)
         return grams.grams

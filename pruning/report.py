@@ -61,6 +61,7 @@ def build_report(
     compensation: str,
     quality: dict[str, Any],
     calibration_loss: dict[str, Any],
+    budget: dict[str, Any],
     monitor_summary: dict[str, Any],
     forward_passes: int,
     forward_tokens: int,
@@ -80,7 +81,7 @@ def build_report(
         "uniform": spec.uniform,
         "compensation": compensation,
         "settings": json.loads(spec.model_dump_json())
-        | {"options": spec.method_options().model_dump(), "mlp_block": space.mlp_block},
+        | {"options": spec.method_options(budget["name"]).model_dump(), "mlp_block": space.mlp_block},
         "params": {
             "total_before": count_checkpoint_params(model_dir),
             "total_after": count_checkpoint_params(out_dir),
@@ -112,6 +113,7 @@ def build_report(
             for name in quality["after"]
         },
         "calibration_loss": calibration_loss,
+        "budget": budget,
         **monitor_summary,
         "forward_passes": forward_passes,
         "forward_tokens": forward_tokens,

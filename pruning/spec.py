@@ -10,18 +10,46 @@ anything touches a GPU, so this module must stay importable without torch or tra
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pruning.errors import UnsupportedModelError
 
-Precision = Literal["auto", "int8", "bf16", "fp16", "fp32"]
+Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
 Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
+Budget = Literal["auto", "fast", "standard", "thorough"]
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from "90", "90s", "10m", "1h30m" (numbers pass through); anything else is left for the
+    field's own validation to refuse."""
+    if not isinstance(value, str):
+        return value
+    match = _DURATION.match(value)
+    if match is None or not any(match.groups()):
+        return value
+    hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    return 3600 * hours + 60 * minutes + seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 # model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
 # unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
@@ -69,13 +97,47 @@ class BonsaiOptions(MethodOptions):
         "calibration loss after compensation",
     )
     split_candidates: int = Field(
-        7, ge=2, le=64, description="search: attention fractions tried besides the rounds' own split"
+        7,
+        ge=0,
+        le=64,
+        description="search: attention fractions tried besides the rounds' own split and the prior's pick",
     )
     refit_aware: bool = Field(
         True,
         description="search with ls compensation: also try the best split with each module's units chosen "
         "for the refit (structured OBS on its input Gram), kept if its held-out loss is lower",
     )
+    prior_sequences: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="calibration sequences the activation prior is measured on; default: all of them",
+    )
+
+
+# Named scoring budgets: bonsai options that differ from BonsaiOptions' defaults (`standard`). Scoring
+# tokens = rounds x samples_per_round x scoring_sequences x seq_len: at seq_len 256, fast 49k (the prior
+# measured on 16 sequences, and a search among the rounds' split, the prior's pick and the refit-aware
+# choice only: each candidate costs a least-squares fit), standard 5.2M, thorough 10.5M. README ("Budgets")
+# has their cost and quality; explicit options override them.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "fast": {
+        "rounds": 3,
+        "samples_per_round": 32,
+        "scoring_sequences": 2,
+        "prior_sequences": 16,
+        "split_candidates": 0,
+    },
+    "standard": {},
+    "thorough": {"samples_per_round": 1024},
+}
+
+
+def resolve_budget(asked: str, device_type: str) -> str:
+    """`auto`: the standard budget on a GPU, the fast one on a CPU, where a forward costs 10-100x more."""
+    if asked != "auto":
+        return asked
+    return "standard" if device_type == "cuda" else "fast"
 
 
 class FlapOptions(MethodOptions):
@@ -111,8 +173,9 @@ class PruneSettings(BaseModel):
     method: Method = Field("bonsai", description="how units are scored")
     precision: Precision = Field(
         "auto",
-        description="weights while scoring; auto: int8 on CUDA, fp32 on CPU (the export is always "
-        "the original precision)",
+        description="weights while scoring; auto: int8 (bitsandbytes) on CUDA, fp32 on CPU; "
+        "int8-weight-only and fp8 (rowwise, CUDA 8.9+) need torchao (the export is always the original "
+        "precision)",
     )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
     seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
@@ -136,6 +199,18 @@ class PruneSettings(BaseModel):
         description="ls: pull toward the original weights, relative to the mean activation energy",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice")
+    budget: Budget = Field(
+        "auto",
+        description="bonsai's scoring effort: fast, standard or thorough; auto: standard on a GPU, "
+        "fast on a CPU",
+    )
+    time_limit: Duration | None = Field(
+        None,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="end the whole job within this time (e.g. 10m, 90s, 1h30m): bonsai's sub-models per "
+        "round are sized from the measured throughput",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="method options, e.g. rounds=2 (see METHOD_OPTIONS)"
     )
@@ -154,8 +229,18 @@ class PruneSettings(BaseModel):
             raise ValueError(f"{method} option {where}: {first['msg']}") from None
         return validated.model_dump(include=set(options))
 
-    def method_options(self) -> MethodOptions:
-        return METHOD_OPTIONS[self.method].model_validate(self.options)
+    @model_validator(mode="after")
+    def _time_limit_sizes_the_rounds(self) -> PruneSettings:
+        if self.time_limit is not None and "samples_per_round" in self.options:
+            raise ValueError(
+                "time_limit sizes samples_per_round from the measured throughput; set one or the other"
+            )
+        return self
+
+    def method_options(self, budget: str | None = None) -> MethodOptions:
+        """The method's options: those given, over `budget`'s (bonsai's named budgets) over the defaults."""
+        preset = BUDGETS[budget] if self.method == "bonsai" and budget not in (None, "auto") else {}
+        return METHOD_OPTIONS[self.method].model_validate({**preset, **self.options})
 
     def settings_only(self) -> dict[str, Any]:
         """The `PruneSettings` fields alone, without what an entry point adds."""

@@ -1,15 +1,17 @@
 """The stages of a pruning job over one run state: prepare → score → compensate → evaluate → export.
 
-`pruning.api.prune` calls them in that order. Each stage announces itself to the caller's event sink and is
-timed by the run's monitor; what a stage decides is left to its parts (a method scores, a compensator
-fits, the export slices), so a stage reads as the steps it takes.
+`pruning.api.prune` calls them in that order. Each stage announces itself to the caller's event sink, is
+timed by the run's monitor and reports its progress against the job's plan (`pruning.progress`); what a
+stage decides is left to its parts (a method scores, a compensator fits, the export slices), so a stage
+reads as the steps it takes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,12 @@ import torch
 
 from pruning.adapters import FamilyAdapter, UnitKind, adapter_for
 from pruning.checkpoint import CheckpointReader
-from pruning.compensation import Compensator, LeastSquaresRefit, choose_compensation, make_compensator
+from pruning.compensation import (
+    Compensator,
+    LeastSquaresRefit,
+    choose_compensation,
+    make_compensator,
+)
 from pruning.data import CalibrationSet, load_calibration
 from pruning.errors import UnsupportedModelError, UsageError
 from pruning.evaluation import make_objective
@@ -29,12 +36,12 @@ from pruning.masking import UnitMasks
 from pruning.methods import MethodContext, MethodResult, PruningMethod, make_method
 from pruning.monitor import StageMonitor
 from pruning.probe import CalibrationProbe, OutputWeights
+from pruning.progress import LS_FIT_FORWARDS, EventSink, JobProgress
 from pruning.report import build_report, write_report
 from pruning.selection import UnitSelector
-from pruning.spec import PruneSpec, read_model_type
+from pruning.spec import PruneSpec, read_model_type, resolve_budget
 from pruning.units import UnitSpace, build_unit_space, default_mlp_block
 
-EventSink = Callable[[dict[str, Any]], None]  # receives stage, progress, warning and metric events
 TOKENS_PER_BATCH = 8192  # tokens per forward pass when no sub-models are replicated
 
 
@@ -48,12 +55,28 @@ class Quality:
 
 
 @dataclass
+class Clock:
+    """Where a job announces, times and tracks its stages."""
+
+    emit: EventSink
+    monitor: StageMonitor
+    progress: JobProgress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.emit({"type": "stage", "stage": name})
+        self.progress.enter(name)
+        with self.monitor.stage(name):
+            yield
+
+
+@dataclass
 class Run:
     """What the stages share: the request, the model and its unit space, and the instruments."""
 
     spec: PruneSpec
-    emit: EventSink
-    monitor: StageMonitor
+    clock: Clock
+    budget: str  # the named budget the job runs at (`auto` resolved)
     model_dir: Path
     adapter: FamilyAdapter
     loaded: LoadedModel
@@ -62,10 +85,15 @@ class Run:
     method: PruningMethod
     compensator: Compensator
     dense: Quality
+    planned_s: float = 0.0  # the whole job's expected duration once the dense model was measured
 
     @property
     def space(self) -> UnitSpace:
         return self.probe.space
+
+    @property
+    def emit(self) -> EventSink:
+        return self.clock.emit
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -75,19 +103,21 @@ class Run:
 
 
 def prepare(spec: PruneSpec, emit: EventSink) -> Run:
-    """Find and load the model, read the data, lay out its units and measure the dense model."""
+    """Find and load the model, read the data, lay out its units, measure the dense model and plan."""
     model_dir = resolve_model_dir(spec.model)
     adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
     _refuse_unsafe_input(model_dir, Path(spec.out_dir))
     device = resolve_device(spec.device)
-    monitor = StageMonitor(device)
+    budget = resolve_budget(spec.budget, device.type)
+    clock = Clock(emit, StageMonitor(device), JobProgress(emit))
+    if spec.time_limit is not None:
+        clock.progress.deadline = clock.progress.start + spec.time_limit
     torch.manual_seed(spec.seed)
 
-    emit({"type": "stage", "stage": "load"})
-    with monitor.stage("load"):
+    with clock.stage("load"):
         loaded = load_model(model_dir, spec.precision, device, adapter.auto_class())
-    emit({"type": "stage", "stage": "data"})
-    with monitor.stage("data"):
+        _warm_up(loaded)
+    with clock.stage("data"):
         data = load_calibration(
             loaded.tokenizer,
             spec.data,
@@ -100,7 +130,8 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
     space = build_unit_space(loaded.model, adapter, _mlp_block(spec, adapter, loaded.model.config))
     masks = UnitMasks(space)
     objective = make_objective(spec.objective, loaded.model, adapter, device, masks)
-    monitor.counter = objective.counter
+    clock.monitor.counter = objective.counter
+    objective.counter.listener = clock.progress.tokens
     probe = CalibrationProbe(
         objective,
         masks,
@@ -109,20 +140,50 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
         batch_size=max(1, TOKENS_PER_BATCH // spec.seq_len),
     )
 
-    emit({"type": "stage", "stage": "evaluate"})
-    with monitor.stage("evaluate_dense"):
+    with clock.stage("evaluate_dense"):
+        clock.progress.expect_tokens(data.evaluation.numel() + _loss_sequences(data).numel())
         dense = _measure(probe, data, torch.ones(space.size, dtype=torch.bool))
     for name, value in dense.figures.items():
         emit({"type": "metric", "name": f"{name}_before", "value": value})
 
-    method = make_method(spec.method, spec.method_options())
+    method = make_method(spec.method, spec.method_options(budget))
     compensation = choose_compensation(
         spec.compensate, method.default_compensation, space, int(data.calibration.numel())
     )
     compensator = make_compensator(
         compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
     )
-    return Run(spec, emit, monitor, model_dir, adapter, loaded, data, probe, method, compensator, dense)
+    run = Run(spec, clock, budget, model_dir, adapter, loaded, data, probe, method, compensator, dense)
+    run.planned_s = _plan(run)
+    return run
+
+
+def _plan(run: Run) -> float:
+    """Announce how long each remaining stage should take, from the rate the dense evaluation ran at;
+    returns the whole job's expected seconds."""
+    monitor, progress, spec = run.clock.monitor, run.clock.progress, run.spec
+    tokens_per_s = monitor.forward_tokens["evaluate_dense"] / max(monitor.stage_s["evaluate_dense"], 1e-9)
+    sequences = int(run.data.calibration.shape[0])
+    calibration_tokens = float(run.data.calibration.numel())
+    work = run.method.planned_work(sequences, spec.seq_len, refit=run.compensator.name == "ls")
+    fitting = {"ls": LS_FIT_FORWARDS, "bias": 1.0}.get(run.compensator.name, 0.0) * calibration_tokens
+    seconds = {stage: tokens / tokens_per_s for stage, tokens in {**work, "compensate": fitting}.items()}
+    seconds["evaluate_pruned"] = monitor.stage_s["evaluate_dense"]
+    seconds["export"] = monitor.stage_s["load"]  # reads the same shards, writes less
+    if progress.deadline is not None and run.spec.method == "bonsai":
+        # the rounds take what the limit leaves; they are sized as they go
+        others = sum(v for k, v in seconds.items() if k != "scoring") + sum(monitor.stage_s.values())
+        seconds["scoring"] = max((spec.time_limit or 0.0) - others, 0.0)
+    progress.set_plan(seconds, budget=run.budget, time_limit_s=spec.time_limit)
+    if spec.time_limit is not None and progress.expected_s() > 1.1 * spec.time_limit:
+        run.emit(
+            {
+                "type": "warning",
+                "message": f"this job is expected to take {progress.expected_s():.0f} s, "
+                f"more than its time limit of {spec.time_limit:.0f} s",
+            }
+        )
+    return progress.expected_s()
 
 
 def method_context(run: Run) -> MethodContext:
@@ -141,23 +202,22 @@ def method_context(run: Run) -> MethodContext:
         target_params=spec.sparsity * float(space.params.sum()),
         seed=spec.seed,
         refit=refit,
-        progress=lambda p: run.emit({"type": "progress", "stage": "scoring", **p}),
+        progress=run.clock.progress,
     )
 
 
 def score(run: Run) -> MethodResult:
     """The method chooses the units to keep (hooks installed)."""
     ctx = method_context(run)
-    run.emit({"type": "stage", "stage": "scoring"})
-    with run.monitor.stage("scoring"):
+    with run.clock.stage("scoring"):
         return run.method.run(ctx)
 
 
 def compensate(run: Run, keep: torch.Tensor) -> None:
     """Fit the job's compensation to the chosen units (hooks installed, so it applies at once)."""
     if run.compensator.name != "none":
-        with run.monitor.stage("compensate"):
-            run.compensator.fit(keep)
+        with run.clock.stage("compensate"):
+            run.compensator.fit(keep, progress=run.clock.progress.advance)
     if run.compensator.name == "bias" and not run.adapter.bias_kinds():
         run.emit(
             {
@@ -170,8 +230,8 @@ def compensate(run: Run, keep: torch.Tensor) -> None:
 
 def evaluate(run: Run, keep: torch.Tensor) -> Quality:
     """The pruned, compensated model measured as the dense one was (hooks installed)."""
-    run.emit({"type": "stage", "stage": "evaluate"})
-    with run.monitor.stage("evaluate_pruned"):
+    with run.clock.stage("evaluate_pruned"):
+        run.clock.progress.expect_tokens(run.data.evaluation.numel() + _loss_sequences(run.data).numel())
         pruned = _measure(run.probe, run.data, keep)
     for name, value in pruned.figures.items():
         run.emit({"type": "metric", "name": f"{name}_after", "value": value})
@@ -181,8 +241,7 @@ def evaluate(run: Run, keep: torch.Tensor) -> Quality:
 def export(run: Run, keep: torch.Tensor) -> None:
     """Write the compact checkpoint, compensation included, to the output directory."""
     changes = run.compensator.export_changes(run.probe.weights.checkpoint)
-    run.emit({"type": "stage", "stage": "export"})
-    with run.monitor.stage("export"):
+    with run.clock.stage("export"):
         export_pruned(
             run.model_dir,
             Path(run.spec.out_dir),
@@ -197,8 +256,10 @@ def export(run: Run, keep: torch.Tensor) -> None:
 
 def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
     """Write the report beside the checkpoint and return it."""
+    run.clock.progress.finish()
     compensation = run.compensator.name if run.compensator.applied else "none"
     counter = run.probe.objective.counter
+    summary = run.clock.monitor.summary()
     built = build_report(
         run.spec,
         precision=run.loaded.precision,
@@ -219,8 +280,16 @@ def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
             "objective": run.probe.objective.name,
             "before": run.dense.calibration_loss,
             "after": pruned.calibration_loss,
+            "sequences": int(_loss_sequences(run.data).shape[0]),
         },
-        monitor_summary=run.monitor.summary(),
+        budget={
+            "asked": run.spec.budget,
+            "name": run.budget,
+            "time_limit_s": run.spec.time_limit,
+            "planned_s": round(run.planned_s, 3),
+            "actual_s": round(time.perf_counter() - run.clock.progress.start, 3),
+        },
+        monitor_summary=summary,
         forward_passes=counter.passes,
         forward_tokens=counter.tokens,
     )
@@ -229,8 +298,21 @@ def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
     return built
 
 
+def _warm_up(loaded: LoadedModel) -> None:
+    """One short forward pass, so that one-time start-up costs (kernel selection, lazy initialisation) do
+    not count toward the rate the job is planned by."""
+    with torch.inference_mode():
+        loaded.model(input_ids=torch.zeros(1, 8, dtype=torch.long, device=loaded.device))
+
+
 def _measure(probe: CalibrationProbe, data: CalibrationSet, keep: torch.Tensor) -> Quality:
-    return Quality(probe.quality(keep, data.evaluation), probe.mean_loss(keep, data.calibration))
+    return Quality(probe.quality(keep, data.evaluation), probe.mean_loss(keep, _loss_sequences(data)))
+
+
+def _loss_sequences(data: CalibrationSet) -> torch.Tensor:
+    """The calibration sequences the report's calibration loss is measured on: as many as the evaluation
+    has (a diagnostic beside the quality figure, not worth a pass over the whole calibration set)."""
+    return data.calibration[: data.evaluation.shape[0]]
 
 
 def _mlp_block(spec: PruneSpec, adapter: FamilyAdapter, config: Any) -> int | None:

@@ -24,6 +24,7 @@ import httpx
 from service.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
+SPARSITY = 0.25
 DOC_MODULES = (
     "json",
     "pathlib",
@@ -166,20 +167,8 @@ def main() -> int:
         try:
             with Client(f"http://127.0.0.1:{port}") as client:
                 file_id = client.upload(calibration)["id"]
-                job = client.submit(
-                    model=model_name,
-                    calibration_file=file_id,
-                    sparsity=0.3,
-                    seq_len=128,
-                    num_samples=16,
-                    eval_samples=8,
-                    options={
-                        "rounds": 2,
-                        "samples_per_round": 64,
-                        "masks_per_forward": 8,
-                        "scoring_sequences": 4,
-                    },
-                )
+                # everything else as a user gets it: on a CPU, the fast budget
+                job = client.submit(model=model_name, calibration_file=file_id, sparsity=SPARSITY)
                 print(f"job {job['id']} submitted; following progress")
                 job = _follow(client, job["id"])
                 if job["status"] != "succeeded":
@@ -224,6 +213,11 @@ def main() -> int:
                     ),
                 ]
             )
+        )
+        budget = metrics.get("budget", {})
+        print(
+            f"\nthe job: {budget.get('name')} budget, {metrics['total_s']:.0f} s "
+            f"(expected {budget.get('planned_s', 0):.0f} s), {SPARSITY:.0%} of the prunable weights removed"
         )
         print(
             f"\nloaded the pruned checkpoint with transformers: {type(model).__name__}, {loaded:,} parameters"

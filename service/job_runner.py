@@ -26,6 +26,7 @@ REPORT_KEYS = (
     "embedding_cosine",
     "calibration_loss",
     "compensation",
+    "budget",
     "stage_s",
     "total_s",
     "forward_tokens",

@@ -29,6 +29,8 @@ SAMPLES: list[dict[str, Any]] = [
         "compensate": "ls",
         "compensation_ridge": 0.5,
         "seed": 3,
+        "budget": "thorough",
+        "time_limit": 600.0,
         "options": {},
     },
     {
@@ -44,6 +46,8 @@ SAMPLES: list[dict[str, Any]] = [
         "compensate": "bias",
         "compensation_ridge": 2.0,
         "seed": 11,
+        "budget": "fast",
+        "time_limit": None,
         "options": {"rounds": 2, "kind_split": "importance", "ridge": 0.25},
     },
 ]

@@ -78,8 +78,10 @@ def make_tiny_causal_lm(
     head_dim: int = 16,
     seed: int = 0,
     max_shard_size: str = "60KB",
+    bf16: bool = False,
 ) -> Path:
-    """Save a tiny random causal LM of `family` (see FAMILY_CONFIGS) with a tokenizer to `out_dir`."""
+    """Save a tiny random causal LM of `family` (see FAMILY_CONFIGS) with a tokenizer to `out_dir`, in
+    float32 or (`bf16`) bfloat16."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -109,6 +111,8 @@ def make_tiny_causal_lm(
             elif name.endswith("bias"):
                 param.normal_(0.0, 0.05)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if bf16:
+        model = model.bfloat16()
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     save_tiny_tokenizer(out_dir)
     return out_dir

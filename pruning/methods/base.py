@@ -7,8 +7,6 @@ judge its candidates with that refit; loading, hooks, compensation, evaluation a
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,11 +14,10 @@ import torch
 
 from pruning.compensation import LeastSquaresRefit
 from pruning.probe import CalibrationProbe
+from pruning.progress import JobProgress
 from pruning.selection import UnitSelector
 from pruning.spec import MethodOptions
 from pruning.units import UnitSpace
-
-ProgressSink = Callable[[dict[str, Any]], None]  # receives {"fraction": ..., "eta_s": ..., ...}
 
 
 @dataclass
@@ -40,7 +37,8 @@ class MethodContext:
     target_params: float  # prunable parameters to remove in total
     seed: int
     refit: LeastSquaresRefit | None = None  # the refit the job applies after selection, if any
-    progress: ProgressSink = lambda event: None
+    # where the method reports how far it is; under a time limit (its deadline) it also sizes the work
+    progress: JobProgress = field(default_factory=lambda: JobProgress(lambda event: None))
 
 
 class PruningMethod:
@@ -55,14 +53,8 @@ class PruningMethod:
     def run(self, ctx: MethodContext) -> MethodResult:
         raise NotImplementedError
 
-
-class Eta:
-    """Seconds left, from the average time per finished step."""
-
-    def __init__(self, total_steps: int) -> None:
-        self.total, self.done, self.start = total_steps, 0, time.perf_counter()
-
-    def step(self) -> float:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        return elapsed / self.done * (self.total - self.done)
+    def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
+        """Forward-token equivalents of the method's work by stage (`scoring`, `search`) for `sequences`
+        calibration sequences of `seq_len` tokens, `refit` telling whether a least-squares refit follows.
+        By default one pass over the calibration set (the statistics most methods gather)."""
+        return {"scoring": float(sequences * seq_len)}

@@ -11,6 +11,9 @@ from pruning.scoring.flap import fluctuation_scores, standardise
 class RandomUnits(PruningMethod):
     name = "random"
 
+    def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
+        return {"scoring": 0.0}  # no forward pass
+
     def run(self, ctx: MethodContext) -> MethodResult:
         generator = torch.Generator().manual_seed(ctx.seed)
         importance = torch.rand(ctx.space.size, generator=generator, dtype=torch.float64)

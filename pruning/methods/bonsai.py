@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from pruning.adapters.base import UnitKind
-from pruning.methods.base import Eta, MethodContext, MethodResult, PruningMethod
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod
+from pruning.progress import LS_FIT_FORWARDS, MIN_SUB_MODELS, ScoringPace
 from pruning.scoring.bonsai import (
     drop_probabilities,
     fit_importance,
@@ -27,38 +28,59 @@ class _Rounds:
     keep: torch.Tensor  # [U] bool, the units still alive
     importance: torch.Tensor  # [U] float64, each unit's latest estimated loss increase
     generator: torch.Generator  # draws every round's sub-models
-    eta: Eta
     removed: float = 0.0  # parameters removed so far
     history: list[dict[str, Any]] = field(default_factory=list)
+    pace: ScoringPace = field(default_factory=ScoringPace)  # sizes the rounds under a time limit
 
 
 class Bonsai(PruningMethod):
     name = "bonsai"
     options: BonsaiOptions
 
+    def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
+        """Forward-token equivalents: the rounds (a prior pass and the sub-models each) and the search."""
+        opts = self.options
+        per_sub_model = min(opts.scoring_sequences, sequences) * seq_len
+        prior = min(opts.prior_sequences or sequences, sequences) * seq_len
+        rounds = opts.rounds * (prior + opts.samples_per_round * per_sub_model)
+        if opts.kind_split != "search":
+            return {"scoring": rounds}
+        fit, held_out = held_out_split(torch.arange(sequences))
+        candidate = len(held_out) * seq_len + (LS_FIT_FORWARDS * len(fit) * seq_len if refit else 0.0)
+        search = (opts.split_candidates + 2) * candidate  # the grid, the rounds' own split, the prior's pick
+        if refit and opts.refit_aware:  # one more candidate, its Grams, and the winner's on every sequence
+            search += candidate + (len(fit) + sequences) * seq_len
+        return {"scoring": rounds, "search": search}
+
     def run(self, ctx: MethodContext) -> MethodResult:
         opts = self.options
-        pairs = max(1, opts.samples_per_round // 2)
         state = _Rounds(
             keep=torch.ones(ctx.space.size, dtype=torch.bool),
             importance=torch.zeros(ctx.space.size, dtype=torch.float64),
             generator=torch.Generator().manual_seed(ctx.seed),
-            eta=Eta(opts.rounds * (-(-2 * pairs // opts.masks_per_forward))),
         )
         batches = _batches(ctx.probe.calibration, opts.scoring_sequences)
         details: dict[str, Any] = {"rounds": state.history}
-        dense_prior = ctx.probe.activation_prior(
-            state.keep
-        )  # [U] all alive: round one's prior, and the search's
+        dense_prior = self._prior(ctx, state)  # [U] all alive: round one's prior, and the search's
         for index in range(opts.rounds):
-            prior = dense_prior if index == 0 else ctx.probe.activation_prior(state.keep)
+            prior = dense_prior if index == 0 else self._prior(ctx, state)
+            began, forwards = time.perf_counter(), state.pace.forward_s
             self._round(ctx, state, index, prior, batches[index % len(batches)])
+            state.pace.overhead_s = time.perf_counter() - began - (state.pace.forward_s - forwards)
         keep = state.keep
         if opts.kind_split == "search":
             start = time.perf_counter()
+            ctx.progress.enter("search")
             keep, details["split_search"] = self._search_split(ctx, keep, state.importance, dense_prior)
             details["split_search_s"] = round(time.perf_counter() - start, 3)
         return MethodResult(keep, state.importance, details)
+
+    def _prior(self, ctx: MethodContext, state: _Rounds) -> torch.Tensor:
+        """[U] the activation prior with the alive units, timed (one calibration pass)."""
+        start = time.perf_counter()
+        prior = ctx.probe.activation_prior(state.keep, ctx.probe.calibration[: self.options.prior_sequences])
+        state.pace.prior_s = time.perf_counter() - start
+        return prior
 
     def _round(
         self, ctx: MethodContext, state: _Rounds, index: int, prior: torch.Tensor, batch: torch.Tensor
@@ -66,18 +88,14 @@ class Bonsai(PruningMethod):
         """Round `index`: sample sub-models among the alive units, regress their losses on the drops,
         remove a slice of the budget. `prior` [U] is the activation prior with the alive units."""
         opts, space = self.options, ctx.space
-        pairs = max(1, opts.samples_per_round // 2)
         budget = (ctx.target_params - state.removed) / (opts.rounds - index)
         candidates = state.keep.nonzero().flatten()  # [A]
         probs = drop_probabilities(
             prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias
         )
-        drops = sample_antithetic_drops(probs, pairs, state.generator)  # [S, A]
-        losses = self._sub_model_losses(ctx, state, candidates, drops, batch, index)  # [S]
+        drops, losses = self._scored_sub_models(ctx, state, index, candidates, probs, batch)  # [S, A], [S]
         scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
-        state.importance[candidates] = fit_importance(
-            drops, losses, scale * prior[candidates], opts.ridge
-        )  # [A]
+        state.importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)
         select = ctx.selector.select_per_kind if opts.kind_split == "proportional" else ctx.selector.select
         remove = select(state.importance / space.params, state.keep, budget)
         state.keep &= ~remove
@@ -85,12 +103,60 @@ class Bonsai(PruningMethod):
         state.history.append(
             {
                 "round": index + 1,
+                "sub_models": int(drops.shape[0]),
                 "removed_units": int(remove.sum()),
                 "removed_params": state.removed + removed_now,
                 "mean_sub_model_loss": float(losses.mean()),
             }
         )
         state.removed += removed_now
+
+    def _scored_sub_models(
+        self,
+        ctx: MethodContext,
+        state: _Rounds,
+        index: int,
+        candidates: torch.Tensor,
+        probs: torch.Tensor,
+        batch: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([S, A] drops, [S] losses) of this round's sub-models. Under a time limit their number is
+        sized from the pace measured so far; before any is timed, one forward's worth runs first."""
+        pairs = self._pairs(ctx, state, index)
+        if pairs is not None:
+            drops = sample_antithetic_drops(probs, pairs, state.generator)  # [S, A]
+            losses = self._sub_model_losses(ctx, state, candidates, drops, batch, index, drops.shape[0])
+            return drops[: losses.shape[0]], losses  # a round behind the time limit ends early
+        first = sample_antithetic_drops(probs, max(1, self.options.masks_per_forward // 2), state.generator)
+        losses = self._sub_model_losses(ctx, state, candidates, first, batch, index, first.shape[0])
+        more = (self._pairs(ctx, state, index) or 0) - first.shape[0] // 2
+        if more <= 0:
+            return first, losses
+        rest = sample_antithetic_drops(probs, more, state.generator)
+        total = first.shape[0] + rest.shape[0]
+        rest_losses = self._sub_model_losses(
+            ctx, state, candidates, rest, batch, index, total, first.shape[0]
+        )
+        losses = torch.cat([losses, rest_losses])
+        return torch.cat([first, rest])[: losses.shape[0]], losses
+
+    def _pairs(self, ctx: MethodContext, state: _Rounds, index: int) -> int | None:
+        """Antithetic pairs for round `index`: the option's, or under a time limit what the measured pace
+        allows (None until a sub-model has been timed)."""
+        if ctx.progress.deadline is None:
+            return max(1, self.options.samples_per_round // 2)
+        pace = state.pace
+        per_sub_model = pace.per_sub_model()
+        if per_sub_model is None:
+            return None
+        rounds_left = self.options.rounds - index
+        sub_models = ctx.progress.sub_models_per_round(rounds_left, pace)
+        spent = ctx.progress.elapsed_in_stage()
+        planned = spent + rounds_left * (sub_models * per_sub_model + pace.overhead_s)
+        ctx.progress.set_plan(
+            {"scoring": planned + (rounds_left - 1) * pace.prior_s}, sub_models_per_round=sub_models
+        )
+        return sub_models // 2
 
     def _search_split(
         self, ctx: MethodContext, keep: torch.Tensor, importance: torch.Tensor, dense_prior: torch.Tensor
@@ -124,8 +190,13 @@ class Bonsai(PruningMethod):
                 ~select_per_kind(dense_prior / params, alive, ctx.target_params, uniform=True),
             )
         )
+        refit_aware = ctx.refit is not None and self.options.refit_aware
+        keeps, refit_aware = _in_time(ctx, keeps, refit_aware)
         candidates: list[dict[str, Any]] = []
         kept: list[torch.Tensor] = []
+        count = len(keeps) + int(refit_aware)
+        if len(keeps) == 1 and not refit_aware:
+            return keep, candidates  # no time to judge: the rounds' own split
 
         def score(ranking: str, k: torch.Tensor) -> None:
             same = next(
@@ -140,11 +211,12 @@ class Bonsai(PruningMethod):
                 }
             )
             kept.append(k)
+            ctx.progress.advance(len(kept) / count, candidate=len(kept), candidates=count)
 
         for ranking, k in keeps:
             score(ranking, k)
         best = min(range(len(kept)), key=lambda i: candidates[i]["held_out_loss"])
-        if ctx.refit is None or not self.options.refit_aware:
+        if ctx.refit is None or not refit_aware:
             return kept[best], candidates
         # the best split again, each group losing as many units, but those the refit replaces best
         # (structured OBS); a ranking by loss without a refit cannot see that. Judged with Grams of the
@@ -163,25 +235,54 @@ class Bonsai(PruningMethod):
         drops: torch.Tensor,
         batch: torch.Tensor,
         index: int,
+        round_total: int,
+        first: int = 0,
     ) -> torch.Tensor:
-        """[S] calibration loss of each sampled sub-model, `masks_per_forward` of them per forward."""
-        per_forward = self.options.masks_per_forward
+        """[S] calibration loss of each sampled sub-model, `masks_per_forward` of them per forward; they
+        are sub-models `first` onward of the round's `round_total` (for progress)."""
+        per_forward, rounds = self.options.masks_per_forward, self.options.rounds
         losses = []
         for start in range(0, drops.shape[0], per_forward):
+            began = time.perf_counter()
             chunk = drops[start : start + per_forward]  # [R, A]
             masks = state.keep.double().repeat(chunk.shape[0], 1)  # [R, U]
             masks[:, candidates] *= 1.0 - chunk
             losses.append(ctx.probe.sub_model_losses(masks, batch))
-            eta_s = state.eta.step()
-            ctx.progress(
-                {
-                    "round": index + 1,
-                    "rounds": self.options.rounds,
-                    "fraction": state.eta.done / state.eta.total,
-                    "eta_s": round(eta_s, 1),
-                }
+            state.pace.record(chunk.shape[0], time.perf_counter() - began)
+            done = first + start + chunk.shape[0]
+            ctx.progress.advance(
+                (index + done / max(round_total, 1)) / rounds, round=index + 1, rounds=rounds
             )
+            if done >= MIN_SUB_MODELS and ctx.progress.out_of_time(
+                state.pace, round_total - done, rounds - index - 1
+            ):
+                break
         return torch.cat(losses)
+
+
+def _in_time(
+    ctx: MethodContext, keeps: list[tuple[str, torch.Tensor]], refit_aware: bool
+) -> tuple[list[tuple[str, torch.Tensor]], bool]:
+    """The search's candidates (and whether the refit-aware one runs) that fit before the deadline, if
+    the job has one: each costs about the same (a fit and a held-out evaluation). The rounds' own split
+    and the prior's pick (the safe one when little time was left for the rounds) come first, then the
+    refit-aware choice, then the attention-fraction grid."""
+    count = len(keeps) + int(refit_aware)
+    affordable = ctx.progress.affordable("search", count)
+    if affordable is None or affordable >= count:
+        return keeps, refit_aware
+    rounds, grid, prior = keeps[0], keeps[1:-1], keeps[-1]
+    chosen = [rounds, prior][: max(affordable, 1)]
+    refit_aware = refit_aware and affordable > len(chosen)
+    chosen += grid[: max(0, affordable - len(chosen) - int(refit_aware))]
+    ctx.progress.emit(
+        {
+            "type": "warning",
+            "message": f"the time limit leaves room to judge {len(chosen) + int(refit_aware)} "
+            f"of the split search's {count} candidates",
+        }
+    )
+    return chosen, refit_aware
 
 
 def held_out_loss(ctx: MethodContext, keep: torch.Tensor, fit: torch.Tensor, held_out: torch.Tensor) -> float:

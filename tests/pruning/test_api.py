@@ -131,14 +131,29 @@ def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
 
 
 def test_events(bonsai_run: BonsaiRun) -> None:
-    _, _, events = bonsai_run
+    report, _, events = bonsai_run
     stages = [e["stage"] for e in events if e["type"] == "stage"]
-    assert stages[0] == "load" and stages[-1] == "done" and "scoring" in stages and "export" in stages
+    assert stages == ["load", "data", "evaluate_dense", "scoring", "evaluate_pruned", "export", "done"]
+    # the plan (the budget and the expected time of every stage left) comes once the dense model is measured
+    plan = next(e for e in events if e["type"] == "plan")
+    assert events.index(plan) < events.index({"type": "stage", "stage": "scoring"})
+    assert plan["budget"] == "fast" and plan["time_limit_s"] is None and plan["expected_s"] > 0
+    assert {"scoring", "search", "evaluate_pruned", "export"} <= set(plan["stage_s"])
+    # progress covers the whole job: every stage from scoring on, the split search included, in order
     progress = [e for e in events if e["type"] == "progress"]
-    assert len(progress) == 2 * 16 // 8  # one per forward of 8 sub-models
-    assert progress[-1]["fraction"] == 1.0 and progress[-1]["rounds"] == 2
+    seen = [e["stage"] for i, e in enumerate(progress) if i == 0 or e["stage"] != progress[i - 1]["stage"]]
+    assert seen == ["scoring", "search", "evaluate_pruned", "export", "done"]
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and progress[-1]["eta_s"] == 0.0
+    assert all(e["eta_s"] >= 0 for e in progress)
+    assert all(e["rounds"] == 2 for e in progress if e["stage"] == "scoring" and "rounds" in e)
     metrics = {e["name"] for e in events if e["type"] == "metric"}
     assert metrics == {"perplexity_before", "perplexity_after"}
+    budget = report["budget"]
+    assert (budget["asked"], budget["name"], budget["time_limit_s"]) == ("auto", "fast", None)
+    assert budget["planned_s"] > 0 and budget["actual_s"] >= report["total_s"]
+    assert report["settings"]["options"]["split_candidates"] == 0  # the fast budget's, under the given ones
+    assert report["settings"]["options"]["rounds"] == 2
 
 
 def test_exported_checkpoint_computes_the_reported_perplexity(
@@ -207,6 +222,46 @@ def test_bias_compensation_per_family(
         assert report["compensation"] == "bias" and not warnings
     got = compact_perplexity(tmp_path / "o", calibration_file)
     assert got == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+
+
+def test_time_limit_sizes_the_rounds_to_end_the_job_within_it(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    limit = 12.0
+    events: list[dict[str, Any]] = []
+    options = {"rounds": 2, "scoring_sequences": 2, "masks_per_forward": 8}
+    report = run(
+        tiny_llama, calibration_file, tmp_path / "o", events.append, time_limit=limit, options=options
+    )
+    budget = report["budget"]
+    assert budget["time_limit_s"] == limit and budget["name"] == "fast"
+    # the whole job, export included, ends within the limit, and used it: far more sub-models than the
+    # fast budget's 64 a round (a 2-layer model scores thousands in a few seconds)
+    assert budget["actual_s"] <= 1.1 * limit
+    assert budget["actual_s"] >= 0.5 * limit
+    sub_models = [entry["sub_models"] for entry in report["method_details"]["rounds"]]
+    assert len(sub_models) == 2 and min(sub_models) > 64 and all(n % 2 == 0 for n in sub_models)
+    plans = [e for e in events if e["type"] == "plan"]
+    assert plans[0]["time_limit_s"] == limit and plans[0]["expected_s"] == pytest.approx(limit, rel=0.1)
+    assert [p["sub_models_per_round"] for p in plans[1:]] == sub_models[:1] + sub_models[1:]
+
+
+def test_a_time_limit_and_a_fixed_sub_model_count_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="time_limit sizes samples_per_round"):
+        PruneSpec(
+            model="m",
+            data=tmp_path / "d.jsonl",
+            out_dir=tmp_path / "o",
+            sparsity=0.3,
+            time_limit="10m",
+            options={"samples_per_round": 64},
+        )
+    assert (
+        PruneSpec(
+            model="m", data=tmp_path / "d.jsonl", out_dir=tmp_path / "o", sparsity=0.3, time_limit="1h30m"
+        ).time_limit
+        == 5400.0
+    )
 
 
 def test_int8_on_cpu(llama_fp32: TinyModel, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from pruning.masking import UnitMasks
 from pruning.scoring.obs import structured_obs_removals
 from pruning.scoring.reconstruction import ridge_reconstruction
 from tests.pruning.conftest import ProbeFactory
-from tests.tiny import TinyModel
+from tests.tiny import TinyModel, make_tiny_causal_lm
 
 SMALL: dict[str, Any] = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
 
@@ -53,6 +53,30 @@ def test_ls_refit_exported_exactly(
         loss = compact(data.evaluation, labels=data.evaluation).loss
     assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
     assert "compensate" in report["stage_s"]
+
+
+@pytest.mark.parametrize("compensate", ["ls", "bias"])
+def test_a_bf16_checkpoint_exports_exactly_what_was_measured(
+    calibration_file: Path, tmp_path: Path, compensate: str
+) -> None:
+    """The export casts refitted weights and shifted biases to bf16; the masked model is measured with
+    the correction as that cast leaves it, so the report is still exactly the compact model's."""
+    model = make_tiny_causal_lm(tmp_path / "bf16", "llama", bf16=True)
+    report = prune(
+        model=str(model),
+        data=calibration_file,
+        sparsity=0.4,
+        out_dir=tmp_path / "o",
+        method="flap",
+        compensate=compensate,
+        **SMALL,
+    )
+    assert report["compensation"] == compensate
+    compact = load_pruned(tmp_path / "o", dtype=torch.float32)
+    data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
+    with torch.no_grad():
+        loss = compact(data.evaluation, labels=data.evaluation).loss
+    assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
 
 
 def test_auto_compensation_needs_enough_tokens_per_channel(llama_fp32: TinyModel) -> None:

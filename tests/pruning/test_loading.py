@@ -75,6 +75,32 @@ def test_load_int8_on_cpu_quantizes_linears(tiny_llama: Path) -> None:
     assert logits.shape == (1, 8, 320) and bool(torch.isfinite(logits).all())
 
 
+def test_load_int8_weight_only_quantizes_decoder_linears_only(tiny_llama: Path) -> None:
+    pytest.importorskip("torchao", reason="int8-weight-only needs torchao (the test extra installs it)")
+    from torchao.quantization import Int8Tensor
+
+    dense = load_model(tiny_llama, "fp32", CPU).model
+    loaded = load_model(tiny_llama, "int8-weight-only", CPU)
+    assert loaded.precision == "int8-weight-only"
+    layer = loaded.model.model.layers[0]
+    for linear in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
+        assert isinstance(linear.weight, Int8Tensor)
+    assert not isinstance(loaded.model.lm_head.weight, Int8Tensor)  # the output projection stays float
+    tokens = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        expected, got = dense(tokens).logits, loaded.model(tokens).logits
+    assert got.shape == (1, 8, 320)
+    # per-row int8 weights: about 1% of the logits' scale, far from exact and far from broken
+    error = float((got - expected).norm() / expected.norm())
+    assert 1e-5 < error < 0.05
+
+
+def test_fp8_needs_a_recent_cuda_gpu(tiny_llama: Path) -> None:
+    pytest.importorskip("torchao", reason="fp8 needs torchao (the test extra installs it)")
+    with pytest.raises(UsageError, match="compute capability 8.9"):
+        load_model(tiny_llama, "fp8", CPU)
+
+
 def test_checkpoint_reader_is_sharded_and_finds_names(tiny_llama: Path) -> None:
     reader = CheckpointReader(tiny_llama)
     assert reader.sharded and len(reader.shards) > 1
