@@ -59,6 +59,7 @@ def checkpoint_dtype(model_dir: Path) -> torch.dtype:
 # one scale per row (Hopper and Ada matmul units). The output projection stays in the load dtype, as
 # bitsandbytes leaves it.
 TORCHAO_FORMATS = ("int8-weight-only", "fp8")
+FP8_SCALE_FLOOR = 1e-12  # the least absolute maximum an activation row's FP8 scale is taken from
 
 
 def torchao_config(precision: str, device: torch.device) -> Any:
@@ -74,7 +75,11 @@ def torchao_config(precision: str, device: torch.device) -> Any:
         return Int8WeightOnlyConfig()
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
         raise UsageError("precision fp8 needs a CUDA GPU of compute capability 8.9 or later (Ada, Hopper)")
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    # A row of zeros is common here (a sub-model or a pruned layer with every head of a layer dropped
+    # feeds o_proj zeros): without a floor its scale is 0 and the row quantizes to 0/0 = NaN.
+    return Float8DynamicActivationFloat8WeightConfig(
+        granularity=PerRow(), activation_value_lb=FP8_SCALE_FLOOR
+    )
 
 
 def quantize_linear_layers(model: Any, config: Any) -> None:

@@ -30,6 +30,9 @@ MIN_SUB_MODELS = 32
 # the limit by more than OVERRUN of it: a band wide enough for the pace's ordinary wobble.
 MARGIN, OVERRUN = 0.03, 0.05
 MAX_SUB_MODELS = 16384
+# how far into a stage (of it, and in seconds) its own pace counts in the ETA: earlier, one slow first
+# step would swing it
+MEASURED_FRACTION, MEASURED_S = 0.02, 1.0
 
 
 class JobProgress:
@@ -44,6 +47,8 @@ class JobProgress:
         self._stage_start = self._last_emit = 0.0
         self.start = time.perf_counter()
         self.deadline: float | None = None  # perf_counter time the job must end by
+        self.round_end: float | None = None  # under a deadline: when the running round's share ends
+        self.round_share = 0.0  # that share, in seconds
         self._stage_tokens = self._stage_tokens_expected = 0.0
         self._reported = 0.0  # the fraction last reported: the bar never moves back when plans change
 
@@ -74,6 +79,17 @@ class JobProgress:
         planned = sum(self.planned[s] for s in self.actual if self.planned.get(s))
         actual = sum(self.actual[s] for s in self.actual if self.planned.get(s))
         return actual / planned if planned > 0 else 1.0
+
+    def running_speed(self) -> float:
+        """Actual over planned time of the running stage so far, once it is under way; before that, as
+        the finished stages went. The plan's rates come from the dense evaluation's forwards, which can
+        run at another rate than a stage's own (int8 scoring's batched forwards on a GPU: several times
+        faster per token), so the running stage's own pace is what its ETA follows."""
+        running = self.planned.get(self.stage or "", 0.0) * self.stage_fraction
+        elapsed = self.elapsed_in_stage()
+        if self.stage_fraction >= MEASURED_FRACTION and elapsed >= MEASURED_S and running > 0:
+            return elapsed / running
+        return self.speed()
 
     # -- progress --------------------------------------------------------------------------------------
     def enter(self, stage: str) -> None:
@@ -119,9 +135,8 @@ class JobProgress:
     def eta_s(self) -> float:
         if self.stage is None or self.stage not in STAGES:
             return 0.0
-        index = STAGES.index(self.stage)
         current = self.planned.get(self.stage, 0.0) * (1.0 - self.stage_fraction)
-        return (current + sum(self.planned.get(s, 0.0) for s in STAGES[index + 1 :])) * self.speed()
+        return current * self.running_speed() + self.seconds_after(self.stage)
 
     def _send(self, force: bool, **extra: Any) -> None:
         if not self.planned:  # no fraction or ETA to tell before the plan
@@ -145,13 +160,17 @@ class JobProgress:
     def sub_models_per_round(self, rounds_left: int, pace: ScoringPace) -> int:
         """Sub-models for each of bonsai's `rounds_left` rounds (this one's prior pass done) so that the
         job ends by the deadline, from the measured pace and the planned seconds of everything after the
-        rounds. Even (antithetic pairs), at least MIN_SUB_MODELS."""
+        rounds; this round's share of the time ends at `round_end`. Even (antithetic pairs), at least
+        MIN_SUB_MODELS."""
         assert self.deadline is not None
         per_sub_model = pace.per_sub_model() or 1e-9
         other = (rounds_left - 1) * pace.prior_s + rounds_left * pace.overhead_s
         target = self.deadline - MARGIN * (self.deadline - self.start)
-        available = target - time.perf_counter() - self.seconds_after("scoring") - other
-        per_round = int(available / max(rounds_left, 1) / per_sub_model)
+        now = time.perf_counter()
+        available = target - now - self.seconds_after("scoring") - other
+        share = available / max(rounds_left, 1)
+        self.round_end, self.round_share = now + share, max(share, 0.0)
+        per_round = int(share / per_sub_model)
         if per_round < MIN_SUB_MODELS:
             self.emit(
                 {
@@ -172,16 +191,20 @@ class JobProgress:
         left = target - time.perf_counter() - self.seconds_after(stage)
         return count if per_step <= 0 else max(0, int(left / per_step))
 
-    def out_of_time(self, pace: ScoringPace, left_in_round: int, rounds_after: int) -> bool:
-        """Whether scoring the `left_in_round` sub-models still to come (and the minimum in each of the
-        `rounds_after` rounds) would run clearly past the deadline (by OVERRUN of the limit): the pace
-        fell behind the plan, as when the machine slows down."""
+    def out_of_time(self, pace: ScoringPace, rounds_after: int) -> bool:
+        """Whether the running round must stop before its sub-models are all scored: it has used its
+        share of the time (by more than OVERRUN of the share: the pace fell behind, as when the machine
+        slows down; the rounds after it are sized again from what is left), or even the minimum of the
+        `rounds_after` rounds and the stages after them would now end clearly past the deadline."""
         if self.deadline is None:
             return False
+        now = time.perf_counter()
+        if self.round_end is not None and now > self.round_end + OVERRUN * self.round_share:
+            return True
         per_sub_model = pace.per_sub_model() or 0.0
         later = rounds_after * (MIN_SUB_MODELS * per_sub_model + pace.prior_s + pace.overhead_s)
-        needed = left_in_round * per_sub_model + pace.overhead_s + later + self.seconds_after("scoring")
-        return time.perf_counter() + needed > self.deadline + OVERRUN * (self.deadline - self.start)
+        needed = pace.overhead_s + later + self.seconds_after("scoring")
+        return now + needed > self.deadline + OVERRUN * (self.deadline - self.start)
 
 
 class ScoringPace:

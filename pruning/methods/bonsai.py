@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,7 +203,13 @@ class Bonsai(PruningMethod):
             same = next(
                 (c for c, earlier in zip(candidates, kept, strict=True) if torch.equal(earlier, k)), None
             )
-            loss = same["held_out_loss"] if same else held_out_loss(ctx, k, fit, held_out)  # fitted once
+
+            def within(fraction: float) -> None:  # a candidate's refit takes most of its time
+                ctx.progress.advance(
+                    (len(kept) + fraction) / count, candidate=len(kept) + 1, candidates=count
+                )
+
+            loss = same["held_out_loss"] if same else held_out_loss(ctx, k, fit, held_out, within)
             candidates.append(
                 {
                     "ranking": ranking,
@@ -253,9 +260,7 @@ class Bonsai(PruningMethod):
             ctx.progress.advance(
                 (index + done / max(round_total, 1)) / rounds, round=index + 1, rounds=rounds
             )
-            if done >= MIN_SUB_MODELS and ctx.progress.out_of_time(
-                state.pace, round_total - done, rounds - index - 1
-            ):
+            if done >= MIN_SUB_MODELS and ctx.progress.out_of_time(state.pace, rounds - index - 1):
                 break
         return torch.cat(losses)
 
@@ -285,11 +290,17 @@ def _in_time(
     return chosen, refit_aware
 
 
-def held_out_loss(ctx: MethodContext, keep: torch.Tensor, fit: torch.Tensor, held_out: torch.Tensor) -> float:
+def held_out_loss(
+    ctx: MethodContext,
+    keep: torch.Tensor,
+    fit: torch.Tensor,
+    held_out: torch.Tensor,
+    progress: Callable[[float], None] | None = None,
+) -> float:
     """Mean loss on `held_out` of the model pruned to `keep`, refitted as the job will be (if it refits) on
-    the sequences `fit`. Leaves no refit behind."""
+    the sequences `fit` (`progress` told the fit's fraction done). Leaves no refit behind."""
     if ctx.refit is not None:
-        ctx.refit.fit(keep, fit)
+        ctx.refit.fit(keep, fit, progress=progress)
     try:
         return ctx.probe.mean_loss(keep, held_out)
     finally:

@@ -243,7 +243,9 @@ def test_time_limit_sizes_the_rounds_to_end_the_job_within_it(
     assert len(sub_models) == 2 and min(sub_models) > 64 and all(n % 2 == 0 for n in sub_models)
     plans = [e for e in events if e["type"] == "plan"]
     assert plans[0]["time_limit_s"] == limit and plans[0]["expected_s"] == pytest.approx(limit, rel=0.1)
-    assert [p["sub_models_per_round"] for p in plans[1:]] == sub_models[:1] + sub_models[1:]
+    # each round is sized when it starts, and scores at most that many (fewer if the pace falls behind)
+    planned = [p["sub_models_per_round"] for p in plans[1:]]
+    assert len(planned) == 2 and all(got <= asked for got, asked in zip(sub_models, planned, strict=True))
 
 
 def test_a_time_limit_and_a_fixed_sub_model_count_are_refused(tmp_path: Path) -> None:

@@ -9,7 +9,14 @@ import torch
 from pruning.adapters import adapter_for
 from pruning.checkpoint import CheckpointReader
 from pruning.errors import ModelNotFoundError, UnsupportedModelError, UsageError
-from pruning.loading import checkpoint_dtype, load_model, resolve_device, resolve_model_dir, resolve_precision
+from pruning.loading import (
+    FP8_SCALE_FLOOR,
+    checkpoint_dtype,
+    load_model,
+    resolve_device,
+    resolve_model_dir,
+    resolve_precision,
+)
 from pruning.spec import read_model_type
 
 CPU = torch.device("cpu")
@@ -99,6 +106,19 @@ def test_fp8_needs_a_recent_cuda_gpu(tiny_llama: Path) -> None:
     pytest.importorskip("torchao", reason="fp8 needs torchao (the test extra installs it)")
     with pytest.raises(UsageError, match="compute capability 8.9"):
         load_model(tiny_llama, "fp8", CPU)
+
+
+def test_fp8_rows_of_zeros_quantize_to_zeros_under_the_scale_floor() -> None:
+    pytest.importorskip("torchao", reason="fp8 needs torchao (the test extra installs it)")
+    from torchao.quantization.quant_primitives import _choose_scale_float8
+
+    rows = torch.zeros(2, 64)
+    rows[1] = torch.linspace(-3.0, 3.0, 64)  # a live row beside one whose heads were all dropped
+    unfloored = _choose_scale_float8(rows, block_size=[1, 64])
+    floored = _choose_scale_float8(rows, block_size=[1, 64], hp_value_lb=FP8_SCALE_FLOOR)
+    assert bool(torch.isnan(rows[0] / unfloored[0]).all())  # what the floor prevents
+    assert bool((rows[0] / floored[0] == 0).all())
+    assert float(floored[1, 0]) == pytest.approx(3.0 / 448.0)  # a live row keeps its own scale
 
 
 def test_checkpoint_reader_is_sharded_and_finds_names(tiny_llama: Path) -> None:

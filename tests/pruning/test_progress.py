@@ -48,6 +48,17 @@ def test_eta_scales_with_how_the_finished_stages_compared_to_their_plan() -> Non
     assert progress.seconds_after("scoring") == pytest.approx(20.0)
 
 
+def test_eta_follows_the_running_stage_once_it_is_under_way() -> None:
+    progress, events = tracker()
+    progress.set_plan({"scoring": 30.0, "compensate": 20.0})
+    progress.enter("scoring")
+    progress._stage_start -= 4.0  # 4 s in, 40% done: the stage runs at a third of its planned time
+    progress.advance(0.4)
+    assert progress.running_speed() == pytest.approx(4.0 / 12.0, rel=1e-2)
+    # the stage's own pace for what is left of it; later stages as planned (nothing finished yet)
+    assert events[-1]["eta_s"] == pytest.approx(18.0 / 3.0 + 20.0, rel=1e-2)
+
+
 def test_progress_never_moves_back_and_ends_at_one() -> None:
     progress, events = tracker()
     progress.set_plan({"scoring": 10.0, "export": 1.0})
@@ -119,18 +130,20 @@ def test_a_deadline_too_close_still_scores_the_minimum_and_says_so() -> None:
     assert events[-1]["type"] == "warning" and "time limit" in events[-1]["message"]
 
 
-def test_a_round_stops_only_when_it_would_clearly_overrun() -> None:
+def test_a_round_runs_to_the_end_of_its_share_of_the_time_and_no_further() -> None:
     progress, _ = paced(limit_s=100.0, after_s=20.0)
-    assert not progress.out_of_time(pace(0.1), left_in_round=700, rounds_after=0)  # 90 s: on time
-    assert not progress.out_of_time(pace(0.1), left_in_round=840, rounds_after=0)  # 104 s: within OVERRUN
-    assert progress.out_of_time(pace(0.1), left_in_round=900, rounds_after=0)  # 110 s: stop
-    assert (
-        progress.out_of_time(
-            pace(0.1),
-            left_in_round=700,
-            rounds_after=2,
-        )
-        is False
-    )
+    progress.sub_models_per_round(2, pace(0.1))  # two rounds share 97 - 20 s: 38.5 s each
+    assert progress.round_share == pytest.approx(38.5, abs=0.1)
+    assert not progress.out_of_time(pace(0.1), rounds_after=1)  # just begun
+    progress.round_end -= 38.5 + 1.0  # 1 s past its share: within OVERRUN of it (1.9 s)
+    assert not progress.out_of_time(pace(0.1), rounds_after=1)
+    progress.round_end -= 2.0  # 3 s past: stop, whatever is left of its sub-models
+    assert progress.out_of_time(pace(0.1), rounds_after=1)
+
+
+def test_a_round_stops_when_even_the_minimum_after_it_would_overrun() -> None:
+    progress, _ = paced(limit_s=100.0, after_s=20.0)
+    progress.deadline = progress.start + 10.0  # the stages after the rounds alone need 20 s
+    assert progress.out_of_time(pace(0.1), rounds_after=0)
     untimed, _ = tracker()
-    assert not untimed.out_of_time(pace(1.0), left_in_round=10**6, rounds_after=5)  # no deadline
+    assert not untimed.out_of_time(pace(1.0), rounds_after=5)  # no deadline
