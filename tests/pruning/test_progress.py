@@ -135,6 +135,7 @@ def test_a_round_runs_to_the_end_of_its_share_of_the_time_and_no_further() -> No
     progress.sub_models_per_round(2, pace(0.1))  # two rounds share 97 - 20 s: 38.5 s each
     assert progress.round_share == pytest.approx(38.5, abs=0.1)
     assert not progress.out_of_time(pace(0.1), rounds_after=1)  # just begun
+    assert progress.round_end is not None
     progress.round_end -= 38.5 + 1.0  # 1 s past its share: within OVERRUN of it (1.9 s)
     assert not progress.out_of_time(pace(0.1), rounds_after=1)
     progress.round_end -= 2.0  # 3 s past: stop, whatever is left of its sub-models
