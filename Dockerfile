@@ -33,7 +33,8 @@ RUN pip install ".[postgres]"
 USER 10001
 EXPOSE 8000
 VOLUME ["/data"]
-# liveness of the API process only: /readyz also wants a live worker, which is another container's business
+# liveness of the API process only: /readyz also wants a live worker, which is another container's
+# business here (docker/compose.yaml, where a worker is expected, probes /readyz instead)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", \
          "import os,urllib.request as u;u.urlopen('http://127.0.0.1:%s/healthz'%os.environ['FWDPRUNE_PORT'])"]

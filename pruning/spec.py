@@ -66,7 +66,7 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
 class MethodOptions(BaseModel):
     """Options shared by every scoring method."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN or infinite option is never meant
 
 
 class BonsaiOptions(MethodOptions):
@@ -167,7 +167,7 @@ class PruneSettings(BaseModel):
     their values converted to the option's type.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sparsity: float = Field(gt=0.0, le=0.9, description="fraction of prunable parameters to remove")
     method: Method = Field("bonsai", description="how units are scored")

@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,72 @@ def _apply_env(args: argparse.Namespace) -> None:
         os.environ["FWDPRUNE_INSECURE_NO_AUTH"] = "true"
 
 
+class WorkerSupervisor:
+    """Keeps the embedded `fwdprune worker` running beside the server: restarted, with backoff, if it dies.
+
+    The worker gets SIGTERM when this process dies (parent-death signal), and watches `--parent-pid` as
+    well, so it stops (requeueing its jobs) with the server however the server ends.
+    """
+
+    def __init__(
+        self, first_backoff_s: float = 1.0, max_backoff_s: float = 30.0, healthy_after_s: float = 60.0
+    ):
+        self.first_backoff_s, self.max_backoff_s, self.healthy_after_s = (
+            first_backoff_s,
+            max_backoff_s,
+            healthy_after_s,
+        )
+        self.stopping = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # no new worker once stop() has begun
+        self._thread = threading.Thread(target=self._supervise, daemon=True, name="worker-supervisor")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        from service.worker import parent_death_signal, without_secrets
+
+        with self._lock:
+            if self.stopping.is_set():
+                return None
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())],
+                env=without_secrets(os.environ),  # the worker serves no requests: it needs no API key
+                preexec_fn=parent_death_signal(signal.SIGTERM),
+            )
+            return self.proc
+
+    def _supervise(self) -> None:
+        backoff = self.first_backoff_s
+        while (proc := self._spawn()) is not None:
+            started = time.monotonic()
+            rc = proc.wait()
+            if self.stopping.is_set():
+                return
+            if time.monotonic() - started >= self.healthy_after_s:
+                backoff = self.first_backoff_s  # it ran fine for a while: this is a new failure
+            print(
+                f"fwdprune serve: worker exited with status {rc}; restarting in {backoff:g}s", file=sys.stderr
+            )
+            if self.stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def stop(self, timeout_s: float) -> None:
+        with self._lock:
+            self.stopping.set()
+            proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # the worker requeues what it was running, then exits
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -55,22 +123,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"fwdprune serve: {err}", file=sys.stderr)
         return 2
-    worker = None
+    supervisor = None
     if settings.embedded_worker and not args.no_worker:
         # --parent-pid: uvicorn re-raises SIGTERM after its shutdown, so our `finally` may never run;
         # the worker watches its parent instead and stops (requeueing its jobs) when the server is gone
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())]
-        )
+        supervisor = WorkerSupervisor()
+        supervisor.start()
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)  # the worker requeues what it was running, then exits
-            try:
-                worker.wait(timeout=settings.cancel_grace_s + 10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if supervisor is not None:
+            supervisor.stop(settings.cancel_grace_s + 10)
     return 0
 
 
@@ -80,6 +143,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     _apply_env(args)
     run_worker(Settings(), args.slots, parent_pid=args.parent_pid)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the store's schema to the current version, then exit (run once before API and workers)."""
+    from service.db import upgrade
+    from service.settings import Settings
+
+    _apply_env(args)
+    settings = Settings()
+    settings.ensure_dirs()  # a SQLite store lives under data_dir
+    upgrade(settings.db_url)
+    print("fwdprune migrate: the store is at the current schema version")
     return 0
 
 
@@ -215,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", choices=["auto", "cuda", "cpu"])
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="bring the store's schema up to date, then exit")
+    migrate.add_argument("--data-dir")
+    migrate.add_argument("--database-url")
+    migrate.set_defaults(handler=cmd_migrate)
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, event
-from sqlalchemy.engine import Engine, create_engine
+from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# pg_advisory_lock key that serializes migrations of every fwdprune store in a PostgreSQL database
+MIGRATION_LOCK_KEY = 0x66776470_72756E65 & 0x7FFF_FFFF_FFFF_FFFF  # "fwdprune"
 
 
 class Base(DeclarativeBase):
@@ -82,17 +88,17 @@ class WorkerRow(Base):
     info: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
     if url.startswith("sqlite"):
         # Several processes (API, worker, job runners) share the file: WAL lets readers and one writer
         # proceed together, and the busy timeout turns lock contention into waiting instead of errors.
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -111,7 +117,42 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade(url: str) -> None:
-    """Apply Alembic migrations up to head (idempotent; every process calls it at start)."""
+    """Apply Alembic migrations up to head, once: every process calls it at start, possibly all at once.
+
+    A lock held across the whole upgrade makes concurrent first starts wait for the one that migrates
+    and then find the schema at head, instead of racing to create the same tables.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    with migration_lock(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+@contextlib.contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """A lock shared by every process migrating this store: PostgreSQL advisory lock, or a lock file."""
+    if url.startswith("postgresql"):
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    conn.commit()
+        finally:
+            engine.dispose()
+        return
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:":
+        yield  # an in-memory SQLite database belongs to one process
+        return
+    # flock on a file next to the database: released by the kernel even if this process is killed
+    with open(f"{database}.migrate-lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,14 +1,24 @@
 """One job, one process: `python -m service.job_runner ...` runs `pruning.prune` and reports to the store.
 
 This is the only service module that imports torch (through the engine). The worker owns the job's
-status: this process writes progress and events, and its verdict to a result file the worker reads.
+status: this process writes progress and events, and its verdict (with the artifacts' checksums, so the
+worker never hashes a checkpoint itself) to a result file the worker reads.
+
+The process lives only as long as its claim: it dies with its worker (the parent-death signal, and a
+watchdog for the moment before that was set), and it stops itself as soon as the store says the job is no
+longer held by its worker and attempt (reaped, and maybe handed to another worker).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -16,8 +26,14 @@ from typing import Any, get_args
 
 from pruning.errors import FwdpruneError, failure_code
 from pruning.spec import Device
+from service.artifacts import describe
 from service.schemas.jobs import JobCreate, JobInputs
-from service.store import Store
+from service.store import Claim, Store
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+EXIT_NOT_OWNER = 4  # the job was taken from this process's worker; it stopped without a verdict
+WATCH_PARENT_S = 0.5
+WATCH_CLAIM_S = 5.0
 
 REPORT_KEYS = (
     "params",
@@ -43,23 +59,86 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     return {key: report[key] for key in REPORT_KEYS if key in report}
 
 
-class JobEvents:
-    """Engine events into the store; progress is throttled so a fast engine cannot flood the event log."""
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (no-op elsewhere).
 
-    def __init__(self, store: Store, job_id: str, min_interval_s: float = 1.0) -> None:
-        self.store, self.job_id, self.min_interval_s = store, job_id, min_interval_s
+    Safe between fork and exec (a `preexec_fn`): one libc call, no allocation, no locks.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def stop_self(reason: str) -> None:
+    """End this job process and everything it started (data loaders share its process group)."""
+    print(f"job runner stopping: {reason}", file=sys.stderr, flush=True)
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(EXIT_NOT_OWNER)
+
+
+def die_with_worker(worker_pid: int) -> None:
+    """Never outlive the worker `worker_pid`: the parent-death signal, then a watchdog thread.
+
+    The signal only covers a parent that dies after it was set; the check right after it, and the
+    watchdog (for platforms without the signal), cover the rest.
+    """
+    set_parent_death_signal()
+    if os.getppid() != worker_pid:
+        stop_self(f"worker {worker_pid} is gone")
+    threading.Thread(target=_watch_parent, args=(worker_pid,), daemon=True, name="watch-worker").start()
+
+
+def _watch_parent(worker_pid: int) -> None:
+    while os.getppid() == worker_pid:
+        time.sleep(WATCH_PARENT_S)
+    stop_self(f"worker {worker_pid} is gone")  # re-parented: the worker died
+
+
+def watch_claim(store: Store, job_id: str, claim: Claim, interval_s: float = WATCH_CLAIM_S) -> None:
+    """Stop this process once its worker no longer holds the job, even while the engine is silent."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                owned = store.owns(job_id, claim)
+            except Exception:  # the store is unreachable for now: not a reason to stop the job
+                continue
+            if not owned:
+                stop_self(f"job {job_id} is no longer held by {claim.worker_id} (attempt {claim.attempt})")
+
+    threading.Thread(target=watch, daemon=True, name="watch-claim").start()
+
+
+class JobEvents:
+    """Engine events into the store; progress is throttled so a fast engine cannot flood the event log.
+
+    With a claim, every write is fenced by it, and a write the store refuses means the job was taken
+    from this process's worker: the process stops.
+    """
+
+    def __init__(
+        self, store: Store, job_id: str, min_interval_s: float = 1.0, claim: Claim | None = None
+    ) -> None:
+        self.store, self.job_id, self.min_interval_s, self.claim = store, job_id, min_interval_s, claim
         self._last_saved = 0.0
         self._last_round: object = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("type") != "progress":
-            self.store.record_event(self.job_id, event)
+            self._record(event)
             return
         now = time.monotonic()
         boundary = event.get("round") != self._last_round or event.get("fraction") == 1.0
         if boundary or now - self._last_saved >= self.min_interval_s:
-            self.store.record_event(self.job_id, event)
+            self._record(event)
             self._last_saved, self._last_round = now, event.get("round")
+
+    def _record(self, event: dict[str, Any]) -> None:
+        if not self.store.record_event(self.job_id, event, claim=self.claim) and self.claim is not None:
+            stop_self(f"job {self.job_id} is no longer held by this worker")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,21 +148,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--result", required=True, type=Path)
     parser.add_argument("--device", default="auto", choices=get_args(Device))
+    parser.add_argument("--worker-id", help="the claim this process runs under (fences its writes)")
+    parser.add_argument("--attempt", type=int)
+    parser.add_argument("--worker-pid", type=int, help="the worker process; this one dies with it")
     args = parser.parse_args(argv)
 
+    die_with_worker(args.worker_pid or os.getppid())
+    claim = Claim(args.worker_id, args.attempt) if args.worker_id and args.attempt else None
     store = Store(args.database_url, migrate=False)
     job = store.get_job(args.job_id)
     if job is None:
         print(f"job {args.job_id} not found", file=sys.stderr)
         return 2
+    if claim is not None:
+        watch_claim(store, job.id, claim)
     try:
         spec = JobCreate.model_validate(job.request).to_spec(
             JobInputs.model_validate(job.resolved), args.out_dir, args.device
         )
         from pruning import prune
 
-        report = prune(spec, on_event=JobEvents(store, job.id))
-        result: dict[str, Any] = {"ok": True, "metrics": summarize(report)}
+        report = prune(spec, on_event=JobEvents(store, job.id, claim=claim))
+        # checksums here, not in the worker: hashing a large checkpoint must not stall its heartbeats
+        result: dict[str, Any] = {
+            "ok": True,
+            "metrics": summarize(report),
+            "artifacts": describe(args.out_dir),
+        }
         code = 0
     except Exception as err:
         traceback.print_exc()

@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
+from service.errors import validation_error
+from service.guard import RequestGuard
 from service.metrics import RequestMetrics, ServiceMetrics
 from service.routers import files, health, jobs
 from service.settings import Settings
@@ -35,7 +38,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.store = store
     app.state.key_hashes = settings.key_hashes()
     app.state.metrics = ServiceMetrics(store, settings.heartbeat_timeout_s)
+    # the last added runs first: metrics see every answer, the guard's 401 and 413 refusals included
+    app.add_middleware(RequestGuard)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_exception_handler(RequestValidationError, validation_error)
     for router in (health.router, files.router, jobs.router):
         app.include_router(router)
     return app

@@ -42,8 +42,7 @@ class StoreCollector(Collector):
         yield from self._workers()
 
     def _workers(self) -> Iterator[GaugeMetricFamily]:
-        now = time.time()
-        live = [w for w in self.store.workers() if now - w.heartbeat_at <= self.heartbeat_timeout_s]
+        live = self.store.live_workers(self.heartbeat_timeout_s)  # by the database's clock
         yield GaugeMetricFamily("fwdprune_workers", "Workers with a recent heartbeat.", value=len(live))
         yield GaugeMetricFamily(
             "fwdprune_worker_slots", "Job slots of live workers.", value=sum(w.slots for w in live)

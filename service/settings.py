@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     insecure_no_auth: bool = False
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="body limit of every request but an upload (JSON bodies)"
+    )
+    max_line_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1, description="longest .jsonl line (one record) an upload may hold"
+    )
     embedded_worker: bool = True
     worker_slots: int | None = Field(
         default=None, ge=1, description="concurrent jobs per worker; default: GPU count or 1"
@@ -57,6 +63,18 @@ class Settings(BaseSettings):
     )
     cancel_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace for cancelled jobs")
     poll_interval_s: float = Field(default=0.5, gt=0)
+    public_metrics: bool = Field(
+        default=False, description="show /metrics and /readyz details without an admin key"
+    )
+    store_retry_attempts: int = Field(
+        default=8, ge=1, description="tries of a worker's store call before the tick gives up on it"
+    )
+    store_retry_max_wait_s: float = Field(
+        default=10.0, gt=0, description="longest pause between those tries (exponential backoff)"
+    )
+    store_busy_timeout_s: float = Field(
+        default=30.0, gt=0, description="SQLite: how long one statement waits for another writer's lock"
+    )
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

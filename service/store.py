@@ -2,15 +2,32 @@
 
 Status changes are conditional UPDATEs (`WHERE status IN (...)`) whose row count says who won, so the
 API, any number of workers and the job runners can race on the same rows without locks held across calls.
+
+A worker's claim on a job is a `Claim` (worker id and attempt number). Every change a worker or its job
+runner makes to a claimed job is fenced by it: `WHERE id=? AND worker_id=? AND attempts=?`, so a worker
+whose job was reaped and handed to another one changes nothing. Heartbeats and the reaper read the
+database's clock, never a worker's, so clock skew between hosts cannot make a live worker look dead.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    delete,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,17 +39,54 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
 
+class FileGone(Exception):
+    """A file the job names was deleted while the job was being created."""
+
+
+class FileInUse(Exception):
+    """An unfinished job reads the file."""
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used with a different request body."""
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who runs a job: the worker that claimed it and the attempt number the claim gave it."""
+
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An active job whose worker looked dead, as the reaper saw it when it listed the job."""
+
+    id: str
+    status: str
+    worker_id: str | None
+    attempts: int
+    computing: bool
+
+
+def db_clock(url: str) -> ColumnElement[float]:
+    """The database server's time in epoch seconds, as an SQL expression (one clock for every host)."""
+    if url.startswith("sqlite"):
+        # julianday('now') works on every SQLite; unixepoch('subsec') needs 3.42
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
+    # clock_timestamp, not now(): now() is frozen at the start of the transaction
+    return literal_column("CAST(extract(epoch from clock_timestamp()) AS double precision)", Float)
+
+
 class Store:
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, busy_timeout_s: float = 30.0) -> None:
         if migrate:
             upgrade(url)
         self.url = url
-        self.engine: Engine = make_engine(url)
+        self.engine: Engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.now: ColumnElement[float] = db_clock(url)
 
     def session(self) -> Session:
         return self._session()
@@ -66,19 +120,35 @@ class Store:
         with self.session() as s:
             return s.scalars(query).all()
 
+    @staticmethod
+    def _jobs_reading(s: Session, file_id: str) -> bool:
+        jobs = s.scalars(select(JobRow).where(JobRow.status.in_(("queued", *ACTIVE)))).all()
+        return any(file_id in (j.request.get("calibration_file"), j.request.get("eval_file")) for j in jobs)
+
     def file_in_use(self, file_id: str) -> bool:
         """Whether an unfinished job reads this file (it must not vanish under the job)."""
         with self.session() as s:
-            jobs = s.scalars(select(JobRow).where(JobRow.status.in_(("queued", *ACTIVE)))).all()
-        return any(file_id in (j.request.get("calibration_file"), j.request.get("eval_file")) for j in jobs)
+            return self._jobs_reading(s, file_id)
 
-    def delete_file(self, file_id: str) -> None:
-        with self.session() as s, s.begin():
-            s.execute(delete(FileRow).where(FileRow.id == file_id))
+    def delete_file(self, file_id: str) -> bool:
+        """Delete the file's row unless an unfinished job reads it; False (nothing deleted) if one does.
+        The DELETE comes first so that it and a concurrent `create_job` naming the file serialise on the
+        row (PostgreSQL) or the write lock (SQLite): whichever commits second sees the other."""
+        try:
+            with self.session() as s, s.begin():
+                s.execute(delete(FileRow).where(FileRow.id == file_id))
+                if self._jobs_reading(s, file_id):
+                    raise FileInUse(file_id)  # rolls the DELETE back
+        except FileInUse:
+            return False
+        return True
 
     # jobs ------------------------------------------------------------------------------------------------
-    def create_job(self, row: JobRow) -> tuple[JobRow, bool]:
-        """Insert `row`, or return the job already made with the same idempotency key: (job, created)."""
+    def create_job(self, row: JobRow, file_ids: Sequence[str] = ()) -> tuple[JobRow, bool]:
+        """Insert `row`, or return the job already made with the same idempotency key: (job, created).
+        Raises FileGone if one of `file_ids` was deleted meanwhile: the job is inserted before the files
+        are read back (shared-locked on PostgreSQL), so a concurrent `delete_file` either sees the job or
+        has already removed the row this transaction then misses."""
         if row.idempotency_key is not None:
             existing = self._by_idempotency_key(row.owner, row.idempotency_key)
             if existing is not None:
@@ -92,6 +162,12 @@ class Store:
                         job_id=row.id, created_at=row.created_at, type="status", data={"status": "queued"}
                     )
                 )
+                s.flush()
+                named = select(FileRow.id).where(FileRow.id.in_(file_ids)).with_for_update(read=True)
+                found = set(s.scalars(named))
+                missing = [file_id for file_id in file_ids if file_id not in found]
+                if missing:
+                    raise FileGone(missing[0])  # rolls the job back
         except IntegrityError:
             # a concurrent request with the same key won the insert
             if row.idempotency_key is None:
@@ -137,19 +213,41 @@ class Store:
             rows = s.scalars(query).all()
         return rows[:limit], len(rows) > limit
 
-    def _transition(self, job_id: str, from_statuses: Iterable[str], **values: Any) -> bool:
+    def _transition(
+        self,
+        job_id: str,
+        from_statuses: Iterable[str],
+        *,
+        claim: Claim | None = None,
+        note: dict[str, Any] | None = None,
+        on_won: Callable[[], None] | None = None,
+        **values: Any,
+    ) -> bool:
+        """One conditional UPDATE; its status event (and `note`, an extra event) only if it won.
+
+        `on_won` runs inside the transaction, after the UPDATE won and before the commit: while it runs
+        the row stays locked, so nobody else can change the job, and if it raises nothing is committed.
+        """
         with self.session() as s, s.begin():
             result = s.execute(
                 update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status.in_(tuple(from_statuses)))
+                .where(JobRow.id == job_id, JobRow.status.in_(tuple(from_statuses)), *_fence(claim))
                 .values(**values)
             )
-            if result.rowcount == 1 and "status" in values:  # type: ignore[attr-defined]
+            won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if not won:
+                return False
+            if "status" in values:
                 data: dict[str, Any] = {"status": values["status"]}
                 if values.get("error_code"):
                     data["error"] = {"code": values["error_code"], "message": values.get("error_message")}
                 s.add(EventRow(job_id=job_id, created_at=time.time(), type="status", data=data))
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if note is not None:
+                s.add(_event_row(job_id, note))
+            if on_won is not None:
+                s.flush()
+                on_won()
+            return True
 
     def request_cancel(self, job_id: str) -> None:
         """Queued jobs are cancelled at once; running ones go to `cancelling` for their worker to stop."""
@@ -186,34 +284,49 @@ class Store:
                 return self.get_job(candidate)
         return None
 
-    def set_pid(self, job_id: str, pid: int | None) -> None:
+    def set_pid(self, job_id: str, pid: int | None, claim: Claim | None = None) -> bool:
+        """Record the job process's pid; False when `claim` no longer holds the job."""
         with self.session() as s, s.begin():
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(pid=pid))
+            result = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), *_fence(claim))
+                .values(pid=pid)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def record_event(self, job_id: str, event: dict[str, Any], *, store_event: bool = True) -> None:
-        """An engine event: progress updates the job's progress; any stage means computing has begun."""
-        now = time.time()
+    def owns(self, job_id: str, claim: Claim) -> bool:
+        """Whether `claim` still holds the job (it is active under that worker and attempt)."""
+        with self.session() as s:
+            query = select(JobRow.id).where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), *_fence(claim))
+            return s.scalars(query).first() is not None
+
+    def record_event(
+        self, job_id: str, event: dict[str, Any], *, store_event: bool = True, claim: Claim | None = None
+    ) -> bool:
+        """An engine event: progress updates the job's progress; any stage means computing has begun.
+
+        With `claim` (the job runner's), nothing is written unless that claim still holds the job, and the
+        answer is False: the runner's job was taken from its worker and the runner must stop.
+        """
         kind = str(event.get("type", "event"))
+        values: dict[str, Any] = {}
+        if kind == "stage":
+            values = {"progress": {"stage": event.get("stage")}, "computing": True}
+        elif kind == "progress":
+            values = {
+                "progress": {key: event.get(key) for key in ("stage", "round", "rounds", "fraction", "eta_s")}
+            }
         with self.session() as s, s.begin():
-            job = s.scalars(select(JobRow).where(JobRow.id == job_id)).first()
-            if job is None:
-                return
-            if kind == "stage":
-                job.progress = {"stage": event.get("stage")}
-                job.computing = True
-            elif kind == "progress":
-                job.progress = {
-                    key: event.get(key) for key in ("stage", "round", "rounds", "fraction", "eta_s")
-                }
+            query = update(JobRow).where(JobRow.id == job_id, *_fence(claim))
+            if claim is not None:
+                query = query.where(JobRow.status.in_(ACTIVE))
+            # a plain event changes no column, but the UPDATE is still the ownership check
+            result = s.execute(query.values(**(values or {"attempts": JobRow.attempts})))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
             if store_event:
-                s.add(
-                    EventRow(
-                        job_id=job_id,
-                        created_at=now,
-                        type=kind,
-                        data={k: v for k, v in event.items() if k != "type"},
-                    )
-                )
+                s.add(_event_row(job_id, event))
+            return True
 
     def finish_job(
         self,
@@ -225,10 +338,15 @@ class Store:
         error_code: str | None = None,
         error_message: str | None = None,
         from_statuses: Iterable[str] = ACTIVE,
+        claim: Claim | None = None,
+        on_won: Callable[[], None] | None = None,
     ) -> bool:
+        """The job's final status; with `on_won` (publication), that runs before the status commits."""
         return self._transition(
             job_id,
             from_statuses,
+            claim=claim,
+            on_won=on_won,
             status=status,
             finished_at=time.time(),
             metrics=metrics,
@@ -238,10 +356,13 @@ class Store:
             pid=None,
         )
 
-    def requeue(self, job_id: str, reason: str) -> bool:
-        ok = self._transition(
+    def requeue(self, job_id: str, reason: str, claim: Claim | None = None) -> bool:
+        """Give an active job back to the queue (the attempt count stays: it bounds requeues)."""
+        return self._transition(
             job_id,
             ACTIVE,
+            claim=claim,
+            note={"type": "warning", "message": reason},
             status="queued",
             worker_id=None,
             pid=None,
@@ -249,9 +370,6 @@ class Store:
             progress={},
             computing=False,
         )
-        if ok:
-            self.record_event(job_id, {"type": "warning", "message": reason})
-        return ok
 
     def events(self, job_id: str, after: int, limit: int) -> Sequence[EventRow]:
         with self.session() as s:
@@ -268,32 +386,122 @@ class Store:
                 select(JobRow).where(JobRow.worker_id == worker_id, JobRow.status.in_(ACTIVE))
             ).all()
 
+    def _worker_alive(self, timeout_s: float) -> ColumnElement[bool]:
+        """SQL: the job's worker has a heartbeat younger than `timeout_s` by the database's clock."""
+        return exists().where(
+            WorkerRow.id == JobRow.worker_id, WorkerRow.heartbeat_at >= self.now - timeout_s
+        )
+
+    def orphans(self, timeout_s: float) -> list[Orphan]:
+        """Active jobs whose worker has sent no heartbeat for `timeout_s` (or has no worker row at all)."""
+        query = select(JobRow.id, JobRow.status, JobRow.worker_id, JobRow.attempts, JobRow.computing).where(
+            JobRow.status.in_(ACTIVE), ~self._worker_alive(timeout_s)
+        )
+        with self.session() as s:
+            return [Orphan(*row) for row in s.execute(query).all()]
+
+    def reap(self, orphan: Orphan, timeout_s: float, max_attempts: int = 2) -> bool:
+        """Requeue, fail or cancel one orphan, in one UPDATE that re-checks what the decision rests on.
+
+        The list may be out of date by now: the worker may have sent a heartbeat, or the job may have been
+        requeued and claimed by another worker. Then the UPDATE matches nothing and the job stays as it is.
+        """
+        reason = f"worker {orphan.worker_id} stopped sending heartbeats for over {timeout_s:g}s"
+        still = (
+            JobRow.worker_id == orphan.worker_id
+            if orphan.worker_id is not None
+            else JobRow.worker_id.is_(None),
+            JobRow.attempts == orphan.attempts,
+            JobRow.computing == orphan.computing,
+            ~self._worker_alive(timeout_s),
+        )
+        if orphan.status == "cancelling":
+            return self._reap_update(orphan, still, status="cancelled", finished_at=time.time(), pid=None)
+        if not orphan.computing and orphan.attempts < max_attempts:
+            return self._reap_update(
+                orphan,
+                still,
+                note={
+                    "type": "warning",
+                    "message": f"{reason}; requeued because it had not started computing",
+                },
+                status="queued",
+                worker_id=None,
+                pid=None,
+                started_at=None,
+                progress={},
+                computing=False,
+            )
+        return self._reap_update(
+            orphan,
+            still,
+            status="failed",
+            finished_at=time.time(),
+            error_code="worker_lost",
+            error_message=reason,
+            pid=None,
+        )
+
+    def _reap_update(
+        self,
+        orphan: Orphan,
+        still: tuple[ColumnElement[bool], ...],
+        note: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> bool:
+        with self.session() as s, s.begin():
+            result = s.execute(
+                update(JobRow)
+                .where(JobRow.id == orphan.id, JobRow.status == orphan.status, *still)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            data: dict[str, Any] = {"status": values["status"]}
+            if values.get("error_code"):
+                data["error"] = {"code": values["error_code"], "message": values.get("error_message")}
+            s.add(EventRow(job_id=orphan.id, created_at=time.time(), type="status", data=data))
+            if note is not None:
+                s.add(_event_row(orphan.id, note))
+            return True
+
     def reap_dead_workers(self, timeout_s: float, max_attempts: int = 2) -> list[str]:
         """Jobs held by workers that stopped heartbeating: requeue once if nothing was computed, else fail."""
-        cutoff = time.time() - timeout_s
+        return [o.id for o in self.orphans(timeout_s) if self.reap(o, timeout_s, max_attempts)]
+
+    def live_claims(self, timeout_s: float) -> set[tuple[str, int]]:
+        """(job id, attempt) of every active job whose worker is alive by the database's clock."""
+        query = select(JobRow.id, JobRow.attempts).where(
+            JobRow.status.in_(ACTIVE), self._worker_alive(timeout_s)
+        )
         with self.session() as s:
-            alive = set(s.scalars(select(WorkerRow.id).where(WorkerRow.heartbeat_at >= cutoff)).all())
-            orphans = [
-                j
-                for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))).all()
-                if j.worker_id not in alive
-            ]
-        reaped = []
-        for job in orphans:
-            reason = f"worker {job.worker_id} stopped sending heartbeats for over {timeout_s:g}s"
-            if job.status == "cancelling":
-                self.finish_job(job.id, "cancelled")
-            elif not job.computing and job.attempts < max_attempts:
-                self.requeue(job.id, f"{reason}; requeued because the job had not started computing")
-            else:
-                self.finish_job(job.id, "failed", error_code="worker_lost", error_message=reason)
-            reaped.append(job.id)
-        return reaped
+            return {(job_id, int(attempt)) for job_id, attempt in s.execute(query).all()}
+
+    def job_statuses(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """Status by id of those of `job_ids` that exist."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        with self.session() as s:
+            return {
+                job_id: status
+                for job_id, status in s.execute(select(JobRow.id, JobRow.status).where(JobRow.id.in_(ids)))
+            }
 
     # workers ---------------------------------------------------------------------------------------------
     def heartbeat(self, row: WorkerRow) -> None:
+        """Create or refresh the worker's row; its heartbeat time is the database's clock, not `row`'s."""
+        values = {"hostname": row.hostname, "pid": row.pid, "slots": row.slots, "info": row.info}
         with self.session() as s, s.begin():
-            s.merge(row)
+            result = s.execute(
+                update(WorkerRow).where(WorkerRow.id == row.id).values(heartbeat_at=self.now, **values)
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                # only this worker writes its row, so no one can insert it between the UPDATE and here
+                s.execute(
+                    insert(WorkerRow).values(id=row.id, started_at=self.now, heartbeat_at=self.now, **values)
+                )
 
     def remove_worker(self, worker_id: str) -> None:
         with self.session() as s, s.begin():
@@ -302,6 +510,16 @@ class Store:
     def workers(self) -> Sequence[WorkerRow]:
         with self.session() as s:
             return s.scalars(select(WorkerRow)).all()
+
+    def live_workers(self, timeout_s: float) -> Sequence[WorkerRow]:
+        """Workers with a heartbeat younger than `timeout_s`, by the database's clock."""
+        with self.session() as s:
+            return s.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= self.now - timeout_s)).all()
+
+    def clock(self) -> float:
+        """The database's time, epoch seconds."""
+        with self.session() as s:
+            return float(s.execute(select(self.now)).scalar_one())
 
     # metrics ---------------------------------------------------------------------------------------------
     def count_by_status(self) -> dict[str, int]:
@@ -325,3 +543,19 @@ class Store:
             for job_id, start, end in rows
             if start is not None and end is not None
         ]
+
+
+def _fence(claim: Claim | None) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE terms that limit an UPDATE to the job as `claim` holds it (none: an unfenced change)."""
+    if claim is None:
+        return ()
+    return (JobRow.worker_id == claim.worker_id, JobRow.attempts == claim.attempt)
+
+
+def _event_row(job_id: str, event: dict[str, Any]) -> EventRow:
+    return EventRow(
+        job_id=job_id,
+        created_at=time.time(),
+        type=str(event.get("type", "event")),
+        data={k: v for k, v in event.items() if k != "type"},
+    )

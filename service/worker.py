@@ -2,13 +2,22 @@
 
 A job process may die in any way (user error, bug, OOM killer, someone's kill -9); the worker sees its
 exit status and turns it into `failed` with a reason. A worker that dies itself stops heartbeating, and
-any other worker (or its own successor) reaps its jobs via `Store.reap_dead_workers`.
+any other worker (or its own successor) reaps its jobs via `Store.reap_dead_workers`; its job processes
+die with it (parent-death signal), and the next worker to start removes their temporary directories.
+
+Every change the worker makes to a job is fenced by its claim (worker id and attempt): when a change is
+refused, the job was reaped from this worker (it paused too long, or its heartbeats could not get
+through), so the worker kills the job's processes and throws their outputs away instead of publishing.
+Store errors (a locked or unreachable database, a full disk) are retried with backoff, and one that
+persists costs a tick, never the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,14 +27,31 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from service.artifacts import describe
 from service.db import WorkerRow
 from service.settings import Settings
-from service.store import Store
+from service.store import ACTIVE, Claim, Store
+
+log = logging.getLogger("fwdprune.worker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# transient by nature: a lock held by another process, a dropped connection, a full disk
+STORE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+# a job runs user-chosen models and data: it gets no credential of the API
+SECRET_ENV = ("FWDPRUNE_API_KEYS", "FWDPRUNE_ADMIN_KEYS", "FWDPRUNE_API_KEYS_FILE", "FWDPRUNE_TOKEN")
+TMP_PREFIX = ".tmp-"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MAX_TICK_BACKOFF_S = 30.0
 
 
 def gpu_info() -> list[dict[str, Any]]:
@@ -64,9 +90,44 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def parent_death_signal(sig: int) -> Callable[[], None]:
+    """A `preexec_fn` that has Linux send `sig` to the child when the process that started it dies."""
+
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    # looked up here, before the fork: the child, between fork and exec, only makes the call
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    signum = int(sig)
+
+    def set_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+    return set_signal
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` minus the API's keys and key files: job processes need none of them."""
+    return {name: value for name, value in env.items() if name not in SECRET_ENV}
+
+
+def tmp_dir_name(job_id: str, attempt: int) -> str:
+    """One temporary directory per attempt: a worker that lost a job never touches its successor's."""
+    return f"{TMP_PREFIX}{job_id}-a{attempt}"
+
+
+def parse_tmp_dir_name(name: str) -> tuple[str, int | None]:
+    """(job id, attempt) of a temporary directory's name; attempt None for an unnumbered one."""
+    stem = name[len(TMP_PREFIX) :]
+    job_id, sep, attempt = stem.rpartition("-a")
+    if sep and attempt.isdigit():
+        return job_id, int(attempt)
+    return stem, None
+
+
 @dataclass
 class Running:
     job_id: str
+    claim: Claim
     slot: int
     proc: subprocess.Popen[bytes]
     tmp_dir: Path
@@ -74,6 +135,7 @@ class Running:
     term_sent_at: float | None = None
     killed: bool = False
     shutdown: bool = False
+    lost: bool = False  # the job was taken from this worker: its outputs are discarded
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,7 +151,7 @@ class Worker:
     def __init__(self, settings: Settings, slots: int | None = None, store: Store | None = None) -> None:
         self.settings = settings
         settings.ensure_dirs()
-        self.store = store or Store(settings.db_url)
+        self.store = store or Store(settings.db_url, busy_timeout_s=settings.store_busy_timeout_s)
         self.gpus = gpu_info()
         self.slots = slots or settings.worker_slots or max(1, len(self.gpus))
         self.id = f"wrk_{socket.gethostname()[:32]}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -97,14 +159,34 @@ class Worker:
         self.stop_event = threading.Event()
         self._next_beat = 0.0
         self._started = time.time()
+        self._swept = False
         self.parent_pid: int | None = None  # embedded mode: stop when the server process is gone
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(STORE_ERRORS),
+            wait=wait_exponential(multiplier=0.1, max=settings.store_retry_max_wait_s),
+            stop=stop_after_attempt(settings.store_retry_attempts),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+
+    def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A store call, retried with exponential backoff while the error looks transient."""
+        return self._retrying(fn, *args, **kwargs)
 
     # lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> None:
+        failures = 0
         try:
             while not self.stop_event.is_set():
-                self.tick()
-                self.stop_event.wait(self.settings.poll_interval_s)
+                try:
+                    self.tick()
+                    failures = 0
+                except Exception:
+                    # a store that stays unreachable through all retries costs this tick, not the worker
+                    failures += 1
+                    log.exception("worker tick failed (%d in a row); carrying on", failures)
+                delay = self.settings.poll_interval_s * 2 ** min(failures, 8)
+                self.stop_event.wait(min(delay, max(MAX_TICK_BACKOFF_S, self.settings.poll_interval_s)))
         finally:
             self.shutdown()
 
@@ -112,32 +194,61 @@ class Worker:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             self.stop_event.set()
             return
-        now = time.time()
+        now = time.monotonic()
         if now >= self._next_beat:
-            self.beat(now)
-            self.store.reap_dead_workers(self.settings.heartbeat_timeout_s)
+            self.beat()
+            self.give_back_strays()
+            reaped = self._call(self.store.reap_dead_workers, self.settings.heartbeat_timeout_s)
+            if reaped or not self._swept:
+                self.sweep()
             self._next_beat = now + self.settings.heartbeat_interval_s
         for running in list(self.running.values()):
             self.supervise(running)
         while len(self.running) < self.slots and not self.stop_event.is_set():
-            job = self.store.claim_job(self.id)
-            if job is None:
+            claimed = self.claim()
+            if claimed is None:
                 break
-            self.start(job.id)
+            self.start(*claimed)
 
-    def beat(self, now: float) -> None:
+    def beat(self) -> None:
         info = {"gpus": gpu_info() if self.gpus else [], "running": sorted(self.running)}
-        self.store.heartbeat(
-            WorkerRow(
-                id=self.id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                slots=self.slots,
-                started_at=self._started,
-                heartbeat_at=now,
-                info=info,
-            )
+        row = WorkerRow(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            slots=self.slots,
+            started_at=self._started,
+            heartbeat_at=0.0,  # the store stamps the database's time
+            info=info,
         )
+        self._call(self.store.heartbeat, row)
+
+    def give_back_strays(self) -> None:
+        """Requeue jobs the store says we hold but we run no process for (a start that failed halfway)."""
+        for job in self._call(self.store.jobs_of_worker, self.id):
+            if job.id not in self.running:
+                claim = Claim(self.id, job.attempts)
+                self._call(self.store.requeue, job.id, "the worker could not start the job; requeued", claim)
+
+    def sweep(self) -> None:
+        """Remove temporary directories of jobs no live worker runs, and outputs of jobs that failed."""
+        jobs_dir = self.settings.jobs_dir
+        # listed before the store is read: a directory made after its job's claim is then never mistaken
+        names = [entry.name for entry in jobs_dir.iterdir() if entry.is_dir()]
+        live = self._call(self.store.live_claims, self.settings.heartbeat_timeout_s)
+        live |= {(r.job_id, r.claim.attempt) for r in self.running.values()}
+        live_ids = {job_id for job_id, _ in live}
+        for name in names:
+            if name.startswith(TMP_PREFIX):
+                job_id, attempt = parse_tmp_dir_name(name)
+                if (job_id, attempt) not in live and not (attempt is None and job_id in live_ids):
+                    shutil.rmtree(jobs_dir / name, ignore_errors=True)
+        # a worker killed mid-publication leaves a published directory behind a job that then failed
+        statuses = self._call(self.store.job_statuses, [n for n in names if not n.startswith(".")])
+        for job_id, status in statuses.items():
+            if status in ("failed", "cancelled"):
+                shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+        self._swept = True
 
     def shutdown(self) -> None:
         """Stop our job processes and give their jobs back to the queue, so a restart loses nothing."""
@@ -151,22 +262,23 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self._signal(running, signal.SIGKILL)
                 running.proc.wait()
-            self._finalize(running)
-        self.store.remove_worker(self.id)
+            try:
+                self._finalize(running)
+            except Exception:
+                log.exception("could not requeue job %s on shutdown; the reaper will", running.job_id)
+                self._discard(running)
+        with contextlib.suppress(Exception):
+            self._call(self.store.remove_worker, self.id)
         self.store.close()
 
     # jobs ------------------------------------------------------------------------------------------------
-    def start(self, job_id: str) -> None:
-        slot = next(i for i in range(self.slots) if i not in {r.slot for r in self.running.values()})
-        tmp_dir = self.settings.jobs_dir / f".tmp-{job_id}"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
-        env = dict(os.environ)
-        if self.gpus:
-            # one GPU per slot, named by UUID: CUDA's own device order need not follow NVML's indices
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot].get("uuid") or str(self.gpus[slot]["index"])
-        log = (tmp_dir / "job.log").open("wb")
-        cmd = [
+    def claim(self) -> tuple[str, Claim] | None:
+        """The next queued job, now ours under a new attempt number."""
+        job = self._call(self.store.claim_job, self.id)
+        return None if job is None else (job.id, Claim(self.id, job.attempts))
+
+    def runner_command(self, job_id: str, claim: Claim, tmp_dir: Path) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "service.job_runner",
@@ -180,19 +292,57 @@ class Worker:
             str(tmp_dir / "result.json"),
             "--device",
             self.settings.device,
+            "--worker-id",
+            claim.worker_id,
+            "--attempt",
+            str(claim.attempt),
+            "--worker-pid",
+            str(os.getpid()),
         ]
-        # its own session, so cancel can signal the job's whole process tree (data loaders and all)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.store.set_pid(job_id, proc.pid)
-        self.running[job_id] = Running(job_id, slot, proc, tmp_dir, log)
+
+    def runner_env(self, slot: int) -> dict[str, str]:
+        env = without_secrets(os.environ)
+        if self.gpus:
+            # one GPU per slot, named by UUID: CUDA's own device order need not follow NVML's indices
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot].get("uuid") or str(self.gpus[slot]["index"])
+        return env
+
+    def start(self, job_id: str, claim: Claim) -> None:
+        slot = next(i for i in range(self.slots) if i not in {r.slot for r in self.running.values()})
+        tmp_dir = self.settings.jobs_dir / tmp_dir_name(job_id, claim.attempt)
+        try:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.mkdir(parents=True)
+            log_file = (tmp_dir / "job.log").open("wb")
+        except OSError:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            self._call(self.store.requeue, job_id, "the worker could not prepare the job; requeued", claim)
+            raise
+        # its own session, so cancel can signal the job's whole process tree (data loaders and all);
+        # the parent-death signal ends it with this worker, however the worker dies
+        proc = subprocess.Popen(
+            self.runner_command(job_id, claim, tmp_dir),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=self.runner_env(slot),
+            start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGKILL),
+        )
+        running = Running(job_id, claim, slot, proc, tmp_dir, log_file)
+        self.running[job_id] = running
+        if not self._call(self.store.set_pid, job_id, proc.pid, claim):
+            self._abandon(running, "the job was taken from this worker before its process started")
 
     def supervise(self, running: Running) -> None:
         if running.proc.poll() is not None:
             self._finalize(running)
             return
+        job = self._call(self.store.get_job, running.job_id)
+        if job is None or not self._holds(job, running.claim):
+            self._abandon(running, "the job was taken from this worker")
+            return
         if running.term_sent_at is None:
-            job = self.store.get_job(running.job_id)
-            if job is None or job.status == "cancelling":
+            if job.status == "cancelling":
                 self._signal(running, signal.SIGTERM)
                 running.term_sent_at = time.time()
         elif not running.killed and time.time() - running.term_sent_at >= self.settings.cancel_grace_s:
@@ -200,40 +350,53 @@ class Worker:
             running.killed = True
 
     @staticmethod
+    def _holds(job: Any, claim: Claim) -> bool:
+        return bool(
+            job.status in ACTIVE and job.worker_id == claim.worker_id and job.attempts == claim.attempt
+        )
+
+    def _abandon(self, running: Running, reason: str) -> None:
+        """Kill a job we no longer hold and throw away its outputs; its new owner (if any) runs it."""
+        log.warning("job %s (attempt %d): %s; killing it", running.job_id, running.claim.attempt, reason)
+        running.lost = True
+        self._signal(running, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running.proc.wait(timeout=10)
+        self._discard(running)
+
+    def _discard(self, running: Running) -> None:
+        self.running.pop(running.job_id, None)
+        running.log.close()
+        shutil.rmtree(running.tmp_dir, ignore_errors=True)
+
+    @staticmethod
     def _signal(running: Running, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(running.proc.pid, sig)
 
     def _finalize(self, running: Running) -> None:
-        self.running.pop(running.job_id, None)
+        """Turn an ended job process into the job's status. Raises (and keeps `running`) on store errors."""
         running.log.close()
-        rc = running.proc.returncode
-        job = self.store.get_job(running.job_id)
-        try:
-            if job is None:
-                return
-            if job.status == "cancelling" or running.term_sent_at is not None:
-                self.store.finish_job(job.id, "cancelled")
-            elif running.shutdown:
-                self.store.requeue(job.id, "worker shut down; job requeued")
-            else:
-                self._verdict(running, rc)
-        finally:
-            # partial artifacts never outlive the job process; published ones were renamed away already
-            shutil.rmtree(running.tmp_dir, ignore_errors=True)
+        job = self._call(self.store.get_job, running.job_id)
+        if job is None or running.lost or not self._holds(job, running.claim):
+            self._discard(running)  # reaped while it ran: its verdict is no longer ours to give
+            return
+        claim = running.claim
+        if job.status == "cancelling" or running.term_sent_at is not None:
+            self._call(self.store.finish_job, job.id, "cancelled", claim=claim)
+        elif running.shutdown:
+            self._call(self.store.requeue, job.id, "worker shut down; job requeued", claim)
+        else:
+            self._verdict(running, running.proc.returncode)
+        # partial artifacts never outlive the job process; published ones were renamed away already
+        self._discard(running)
 
     def _verdict(self, running: Running, rc: int) -> None:
         result: dict[str, Any] = {}
         if running.result_path.is_file():
             result = json.loads(running.result_path.read_text(encoding="utf-8"))
         if rc == 0 and result.get("ok"):
-            final = self.settings.jobs_dir / running.job_id
-            shutil.rmtree(final, ignore_errors=True)
-            artifacts = describe(running.out_dir)
-            running.out_dir.rename(final)  # atomic publication: same filesystem, one rename
-            self.store.finish_job(
-                running.job_id, "succeeded", metrics=result.get("metrics"), artifacts=artifacts
-            )
+            self._publish(running, result)
             return
         if result:
             code, message = result.get("code", "internal_error"), result.get("message")
@@ -248,7 +411,49 @@ class Worker:
                 "internal_error",
                 f"job process exited with status {rc}: {self._log_tail(running)}",
             )
-        self.store.finish_job(running.job_id, "failed", error_code=code, error_message=message)
+        self._call(
+            self.store.finish_job,
+            running.job_id,
+            "failed",
+            error_code=code,
+            error_message=message,
+            claim=running.claim,
+        )
+
+    def _publish(self, running: Running, result: dict[str, Any]) -> None:
+        """Move the checkpoint into place and mark the job succeeded, both or neither.
+
+        The move runs inside the fenced status UPDATE's transaction: only the job's owner gets that far,
+        and nobody can reap the job between the move and the commit. A commit that fails moves it back.
+        """
+        final = self.settings.jobs_dir / running.job_id
+        # the job runner hashes the checkpoint; a result without checksums comes from an older runner
+        artifacts = result.get("artifacts")
+        if artifacts is None:
+            artifacts = describe(running.out_dir)
+
+        def move_into_place() -> None:
+            shutil.rmtree(final, ignore_errors=True)  # left by an attempt that died mid-publication
+            running.out_dir.rename(final)  # atomic publication: same filesystem, one rename
+
+        def finish() -> bool:
+            try:
+                return self.store.finish_job(
+                    running.job_id,
+                    "succeeded",
+                    metrics=result.get("metrics"),
+                    artifacts=artifacts,
+                    claim=running.claim,
+                    on_won=move_into_place,
+                )
+            except Exception:
+                if final.is_dir() and not running.out_dir.exists():
+                    final.rename(running.out_dir)  # not committed, so not published: a retry moves it again
+                raise
+
+        published = self._call(finish)
+        if not published:
+            log.warning("job %s was taken from this worker; its outputs are discarded", running.job_id)
 
     @staticmethod
     def _log_tail(running: Running, limit: int = 2000) -> str:
@@ -259,6 +464,7 @@ class Worker:
 
 
 def run_worker(settings: Settings, slots: int | None = None, parent_pid: int | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, slots)
     worker.parent_pid = parent_pid
 

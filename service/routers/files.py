@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from service.db import FileRow
 from service.deps import PrincipalDep, SettingsDep, StoreDep, unprocessable
 from service.schemas.files import FileList, FilePublic
-from service.uploads import UploadInvalid, UploadTooLarge, check_filename, save_upload, validate_text_file
+from service.settings import Settings
+from service.uploads import MultipartUpload, UploadInvalid, UploadSink, UploadTooLarge
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such file (for this key)"}}
@@ -31,59 +37,115 @@ def to_public(row: FileRow) -> FilePublic:
     )
 
 
+# the body is parsed as a stream (see upload_file), so its schema is declared here rather than inferred
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": ".jsonl or .txt"}
+                    },
+                }
+            }
+        },
+    }
+}
+# request pieces handed to the parser in one worker-thread call: few thread hops, little held in memory
+BATCH_BYTES = 256 * 1024
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=FilePublic,
-    responses={413: {"description": "upload too large"}, 422: {"description": "invalid content"}},
+    responses={
+        413: {"description": "upload too large"},
+        422: {"description": "invalid content or file name"},
+        507: {"description": "the server has no space left for the upload"},
+    },
+    openapi_extra=UPLOAD_BODY,
 )
-def upload_file(
-    request: Request,
-    file: Annotated[UploadFile, File(description=".jsonl or .txt")],
-    principal: PrincipalDep,
-    settings: SettingsDep,
-    store: StoreDep,
+async def upload_file(
+    request: Request, principal: PrincipalDep, settings: SettingsDep, store: StoreDep
 ) -> FilePublic:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"upload exceeds the limit of {settings.max_upload_bytes} bytes",
-        )
-    try:
-        filename = check_filename(file.filename or "")
-    except UploadInvalid as err:
-        raise unprocessable(["body", "file"], str(err)) from err
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    """Upload a .jsonl (a `text` field per line) or .txt file, as the `file` field of a multipart form.
+
+    The file is written to disk as it arrives and validated on the way; it is published only whole and valid.
+    """
     file_id = "file_" + secrets.token_urlsafe(16)
-    # write under a temporary name, publish by rename only once it is whole and valid
+    with upload_refusals():
+        sink, path = await store_upload(request, settings, file_id)
+    row = FileRow(
+        id=file_id,
+        owner=principal.owner,
+        filename=sink.filename,
+        bytes=sink.size,
+        sha256=sink.sha256,
+        path=str(path.resolve()),
+        created_at=time.time(),
+    )
+    return to_public(await run_in_threadpool(store.add_file, row))
+
+
+async def store_upload(request: Request, settings: Settings, file_id: str) -> tuple[UploadSink, Path]:
+    """Stream the form's file into the files directory; only a whole, valid file keeps a name there."""
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=settings.files_dir, prefix=".upload-")
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        size, sha256 = save_upload(file.file, tmp, settings.max_upload_bytes)
-        validate_text_file(tmp, filename)
+        with os.fdopen(fd, "wb") as out:
+            upload = MultipartUpload(
+                request.headers.get("content-type"), out, settings.max_upload_bytes, settings.max_line_bytes
+            )
+            sink = await receive_upload(request, upload)
         # the engine picks the parser by suffix, so the stored name keeps the upload's
-        final = settings.files_dir / (file_id + Path(filename).suffix.lower())
+        final = settings.files_dir / (file_id + Path(sink.filename).suffix.lower())
         tmp.rename(final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sink, final
+
+
+@contextmanager
+def upload_refusals() -> Iterator[None]:
+    """The HTTP answer to each way an upload can fail; none of them names a server path."""
+    try:
+        yield
     except UploadTooLarge as err:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(err)) from err
     except UploadInvalid as err:
         raise unprocessable(["body", "file"], str(err)) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    row = store.add_file(
-        FileRow(
-            id=file_id,
-            owner=principal.owner,
-            filename=filename,
-            bytes=size,
-            sha256=sha256,
-            path=str(final.resolve()),
-            created_at=time.time(),
-        )
-    )
-    return to_public(row)
+    except ClientDisconnect as err:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "the client left before the upload was whole"
+        ) from err
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        # str(err) holds the file's path: the client is told only why
+        raise HTTPException(
+            status.HTTP_507_INSUFFICIENT_STORAGE, "the server has no space left to store the upload"
+        ) from err
+
+
+async def receive_upload(request: Request, upload: MultipartUpload) -> UploadSink:
+    """Feed the request body to `upload` as it arrives; parsing, validation and disk writes run off the
+    event loop, a batch at a time."""
+    batch: list[bytes] = []
+    batched = 0
+    async for piece in request.stream():
+        batch.append(piece)
+        batched += len(piece)
+        if batched >= BATCH_BYTES:
+            await run_in_threadpool(upload.feed, batch)
+            batch, batched = [], 0
+    await run_in_threadpool(upload.feed, batch)
+    return await run_in_threadpool(upload.finish)
 
 
 @router.get("", response_model=FileList)
@@ -112,8 +174,7 @@ def delete_file(file_id: str, principal: PrincipalDep, store: StoreDep) -> Respo
     row = store.get_file(file_id, principal.scope(True))
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "file not found")
-    if store.file_in_use(file_id):
+    if not store.delete_file(file_id):  # checked in the same transaction as the delete: no job races it
         raise HTTPException(status.HTTP_409_CONFLICT, "an unfinished job uses this file")
-    store.delete_file(file_id)
     Path(row.path).unlink(missing_ok=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -19,6 +19,7 @@ from pruning.spec import read_model_type
 from service.artifacts import stream_tar
 from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StoreDep, unprocessable
+from service.errors import redact_paths
 from service.modelref import resolve_model
 from service.schemas.events import EventList, EventPublic
 from service.schemas.jobs import (
@@ -31,7 +32,7 @@ from service.schemas.jobs import (
     JobStatus,
 )
 from service.settings import Settings
-from service.store import ACTIVE, IdempotencyConflict, Store
+from service.store import ACTIVE, FileGone, IdempotencyConflict, Store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
@@ -53,7 +54,9 @@ def to_public(row: JobRow) -> JobPublic:
             "request": row.request,
             "metrics": row.metrics,
             "metadata": row.metadata_ or {},
-            "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+            "error": {"code": row.error_code, "message": redact_paths(row.error_message)}
+            if row.error_code
+            else None,
         }
     )
 
@@ -111,8 +114,14 @@ def create_job(
         attempts=0,
         computing=False,
     )
+    file_ids = [file_id for file_id in (body.calibration_file, body.eval_file) if file_id is not None]
     try:
-        job, created = store.create_job(row)
+        job, created = store.create_job(row, file_ids)
+    except FileGone as err:
+        field = "calibration_file" if str(err) == body.calibration_file else "eval_file"
+        raise unprocessable(
+            ["body", field], f"file {str(err)!r} was deleted while the job was being created"
+        ) from err
     except IdempotencyConflict as err:
         raise unprocessable(
             ["header", "idempotency-key"],
@@ -173,12 +182,23 @@ def job_events(
                 seq=e.seq,
                 created_at=datetime.fromtimestamp(e.created_at, timezone.utc),
                 type=e.type,
-                data=e.data,
+                data=_redacted(e.data),
             )
             for e in events
         ],
         next_after=events[-1].seq if events else after,
     )
+
+
+def _redacted(data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data with server paths cut from its messages (warnings, and a failure's error)."""
+    cleaned = dict(data)
+    if isinstance(cleaned.get("message"), str):
+        cleaned["message"] = redact_paths(cleaned["message"])
+    error = cleaned.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        cleaned["error"] = {**error, "message": redact_paths(error["message"])}
+    return cleaned
 
 
 @router.delete(

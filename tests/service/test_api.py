@@ -382,7 +382,7 @@ def test_metrics(app_client: TestClient) -> None:
     _finished(store, "job_old", 3.0)
     app_client.get("/v1/jobs/job_nope", headers=auth())
     app_client.get("/no/such/path")
-    first = app_client.get("/metrics")
+    first = app_client.get("/metrics", headers=auth(ADMIN))  # admins only, unless public_metrics
     assert first.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = first.text
     assert 'fwdprune_jobs{status="failed"} 1.0' in text and "fwdprune_queue_depth 0.0" in text
@@ -395,7 +395,7 @@ def test_metrics(app_client: TestClient) -> None:
     assert 'fwdprune_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
     _finished(store, "job_new", 100.0)
     for _ in range(2):  # a job finished since the last scrape is observed once, however often scraped
-        text = app_client.get("/metrics").text
+        text = app_client.get("/metrics", headers=auth(ADMIN)).text
         assert _sample(text, "fwdprune_job_duration_seconds_count") == 2
         assert _sample(text, "fwdprune_job_duration_seconds_sum") == pytest.approx(103.0, abs=0.01)
     assert 'fwdprune_http_requests_total{method="GET",route="/metrics",status="200"}' in text

@@ -65,7 +65,14 @@ def test_healthchecks() -> None:
 def test_compose_structure() -> None:
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"api", "worker", "postgres"}
+    assert set(services) == {"api", "worker", "postgres", "migrate"}
+    # the schema is migrated once, by a one-shot service, before the API and the workers start
+    assert services["migrate"]["command"] == ["migrate"] and services["migrate"]["restart"] == "on-failure"
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert services[name]["restart"] == "unless-stopped"
+    # compose runs a worker, so the API is healthy only while one heartbeats
+    assert any("/readyz" in part for part in services["api"]["healthcheck"]["test"])
     assert set(compose["volumes"]) >= {"artifacts"}
     for name in ("api", "worker"):
         assert any(v.startswith("artifacts:") for v in services[name]["volumes"])
@@ -76,6 +83,9 @@ def test_compose_structure() -> None:
     for name in ("api", "worker"):
         build = services[name]["build"]
         assert build["target"] == name
+    assert services["migrate"]["build"]["target"] == "api"
+    for name in ("api", "worker"):
+        build = services[name]["build"]
         assert (REPO / "docker" / build["context"] / build["dockerfile"]).is_file()
     assert services["api"]["image"] != services["worker"]["image"]
     assert "deploy" not in services["api"]  # the API needs no GPU

@@ -132,7 +132,7 @@ def test_cancel_running_job(server: Server, calibration: Path) -> None:
         done = wait_for(client, job["id"], ("cancelled", "failed", "succeeded"), timeout=30)
         assert done["status"] == "cancelled"
         assert not _pid_alive(pid)
-        assert not (server.data_dir / "jobs" / f".tmp-{job['id']}").exists()
+        assert not list((server.data_dir / "jobs").glob(f".tmp-{job['id']}*"))  # one per attempt
         assert not (server.data_dir / "jobs" / job["id"]).exists()
         assert client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"] == []
 
@@ -179,7 +179,7 @@ def test_queued_cancel_idempotency_and_listing(server: Server, calibration: Path
             j["id"] == second["id"] for j in admin.get("/v1/jobs", params={"all": True}).json()["data"]
         )
 
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     assert 'fwdprune_jobs{status="cancelled"}' in metrics and "fwdprune_queue_depth" in metrics
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from sqlalchemy import update
+
 from service.db import FileRow, JobRow, WorkerRow
 from service.store import IdempotencyConflict, Store
 
@@ -107,10 +109,11 @@ def test_cancel_progress_and_reaping(db_url: str) -> None:
         assert store.get_job("job_3").status == "cancelled"  # type: ignore[union-attr]
         now = time.time()
         store.heartbeat(
-            WorkerRow(
-                id="dead", hostname="h", pid=1, slots=3, started_at=now - 100, heartbeat_at=now - 100, info={}
-            )
+            WorkerRow(id="dead", hostname="h", pid=1, slots=3, started_at=now, heartbeat_at=now, info={})
         )
+        # heartbeats carry the database's clock: age this one there, 100 s into the past
+        with store.session() as s, s.begin():
+            s.execute(update(WorkerRow).values(heartbeat_at=WorkerRow.heartbeat_at - 100))
         for _ in range(3):
             store.claim_job("dead")
         store.record_event("job_0", {"type": "stage", "stage": "scoring"})

@@ -1,0 +1,186 @@
+"""Requests a hostile or careless caller sends: each is a 4xx that names the field or the reason, with a
+JSON body, and nothing in a message tells the caller where the server keeps its files."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.db import FileRow, JobRow
+from service.errors import redact_paths
+from service.main import create_app
+from service.settings import Settings, hash_key
+from service.store import FileGone, Store
+from tests.service.conftest import KEY_A
+
+
+@pytest.fixture
+def client(tmp_path: Path, models_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_keys=[KEY_A], device="cpu")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def submit(client: TestClient, body: str) -> tuple[int, object]:
+    response = client.post(
+        "/v1/jobs",
+        content=body,
+        headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+    )
+    return response.status_code, response.json()  # a body that is not JSON fails here
+
+
+BASE = '"model": "tiny-llama", "calibration_file": "file_x"'
+
+
+@pytest.mark.parametrize(
+    ("fields", "location", "echoed"),
+    [
+        ('"sparsity": NaN', ["body", "sparsity"], "nan"),
+        ('"sparsity": Infinity', ["body", "sparsity"], "inf"),
+        ('"sparsity": -Infinity', ["body", "sparsity"], "-inf"),
+        ('"sparsity": 0.2, "compensation_ridge": 1e999', ["body", "compensation_ridge"], "inf"),
+    ],
+)
+def test_non_finite_numbers_are_a_422_naming_the_field(
+    client: TestClient, fields: str, location: list[str], echoed: str
+) -> None:
+    code, body = submit(client, "{" + BASE + ", " + fields + "}")
+    assert code == 422
+    assert isinstance(body, dict)
+    error = body["detail"][0]
+    assert error["loc"] == location and error["type"] == "finite_number" and error["input"] == echoed
+
+
+def test_a_non_finite_method_option_or_metadata_value_is_refused_at_submit(client: TestClient) -> None:
+    code, body = submit(client, "{" + BASE + ', "sparsity": 0.2, "options": {"ridge": Infinity}}')
+    assert code == 422 and isinstance(body, dict)
+    assert body["detail"][0]["loc"] == ["body", "options"]
+    assert "ridge" in body["detail"][0]["msg"] and "finite" in body["detail"][0]["msg"]
+    code, body = submit(client, "{" + BASE + ', "sparsity": 0.2, "metadata": {"run": NaN}}')
+    assert code == 422 and isinstance(body, dict)
+    assert {tuple(error["loc"][:3]) for error in body["detail"]} == {("body", "metadata", "run")}
+
+
+def test_failure_messages_and_events_carry_no_server_paths(client: TestClient) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+    leaked = "FileNotFoundError: No such file or directory: '/srv/fwdprune/data/files/file_abc.jsonl'"
+    row = JobRow(
+        id="job_paths",
+        owner=hash_key(KEY_A),
+        status="queued",
+        request={"model": "tiny-llama", "calibration_file": "file_abc", "sparsity": 0.2},
+        resolved={},
+        request_hash="x",
+        metadata_={},
+        created_at=time.time(),
+        progress={},
+        attempts=0,
+        computing=False,
+    )
+    store.create_job(row)
+    assert store.claim_job("wrk_test") is not None
+    store.record_event(row.id, {"type": "warning", "message": "could not read /srv/fwdprune/models/m/x.json"})
+    store.finish_job(row.id, "failed", error_code="data_error", error_message=leaked)
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    job = client.get(f"/v1/jobs/{row.id}", headers=headers).json()
+    assert job["error"]["message"] == "FileNotFoundError: No such file or directory: 'file_abc.jsonl'"
+    events = client.get(f"/v1/jobs/{row.id}/events", headers=headers).json()["data"]
+    text = str([event["data"] for event in events])
+    assert "/srv" not in text and "x.json" in text and "file_abc.jsonl" in text
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("open '/var/lib/fwdprune/jobs/.tmp-job_1/out/model.safetensors'", "open 'model.safetensors'"),
+        ('File "/usr/lib/python3.11/json/decoder.py", line 3', 'File "decoder.py", line 3'),
+        ("see https://example.org/a/b", "see https://example.org/a/b"),  # a URL is not a server path
+        ("a 1/2 ratio and ./relative/path", "a 1/2 ratio and ./relative/path"),
+        (None, None),
+    ],
+)
+def test_redact_paths(message: str | None, expected: str | None) -> None:
+    assert redact_paths(message) == expected
+
+
+def _file(store: Store, file_id: str) -> None:
+    store.add_file(
+        FileRow(
+            id=file_id,
+            owner="o",
+            filename="c.jsonl",
+            bytes=1,
+            sha256="0" * 64,
+            path=f"/data/{file_id}",
+            created_at=time.time(),
+        )
+    )
+
+
+def _job(job_id: str, file_id: str) -> JobRow:
+    return JobRow(
+        id=job_id,
+        owner="o",
+        status="queued",
+        request={"calibration_file": file_id},
+        resolved={},
+        request_hash="h",
+        metadata_={},
+        created_at=time.time(),
+        progress={},
+        attempts=0,
+        computing=False,
+    )
+
+
+def _race(store: Store, file_id: str, job_id: str) -> dict[str, bool]:
+    """Submit a job naming `file_id` and delete that file, in two threads released together."""
+    start = threading.Barrier(2)
+    outcome: dict[str, bool] = {}
+
+    def submit() -> None:
+        start.wait(timeout=10)
+        try:
+            outcome["job"] = store.create_job(_job(job_id, file_id), [file_id])[1]
+        except FileGone:
+            outcome["job"] = False
+
+    def remove() -> None:
+        start.wait(timeout=10)
+        outcome["deleted"] = store.delete_file(file_id)
+
+    threads = [threading.Thread(target=submit), threading.Thread(target=remove)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcome
+
+
+def test_a_submit_racing_the_delete_of_its_file_never_leaves_a_job_without_its_file(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        # in order: a job after the delete is refused; a delete after the job is refused
+        _file(store, "file_a")
+        assert store.delete_file("file_a")
+        with pytest.raises(FileGone):
+            store.create_job(_job("job_a", "file_a"), ["file_a"])
+        assert store.get_job("job_a") is None
+        _file(store, "file_b")
+        store.create_job(_job("job_b", "file_b"), ["file_b"])
+        assert not store.delete_file("file_b") and store.get_file("file_b", None) is not None
+        # at once, 25 times: whichever wins, no job is left naming a deleted file
+        for attempt in range(25):
+            file_id, job_id = f"file_r{attempt}", f"job_r{attempt}"
+            _file(store, file_id)
+            outcome = _race(store, file_id, job_id)
+            assert outcome["job"] != outcome["deleted"], outcome  # exactly one of the two won
+            assert (store.get_job(job_id) is not None) == (store.get_file(file_id, None) is not None)
+    finally:
+        store.close()
