@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,28 @@ def export_pruned(
     before slicing (compensated weights, new output biases).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    shapes = space.kept_shapes(keep)
+    write_weights(
+        model_dir, out_dir, adapter, space, keep, replacements, lambda name: _emptied(adapter, name, shapes)
+    )
+    config = _write_config(model_dir, out_dir, adapter, shapes, uniform, config_updates)
+    copy_side_files(model_dir, out_dir)
+    return config
+
+
+def write_weights(
+    model_dir: Path,
+    out_dir: Path,
+    adapter: FamilyAdapter,
+    space: UnitSpace,
+    keep: torch.Tensor,
+    replacements: dict[str, torch.Tensor] | None,
+    absent: Callable[[str], bool],
+) -> None:
+    """Write every tensor sliced to the kept units (keep: [U] bool), shard by shard, leaving out those
+    for which `absent(name)` holds (the tensors of removed modules)."""
     reader = CheckpointReader(model_dir)
     kept = space.kept_indices(keep)
-    shapes = space.kept_shapes(keep)
     replacements = dict(replacements or {})
     weight_map: dict[str, str] = {}
     total_bytes = 0
@@ -53,11 +73,11 @@ def export_pruned(
         sliced: dict[str, torch.Tensor] = {}
         # each tensor is sliced as soon as it is read, so only the kept part of the shard accumulates
         for name, tensor in reader.shard_tensors(shard):
-            _add_sliced(sliced, adapter, name, replacements.pop(name, tensor), kept, shapes)
+            _add_sliced(sliced, adapter, name, replacements.pop(name, tensor), kept, absent)
             del tensor  # before the next read, or two whole tensors are alive at once
         # new tensors (e.g. an output bias the original lacked) go beside their module's weight
         for name in [n for n in replacements if reader.weight_map.get(_sibling_weight(n)) == shard]:
-            _add_sliced(sliced, adapter, name, replacements.pop(name), kept, shapes)
+            _add_sliced(sliced, adapter, name, replacements.pop(name), kept, absent)
         save_file(sliced, str(out_dir / shard), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(sliced, shard))
         total_bytes += sum(t.numel() * t.element_size() for t in sliced.values())
@@ -66,9 +86,6 @@ def export_pruned(
     if reader.sharded:
         index = {"metadata": {**reader.index_metadata, "total_size": total_bytes}, "weight_map": weight_map}
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-    config = _write_config(model_dir, out_dir, adapter, shapes, uniform, config_updates)
-    _copy_side_files(model_dir, out_dir)
-    return config
 
 
 def _add_sliced(
@@ -77,11 +94,11 @@ def _add_sliced(
     name: str,
     tensor: torch.Tensor,
     kept: dict[tuple[int, str], torch.Tensor],
-    shapes: list[LayerShape],
+    absent: Callable[[str], bool],
 ) -> None:
     """Put the kept part of `tensor` into `sliced` (index_select copies, so the whole tensor is not kept
-    alive by a view); tensors of emptied modules are left out."""
-    if _emptied(adapter, name, shapes):
+    alive by a view); tensors of removed modules are left out."""
+    if absent(name):
         return
     part = _slice(adapter, name, tensor, kept)
     if part.numel() > 0:
@@ -132,7 +149,7 @@ def _write_config(
     return config
 
 
-def _copy_side_files(model_dir: Path, out_dir: Path) -> None:
+def copy_side_files(model_dir: Path, out_dir: Path) -> None:
     """Tokenizer, generation config and other small files travel with the weights."""
     for path in model_dir.iterdir():
         if path.name in SKIPPED or path.name.endswith(SKIPPED_SUFFIXES) or path.name.startswith("."):

@@ -33,6 +33,7 @@ Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
 Budget = Literal["auto", "fast", "standard", "thorough"]
+ExportFormat = Literal["hf", "nemotron-nas"]
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
@@ -178,6 +179,13 @@ class PruneSettings(BaseModel):
         "precision)",
     )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
+    export_format: ExportFormat = Field(
+        "hf",
+        description="hf: the family's own config (stock when widths are uniform); nemotron-nas: Llama "
+        "models only, NVIDIA's DeciLM layout that vLLM, SGLang, TensorRT-LLM and llama.cpp load natively "
+        "(widths limited to what it expresses: the same attention heads in every layer or none, MLP "
+        "widths in multiples of 256)",
+    )
     seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
     num_samples: int = Field(
         64, ge=1, le=100000, description="calibration sequences (prior, scoring, compensation)"

@@ -31,6 +31,12 @@ from pruning.data import CalibrationSet, load_calibration
 from pruning.errors import UnsupportedModelError, UsageError
 from pruning.evaluation import make_objective
 from pruning.export import export_pruned
+from pruning.export_nemotron import (
+    FFN_WIDTH_MULTIPLE,
+    export_nemotron,
+    refuse_inexpressible_model,
+    selection_rules,
+)
 from pruning.loading import LoadedModel, load_model, resolve_device, resolve_model_dir
 from pruning.masking import UnitMasks
 from pruning.methods import MethodContext, MethodResult, PruningMethod, make_method
@@ -38,7 +44,7 @@ from pruning.monitor import StageMonitor
 from pruning.probe import CalibrationProbe, OutputWeights
 from pruning.progress import LS_FIT_FORWARDS, EventSink, JobProgress
 from pruning.report import build_report, write_report
-from pruning.selection import UnitSelector
+from pruning.selection import KindRule, UnitSelector
 from pruning.spec import PruneSpec, read_model_type, resolve_budget
 from pruning.units import UnitSpace, build_unit_space, default_mlp_block
 
@@ -107,6 +113,8 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
     model_dir = resolve_model_dir(spec.model)
     adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
     _refuse_unsafe_input(model_dir, Path(spec.out_dir))
+    if spec.export_format == "nemotron-nas":
+        refuse_inexpressible_model(json.loads((model_dir / "config.json").read_text()))
     device = resolve_device(spec.device)
     budget = resolve_budget(spec.budget, device.type)
     clock = Clock(emit, StageMonitor(device), JobProgress(emit))
@@ -194,16 +202,24 @@ def method_context(run: Run) -> MethodContext:
         UnitKind.ATTN: run.adapter.uniform_kv_counts(run.loaded.model.config),
         UnitKind.MLP: list(range(1, space.group_of(0, UnitKind.MLP).count)),
     }
+    layout = _layout_rules(run, allowed_counts[UnitKind.ATTN])
+    if layout is not None:  # uniform widths too must be ones the layout can state
+        allowed_counts = {kind: [c for c in rule.counts if c > 0] for kind, rule in layout.items()}
     refit = run.compensator if isinstance(run.compensator, LeastSquaresRefit) else None
     return MethodContext(
         space=space,
-        selector=UnitSelector(space, spec.uniform, allowed_counts),
+        selector=UnitSelector(space, spec.uniform, allowed_counts, layout),
         probe=run.probe,
         target_params=spec.sparsity * float(space.params.sum()),
         seed=spec.seed,
         refit=refit,
         progress=run.clock.progress,
     )
+
+
+def _layout_rules(run: Run, kv_counts: list[int]) -> dict[UnitKind, KindRule] | None:
+    """The per-layer counts the export format can express; None where any widths export."""
+    return selection_rules(run.space, kv_counts) if run.spec.export_format == "nemotron-nas" else None
 
 
 def score(run: Run) -> MethodResult:
@@ -242,6 +258,17 @@ def export(run: Run, keep: torch.Tensor) -> None:
     """Write the compact checkpoint, compensation included, to the output directory."""
     changes = run.compensator.export_changes(run.probe.weights.checkpoint)
     with run.clock.stage("export"):
+        if run.spec.export_format == "nemotron-nas":
+            export_nemotron(
+                run.model_dir,
+                Path(run.spec.out_dir),
+                run.adapter,
+                run.space,
+                keep,
+                changes.tensors,
+                changes.config,
+            )
+            return
         export_pruned(
             run.model_dir,
             Path(run.spec.out_dir),
@@ -316,7 +343,11 @@ def _loss_sequences(data: CalibrationSet) -> torch.Tensor:
 
 
 def _mlp_block(spec: PruneSpec, adapter: FamilyAdapter, config: Any) -> int | None:
-    """MLP channels per unit: as asked, else by model size; uniform widths need a divisor of the width."""
+    """MLP channels per unit: as asked, else by model size; uniform widths need a divisor of the width,
+    the nemotron-nas layout one of the 256-channel steps its widths come in."""
+    if spec.export_format == "nemotron-nas":
+        intermediate = adapter.layer_shapes(config)[0].intermediate
+        return math.gcd(spec.mlp_block or default_mlp_block(intermediate), FFN_WIDTH_MULTIPLE)
     if not spec.uniform:
         return spec.mlp_block
     intermediate = adapter.layer_shapes(config)[0].intermediate
