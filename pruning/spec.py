@@ -245,6 +245,13 @@ class PruneSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _nemotron_nas_holds_no_bias_shift(self) -> PruneSettings:
+        # the layout removes whole blocks, which leaves a bias shift nowhere to live
+        if self.export_format == "nemotron-nas" and self.compensate == "bias":
+            raise ValueError("export_format nemotron-nas cannot carry bias compensation; use ls or none")
+        return self
+
     def method_options(self, budget: str | None = None) -> MethodOptions:
         """The method's options: those given, over `budget`'s (bonsai's named budgets) over the defaults."""
         preset = BUDGETS[budget] if self.method == "bonsai" and budget not in (None, "auto") else {}

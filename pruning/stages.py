@@ -155,9 +155,9 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
         emit({"type": "metric", "name": f"{name}_before", "value": value})
 
     method = make_method(spec.method, spec.method_options(budget))
-    compensation = choose_compensation(
-        spec.compensate, method.default_compensation, space, int(data.calibration.numel())
-    )
+    # nemotron-nas cannot hold a bias shift (validated for an explicit ask): auto falls back to none
+    fallback = "none" if spec.export_format == "nemotron-nas" else method.default_compensation
+    compensation = choose_compensation(spec.compensate, fallback, space, int(data.calibration.numel()))
     compensator = make_compensator(
         compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
     )

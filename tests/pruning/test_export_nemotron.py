@@ -227,3 +227,13 @@ def test_refuses_what_the_layout_cannot_hold(
         prune(model=str(tiny_models["qwen2"]), out_dir=tmp_path / "qwen2", **common)
     with pytest.raises(UsageError, match="multiples of 256"):  # the tiny llama's MLP is 96 wide
         prune(model=str(tiny_models["llama"]), out_dir=tmp_path / "llama", **common)
+
+
+def test_bias_compensation_is_refused_before_any_work() -> None:
+    from pydantic import ValidationError
+
+    from pruning.spec import PruneSettings
+
+    with pytest.raises(ValidationError, match="cannot carry bias compensation"):
+        PruneSettings(sparsity=0.2, export_format="nemotron-nas", compensate="bias")
+    assert PruneSettings(sparsity=0.2, export_format="nemotron-nas", compensate="ls").compensate == "ls"
