@@ -104,6 +104,13 @@ class KindRule:
     shared: bool
 
 
+def within_multiples(rule: KindRule, multiple: int, full: int) -> KindRule:
+    """`rule` keeping only counts that are multiples of `multiple` (0 included), and the layer's full
+    count, which is the original width whatever it is."""
+    counts = tuple(c for c in rule.counts if c % multiple == 0 or c == full)
+    return KindRule(counts, rule.shared)
+
+
 def _layout_steps(order: list[list[int]], taken: list[int], rule: KindRule) -> list[dict[int, int]]:
     """The steps one kind may take next under `rule`: each maps a layer position to how many more of
     its lowest-scored alive units go. `order`: per layer, alive units by score; `taken`: removed so far."""

@@ -192,6 +192,20 @@ class PruneSettings(BaseModel):
     )
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
     mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
+    mlp_multiple_of: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="keep every layer's MLP width a multiple of this many channels (kernel tiles, e.g. "
+        "64 or 128; a layer may still lose its MLP whole), chosen so by the selection, not rounded after",
+    )
+    kv_multiple_of: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="keep every layer's KV-group count a multiple of this (a tensor-parallel degree; a "
+        "layer may still lose its attention whole)",
+    )
     objective: ObjectiveName | None = Field(
         None, description="lm: next-token loss (default for causal LMs); distill: distance to the dense model"
     )

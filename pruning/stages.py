@@ -44,7 +44,7 @@ from pruning.monitor import StageMonitor
 from pruning.probe import CalibrationProbe, OutputWeights
 from pruning.progress import LS_FIT_FORWARDS, EventSink, JobProgress
 from pruning.report import build_report, write_report
-from pruning.selection import KindRule, UnitSelector
+from pruning.selection import KindRule, UnitSelector, within_multiples
 from pruning.spec import PruneSpec, read_model_type, resolve_budget
 from pruning.units import UnitSpace, build_unit_space, default_mlp_block
 
@@ -204,7 +204,9 @@ def method_context(run: Run) -> MethodContext:
     }
     layout = _layout_rules(run, allowed_counts[UnitKind.ATTN])
     if layout is not None:  # uniform widths too must be ones the layout can state
-        allowed_counts = {kind: [c for c in rule.counts if c > 0] for kind, rule in layout.items()}
+        allowed_counts = {
+            kind: [c for c in allowed_counts[kind] if c in rule.counts] for kind, rule in layout.items()
+        }
     refit = run.compensator if isinstance(run.compensator, LeastSquaresRefit) else None
     return MethodContext(
         space=space,
@@ -218,8 +220,33 @@ def method_context(run: Run) -> MethodContext:
 
 
 def _layout_rules(run: Run, kv_counts: list[int]) -> dict[UnitKind, KindRule] | None:
-    """The per-layer counts the export format can express; None where any widths export."""
-    return selection_rules(run.space, kv_counts) if run.spec.export_format == "nemotron-nas" else None
+    """The per-layer counts the export format can express, within the multiples asked for; None where
+    any widths do."""
+    spec, space = run.spec, run.space
+    rules = selection_rules(space, kv_counts) if spec.export_format == "nemotron-nas" else None
+    if spec.mlp_multiple_of is None and spec.kv_multiple_of is None:
+        return rules
+    if rules is None:  # the hf layout states any per-layer width, a layer emptied whole included
+        rules = {
+            kind: KindRule(tuple(range(space.group_of(0, kind).count + 1)), shared=False)
+            for kind in (UnitKind.ATTN, UnitKind.MLP)
+        }
+    steps = {
+        UnitKind.ATTN: spec.kv_multiple_of or 1,
+        UnitKind.MLP: _mlp_units_per_multiple(spec.mlp_multiple_of, space),
+    }
+    return {
+        kind: within_multiples(rule, steps[kind], space.group_of(0, kind).count)
+        for kind, rule in rules.items()
+    }
+
+
+def _mlp_units_per_multiple(channels: int | None, space: UnitSpace) -> int:
+    """MLP units that make `channels` channels (the unit size divides it: `_mlp_block`)."""
+    if channels is None:
+        return 1
+    block = int(space.group_of(0, UnitKind.MLP).channel_unit.bincount().max())  # channels per unit
+    return max(channels // block, 1)
 
 
 def score(run: Run) -> MethodResult:
@@ -345,13 +372,15 @@ def _loss_sequences(data: CalibrationSet) -> torch.Tensor:
 def _mlp_block(spec: PruneSpec, adapter: FamilyAdapter, config: Any) -> int | None:
     """MLP channels per unit: as asked, else by model size; uniform widths need a divisor of the width,
     the nemotron-nas layout one of the 256-channel steps its widths come in."""
-    if spec.export_format == "nemotron-nas":
-        intermediate = adapter.layer_shapes(config)[0].intermediate
-        return math.gcd(spec.mlp_block or default_mlp_block(intermediate), FFN_WIDTH_MULTIPLE)
-    if not spec.uniform:
-        return spec.mlp_block
     intermediate = adapter.layer_shapes(config)[0].intermediate
-    return math.gcd(spec.mlp_block or default_mlp_block(intermediate), intermediate)
+    block = spec.mlp_block or default_mlp_block(intermediate)
+    if spec.mlp_multiple_of is not None:  # whole units must make up every multiple
+        block = math.gcd(block, spec.mlp_multiple_of)
+    if spec.export_format == "nemotron-nas":
+        return math.gcd(block, FFN_WIDTH_MULTIPLE)
+    if not spec.uniform:
+        return block if spec.mlp_multiple_of is not None else spec.mlp_block
+    return math.gcd(block, intermediate)
 
 
 def _refuse_unsafe_input(model_dir: Path, out_dir: Path) -> None:

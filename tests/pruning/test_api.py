@@ -319,3 +319,24 @@ def test_spec_validation(fields: dict[str, Any], message: str, tmp_path: Path) -
     base = dict(model="m", data=tmp_path / "d.jsonl", sparsity=0.3, out_dir=tmp_path / "o")
     with pytest.raises(ValidationError, match=message):
         PruneSpec(**{**base, **fields})
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_widths_are_chosen_in_the_multiples_asked_for(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, uniform: bool
+) -> None:
+    report = run(
+        tiny_llama,
+        calibration_file,
+        tmp_path / "o",
+        sparsity=0.5,
+        uniform=uniform,
+        mlp_multiple_of=32,
+        kv_multiple_of=2,
+        compensate="none",
+    )
+    widths = [(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]]
+    assert all(kv % 2 == 0 and mlp % 32 == 0 for kv, mlp in widths), widths
+    assert report["sparsity"]["achieved"] > 0.3  # the budget is still met, in coarser steps
+    got = compact_perplexity(tmp_path / "o", calibration_file)
+    assert got == pytest.approx(report["perplexity"]["after"], rel=1e-5)  # the export is still exact
