@@ -8,7 +8,7 @@ $(PY):
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test]'
 
-# A real server and worker on localhost pruning a real model to 30%, then a before/after table.
+# A real server and worker on localhost pruning a real model to 25%, then a before/after table.
 demo: $(PY)
 	$(PY) -m service.demo
 

@@ -8,9 +8,15 @@ Torch is imported lazily, so `pruning.spec` (request validation) stays light for
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from pruning.spec import PruneSpec
+
+# transformers imports torchao when it is installed; torchao then warns about each optional C extension
+# built for another torch, and torch about a deprecated registration torchao makes: noise on every run
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from pruning.api import prune
