@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from pruning.cli_options import add_settings_options, settings_given
 from pruning.errors import EXIT_USER_ERROR, FwdpruneError
+from pruning.sizes import curve_table
 from pruning.spec import PruneSpec
 
 
@@ -62,7 +63,8 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     finally:
         progress.close()
-    print(summary_table(report))
+    # several sizes return their summary: the curve as a table (each size's report is in its folder)
+    print(curve_table(report) if "sizes" in report else summary_table(report))
     return 0
 
 

@@ -52,6 +52,17 @@ def parse_duration(value: object) -> object:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+
+def split_sizes(value: object) -> object:
+    """A list of sizes from "0.2,0.35,0.5" (how a command line writes one); anything else as given."""
+    if isinstance(value, str) and "," in value:
+        return [part.strip() for part in value.strip("[]").split(",") if part.strip()]
+    return value
+
+
+Sparsity = Annotated[float, Field(gt=0.0, le=0.9)]
+MAX_SIZES = 16  # each size costs its own search, compensation, evaluation and export
+
 # model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
 # unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
@@ -170,7 +181,13 @@ class PruneSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    sparsity: float = Field(gt=0.0, le=0.9, description="fraction of prunable parameters to remove")
+    sparsity: Annotated[
+        Sparsity | Annotated[list[Sparsity], Field(min_length=1, max_length=MAX_SIZES)],
+        BeforeValidator(split_sizes),
+    ] = Field(
+        description="fraction of prunable parameters to remove, or a list of fractions: one scoring run, "
+        "one checkpoint per size (in sparsity-<fraction>/) and a summary of the size/quality curve"
+    )
     method: Method = Field("bonsai", description="how units are scored")
     precision: Precision = Field(
         "auto",
@@ -236,6 +253,25 @@ class PruneSettings(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="method options, e.g. rounds=2 (see METHOD_OPTIONS)"
     )
+
+    @field_validator("sparsity")
+    @classmethod
+    def _distinct_sizes(cls, sparsity: float | list[float]) -> float | list[float]:
+        """Several sizes ascending; a list of one is the single size it names (today's job and layout)."""
+        if isinstance(sparsity, float):
+            return sparsity
+        if len(set(sparsity)) != len(sparsity):
+            raise ValueError("each sparsity may be asked for once")
+        return sparsity[0] if len(sparsity) == 1 else sorted(sparsity)
+
+    @property
+    def targets(self) -> list[float]:
+        """The sizes asked for, ascending (one for a single size)."""
+        return self.sparsity if isinstance(self.sparsity, list) else [self.sparsity]
+
+    @property
+    def several_sizes(self) -> bool:
+        return isinstance(self.sparsity, list)
 
     @field_validator("options")
     @classmethod

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,20 @@ from pruning.export_nemotron import (
 )
 from pruning.loading import LoadedModel, load_model, resolve_device, resolve_model_dir
 from pruning.masking import UnitMasks
-from pruning.methods import MethodContext, MethodResult, PruningMethod, make_method
+from pruning.methods import MethodContext, MethodResult, PruningMethod, SizeResult, make_method
 from pruning.monitor import StageMonitor
 from pruning.probe import CalibrationProbe, OutputWeights
 from pruning.progress import LS_FIT_FORWARDS, EventSink, JobProgress
 from pruning.report import build_report, write_report
 from pruning.selection import KindRule, UnitSelector, within_multiples
+from pruning.sizes import (
+    build_summary,
+    quality_figure,
+    size_dir_name,
+    size_entry,
+    write_pictures,
+    write_summary,
+)
 from pruning.spec import PruneSpec, read_model_type, resolve_budget
 from pruning.units import UnitSpace, build_unit_space, default_mlp_block
 
@@ -178,6 +186,8 @@ def _plan(run: Run) -> float:
     seconds = {stage: tokens / tokens_per_s for stage, tokens in {**work, "compensate": fitting}.items()}
     seconds["evaluate_pruned"] = monitor.stage_s["evaluate_dense"]
     seconds["export"] = monitor.stage_s["load"]  # reads the same shards, writes less
+    for stage in {"search", "compensate", "evaluate_pruned", "export"} & set(seconds):  # per size
+        seconds[stage] *= len(spec.targets)
     if progress.deadline is not None and run.spec.method == "bonsai":
         # the rounds take what the limit leaves; they are sized as they go
         others = sum(v for k, v in seconds.items() if k != "scoring") + sum(monitor.stage_s.values())
@@ -212,7 +222,7 @@ def method_context(run: Run) -> MethodContext:
         space=space,
         selector=UnitSelector(space, spec.uniform, allowed_counts, layout),
         probe=run.probe,
-        target_params=spec.sparsity * float(space.params.sum()),
+        target_params=max(spec.targets) * float(space.params.sum()),
         seed=spec.seed,
         refit=refit,
         progress=run.clock.progress,
@@ -254,6 +264,55 @@ def score(run: Run) -> MethodResult:
     ctx = method_context(run)
     with run.clock.stage("scoring"):
         return run.method.run(ctx)
+
+
+def score_sizes(run: Run) -> list[SizeResult]:
+    """Several sizes: the method's shared scoring (hooks installed); per size, what finishes its result."""
+    ctx = method_context(run)
+    total = float(run.space.params.sum())
+    with run.clock.stage("scoring"):
+        return run.method.run_targets(ctx, [target * total for target in run.spec.targets])
+
+
+def for_size(run: Run, sparsity: float) -> Run:
+    """The run as a job at one of its sizes: that sparsity, its own folder, no compensation yet."""
+    out_dir = Path(run.spec.out_dir) / size_dir_name(sparsity)
+    run.compensator.clear()  # the previous size's fit must not carry over
+    return replace(run, spec=run.spec.model_copy(update={"sparsity": sparsity, "out_dir": out_dir}))
+
+
+def one_size(run: Run, finish: SizeResult) -> dict[str, Any]:
+    """One size of several, as a job at that size would end (`run` from `for_size`): its selection,
+    compensation, evaluation, export and report. Returns its point of the curve."""
+    began, tokens = time.perf_counter(), run.probe.objective.counter.tokens
+    with run.installed():
+        with run.clock.monitor.stage("scoring"):  # the size's own selection (bonsai's split search)
+            result = finish()
+        compensate(run, result.keep)
+        pruned = evaluate(run, result.keep)
+    export(run, result.keep)
+    built = report(run, result, pruned, final=False)
+    return size_entry(built, time.perf_counter() - began, run.probe.objective.counter.tokens - tokens)
+
+
+def summarize_sizes(run: Run, entries: list[dict[str, Any]], scoring_s: float) -> dict[str, Any]:
+    """`summary.json` and the pictures at the top of the output directory, once every size is written;
+    returns the summary."""
+    out_dir = Path(run.spec.out_dir)
+    reports = [json.loads((out_dir / e["dir"] / "pruning_report.json").read_text()) for e in entries]
+    total_s = time.perf_counter() - run.clock.progress.start
+    summary = build_summary(entries, reports, scoring_s, total_s)
+    write_summary(summary, out_dir)
+    write_pictures(entries, summary["quality_figure"], out_dir, run.emit)
+    run.clock.progress.finish()
+    run.emit({"type": "stage", "stage": "done"})
+    return summary
+
+
+def picture_single(run: Run, built: dict[str, Any]) -> None:
+    """The pictures for a single size (one point, one line), beside its report."""
+    entry = size_entry(built, float(built["total_s"]), int(built["forward_tokens"]))
+    write_pictures([entry], quality_figure(built), Path(run.spec.out_dir), run.emit)
 
 
 def compensate(run: Run, keep: torch.Tensor) -> None:
@@ -308,9 +367,11 @@ def export(run: Run, keep: torch.Tensor) -> None:
         )
 
 
-def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
-    """Write the report beside the checkpoint and return it."""
-    run.clock.progress.finish()
+def report(run: Run, result: MethodResult, pruned: Quality, final: bool = True) -> dict[str, Any]:
+    """Write the report beside the checkpoint and return it; `final`: the job ends with it (not a size
+    of several, which `summarize_sizes` ends)."""
+    if final:
+        run.clock.progress.finish()
     compensation = run.compensator.name if run.compensator.applied else "none"
     counter = run.probe.objective.counter
     summary = run.clock.monitor.summary()
@@ -348,7 +409,8 @@ def report(run: Run, result: MethodResult, pruned: Quality) -> dict[str, Any]:
         forward_tokens=counter.tokens,
     )
     write_report(built, Path(run.spec.out_dir))
-    run.emit({"type": "stage", "stage": "done"})
+    if final:
+        run.emit({"type": "stage", "stage": "done"})
     return built
 
 

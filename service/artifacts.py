@@ -20,12 +20,23 @@ def sha256_file(path: Path) -> str:
 
 
 def describe(directory: Path) -> list[dict[str, Any]]:
-    """name/bytes/sha256 of every regular file in a (flat) checkpoint directory, sorted by name."""
+    """name/bytes/sha256 of every regular file under an output directory, sorted by name: a checkpoint's
+    files by their names, and those of a job of several sizes by their path (`sparsity-0.2/config.json`).
+    Symbolic links, and folders reached through one, are never published."""
     return [
-        {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(directory.iterdir())
-        if p.is_file() and not p.is_symlink()
+        {"name": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(_regular_files(directory), key=lambda p: p.relative_to(directory).as_posix())
     ]
+
+
+def _regular_files(directory: Path) -> Iterator[Path]:
+    for path in directory.iterdir():
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            yield from _regular_files(path)
+        elif path.is_file():
+            yield path
 
 
 def read_chunks(path: Path, size: int) -> Iterator[bytes]:

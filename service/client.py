@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -89,7 +89,7 @@ class Client:
         dest.mkdir(parents=True, exist_ok=True)
         paths = []
         for artifact in self.artifacts(job_id):
-            path = dest / Path(artifact["name"]).name  # the server names files; never let it pick a directory
+            path = _local_path(dest, artifact["name"])
             partial = path.with_name(path.name + ".part")
             if path.is_file() and _sha256(path) == artifact["sha256"]:
                 if on_bytes:
@@ -124,6 +124,17 @@ class Client:
             partial.replace(path)
             paths.append(path)
         return paths
+
+
+def _local_path(dest: Path, name: str) -> Path:
+    """Where an artifact goes under `dest`: a job of several sizes names its files by their folder
+    (`sparsity-0.2/config.json`), kept as such; a name with any other part (absolute, `..`, a backslash)
+    keeps only its last part: the server names files, it never picks a directory outside `dest`."""
+    parts = PurePosixPath(name).parts
+    plain = not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
+    path = dest.joinpath(*parts) if plain and parts else dest / Path(name).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _sha256(path: Path) -> str:

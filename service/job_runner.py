@@ -51,6 +51,8 @@ REPORT_KEYS = (
     "method",
     "precision",
     "device",
+    "sizes",  # several sizes: the summary's curve
+    "scoring_s",
 )
 
 

@@ -37,7 +37,7 @@ SAMPLES: list[dict[str, Any]] = [
         "options": {},
     },
     {
-        "sparsity": 0.5,
+        "sparsity": [0.2, 0.5],  # several sizes from one job
         "method": "bonsai",
         "precision": "int8",
         "uniform": False,
@@ -66,6 +66,8 @@ def argv_of(settings: dict[str, Any]) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag, ",".join(str(item) for item in value)]
         elif isinstance(value, dict):
             argv += [arg for key, option in value.items() for arg in ("--options", f"{key}={option}")]
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pruning.errors import UsageError
-from pruning.methods.base import MethodContext, MethodResult, PruningMethod
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
 from pruning.methods.baselines import Flap, RandomUnits, WandaSp
 from pruning.methods.bonsai import Bonsai
 from pruning.spec import METHOD_OPTIONS, MethodOptions
@@ -19,4 +19,4 @@ def make_method(name: str, options: MethodOptions | dict | None = None) -> Pruni
     return METHODS[name](options)
 
 
-__all__ = ["METHODS", "MethodContext", "MethodResult", "PruningMethod", "make_method"]
+__all__ = ["METHODS", "MethodContext", "MethodResult", "PruningMethod", "SizeResult", "make_method"]

@@ -7,7 +7,8 @@ judge its candidates with that refit; loading, hooks, compensation, evaluation a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +26,13 @@ class MethodResult:
     keep: torch.Tensor  # [U] bool, the units that stay
     importance: torch.Tensor  # [U] float64, the method's estimate for each unit (loss units or its own)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+SizeResult = Callable[[], MethodResult]  # one size's result, finished when called
+
+
+def _bound(run: Callable[[MethodContext], MethodResult], ctx: MethodContext) -> SizeResult:
+    return lambda: run(ctx)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,12 @@ class PruningMethod:
 
     def run(self, ctx: MethodContext) -> MethodResult:
         raise NotImplementedError
+
+    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
+        """Several sizes from one scoring: `targets` are parameters to remove, ascending. Does the work
+        the sizes share now and returns, per size, what finishes its result (the work that size alone
+        needs, run when its turn comes). By default each size is a run of its own."""
+        return [_bound(self.run, replace(ctx, target_params=target)) for target in targets]
 
     def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
         """Forward-token equivalents of the method's work by stage (`scoring`, `search`) for `sequences`

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from pruning.adapters.base import UnitKind
-from pruning.methods.base import MethodContext, MethodResult, PruningMethod
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
 from pruning.progress import LS_FIT_FORWARDS, MIN_SUB_MODELS, ScoringPace
 from pruning.scoring.bonsai import (
     drop_probabilities,
@@ -34,6 +34,15 @@ class _Rounds:
     pace: ScoringPace = field(default_factory=ScoringPace)  # sizes the rounds under a time limit
 
 
+@dataclass
+class _Snapshot:
+    """The rounds' state when the removal reached one size: what that size's selection starts from."""
+
+    keep: torch.Tensor  # [U] bool
+    importance: torch.Tensor  # [U] float64
+    history: list[dict[str, Any]]
+
+
 class Bonsai(PruningMethod):
     name = "bonsai"
     options: BonsaiOptions
@@ -54,6 +63,28 @@ class Bonsai(PruningMethod):
         return {"scoring": rounds, "search": search}
 
     def run(self, ctx: MethodContext) -> MethodResult:
+        return self.run_targets(ctx, [ctx.target_params])[0]()
+
+    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
+        """The rounds run once, as a job at the largest size alone would run them; a round whose slice
+        passes a smaller size removes up to it first and snapshots the keep-vector and importances there,
+        then the rest of its slice. So the largest size's rounds are exactly the single job's, and a
+        smaller one's are that job's up to where the removal reached it (fewer re-estimates than a job at
+        that size alone). Each size's split search runs when its result is asked for."""
+        ctx = replace(ctx, target_params=targets[-1])
+        snapshots: list[_Snapshot] = []
+        state, dense_prior = self._rounds(ctx, targets[:-1], snapshots)
+        snapshots.append(_Snapshot(state.keep, state.importance, state.history))
+        return [
+            self._size(replace(ctx, target_params=target), snapshot, dense_prior)
+            for target, snapshot in zip(targets, snapshots, strict=True)
+        ]
+
+    def _rounds(
+        self, ctx: MethodContext, stops: list[float], snapshots: list[_Snapshot]
+    ) -> tuple[_Rounds, torch.Tensor]:
+        """Run the rounds toward `ctx.target_params`, snapshotting at each of `stops` (smaller targets,
+        ascending) on the way. Returns the final state and the dense model's activation prior."""
         opts = self.options
         state = _Rounds(
             keep=torch.ones(ctx.space.size, dtype=torch.bool),
@@ -61,20 +92,29 @@ class Bonsai(PruningMethod):
             generator=torch.Generator().manual_seed(ctx.seed),
         )
         batches = _batches(ctx.probe.calibration, opts.scoring_sequences)
-        details: dict[str, Any] = {"rounds": state.history}
         dense_prior = self._prior(ctx, state)  # [U] all alive: round one's prior, and the search's
+        pending = list(stops)
         for index in range(opts.rounds):
             prior = dense_prior if index == 0 else self._prior(ctx, state)
             began, forwards = time.perf_counter(), state.pace.forward_s
-            self._round(ctx, state, index, prior, batches[index % len(batches)])
+            self._round(ctx, state, index, prior, batches[index % len(batches)], pending, snapshots)
             state.pace.overhead_s = time.perf_counter() - began - (state.pace.forward_s - forwards)
-        keep = state.keep
-        if opts.kind_split == "search":
-            start = time.perf_counter()
-            ctx.progress.enter("search")
-            keep, details["split_search"] = self._search_split(ctx, keep, state.importance, dense_prior)
-            details["split_search_s"] = round(time.perf_counter() - start, 3)
-        return MethodResult(keep, state.importance, details)
+        return state, dense_prior
+
+    def _size(self, ctx: MethodContext, snapshot: _Snapshot, dense_prior: torch.Tensor) -> SizeResult:
+        def finish() -> MethodResult:
+            details: dict[str, Any] = {"rounds": snapshot.history}
+            keep = snapshot.keep
+            if self.options.kind_split == "search":
+                start = time.perf_counter()
+                ctx.progress.enter("search")
+                keep, details["split_search"] = self._search_split(
+                    ctx, keep, snapshot.importance, dense_prior
+                )
+                details["split_search_s"] = round(time.perf_counter() - start, 3)
+            return MethodResult(keep, snapshot.importance, details)
+
+        return finish
 
     def _prior(self, ctx: MethodContext, state: _Rounds) -> torch.Tensor:
         """[U] the activation prior with the alive units, timed (one calibration pass)."""
@@ -84,10 +124,19 @@ class Bonsai(PruningMethod):
         return prior
 
     def _round(
-        self, ctx: MethodContext, state: _Rounds, index: int, prior: torch.Tensor, batch: torch.Tensor
+        self,
+        ctx: MethodContext,
+        state: _Rounds,
+        index: int,
+        prior: torch.Tensor,
+        batch: torch.Tensor,
+        stops: list[float] | None = None,
+        snapshots: list[_Snapshot] | None = None,
     ) -> None:
         """Round `index`: sample sub-models among the alive units, regress their losses on the drops,
-        remove a slice of the budget. `prior` [U] is the activation prior with the alive units."""
+        remove a slice of the budget. `prior` [U] is the activation prior with the alive units. Each of
+        `stops` (smaller targets, ascending) the slice reaches is taken off the list and snapshotted into
+        `snapshots`."""
         opts, space = self.options, ctx.space
         budget = (ctx.target_params - state.removed) / (opts.rounds - index)
         candidates = state.keep.nonzero().flatten()  # [A]
@@ -98,19 +147,32 @@ class Bonsai(PruningMethod):
         scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
         state.importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)
         select = ctx.selector.select_per_kind if opts.kind_split == "proportional" else ctx.selector.select
-        remove = select(state.importance / space.params, state.keep, budget)
-        state.keep &= ~remove
-        removed_now = float(space.params[remove].sum())
-        state.history.append(
-            {
+        score = state.importance / space.params
+        remove = torch.zeros_like(state.keep)
+
+        def record(removed: torch.Tensor) -> dict[str, Any]:
+            return {
                 "round": index + 1,
                 "sub_models": int(drops.shape[0]),
-                "removed_units": int(remove.sum()),
-                "removed_params": state.removed + removed_now,
+                "removed_units": int(removed.sum()),
+                "removed_params": state.removed + float(space.params[removed].sum()),
                 "mean_sub_model_loss": float(losses.mean()),
             }
-        )
-        state.removed += removed_now
+
+        # a smaller size this slice passes: remove up to it first and snapshot there. Selecting in two
+        # steps by the same scores removes what one step would (the ranking continues where it stopped)
+        while stops and snapshots is not None and stops[0] <= state.removed + budget:
+            target = stops.pop(0)
+            taken = float(space.params[remove].sum())
+            remove |= select(score, state.keep & ~remove, target - state.removed - taken)
+            snapshots.append(
+                _Snapshot(state.keep & ~remove, state.importance.clone(), [*state.history, record(remove)])
+            )
+        taken = float(space.params[remove].sum())
+        remove |= select(score, state.keep & ~remove, budget - taken)
+        state.keep &= ~remove
+        state.history.append(record(remove))
+        state.removed += float(space.params[remove].sum())
 
     def _scored_sub_models(
         self,

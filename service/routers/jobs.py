@@ -243,9 +243,9 @@ def _artifact_entry(row: JobRow, name: str) -> dict[str, Any]:
     return dict(entry)
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES)
+@router.get("/{job_id}/artifacts/{name:path}", response_class=FileResponse, responses=ARTIFACT_RESPONSES)
 @router.head(
-    "/{job_id}/artifacts/{name}",
+    "/{job_id}/artifacts/{name:path}",
     response_class=FileResponse,
     responses=ARTIFACT_RESPONSES,
     summary="Artifact headers (size, checksum) without the body",

@@ -4,10 +4,12 @@ downloads (Range, If-Range, HEAD) and the metrics endpoint."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.artifacts import describe
+from service.client import Client, _local_path
 from service.db import JobRow
 from service.main import create_app
 from service.settings import Settings, SettingsError, hash_key
@@ -228,6 +231,7 @@ def test_submit_get_cancel_delete(app_client: TestClient, file_id: str) -> None:
 def test_api_process_imports_no_torch(models_dir: Path, calibration: Path, tmp_path: Path) -> None:
     script = f"""
 import sys
+import tarfile
 from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
@@ -399,3 +403,55 @@ def test_metrics(app_client: TestClient) -> None:
         assert _sample(text, "fwdprune_job_duration_seconds_count") == 2
         assert _sample(text, "fwdprune_job_duration_seconds_sum") == pytest.approx(103.0, abs=0.01)
     assert 'fwdprune_http_requests_total{method="GET",route="/metrics",status="200"}' in text
+
+
+def test_size_folders_published(app_client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    """A job of several sizes: files in its size folders are listed and served by their path, and the
+    checkpoint archive holds them there; a symbolic link inside is never published."""
+    job_id = "job_sizes"
+    directory = settings.jobs_dir / job_id
+    (directory / "sparsity-0.2").mkdir(parents=True)
+    (directory / "sparsity-0.2" / "config.json").write_text('{"size": 0.2}')
+    (directory / "summary.json").write_text("{}")
+    (directory / "sparsity-0.2" / "elsewhere").symlink_to(settings.jobs_dir, target_is_directory=True)
+    now = time.time()
+    store = app_client.app.state.store  # type: ignore[attr-defined]
+    store.create_job(
+        JobRow(
+            id=job_id,
+            owner=hash_key(KEY_A),
+            status="succeeded",
+            request={},
+            resolved={},
+            request_hash="h",
+            metadata_={},
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+            progress={},
+            artifacts=describe(directory),
+            attempts=1,
+            computing=False,
+        )
+    )
+    listed = app_client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth()).json()["data"]
+    assert [a["name"] for a in listed] == ["sparsity-0.2/config.json", "summary.json"]
+    nested = app_client.get(f"/v1/jobs/{job_id}/artifacts/sparsity-0.2/config.json", headers=auth())
+    assert nested.status_code == 200 and nested.content == b'{"size": 0.2}'
+    linked = app_client.get(f"/v1/jobs/{job_id}/artifacts/sparsity-0.2/elsewhere", headers=auth())
+    assert linked.status_code == 404
+    archive = app_client.get(f"/v1/jobs/{job_id}/checkpoint.tar", headers=auth()).content
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert tar.getnames() == [f"{job_id}/sparsity-0.2/config.json", f"{job_id}/summary.json"]
+    api = Client("http://testserver")
+    api.http = app_client  # type: ignore[assignment]  # the client's requests, served in process
+    app_client.headers = auth()
+    paths = api.download(job_id, tmp_path / "got")
+    assert [p.relative_to(tmp_path / "got").as_posix() for p in paths] == [a["name"] for a in listed]
+    assert (tmp_path / "got" / "sparsity-0.2" / "config.json").read_text() == '{"size": 0.2}'
+
+
+def test_download_keeps_artifacts_inside_the_destination(tmp_path: Path) -> None:
+    for hostile in ("../escape.json", "/etc/passwd", "a/../../b", "..\\x"):
+        path = _local_path(tmp_path, hostile)
+        assert path.parent == tmp_path, hostile
