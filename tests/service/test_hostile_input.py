@@ -53,8 +53,9 @@ def test_non_finite_numbers_are_a_422_naming_the_field(
     code, body = submit(client, "{" + BASE + ", " + fields + "}")
     assert code == 422
     assert isinstance(body, dict)
+    # the first error names the field (a union's member may follow its name) and echoes the input
     error = body["detail"][0]
-    assert error["loc"] == location and error["type"] == "finite_number" and error["input"] == echoed
+    assert error["loc"][:2] == location and error["type"] == "finite_number" and error["input"] == echoed
 
 
 def test_a_non_finite_method_option_or_metadata_value_is_refused_at_submit(client: TestClient) -> None:
