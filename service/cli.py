@@ -68,7 +68,8 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes] | None:
-        from service.worker import parent_death_signal, without_secrets
+        from service.procs import parent_death_signal
+        from service.worker import without_secrets
 
         with self._lock:
             if self.stopping.is_set():

@@ -12,8 +12,6 @@ longer held by its worker and attempt (reaped, and maybe handed to another worke
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -27,10 +25,10 @@ from typing import Any, get_args
 from pruning.errors import FwdpruneError, failure_code
 from pruning.spec import Device
 from service.artifacts import describe
+from service.procs import parent_death_signal
 from service.schemas.jobs import JobCreate, JobInputs
 from service.store import Claim, Store
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_NOT_OWNER = 4  # the job was taken from this process's worker; it stopped without a verdict
 WATCH_PARENT_S = 0.5
 WATCH_CLAIM_S = 5.0
@@ -61,17 +59,6 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     return {key: report[key] for key in REPORT_KEYS if key in report}
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies (no-op elsewhere).
-
-    Safe between fork and exec (a `preexec_fn`): one libc call, no allocation, no locks.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-
 def stop_self(reason: str) -> None:
     """End this job process and everything it started (data loaders share its process group)."""
     print(f"job runner stopping: {reason}", file=sys.stderr, flush=True)
@@ -86,7 +73,7 @@ def die_with_worker(worker_pid: int) -> None:
     The signal only covers a parent that dies after it was set; the check right after it, and the
     watchdog (for platforms without the signal), cover the rest.
     """
-    set_parent_death_signal()
+    parent_death_signal(signal.SIGKILL)()
     if os.getppid() != worker_pid:
         stop_self(f"worker {worker_pid} is gone")
     threading.Thread(target=_watch_parent, args=(worker_pid,), daemon=True, name="watch-worker").start()

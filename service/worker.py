@@ -15,7 +15,6 @@ persists costs a tick, never the worker.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_a
 
 from service.artifacts import describe
 from service.db import WorkerRow
+from service.procs import parent_death_signal
 from service.settings import Settings
 from service.store import ACTIVE, Claim, Store
 
@@ -50,7 +50,6 @@ STORE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 # a job runs user-chosen models and data: it gets no credential of the API
 SECRET_ENV = ("FWDPRUNE_API_KEYS", "FWDPRUNE_ADMIN_KEYS", "FWDPRUNE_API_KEYS_FILE", "FWDPRUNE_TOKEN")
 TMP_PREFIX = ".tmp-"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_TICK_BACKOFF_S = 30.0
 
 
@@ -88,21 +87,6 @@ def _gpu(nvml: Any, index: int) -> dict[str, Any]:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def parent_death_signal(sig: int) -> Callable[[], None]:
-    """A `preexec_fn` that has Linux send `sig` to the child when the process that started it dies."""
-
-    if not sys.platform.startswith("linux"):
-        return lambda: None
-    # looked up here, before the fork: the child, between fork and exec, only makes the call
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    signum = int(sig)
-
-    def set_signal() -> None:
-        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-
-    return set_signal
 
 
 def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
