@@ -250,6 +250,14 @@ class PruneSettings(BaseModel):
         description="end the whole job within this time (e.g. 10m, 90s, 1h30m): bonsai's sub-models per "
         "round are sized from the measured throughput",
     )
+    gpus: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="GPUs the job runs on: bonsai's sub-models are scored on one replica of the model per "
+        "GPU (torch.distributed), and a model too large for one GPU is spread across them; default: one "
+        "GPU where the worker has any, else the CPU",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="method options, e.g. rounds=2 (see METHOD_OPTIONS)"
     )
