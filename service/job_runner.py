@@ -152,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     if claim is not None:
         watch_claim(store, job.id, claim)
     try:
+        inputs = JobInputs.model_validate(job.resolved)
+        model_dir = Path(inputs.model)  # the model, as a directory on this worker
+        data = Path(inputs.data)  # the calibration file, on this worker
+        eval_data = Path(inputs.eval_data) if inputs.eval_data is not None else None  # held-out file
         spec = JobCreate.model_validate(job.request).to_spec(
-            JobInputs.model_validate(job.resolved), args.out_dir, args.device
+            model_dir, data, eval_data, args.out_dir, args.device
         )
         from pruning import prune
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pruning.spec import PruneSettings, PruneSpec
-from service.schemas.jobs import JobCreate, JobInputs
+from service.schemas.jobs import JobCreate
 
 # together they move every setting off its default; each is valid on its own
 SAMPLES: list[dict[str, Any]] = [
@@ -123,7 +123,7 @@ def test_prune_command(settings: dict[str, Any], tmp_path: Path) -> None:
 @pytest.mark.parametrize("settings", SAMPLES)
 def test_job_api_and_its_mapping_to_the_engine(settings: dict[str, Any], tmp_path: Path) -> None:
     body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **settings})
-    spec = body.to_spec(JobInputs(model=str(tmp_path / "m"), data=str(tmp_path / "d.jsonl")), tmp_path, "cpu")
+    spec = body.to_spec(tmp_path / "m", tmp_path / "d.jsonl", None, tmp_path, "cpu")
     assert spec.settings_only() == expected(settings)
     assert (spec.model, spec.data, spec.eval_data, spec.device) == (
         str(tmp_path / "m"),

@@ -42,13 +42,14 @@ class JobCreate(PruneSettings):
             raise ValueError("metadata holds at most 32 keys of 64 characters with values of 512 characters")
         return value
 
-    def to_spec(self, inputs: JobInputs, out_dir: Path, device: Device) -> PruneSpec:
-        """The engine's request for this job: its settings, with the server's paths and device."""
-        eval_data = Path(inputs.eval_data) if inputs.eval_data is not None else None
+    def to_spec(
+        self, model_dir: Path, data: Path, eval_data: Path | None, out_dir: Path, device: Device
+    ) -> PruneSpec:
+        """The engine's request for this job: its settings, with the worker's local paths and device."""
         return PruneSpec(
             **self.settings_only(),
-            model=inputs.model,
-            data=Path(inputs.data),
+            model=str(model_dir),
+            data=data,
             eval_data=eval_data,
             out_dir=out_dir,
             device=device,
