@@ -34,6 +34,7 @@ SAMPLES: list[dict[str, Any]] = [
         "seed": 3,
         "budget": "thorough",
         "time_limit": 600.0,
+        "gpus": 2,
         "options": {},
     },
     {
@@ -54,6 +55,7 @@ SAMPLES: list[dict[str, Any]] = [
         "seed": 11,
         "budget": "fast",
         "time_limit": None,
+        "gpus": None,
         "options": {"rounds": 2, "kind_split": "importance", "ridge": 0.25},
     },
 ]
