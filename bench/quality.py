@@ -124,20 +124,33 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
     }
 
 
+# --widths names: per-layer widths free (global), the same in every layer (uniform), or per-layer widths
+# within what the Nemotron-NAS layout states (serving engines load it natively)
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "uniform": {"uniform": True},
+    "global": {"uniform": False},
+    "nemotron": {"uniform": False, "export_format": "nemotron-nas"},
+}
+
+
 def method_grid(
-    model: str, sparsities: list[float], precision: str, compensations: list[str]
+    model: str,
+    sparsities: list[float],
+    precision: str,
+    compensations: list[str],
+    layouts: tuple[str, ...] = ("uniform", "global"),
 ) -> list[dict[str, Any]]:
     configs = []
     for sparsity, method in itertools.product(sparsities, ["random", "wanda-sp", "flap", "bonsai"]):
-        for uniform, compensate in itertools.product((True, False), compensations):
-            if method == "wanda-sp" and not uniform:
-                continue  # wanda-sp is per-layer by definition
+        # wanda-sp is per-layer by definition: one uniform row whatever the layouts asked for
+        method_layouts = ("uniform",) if method == "wanda-sp" else layouts
+        for layout, compensate in itertools.product(method_layouts, compensations):
             configs.append(
                 {
                     "model": model,
                     "method": method,
                     "sparsity": sparsity,
-                    "uniform": uniform,
+                    **LAYOUTS[layout],
                     "precision": precision,
                     "compensate": compensate,
                 }
@@ -214,7 +227,8 @@ def main() -> None:
     parser.add_argument(
         "--widths",
         default="uniform,global",
-        help="uniform, global or both (--sweep: global unless uniform alone)",
+        help="uniform, global, nemotron (global within the Nemotron-NAS layout), comma-separated "
+        "(--sweep: global unless uniform alone)",
     )
     parser.add_argument(
         "--sparsities", help="pycoder's (default 0.2,0.35,0.5; 0.2,0.5 in --sweep); MiniLM is pruned to 0.3"
@@ -245,17 +259,20 @@ def main() -> None:
         )
     else:
         wanted = set(args.methods.split(",")) & set(METHODS)
-        widths = {"uniform": True, "global": False}
-        wanted_widths = {widths[w] for w in args.widths.split(",")}
+        layouts = tuple(args.widths.split(","))
         decoder = [float(s) for s in (args.sparsities or "0.2,0.35,0.5").split(",")]
         sparsities = {"pycoder": decoder, "smollm2": decoder, "minilm": [0.3]}
         configs = [
             c
             for model in args.models.split(",")
             for c in method_grid(
-                model, sparsities[model], args.precision, (args.compensations or "none,ls").split(",")
+                model,
+                sparsities[model],
+                args.precision,
+                (args.compensations or "none,ls").split(","),
+                layouts,
             )
-            if c["method"] in wanted and (c["uniform"] in wanted_widths or c["method"] == "wanda-sp")
+            if c["method"] in wanted
         ]
     slug = device.replace(" ", "-").lower()
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
@@ -268,6 +285,7 @@ def main() -> None:
             r = rows[-1]
             print(
                 f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} "
+                f"{r.get('export_format', 'hf')} "
                 f"comp={r['compensation']} {r.get('options')}: {r['metric']} {r['value']:.4f} "
                 f"({r['ratio']:.3f}x) in {r['wall_s']:.1f}s",
                 flush=True,

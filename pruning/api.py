@@ -1,4 +1,10 @@
-"""`prune(spec)`: the job's stages in order (`pruning.stages`), from a model on disk to a compact one."""
+"""`prune(spec)`: the job's stages in order (`pruning.stages`), from a model on disk to a compact one.
+
+A job on several GPUs (`spec.gpus`) runs as one process (rank) per GPU. When each GPU holds the model,
+every rank has a replica and bonsai's sub-models are shared across them (`pruning.distributed`), rank 0
+doing everything else; when one cannot hold it, rank 0 alone goes on with the model spread across all
+the GPUs (`pruning.devices`), the others leaving at once.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ import time
 from typing import Any
 
 from pruning import stages
+from pruning.distributed import World, launched_world, start_ranks
+from pruning.errors import UsageError
+from pruning.loading import resolve_device
 from pruning.spec import PruneSpec
 from pruning.stages import EventSink
 
@@ -17,13 +26,60 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
 
     Accepts a PruneSpec or its fields as keywords: prune(model=..., data=..., sparsity=0.5, out_dir=...).
     `on_event` receives stage, progress, warning and metric events as dicts. Returns the report.
+
+    With `spec.gpus` above one, starts a process per GPU itself. Under torchrun (WORLD_SIZE above one)
+    each process is one rank, on the GPU of its LOCAL_RANK (gloo between CPU processes): rank 0 reports
+    events and returns the report, the others return an empty dict once the scoring ends.
     """
     spec = spec or PruneSpec(**fields)
-    run = stages.prepare(spec, on_event or (lambda event: None))
-    if spec.several_sizes:
+    emit = on_event or _silent
+    launched = launched_world(resolve_device(spec.device).type)
+    if launched is not None:
+        return _rank(launched, emit if launched.leader else _silent, _for_world(spec, launched))
+    gpus = stages.job_gpus(spec)
+    if gpus > 1:
+        return prune_replicated(spec, gpus, emit)
+    return _job(stages.prepare(spec, emit))
+
+
+def prune_replicated(spec: PruneSpec, ranks: int, on_event: EventSink | None = None) -> dict[str, Any]:
+    """The job as `ranks` new processes, each with a replica of the model, rank 0's report returned and
+    its events sent to `on_event`: on CUDA one GPU each (what `prune` does for `gpus`); on the CPU gloo
+    processes that share its cores, which only tests and benchmarks want (a job asking for `gpus` on
+    the CPU is refused)."""
+    device_type = resolve_device(spec.device).type
+    result: dict[str, Any] = start_ranks(_rank, (spec,), ranks, device_type, on_event or _silent)
+    return result
+
+
+def _for_world(spec: PruneSpec, world: World) -> PruneSpec:
+    """`spec` as run by a launcher's ranks: `gpus`, where given, must count them, and on GPUs."""
+    if spec.gpus is not None and world.device.type != "cuda":
+        raise UsageError("gpus asks for GPUs, and this job runs on the CPU: leave gpus unset there")
+    if spec.gpus is not None and spec.gpus != world.size:
+        raise UsageError(f"gpus is {spec.gpus} and the launcher started {world.size} processes")
+    return spec
+
+
+def _rank(world: World, emit: EventSink, spec: PruneSpec) -> dict[str, Any]:
+    """One rank's part of a job: rank 0's is the whole job; the others' ends with the scoring, or at
+    once where rank 0 runs alone (`stages.layout`)."""
+    layout = stages.layout(spec, world)
+    if world.rank >= layout.replicas:
+        return {}
+    if layout.replicas < world.size:  # rank 0 alone: its GPU, or the model spread over every rank's
+        world = World(device=world.device)
+    return _job(stages.prepare(spec, emit, world, layout.max_memory))
+
+
+def _job(run: stages.Run) -> dict[str, Any]:
+    """The stages after `prepare`; a rank other than 0 stops after scoring and returns {}."""
+    if run.spec.several_sizes:
         return _prune_sizes(run)
     with run.installed():  # unit masks and compensation on the model while units are chosen and measured
         result = stages.score(run)
+        if not run.world.leader:
+            return {}
         stages.compensate(run, result.keep)
         pruned = stages.evaluate(run, result.keep)
     stages.export(run, result.keep)
@@ -38,9 +94,15 @@ def _prune_sizes(run: stages.Run) -> dict[str, Any]:
     began = time.perf_counter()
     with run.installed():
         finishes = stages.score_sizes(run)
+    if not run.world.leader:
+        return {}
     scoring_s = time.perf_counter() - began
     entries = [
         stages.one_size(stages.for_size(run, sparsity), finish)
         for sparsity, finish in zip(run.spec.targets, finishes, strict=True)
     ]
     return stages.summarize_sizes(run, entries, scoring_s)
+
+
+def _silent(event: dict[str, Any]) -> None:
+    """No one listens: the job's events are dropped."""

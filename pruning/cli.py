@@ -63,6 +63,8 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     finally:
         progress.close()
+    if not report:  # a rank other than 0 under torchrun: rank 0 prints the summary
+        return 0
     # several sizes return their summary: the curve as a table (each size's report is in its folder)
     print(curve_table(report) if "sizes" in report else summary_table(report))
     return 0

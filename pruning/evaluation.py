@@ -117,9 +117,12 @@ class NextTokenLoss(Objective):
         ids = ids.to(self.device)
         nll = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float32, device=ids.device)
         for rows, logits in self.token_logits(ids):
-            targets = ids[rows, 1:]
-            nll[rows] = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(
-                targets.shape
+            # a model spread across GPUs computes its logits on the head's, not the input's
+            targets = ids[rows, 1:].to(logits.device)
+            nll[rows] = (
+                F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+                .view(targets.shape)
+                .to(nll.device)
             )
         return nll
 

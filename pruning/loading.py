@@ -103,14 +103,23 @@ class LoadedModel:
     precision: str  # the resolved precision, never "auto"
 
 
-def load_model(model_dir: Path, precision: str, device: torch.device, auto_class: Any = None) -> LoadedModel:
-    """Load for inference. int8 quantizes linear layers with bitsandbytes as they are read; the torchao
-    formats quantize the decoder's linear layers once loaded."""
+def load_model(
+    model_dir: Path,
+    precision: str,
+    device: torch.device,
+    auto_class: Any = None,
+    max_memory: dict[int, int] | None = None,
+) -> LoadedModel:
+    """Load for inference, on `device`, or with `max_memory` (bytes per GPU index) spread across those
+    GPUs (`pruning.devices`; inputs then go to `device`, the first). int8 quantizes linear layers with
+    bitsandbytes as they are read; the torchao formats quantize the decoder's linear layers once loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     auto_class = auto_class or AutoModelForCausalLM
     precision = resolve_precision(precision, device)
     kwargs: dict[str, Any] = {"device_map": {"": str(device)}}
+    if max_memory is not None:  # accelerate places whole decoder layers in order, within each GPU's bytes
+        kwargs = {"device_map": "auto", "max_memory": max_memory}
     if precision == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         # bitsandbytes computes int8 matmuls with fp16 activations; fp32 elsewhere on CPU

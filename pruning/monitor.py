@@ -32,10 +32,15 @@ def anonymous_rss() -> int | None:
 
 
 class StageMonitor:
-    """Times named stages and samples host RSS in a background thread (every 20 ms)."""
+    """Times named stages and samples host RSS in a background thread (every 20 ms). GPU peaks are
+    those of `device` per stage and, over the whole job, of each of `devices` (default: `device` if it
+    is a GPU), the GPUs this process's model occupies."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, devices: list[torch.device] | None = None) -> None:
         self.device = device
+        self.devices = devices if devices is not None else [device] * (device.type == "cuda")
+        self.peak_bytes_per_device = [0] * len(self.devices)
+        self.other_ranks_peak_bytes: list[int] = []  # the job's other ranks' GPUs, after these (rank order)
         self.counter: Any = None  # the objective's ForwardCounter, once there is one
         self.forward_tokens: dict[str, int] = {}
         self.stage_s: dict[str, float] = {}
@@ -64,9 +69,9 @@ class StageMonitor:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        for gpu in self.devices:
+            torch.cuda.synchronize(gpu)
+            torch.cuda.reset_peak_memory_stats(gpu)
         with self._lock:
             self._peak_rss, self._peak_anon = 0, 0
         anon = self._record()
@@ -84,8 +89,8 @@ class StageMonitor:
                 self.forward_tokens[name] = (
                     self.forward_tokens.get(name, 0) + self.counter.tokens - tokens_before
                 )
-            if cuda:
-                torch.cuda.synchronize(self.device)
+            for gpu in self.devices:
+                torch.cuda.synchronize(gpu)
             self.stage_s[name] = self.stage_s.get(name, 0.0) + time.perf_counter() - start
             stop.set()
             sampler.join()
@@ -103,6 +108,10 @@ class StageMonitor:
                 self.peak_gpu_reserved_bytes[name] = max(
                     self.peak_gpu_reserved_bytes.get(name, 0), torch.cuda.max_memory_reserved(self.device)
                 )
+            self.peak_bytes_per_device = [
+                max(peak, torch.cuda.max_memory_allocated(gpu))
+                for peak, gpu in zip(self.peak_bytes_per_device, self.devices, strict=True)
+            ]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -111,6 +120,8 @@ class StageMonitor:
             "total_s": round(sum(self.stage_s.values()), 3),
             "peak_gpu_bytes": dict(self.peak_gpu_bytes),
             "peak_gpu_reserved_bytes": dict(self.peak_gpu_reserved_bytes),
+            # every GPU of the job over its whole run (this process's, then the other ranks')
+            "peak_gpu_bytes_per_device": self.peak_bytes_per_device + self.other_ranks_peak_bytes,
             "peak_host_rss_bytes": dict(self.peak_host_rss_bytes),
             "peak_host_anon_bytes": dict(self.peak_host_anon_bytes),
             "host_anon_at_start_bytes": dict(self.host_anon_at_start_bytes),

@@ -53,6 +53,7 @@ def build_report(
     *,
     precision: str,
     device: torch.device,
+    replicas: int = 1,
     model_dir: Path,
     space: UnitSpace,
     keep: torch.Tensor,
@@ -77,7 +78,8 @@ def build_report(
         "out_dir": str(out_dir),
         "method": spec.method,
         "precision": precision,
-        "device": str(device),
+        "device": str(device),  # rank 0's (the first GPU of a model spread across several)
+        "replicas": replicas,  # processes that scored sub-models, a replica of the model on a GPU each
         "uniform": spec.uniform,
         "compensation": compensation,
         "settings": json.loads(spec.model_dump_json())

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from pruning.compensation import (
     make_compensator,
 )
 from pruning.data import CalibrationSet, load_calibration
+from pruning.devices import Layout, plan_layout, scoring_bytes
+from pruning.distributed import World
 from pruning.errors import UnsupportedModelError, UsageError
 from pruning.evaluation import make_objective
 from pruning.export import export_pruned
@@ -37,7 +40,7 @@ from pruning.export_nemotron import (
     refuse_inexpressible_model,
     selection_rules,
 )
-from pruning.loading import LoadedModel, load_model, resolve_device, resolve_model_dir
+from pruning.loading import LoadedModel, load_model, resolve_device, resolve_model_dir, resolve_precision
 from pruning.masking import UnitMasks
 from pruning.methods import MethodContext, MethodResult, PruningMethod, SizeResult, make_method
 from pruning.monitor import StageMonitor
@@ -57,6 +60,8 @@ from pruning.spec import PruneSpec, read_model_type, resolve_budget
 from pruning.units import UnitSpace, build_unit_space, default_mlp_block
 
 TOKENS_PER_BATCH = 8192  # tokens per forward pass when no sub-models are replicated
+# a weight matrix of a decoder (or encoder) layer: what the quantized precisions store in one byte
+LAYER_MATRIX = re.compile(r"\.layers?\.\d+\..*\.weight$")
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Run:
     compensator: Compensator
     dense: Quality
     planned_s: float = 0.0  # the whole job's expected duration once the dense model was measured
+    world: World = field(default_factory=World)  # the ranks scoring with a replica each; rank 0 does the rest
 
     @property
     def space(self) -> UnitSpace:
@@ -116,22 +122,72 @@ class Run:
             yield
 
 
-def prepare(spec: PruneSpec, emit: EventSink) -> Run:
-    """Find and load the model, read the data, lay out its units, measure the dense model and plan."""
+def job_gpus(spec: PruneSpec) -> int:
+    """The GPUs `spec.gpus` asks for (1 where unset: one device, a GPU or the CPU); refuses them for a
+    job on the CPU, and more than are visible."""
+    if spec.gpus is None:
+        return 1
+    if resolve_device(spec.device).type != "cuda":
+        raise UsageError("gpus asks for GPUs, and this job runs on the CPU: leave gpus unset there")
+    visible = torch.cuda.device_count()
+    if spec.gpus > visible:
+        raise UsageError(f"gpus is {spec.gpus} and {visible} CUDA devices are visible")
+    return spec.gpus
+
+
+def layout(spec: PruneSpec, world: World) -> Layout:
+    """How the world's devices hold the model (`pruning.devices`): a replica on each rank for bonsai
+    when every GPU holds one; else rank 0 alone, with the model spread across every rank's GPU, or, for
+    another method (a pass or two, nothing to share), on its own. Each rank reports its GPU's free
+    memory and all decide alike. Collective."""
+    if world.size == 1:
+        return Layout()
+    shares = spec.method == "bonsai"
+    if world.device.type != "cuda":  # gloo processes on the CPU: replicas, memory unchecked
+        return Layout(replicas=world.size if shares else 1)
+    free = world.gather(torch.cuda.mem_get_info(world.device)[0])
+    model_dir = resolve_model_dir(spec.model)
+    precision = resolve_precision(spec.precision, world.device)
+    planned = plan_layout(world.size, scoring_bytes(*checkpoint_param_split(model_dir), precision), free)
+    return planned if shares or planned.replicas == 1 else Layout()
+
+
+def checkpoint_param_split(model_dir: Path) -> tuple[int, int]:
+    """(parameters in the layers' weight matrices, all others), from the checkpoint's headers."""
+    reader = CheckpointReader(model_dir)
+    matrices = others = 0
+    for name in reader.weight_map:
+        shape, _ = reader.header(name)
+        if len(shape) == 2 and LAYER_MATRIX.search(name):
+            matrices += math.prod(shape)
+        else:
+            others += math.prod(shape)
+    return matrices, others
+
+
+def prepare(
+    spec: PruneSpec, emit: EventSink, world: World | None = None, max_memory: dict[int, int] | None = None
+) -> Run:
+    """Find and load the model, read the data, lay out its units, measure the dense model and plan.
+    `world`: this process's rank, its device the model's (default: one process on `spec.device`); a
+    rank other than 0 only scores sub-models, so it measures and plans nothing. `max_memory`: the model
+    spread across those GPUs (`layout`)."""
     model_dir = resolve_model_dir(spec.model)
     adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
     _refuse_unsafe_input(model_dir, Path(spec.out_dir))
     if spec.export_format == "nemotron-nas":
         refuse_inexpressible_model(json.loads((model_dir / "config.json").read_text()))
-    device = resolve_device(spec.device)
+    world = world or World(device=resolve_device(spec.device))
+    device = world.device
     budget = resolve_budget(spec.budget, device.type)
-    clock = Clock(emit, StageMonitor(device), JobProgress(emit))
+    gpus = [torch.device("cuda", index) for index in max_memory] if max_memory is not None else None
+    clock = Clock(emit, StageMonitor(device, gpus), JobProgress(emit))
     if spec.time_limit is not None:
         clock.progress.deadline = clock.progress.start + spec.time_limit
     torch.manual_seed(spec.seed)
 
     with clock.stage("load"):
-        loaded = load_model(model_dir, spec.precision, device, adapter.auto_class())
+        loaded = load_model(model_dir, spec.precision, device, adapter.auto_class(), max_memory)
         _warm_up(loaded)
     with clock.stage("data"):
         data = load_calibration(
@@ -156,9 +212,11 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
         batch_size=max(1, TOKENS_PER_BATCH // spec.seq_len),
     )
 
-    with clock.stage("evaluate_dense"):
-        clock.progress.expect_tokens(data.evaluation.numel() + _loss_sequences(data).numel())
-        dense = _measure(probe, data, torch.ones(space.size, dtype=torch.bool))
+    dense = Quality({}, math.nan)
+    if world.leader:
+        with clock.stage("evaluate_dense"):
+            clock.progress.expect_tokens(data.evaluation.numel() + _loss_sequences(data).numel())
+            dense = _measure(probe, data, torch.ones(space.size, dtype=torch.bool))
     for name, value in dense.figures.items():
         emit({"type": "metric", "name": f"{name}_before", "value": value})
 
@@ -169,8 +227,11 @@ def prepare(spec: PruneSpec, emit: EventSink) -> Run:
     compensator = make_compensator(
         compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
     )
-    run = Run(spec, clock, budget, model_dir, adapter, loaded, data, probe, method, compensator, dense)
-    run.planned_s = _plan(run)
+    run = Run(
+        spec, clock, budget, model_dir, adapter, loaded, data, probe, method, compensator, dense, world=world
+    )
+    if world.leader:
+        run.planned_s = _plan(run)
     return run
 
 
@@ -181,7 +242,9 @@ def _plan(run: Run) -> float:
     tokens_per_s = monitor.forward_tokens["evaluate_dense"] / max(monitor.stage_s["evaluate_dense"], 1e-9)
     sequences = int(run.data.calibration.shape[0])
     calibration_tokens = float(run.data.calibration.numel())
-    work = run.method.planned_work(sequences, spec.seq_len, refit=run.compensator.name == "ls")
+    work = run.method.planned_work(
+        sequences, spec.seq_len, refit=run.compensator.name == "ls", replicas=run.world.size
+    )
     fitting = {"ls": LS_FIT_FORWARDS, "bias": 1.0}.get(run.compensator.name, 0.0) * calibration_tokens
     seconds = {stage: tokens / tokens_per_s for stage, tokens in {**work, "compensate": fitting}.items()}
     seconds["evaluate_pruned"] = monitor.stage_s["evaluate_dense"]
@@ -226,6 +289,7 @@ def method_context(run: Run) -> MethodContext:
         seed=spec.seed,
         refit=refit,
         progress=run.clock.progress,
+        world=run.world,
     )
 
 
@@ -260,18 +324,32 @@ def _mlp_units_per_multiple(channels: int | None, space: UnitSpace) -> int:
 
 
 def score(run: Run) -> MethodResult:
-    """The method chooses the units to keep (hooks installed)."""
+    """The method chooses the units to keep (hooks installed). On every rank: the ranks other than 0
+    stop after it."""
     ctx = method_context(run)
     with run.clock.stage("scoring"):
-        return run.method.run(ctx)
+        result = run.method.run(ctx)
+    _collect_peaks(run)
+    return result
 
 
 def score_sizes(run: Run) -> list[SizeResult]:
-    """Several sizes: the method's shared scoring (hooks installed); per size, what finishes its result."""
+    """Several sizes: the method's shared scoring (hooks installed); per size, what finishes its result
+    (rank 0's to call: the ranks other than 0 stop after the shared scoring)."""
     ctx = method_context(run)
     total = float(run.space.params.sum())
     with run.clock.stage("scoring"):
-        return run.method.run_targets(ctx, [target * total for target in run.spec.targets])
+        finishes = run.method.run_targets(ctx, [target * total for target in run.spec.targets])
+    _collect_peaks(run)
+    return finishes
+
+
+def _collect_peaks(run: Run) -> None:
+    """Rank 0 learns the other ranks' GPU peaks for its report; they stop after scoring. Collective."""
+    if run.world.size == 1:
+        return
+    peaks = run.world.gather(run.clock.monitor.peak_bytes_per_device)
+    run.clock.monitor.other_ranks_peak_bytes = [peak for rank in peaks[1:] for peak in rank]
 
 
 def for_size(run: Run, sparsity: float) -> Run:
@@ -379,6 +457,7 @@ def report(run: Run, result: MethodResult, pruned: Quality, final: bool = True) 
         run.spec,
         precision=run.loaded.precision,
         device=run.loaded.device,
+        replicas=run.world.size,
         model_dir=run.model_dir,
         space=run.space,
         keep=result.keep,

@@ -1,4 +1,5 @@
-"""Artifact files: checksums at publication, and a streamed tar of a checkpoint."""
+"""Artifact files: checksums at publication, uploads to an object store, and a streamed tar of a checkpoint
+read back from storage."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
+from service.storage import CHUNK, Storage, regular_files
 
 
 def sha256_file(path: Path) -> str:
@@ -25,37 +26,45 @@ def describe(directory: Path) -> list[dict[str, Any]]:
     Symbolic links, and folders reached through one, are never published."""
     return [
         {"name": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(_regular_files(directory), key=lambda p: p.relative_to(directory).as_posix())
+        for p in sorted(regular_files(directory), key=lambda p: p.relative_to(directory).as_posix())
     ]
 
 
-def _regular_files(directory: Path) -> Iterator[Path]:
-    for path in directory.iterdir():
-        if path.is_symlink():
-            continue
-        if path.is_dir():
-            yield from _regular_files(path)
-        elif path.is_file():
-            yield path
+def upload_outputs(storage: Storage, directory: Path, prefix: str) -> list[dict[str, Any]]:
+    """Describe an output directory and put each of its files under `prefix`, checked against the sha256
+    just taken; each artifact records its key. Nothing is served from there before a commit names it."""
+    artifacts = describe(directory)
+    for artifact in artifacts:
+        artifact["key"] = f"{prefix}/{artifact['name']}"
+        storage.put_file(directory / artifact["name"], artifact["key"], artifact["sha256"])
+    return artifacts
 
 
-def read_chunks(path: Path, size: int) -> Iterator[bytes]:
-    """At most `size` bytes of `path`, a chunk at a time: a tar member must not outgrow its header."""
-    with path.open("rb") as handle:
-        while size > 0 and (chunk := handle.read(min(CHUNK, size))):
-            size -= len(chunk)
-            yield chunk
+def exactly(chunks: Iterator[bytes], size: int, name: str) -> Iterator[bytes]:
+    """The first `size` bytes of `chunks`: a tar member must fill its header's size, and never outgrow it.
+    (`chunks` is read to its end, which closes the file or connection behind it.)"""
+    left = size
+    for chunk in chunks:
+        piece = chunk[:left]
+        left -= len(piece)
+        if piece:
+            yield piece
+    if left:
+        raise OSError(f"{name} ended {left} bytes short of its size")
 
 
-def stream_tar(directory: Path, names: list[str], prefix: str) -> Iterator[bytes]:
-    """A ustar/pax archive produced block by block, so a multi-GB checkpoint never sits in memory."""
-    for name in names:
-        path = directory / name
+def stream_tar(storage: Storage, members: list[tuple[str, str]], prefix: str) -> Iterator[bytes]:
+    """A ustar/pax archive of (name, storage key) members, produced block by block as they are read from
+    storage, so a multi-GB checkpoint never sits in memory."""
+    for name, key in members:
+        found = storage.stat(key)
+        if found is None:
+            raise FileNotFoundError(f"{name} is missing from storage")
         info = tarfile.TarInfo(f"{prefix}/{name}")
-        stat = path.stat()
-        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+        info.size, info.mtime, info.mode = found.size, int(found.modified), 0o644
         yield info.tobuf(format=tarfile.PAX_FORMAT)
-        yield from read_chunks(path, stat.st_size)
-        if stat.st_size % tarfile.BLOCKSIZE:
-            yield b"\0" * (tarfile.BLOCKSIZE - stat.st_size % tarfile.BLOCKSIZE)
+        if found.size:
+            yield from exactly(storage.read(key, 0, found.size - 1), found.size, name)
+        if found.size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - found.size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)  # end-of-archive marker

@@ -139,11 +139,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from service.settings import Settings
+    from service.settings import Settings, SettingsError
     from service.worker import run_worker
 
     _apply_env(args)
-    run_worker(Settings(), args.slots, parent_pid=args.parent_pid)
+    try:
+        run_worker(Settings(), args.slots, parent_pid=args.parent_pid)
+    except SettingsError as err:  # raised at start only (the storage URL and its credentials)
+        print(f"fwdprune worker: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -222,6 +226,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with _client(args) as client:
         data = client.upload(args.data)
         request: dict[str, Any] = {"model": args.model, "calibration_file": data["id"], **settings}
+        for name in ("revision", "min_gpu_memory_gib"):
+            if getattr(args, name) is not None:
+                request[name] = getattr(args, name)
         if args.eval_data:
             request["eval_file"] = client.upload(args.eval_data)["id"]
         job = client.submit(idempotency_key=args.idempotency_key or str(uuid.uuid4()), **request)
@@ -307,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit = client_parser("submit", "upload data and submit a pruning job")
     submit.add_argument(
         "--model", required=True, help="a model name on the server (its models dir or HF cache)"
+    )
+    submit.add_argument("--revision", help="a Hub model's git revision: branch, tag or commit")
+    submit.add_argument(
+        "--min-gpu-memory-gib", type=float, help="memory each of the job's GPUs must have, in GiB"
     )
     submit.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
     submit.add_argument("--eval-data", type=Path, help="held-out text for perplexity")

@@ -105,8 +105,13 @@ class Client:
             if have < artifact["bytes"]:
                 # If-Range: should the artifact differ from the listing, the server sends all of it (200)
                 headers = {"Range": f"bytes={have}-", "If-Range": f'"{artifact["sha256"]}"'} if have else {}
+                # a server may redirect to a presigned URL of its object store (httpx sends the API key
+                # to no other origin); the checksum below holds the store to the listing all the same
                 with self.http.stream(
-                    "GET", f"/v1/jobs/{job_id}/artifacts/{artifact['name']}", headers=headers
+                    "GET",
+                    f"/v1/jobs/{job_id}/artifacts/{artifact['name']}",
+                    headers=headers,
+                    follow_redirects=True,
                 ) as response:
                     if response.status_code not in (200, 206):
                         raise ApiError(response.status_code, response.read().decode(errors="replace"))

@@ -8,7 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import text
@@ -63,6 +75,10 @@ class JobRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     computing: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what a worker must offer to claim the job: `gpus` GPUs (0: one if the worker has any, else the
+    # CPU), each with at least `min_gpu_memory_bytes` of memory
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    min_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class EventRow(Base):

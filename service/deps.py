@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal, authenticate
 from service.settings import Settings
+from service.storage import Storage
 from service.store import Store
 
 
@@ -20,6 +21,11 @@ def get_settings(request: Request) -> Settings:
 def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
 
 
 # auto_error=False: the 401 below is ours (its detail and header), and insecure mode needs no header at all
@@ -41,6 +47,7 @@ def get_principal(
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 

@@ -36,3 +36,9 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [_finite(jsonable_encoder(error)) for error in exc.errors()]
     return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def storage_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The object store refused or could not be reached: a 503 with its reason (a StorageError's message
+    names the action and the store's error code, never a path, an endpoint or a credential)."""
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)

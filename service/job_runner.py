@@ -12,6 +12,7 @@ longer held by its worker and attempt (reaped, and maybe handed to another worke
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -19,14 +20,16 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
-from typing import Any, get_args
+from pathlib import Path, PurePosixPath
+from typing import Any, get_args, overload
 
 from pruning.errors import FwdpruneError, failure_code
 from pruning.spec import Device
-from service.artifacts import describe
+from service.artifacts import describe, upload_outputs
+from service.modelref import resolve_checkpoint
 from service.procs import parent_death_signal
 from service.schemas.jobs import JobCreate, JobInputs
+from service.storage import Storage, attempt_prefix, storage_from_url
 from service.store import Claim, Store
 
 EXIT_NOT_OWNER = 4  # the job was taken from this process's worker; it stopped without a verdict
@@ -130,16 +133,56 @@ class JobEvents:
             stop_self(f"job {self.job_id} is no longer held by this worker")
 
 
+@functools.cache
+def job_storage(url: str) -> Storage:
+    return storage_from_url(url)
+
+
+@overload
+def local_input(args: argparse.Namespace, key: str) -> Path: ...
+@overload
+def local_input(args: argparse.Namespace, key: None) -> None: ...
+def local_input(args: argparse.Namespace, key: str | None) -> Path | None:
+    """An uploaded file the job reads, as a file on this worker: where storage is this host's disk, the
+    file itself; else a copy in the job's temporary directory, checked against its stored sha256 (the
+    copy keeps the key's name, and so the suffix the engine picks its parser by)."""
+    if key is None:
+        return None
+    storage = job_storage(args.storage_url)
+    path = storage.local_path(key)
+    if path is None:
+        path = args.out_dir.parent / "inputs" / PurePosixPath(key).name
+        storage.fetch(key, path)
+    return path
+
+
+def stage_outputs(args: argparse.Namespace, job_id: str, attempt: int) -> list[dict[str, Any]]:
+    """The outputs' names, sizes and checksums; with an object store, each output is uploaded under
+    this attempt's prefix too (the worker's fenced commit publishes them, or deletes them)."""
+    storage = job_storage(args.storage_url)
+    if storage.local:
+        return describe(args.out_dir)  # the worker renames the directory into place
+    return upload_outputs(storage, args.out_dir, attempt_prefix(job_id, attempt))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.job_runner")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--result", required=True, type=Path)
+    parser.add_argument(
+        "--storage-url", required=True, help="where the job's files are and its outputs go (file: or s3:)"
+    )
     parser.add_argument("--device", default="auto", choices=get_args(Device))
     parser.add_argument("--worker-id", help="the claim this process runs under (fences its writes)")
     parser.add_argument("--attempt", type=int)
     parser.add_argument("--worker-pid", type=int, help="the worker process; this one dies with it")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="the worker's models dir")
+    parser.add_argument("--hf-cache-dir", type=Path, help="the worker's Hugging Face cache")
+    parser.add_argument(
+        "--allow-model-download", action="store_true", help="fetch a Hub model missing from the cache"
+    )
     args = parser.parse_args(argv)
 
     die_with_worker(args.worker_pid or os.getppid())
@@ -153,20 +196,22 @@ def main(argv: list[str] | None = None) -> int:
         watch_claim(store, job.id, claim)
     try:
         inputs = JobInputs.model_validate(job.resolved)
-        model_dir = Path(inputs.model)  # the model, as a directory on this worker
-        data = Path(inputs.data)  # the calibration file, on this worker
-        eval_data = Path(inputs.eval_data) if inputs.eval_data is not None else None  # held-out file
+        model_dir = resolve_checkpoint(  # the model, as a directory on this worker
+            inputs.model, inputs.revision, args.models_dir, args.hf_cache_dir, args.allow_model_download
+        )
+        data = local_input(args, inputs.data)  # the calibration file, on this worker
+        eval_data = local_input(args, inputs.eval_data)  # held-out file
         spec = JobCreate.model_validate(job.request).to_spec(
             model_dir, data, eval_data, args.out_dir, args.device
         )
         from pruning import prune
 
         report = prune(spec, on_event=JobEvents(store, job.id, claim=claim))
-        # checksums here, not in the worker: hashing a large checkpoint must not stall its heartbeats
+        # checksums and uploads here, not in the worker: a large checkpoint must not stall its heartbeats
         result: dict[str, Any] = {
             "ok": True,
             "metrics": summarize(report),
-            "artifacts": describe(args.out_dir),
+            "artifacts": stage_outputs(args, job.id, args.attempt or job.attempts),
         }
         code = 0
     except Exception as err:

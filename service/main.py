@@ -8,16 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from service.errors import validation_error
+from service.errors import storage_unavailable, validation_error
 from service.guard import RequestGuard
 from service.metrics import RequestMetrics, ServiceMetrics
 from service.routers import files, health, jobs
 from service.settings import Settings
+from service.storage import StorageError, open_storage
 from service.store import Store
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     settings.check_serve()  # fail closed before anything listens
+    storage = open_storage(settings)
     settings.ensure_dirs()
     owned = store is None
     store = store or Store(settings.db_url)
@@ -36,12 +38,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.storage = storage
     app.state.key_hashes = settings.key_hashes()
     app.state.metrics = ServiceMetrics(store, settings.heartbeat_timeout_s)
     # the last added runs first: metrics see every answer, the guard's 401 and 413 refusals included
     app.add_middleware(RequestGuard)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StorageError, storage_unavailable)
     for router in (health.router, files.router, jobs.router):
         app.include_router(router)
     return app

@@ -54,7 +54,9 @@ class StoreCollector(Collector):
         )
         for worker in live:
             for gpu in worker.info.get("gpus", []):
-                memory.add_metric([worker.id, str(gpu["index"])], gpu["memory_used_bytes"])
+                # a MIG instance is named by its GPU's index and its slot on it
+                name = f"{gpu['index']}/{gpu['mig']}" if "mig" in gpu else str(gpu["index"])
+                memory.add_metric([worker.id, name], gpu["memory_used_bytes"])
         yield memory
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,6 +27,24 @@ def _split_keys(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+S3_URL_FORM = "FWDPRUNE_STORAGE_URL must look like s3://bucket or s3://bucket/prefix"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of an s3:// storage URL, the prefix without its slashes. The URL is never echoed in
+    the error: one written as s3://key:secret@bucket would put a credential in a log."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or parts.query or parts.fragment or "@" in parts.netloc:
+        raise SettingsError(f"{S3_URL_FORM}; endpoint and credentials come from the AWS_* variables")
+    if not S3_BUCKET.fullmatch(parts.netloc):
+        raise SettingsError(f"{S3_URL_FORM}, its bucket name 3-63 lowercase letters, digits, '.' or '-'")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise SettingsError(f"{S3_URL_FORM}, its prefix without empty, '.' or '..' parts")
+    return parts.netloc, prefix
 
 
 class Settings(BaseSettings):
@@ -52,6 +72,19 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="longest .jsonl line (one record) an upload may hold"
     )
+    storage_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix: uploads and artifacts in an S3-compatible object store, its "
+        "endpoint and credentials from the AWS_* variables; default: files under data_dir",
+    )
+    storage_presign: bool = Field(
+        default=False,
+        description="S3: an artifact download answers 307 to a presigned URL of the object (on the "
+        "AWS_ENDPOINT_URL host, which clients must then be able to reach)",
+    )
+    storage_presign_expiry_s: int = Field(
+        default=300, ge=1, le=7 * 24 * 3600, description="how long a presigned URL stays valid"
+    )
     embedded_worker: bool = True
     worker_slots: int | None = Field(
         default=None, ge=1, description="concurrent jobs per worker; default: GPU count or 1"
@@ -75,11 +108,26 @@ class Settings(BaseSettings):
     store_busy_timeout_s: float = Field(
         default=30.0, gt=0, description="SQLite: how long one statement waits for another writer's lock"
     )
+    check_models_on_submit: bool = Field(
+        default=True,
+        description="resolve a job's model when it is submitted and refuse one this host cannot find or "
+        "does not support; off where workers hold models the API's host does not (the worker resolves "
+        "the model either way, and fails the job with model_not_found or unsupported_model)",
+    )
+    allow_model_download: bool = Field(
+        default=False,
+        description="workers: fetch a Hub model missing from the HF cache (default: only what is cached)",
+    )
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_keys(value)
+
+    @field_validator("storage_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def db_url(self) -> str:
@@ -92,6 +140,11 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def s3_location(self) -> tuple[str, str] | None:
+        """(bucket, prefix) with S3 storage, None with files under data_dir; SettingsError if malformed."""
+        return None if self.storage_url is None else parse_s3_url(self.storage_url)
 
     def all_user_keys(self) -> list[str]:
         keys = list(self.api_keys)
@@ -112,7 +165,8 @@ class Settings(BaseSettings):
         return hashes
 
     def check_serve(self) -> None:
-        """Refuse to serve without authentication unless explicitly told to (fail closed)."""
+        """Refuse to serve without authentication unless explicitly told to, or with a malformed storage
+        URL (fail closed)."""
         if not self.key_hashes() and not self.insecure_no_auth:
             raise SettingsError(
                 "no API key configured: set FWDPRUNE_API_KEYS, FWDPRUNE_API_KEYS_FILE or "
@@ -122,6 +176,8 @@ class Settings(BaseSettings):
         for key in self.all_user_keys() + list(self.admin_keys):
             if len(key) < 16:
                 raise SettingsError("API keys must be at least 16 characters long")
+        if self.storage_url is not None:  # a malformed one stops the server before it takes an upload
+            parse_s3_url(self.storage_url)
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.files_dir, self.jobs_dir):

@@ -2,6 +2,8 @@
 
 Status changes are conditional UPDATEs (`WHERE status IN (...)`) whose row count says who won, so the
 API, any number of workers and the job runners can race on the same rows without locks held across calls.
+Claims on PostgreSQL lock the oldest queued job that fits the worker with `FOR UPDATE SKIP LOCKED` and
+take it in the same transaction, so workers claiming at once each get a different job without waiting.
 
 A worker's claim on a job is a `Claim` (worker id and attempt number). Every change a worker or its job
 runner makes to a claimed job is fenced by it: `WHERE id=? AND worker_id=? AND attempts=?`, so a worker
@@ -19,10 +21,14 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Float,
+    Select,
+    and_,
+    case,
     delete,
     exists,
     func,
     insert,
+    literal,
     literal_column,
     select,
     text,
@@ -57,6 +63,61 @@ class Claim:
 
     worker_id: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class FreeGpu:
+    """A GPU a worker can give to a job it claims: its UUID, and its total memory as NVML reports it."""
+
+    uuid: str
+    memory_total_bytes: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job a worker has just claimed, and the UUIDs of the GPUs it runs on (none: the CPU)."""
+
+    job: JobRow
+    gpus: tuple[str, ...]
+
+
+def gpus_for(
+    needed: int, min_memory_bytes: int | None, free: Sequence[FreeGpu], gpu_worker: bool
+) -> tuple[str, ...] | None:
+    """The GPUs of `free` a job gets, in the worker's order; None when the job does not fit.
+
+    `needed` 0 asks for whatever the worker has: one GPU on a GPU worker, the CPU on a CPU-only one. A
+    job that names a GPU memory floor wants a GPU, so a CPU-only worker takes neither it nor any job that
+    asks for GPUs.
+    """
+    if not gpu_worker:
+        return () if needed == 0 and min_memory_bytes is None else None
+    big_enough = [gpu.uuid for gpu in free if gpu.memory_total_bytes >= (min_memory_bytes or 0)]
+    count = max(needed, 1)
+    return tuple(big_enough[:count]) if len(big_enough) >= count else None
+
+
+def _fits(free: Sequence[FreeGpu], gpu_worker: bool) -> ColumnElement[bool]:
+    """`gpus_for`'s rule as SQL over the jobs table, so a claim never locks or skips past a job it
+    could run for the sake of an older one it cannot."""
+    if not gpu_worker:
+        return and_(JobRow.gpus == 0, JobRow.min_gpu_memory_bytes.is_(None))
+    floor = func.coalesce(JobRow.min_gpu_memory_bytes, 0)
+    big_enough: ColumnElement[int] = literal(0)
+    for gpu in free:
+        big_enough = big_enough + case((floor <= gpu.memory_total_bytes, 1), else_=0)
+    needed = case((JobRow.gpus == 0, 1), else_=JobRow.gpus)
+    return needed <= big_enough
+
+
+def _oldest_fitting(free: Sequence[FreeGpu], gpu_worker: bool) -> Select[str, int, int | None]:
+    """The oldest queued job the worker can run: its id and what it asks for."""
+    return (
+        select(JobRow.id, JobRow.gpus, JobRow.min_gpu_memory_bytes)
+        .where(JobRow.status == "queued", _fits(free, gpu_worker))
+        .order_by(JobRow.seq)
+        .limit(1)
+    )
 
 
 @dataclass(frozen=True)
@@ -229,25 +290,39 @@ class Store:
         the row stays locked, so nobody else can change the job, and if it raises nothing is committed.
         """
         with self.session() as s, s.begin():
-            result = s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status.in_(tuple(from_statuses)), *_fence(claim))
-                .values(**values)
-            )
-            won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-            if not won:
+            if not self._update(s, job_id, from_statuses, claim=claim, note=note, **values):
                 return False
-            if "status" in values:
-                data: dict[str, Any] = {"status": values["status"]}
-                if values.get("error_code"):
-                    data["error"] = {"code": values["error_code"], "message": values.get("error_message")}
-                s.add(EventRow(job_id=job_id, created_at=time.time(), type="status", data=data))
-            if note is not None:
-                s.add(_event_row(job_id, note))
             if on_won is not None:
                 s.flush()
                 on_won()
             return True
+
+    @staticmethod
+    def _update(
+        s: Session,
+        job_id: str,
+        from_statuses: Iterable[str],
+        *,
+        claim: Claim | None = None,
+        note: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> bool:
+        """`_transition`'s UPDATE and events, inside the caller's transaction."""
+        result = s.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status.in_(tuple(from_statuses)), *_fence(claim))
+            .values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if "status" in values:
+            data: dict[str, Any] = {"status": values["status"]}
+            if values.get("error_code"):
+                data["error"] = {"code": values["error_code"], "message": values.get("error_message")}
+            s.add(EventRow(job_id=job_id, created_at=time.time(), type="status", data=data))
+        if note is not None:
+            s.add(_event_row(job_id, note))
+        return True
 
     def request_cancel(self, job_id: str) -> None:
         """Queued jobs are cancelled at once; running ones go to `cancelling` for their worker to stop."""
@@ -262,26 +337,60 @@ class Store:
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def claim_job(self, worker_id: str) -> JobRow | None:
-        """Atomically take the oldest queued job: the conditional UPDATE lets exactly one worker win it."""
-        for _ in range(10):
-            with self.session() as s:
-                candidate = s.scalars(
-                    select(JobRow.id).where(JobRow.status == "queued").order_by(JobRow.seq).limit(1)
-                ).first()
+    def claim_job(
+        self, worker_id: str, free_gpus: Sequence[FreeGpu] = (), *, gpu_worker: bool = False
+    ) -> Claimed | None:
+        """Take the oldest queued job that fits the worker, with the GPUs of `free_gpus` it runs on.
+
+        A worker with GPUs (`gpu_worker`, implied by any free GPU) runs every job on at least one of
+        them, so with none free it takes nothing. Fitting follows `gpus_for`; among the jobs that fit,
+        the oldest wins. The claim writes a `placement` event naming the worker and the GPUs.
+        """
+        gpu_worker = gpu_worker or bool(free_gpus)
+        if gpu_worker and not free_gpus:
+            return None
+        if self.engine.dialect.name == "postgresql":
+            return self._claim_skip_locked(worker_id, free_gpus, gpu_worker)
+        return self._claim_conditional(worker_id, free_gpus, gpu_worker)
+
+    def _claim_skip_locked(
+        self, worker_id: str, free_gpus: Sequence[FreeGpu], gpu_worker: bool
+    ) -> Claimed | None:
+        """PostgreSQL: lock the oldest fitting queued row, skipping rows other claims hold locked, and
+        take it in the same transaction: concurrent workers never wait on each other or race for a row."""
+        with self.session() as s, s.begin():
+            candidate = s.execute(
+                _oldest_fitting(free_gpus, gpu_worker).with_for_update(skip_locked=True)
+            ).first()
             if candidate is None:
                 return None
-            if self._transition(
-                candidate,
-                ("queued",),
-                status="running",
-                worker_id=worker_id,
-                started_at=time.time(),
-                attempts=JobRow.attempts + 1,
-                computing=False,
-                pid=None,
+            job_id, needed, min_memory = candidate
+            gpus = gpus_for(needed, min_memory, free_gpus, gpu_worker)
+            if gpus is None:  # the SQL filter and `gpus_for` disagree: leave the job for another worker
+                return None
+            if not self._update(
+                s, job_id, ("queued",), note=_placement(worker_id, gpus), **_running(worker_id)
             ):
-                return self.get_job(candidate)
+                return None
+            return Claimed(s.scalars(select(JobRow).where(JobRow.id == job_id)).one(), gpus)
+
+    def _claim_conditional(
+        self, worker_id: str, free_gpus: Sequence[FreeGpu], gpu_worker: bool
+    ) -> Claimed | None:
+        """SQLite (one writer at a time, no row locks): read the oldest fitting job, then take it with a
+        conditional UPDATE whose row count says whether this worker won it; a loser tries the next."""
+        for _ in range(10):
+            with self.session() as s:
+                candidate = s.execute(_oldest_fitting(free_gpus, gpu_worker)).first()
+            if candidate is None:
+                return None
+            job_id, needed, min_memory = candidate
+            gpus = gpus_for(needed, min_memory, free_gpus, gpu_worker)
+            if gpus is None:
+                return None
+            if self._transition(job_id, ("queued",), note=_placement(worker_id, gpus), **_running(worker_id)):
+                job = self.get_job(job_id)
+                return None if job is None else Claimed(job, gpus)
         return None
 
     def set_pid(self, job_id: str, pid: int | None, claim: Claim | None = None) -> bool:
@@ -403,6 +512,11 @@ class Store:
     def reap(self, orphan: Orphan, timeout_s: float, max_attempts: int = 2) -> bool:
         """Requeue, fail or cancel one orphan, in one UPDATE that re-checks what the decision rests on.
 
+        A job whose worker died is requeued, whether or not it had started computing, until it has had
+        `max_attempts` attempts; then it fails with `worker_lost`. So with the default of two, a worker
+        killed mid-job loses nothing: its job is re-run once by another worker, and a job that kills
+        every worker it runs on still ends. A job being cancelled is cancelled.
+
         The list may be out of date by now: the worker may have sent a heartbeat, or the job may have been
         requeued and claimed by another worker. Then the UPDATE matches nothing and the job stays as it is.
         """
@@ -412,18 +526,18 @@ class Store:
             if orphan.worker_id is not None
             else JobRow.worker_id.is_(None),
             JobRow.attempts == orphan.attempts,
-            JobRow.computing == orphan.computing,
             ~self._worker_alive(timeout_s),
         )
         if orphan.status == "cancelling":
             return self._reap_update(orphan, still, status="cancelled", finished_at=time.time(), pid=None)
-        if not orphan.computing and orphan.attempts < max_attempts:
+        if orphan.attempts < max_attempts:
+            redo = "; its computation starts over" if orphan.computing else ""
             return self._reap_update(
                 orphan,
                 still,
                 note={
                     "type": "warning",
-                    "message": f"{reason}; requeued because it had not started computing",
+                    "message": f"{reason}; requeued after attempt {orphan.attempts} of {max_attempts}{redo}",
                 },
                 status="queued",
                 worker_id=None,
@@ -438,7 +552,7 @@ class Store:
             status="failed",
             finished_at=time.time(),
             error_code="worker_lost",
-            error_message=reason,
+            error_message=f"{reason}, in attempt {orphan.attempts} of {max_attempts}",
             pid=None,
         )
 
@@ -467,7 +581,7 @@ class Store:
             return True
 
     def reap_dead_workers(self, timeout_s: float, max_attempts: int = 2) -> list[str]:
-        """Jobs held by workers that stopped heartbeating: requeue once if nothing was computed, else fail."""
+        """Jobs held by workers that stopped heartbeating: requeued while attempts remain, then failed."""
         return [o.id for o in self.orphans(timeout_s) if self.reap(o, timeout_s, max_attempts)]
 
     def live_claims(self, timeout_s: float) -> set[tuple[str, int]]:
@@ -488,6 +602,18 @@ class Store:
                 job_id: status
                 for job_id, status in s.execute(select(JobRow.id, JobRow.status).where(JobRow.id.in_(ids)))
             }
+
+    def publishable_attempts(self, job_ids: Iterable[str]) -> set[tuple[str, int]]:
+        """(job id, attempt) of those of `job_ids` whose current attempt is running or has published.
+        No other attempt's outputs can ever be published: the commit is fenced by the attempt number."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        query = select(JobRow.id, JobRow.attempts).where(
+            JobRow.id.in_(ids), JobRow.status.in_((*ACTIVE, "succeeded"))
+        )
+        with self.session() as s:
+            return {(job_id, int(attempt)) for job_id, attempt in s.execute(query).all()}
 
     # workers ---------------------------------------------------------------------------------------------
     def heartbeat(self, row: WorkerRow) -> None:
@@ -543,6 +669,23 @@ class Store:
             for job_id, start, end in rows
             if start is not None and end is not None
         ]
+
+
+def _running(worker_id: str) -> dict[str, Any]:
+    """The columns a claim sets: the job runs under `worker_id`, as its next attempt."""
+    return {
+        "status": "running",
+        "worker_id": worker_id,
+        "started_at": time.time(),
+        "attempts": JobRow.attempts + 1,
+        "computing": False,
+        "pid": None,
+    }
+
+
+def _placement(worker_id: str, gpus: tuple[str, ...]) -> dict[str, Any]:
+    """The event that says where a claimed job runs: its worker, and its GPUs (none: the CPU)."""
+    return {"type": "placement", "worker": worker_id, "gpus": list(gpus)}
 
 
 def _fence(claim: Claim | None) -> tuple[ColumnElement[bool], ...]:

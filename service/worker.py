@@ -5,6 +5,9 @@ exit status and turns it into `failed` with a reason. A worker that dies itself 
 any other worker (or its own successor) reaps its jobs via `Store.reap_dead_workers`; its job processes
 die with it (parent-death signal), and the next worker to start removes their temporary directories.
 
+A job runs on the GPUs its claim gave it (by UUID, through CUDA_VISIBLE_DEVICES) and holds them until
+its process ends: slots bound how many jobs a worker runs, its free GPUs which jobs it can claim.
+
 Every change the worker makes to a job is fenced by its claim (worker id and attempt): when a change is
 refused, the job was reaped from this worker (it paused too long, or its heartbeats could not get
 through), so the worker kills the job's processes and throws their outputs away instead of publishing.
@@ -26,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -38,7 +41,8 @@ from service.artifacts import describe
 from service.db import WorkerRow
 from service.procs import parent_death_signal
 from service.settings import Settings
-from service.store import ACTIVE, Claim, Store
+from service.storage import StorageError, attempt_prefix, open_storage, stored_attempts
+from service.store import ACTIVE, Claim, FreeGpu, Store
 
 log = logging.getLogger("fwdprune.worker")
 
@@ -64,7 +68,7 @@ def gpu_info() -> list[dict[str, Any]]:
     except (pynvml.NVMLError, OSError):
         return []
     try:
-        return [_gpu(pynvml, index) for index in range(pynvml.nvmlDeviceGetCount())]
+        return [device for index in range(pynvml.nvmlDeviceGetCount()) for device in _devices(pynvml, index)]
     except pynvml.NVMLError:
         return []
     finally:
@@ -72,9 +76,35 @@ def gpu_info() -> list[dict[str, Any]]:
             pynvml.nvmlShutdown()
 
 
-def _gpu(nvml: Any, index: int) -> dict[str, Any]:
-    """One GPU: NVML's index (nvidia-smi's), memory in bytes, and the UUID that names it to CUDA."""
+def _devices(nvml: Any, index: int) -> list[dict[str, Any]]:
+    """A GPU, or in MIG mode its MIG instances: CUDA runs jobs on those, not on the GPU itself."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    gpu = _gpu(nvml, handle, index)
+    instances = [
+        {**_gpu(nvml, mig, index), "mig": slot, "parent_uuid": gpu["uuid"]}
+        for slot, mig in _mig_handles(nvml, handle)
+    ]
+    return instances or [gpu]
+
+
+def _mig_handles(nvml: Any, handle: Any) -> list[tuple[int, Any]]:
+    """(slot, handle) of each MIG instance of a GPU in MIG mode; none for any other GPU."""
+    try:
+        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+        if current != nvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        slots = nvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+    except (nvml.NVMLError, AttributeError):  # a GPU without MIG, or bindings without its calls
+        return []
+    found = []
+    for slot in range(slots):
+        with contextlib.suppress(nvml.NVMLError):  # an empty slot
+            found.append((slot, nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)))
+    return found
+
+
+def _gpu(nvml: Any, handle: Any, index: int) -> dict[str, Any]:
+    """One device: NVML's index (nvidia-smi's), memory in bytes, and the UUID that names it to CUDA."""
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)
     return {
         "index": index,
@@ -87,6 +117,51 @@ def _gpu(nvml: Any, index: int) -> dict[str, Any]:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def visible_gpus(gpus: list[dict[str, Any]], cuda_visible_devices: str | None) -> list[dict[str, Any]]:
+    """The devices of `gpus` (as `gpu_info` lists them) that CUDA_VISIBLE_DEVICES leaves visible, in its
+    order; all of them when it is unset.
+
+    Entries are NVML indices (nvidia-smi's), GPU UUIDs (`GPU-...`, or a prefix that names one GPU) or MIG
+    instance UUIDs (`MIG-...`); a GPU in MIG mode named by index or UUID brings its MIG instances. As in
+    CUDA, the list ends at the first entry that names no device, so `""` or `-1` hides every GPU.
+    """
+    if cuda_visible_devices is None:
+        return list(gpus)
+    visible: list[dict[str, Any]] = []
+    for entry in cuda_visible_devices.split(","):
+        named = _named_by(gpus, entry.strip())
+        if not named:
+            break
+        visible += [gpu for gpu in named if gpu not in visible]
+    return visible
+
+
+def own_gpus(settings: Settings) -> list[dict[str, Any]]:
+    """The GPUs a worker gives to jobs: NVML's, less those the operator's CUDA_VISIBLE_DEVICES hides;
+    none for a worker told to run jobs on the CPU (it then takes only jobs that ask for no GPU)."""
+    if settings.device == "cpu":
+        return []
+    return visible_gpus(gpu_info(), os.getenv("CUDA_VISIBLE_DEVICES"))
+
+
+def _named_by(gpus: list[dict[str, Any]], entry: str) -> list[dict[str, Any]]:
+    """The devices one CUDA_VISIBLE_DEVICES entry names; none for an entry CUDA would stop at."""
+    if entry.isdigit():
+        return [gpu for gpu in gpus if gpu["index"] == int(entry)]
+    if entry.startswith("MIG-"):
+        return [gpu for gpu in gpus if gpu["uuid"] == entry]
+    if entry.startswith("GPU-"):
+        physical = {_physical_uuid(gpu) for gpu in gpus if _physical_uuid(gpu).startswith(entry)}
+        if len(physical) != 1:  # a prefix must name exactly one GPU
+            return []
+        return [gpu for gpu in gpus if _physical_uuid(gpu) in physical]
+    return []
+
+
+def _physical_uuid(gpu: dict[str, Any]) -> str:
+    return str(gpu.get("parent_uuid", gpu["uuid"]))
 
 
 def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
@@ -112,7 +187,7 @@ def parse_tmp_dir_name(name: str) -> tuple[str, int | None]:
 class Running:
     job_id: str
     claim: Claim
-    slot: int
+    gpus: tuple[str, ...]  # UUIDs of the GPUs the job holds while it runs; none: the CPU
     proc: subprocess.Popen[bytes]
     tmp_dir: Path
     log: Any
@@ -120,6 +195,10 @@ class Running:
     killed: bool = False
     shutdown: bool = False
     lost: bool = False  # the job was taken from this worker: its outputs are discarded
+    # object storage: the commit that publishes the runner's uploads won, or its answer was lost (then
+    # the store's record decides, in the sweep); either way the uploads are not the worker's to delete
+    published: bool = False
+    committing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -132,11 +211,20 @@ class Running:
 
 
 class Worker:
-    def __init__(self, settings: Settings, slots: int | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        slots: int | None = None,
+        store: Store | None = None,
+        gpus: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """`gpus`: the devices jobs may use, as `gpu_info` lists them; default: `own_gpus`. Slots bound
+        how many jobs run at once; free GPUs bound which jobs can be claimed."""
         self.settings = settings
         settings.ensure_dirs()
+        self.storage = open_storage(settings)  # SettingsError for a storage URL it cannot use
         self.store = store or Store(settings.db_url, busy_timeout_s=settings.store_busy_timeout_s)
-        self.gpus = gpu_info()
+        self.gpus = gpus if gpus is not None else own_gpus(settings)
         self.slots = slots or settings.worker_slots or max(1, len(self.gpus))
         self.id = f"wrk_{socket.gethostname()[:32]}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.running: dict[str, Running] = {}
@@ -195,7 +283,11 @@ class Worker:
             self.start(*claimed)
 
     def beat(self) -> None:
-        info = {"gpus": gpu_info() if self.gpus else [], "running": sorted(self.running)}
+        info = {
+            "gpus": self._gpus_now(),
+            "running": sorted(self.running),
+            "held_gpus": {job_id: list(r.gpus) for job_id, r in sorted(self.running.items()) if r.gpus},
+        }
         row = WorkerRow(
             id=self.id,
             hostname=socket.gethostname(),
@@ -206,6 +298,13 @@ class Worker:
             info=info,
         )
         self._call(self.store.heartbeat, row)
+
+    def _gpus_now(self) -> list[dict[str, Any]]:
+        """Our GPUs with the memory in use now; as first seen where NVML no longer answers."""
+        if not self.gpus:
+            return []
+        now = {gpu["uuid"]: gpu for gpu in gpu_info()}
+        return [now.get(gpu["uuid"], gpu) for gpu in self.gpus]
 
     def give_back_strays(self) -> None:
         """Requeue jobs the store says we hold but we run no process for (a start that failed halfway)."""
@@ -232,7 +331,21 @@ class Worker:
         for job_id, status in statuses.items():
             if status in ("failed", "cancelled"):
                 shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+        if not self.storage.local:
+            self._sweep_uploads()
         self._swept = True
+
+    def _sweep_uploads(self) -> None:
+        """Object storage: delete what attempts that can never be published uploaded (those of failed,
+        cancelled, requeued or deleted jobs, or superseded by a later attempt); keep the rest."""
+        try:
+            # listed before the store is read: an attempt that publishes meanwhile is then seen as such
+            stored = stored_attempts(self.storage.list_keys("jobs"))
+            keep = self._call(self.store.publishable_attempts, {job_id for job_id, _ in stored})
+            for job_id, attempt in sorted(stored - keep):
+                self.storage.delete_prefix(attempt_prefix(job_id, attempt))
+        except StorageError as err:  # the next sweep tries again; jobs need not wait for it
+            log.warning("could not sweep the object store: %s", err)
 
     def shutdown(self) -> None:
         """Stop our job processes and give their jobs back to the queue, so a restart loses nothing."""
@@ -256,10 +369,22 @@ class Worker:
         self.store.close()
 
     # jobs ------------------------------------------------------------------------------------------------
-    def claim(self) -> tuple[str, Claim] | None:
-        """The next queued job, now ours under a new attempt number."""
-        job = self._call(self.store.claim_job, self.id)
-        return None if job is None else (job.id, Claim(self.id, job.attempts))
+    def free_gpus(self) -> list[FreeGpu]:
+        """Our GPUs that no running job holds."""
+        held = {uuid for running in self.running.values() for uuid in running.gpus}
+        return [
+            FreeGpu(gpu["uuid"], int(gpu["memory_total_bytes"]))
+            for gpu in self.gpus
+            if gpu["uuid"] not in held
+        ]
+
+    def claim(self) -> tuple[str, Claim, tuple[str, ...]] | None:
+        """The next queued job that fits our free GPUs, now ours under a new attempt number, and the
+        UUIDs of the GPUs it runs on."""
+        claimed = self._call(self.store.claim_job, self.id, self.free_gpus(), gpu_worker=bool(self.gpus))
+        if claimed is None:
+            return None
+        return claimed.job.id, Claim(self.id, claimed.job.attempts), claimed.gpus
 
     def runner_command(self, job_id: str, claim: Claim, tmp_dir: Path) -> list[str]:
         return [
@@ -282,17 +407,29 @@ class Worker:
             str(claim.attempt),
             "--worker-pid",
             str(os.getpid()),
+            "--storage-url",  # where the job's files are and its outputs go; credentials stay in env
+            self.storage.url,
+            *self._model_options(),
         ]
 
-    def runner_env(self, slot: int) -> dict[str, str]:
+    def _model_options(self) -> list[str]:
+        """Where the job runner finds models on this host, and whether it may fetch missing ones."""
+        options = ["--models-dir", str(self.settings.models_dir.resolve())]
+        if self.settings.hf_cache_dir is not None:
+            options += ["--hf-cache-dir", str(self.settings.hf_cache_dir.resolve())]
+        if self.settings.allow_model_download:
+            options.append("--allow-model-download")
+        return options
+
+    def runner_env(self, gpus: Sequence[str]) -> dict[str, str]:
         env = without_secrets(os.environ)
         if self.gpus:
-            # one GPU per slot, named by UUID: CUDA's own device order need not follow NVML's indices
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot].get("uuid") or str(self.gpus[slot]["index"])
+            # the job's own GPUs, named by UUID (CUDA's device order need not follow NVML's indices);
+            # none: a CPU job on a GPU worker sees no GPU at all
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         return env
 
-    def start(self, job_id: str, claim: Claim) -> None:
-        slot = next(i for i in range(self.slots) if i not in {r.slot for r in self.running.values()})
+    def start(self, job_id: str, claim: Claim, gpus: tuple[str, ...] = ()) -> None:
         tmp_dir = self.settings.jobs_dir / tmp_dir_name(job_id, claim.attempt)
         try:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -308,11 +445,11 @@ class Worker:
             self.runner_command(job_id, claim, tmp_dir),
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=self.runner_env(slot),
+            env=self.runner_env(gpus),
             start_new_session=True,
             preexec_fn=parent_death_signal(signal.SIGKILL),
         )
-        running = Running(job_id, claim, slot, proc, tmp_dir, log_file)
+        running = Running(job_id, claim, gpus, proc, tmp_dir, log_file)
         self.running[job_id] = running
         if not self._call(self.store.set_pid, job_id, proc.pid, claim):
             self._abandon(running, "the job was taken from this worker before its process started")
@@ -352,6 +489,15 @@ class Worker:
         self.running.pop(running.job_id, None)
         running.log.close()
         shutil.rmtree(running.tmp_dir, ignore_errors=True)
+        if not (self.storage.local or running.published or running.committing):
+            self._drop_uploads(running)
+
+    def _drop_uploads(self, running: Running) -> None:
+        """Delete what an unpublished attempt's runner put in the object store (its process has ended)."""
+        try:
+            self.storage.delete_prefix(attempt_prefix(running.job_id, running.claim.attempt))
+        except StorageError as err:
+            log.warning("job %s: its unpublished uploads are left for the sweep: %s", running.job_id, err)
 
     @staticmethod
     def _signal(running: Running, sig: signal.Signals) -> None:
@@ -410,6 +556,9 @@ class Worker:
         The move runs inside the fenced status UPDATE's transaction: only the job's owner gets that far,
         and nobody can reap the job between the move and the commit. A commit that fails moves it back.
         """
+        if not self.storage.local:
+            self._commit_uploads(running, result)
+            return
         final = self.settings.jobs_dir / running.job_id
         # the job runner hashes the checkpoint; a result without checksums comes from an older runner
         artifacts = result.get("artifacts")
@@ -438,6 +587,46 @@ class Worker:
         published = self._call(finish)
         if not published:
             log.warning("job %s was taken from this worker; its outputs are discarded", running.job_id)
+
+    def _commit_uploads(self, running: Running, result: dict[str, Any]) -> None:
+        """Object storage: the job runner uploaded its outputs under its attempt's prefix, checksummed;
+        the fenced commit that marks the job succeeded is what publishes them (the API serves only
+        artifacts a succeeded job lists). Uploads no commit published are deleted (`_discard`)."""
+        artifacts = result.get("artifacts") or []
+        stored = set(self.storage.list_keys(attempt_prefix(running.job_id, running.claim.attempt)))
+        if any(artifact.get("key") not in stored for artifact in artifacts):
+            self._call(
+                self.store.finish_job,
+                running.job_id,
+                "failed",
+                error_code="internal_error",
+                error_message="the job's outputs are not all in the object store",
+                claim=running.claim,
+            )
+            return
+        running.committing = True  # until the store answers, nobody knows whether the commit won
+        won = self._call(
+            self.store.finish_job,
+            running.job_id,
+            "succeeded",
+            metrics=result.get("metrics"),
+            artifacts=artifacts,
+            claim=running.claim,
+        )
+        running.published = won or self._won_before(running)
+        running.committing = False
+        if not running.published:
+            log.warning("job %s was taken from this worker; its outputs are discarded", running.job_id)
+
+    def _won_before(self, running: Running) -> bool:
+        """Whether a commit whose answer was lost (and so was retried) went through: the job succeeded
+        under this worker's claim."""
+        job = self._call(self.store.get_job, running.job_id)
+        return bool(
+            job is not None
+            and job.status == "succeeded"
+            and (job.worker_id, job.attempts) == (running.claim.worker_id, running.claim.attempt)
+        )
 
     @staticmethod
     def _log_tail(running: Running, limit: int = 2000) -> str:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from pruning.compensation import LeastSquaresRefit
+from pruning.distributed import World
 from pruning.probe import CalibrationProbe
 from pruning.progress import JobProgress
 from pruning.selection import UnitSelector
@@ -47,6 +48,9 @@ class MethodContext:
     refit: LeastSquaresRefit | None = None  # the refit the job applies after selection, if any
     # where the method reports how far it is; under a time limit (its deadline) it also sizes the work
     progress: JobProgress = field(default_factory=lambda: JobProgress(lambda event: None))
+    # the ranks sharing the scoring, each with a replica of the model (one: this process alone; only
+    # bonsai's jobs run on several)
+    world: World = field(default_factory=World)
 
 
 class PruningMethod:
@@ -67,8 +71,9 @@ class PruningMethod:
         needs, run when its turn comes). By default each size is a run of its own."""
         return [_bound(self.run, replace(ctx, target_params=target)) for target in targets]
 
-    def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
+    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
         """Forward-token equivalents of the method's work by stage (`scoring`, `search`) for `sequences`
-        calibration sequences of `seq_len` tokens, `refit` telling whether a least-squares refit follows.
+        calibration sequences of `seq_len` tokens, `refit` telling whether a least-squares refit follows,
+        as one replica's time: the work the method shares across `replicas` counts once per replica.
         By default one pass over the calibration set (the statistics most methods gather)."""
         return {"scoring": float(sequences * seq_len)}

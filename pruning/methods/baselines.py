@@ -37,7 +37,7 @@ class ScoredOnce(PruningMethod):
 class RandomUnits(ScoredOnce):
     name = "random"
 
-    def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
+    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
         return {"scoring": 0.0}  # no forward pass
 
     def scores(self, ctx: MethodContext) -> torch.Tensor:

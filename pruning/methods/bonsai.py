@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from pruning.adapters.base import UnitKind
+from pruning.distributed import World
 from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
+from pruning.probe import CalibrationProbe
 from pruning.progress import LS_FIT_FORWARDS, MIN_SUB_MODELS, ScoringPace
 from pruning.scoring.bonsai import (
     drop_probabilities,
@@ -47,12 +49,13 @@ class Bonsai(PruningMethod):
     name = "bonsai"
     options: BonsaiOptions
 
-    def planned_work(self, sequences: int, seq_len: int, refit: bool) -> dict[str, float]:
-        """Forward-token equivalents: the rounds (a prior pass and the sub-models each) and the search."""
+    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
+        """Forward-token equivalents: the rounds (a prior pass and the sub-models each, these shared
+        across the replicas) and the search."""
         opts = self.options
         per_sub_model = min(opts.scoring_sequences, sequences) * seq_len
         prior = min(opts.prior_sequences or sequences, sequences) * seq_len
-        rounds = opts.rounds * (prior + opts.samples_per_round * per_sub_model)
+        rounds = opts.rounds * (prior + opts.samples_per_round * per_sub_model / replicas)
         if opts.kind_split != "search":
             return {"scoring": rounds}
         fit, held_out = held_out_split(torch.arange(sequences))
@@ -117,9 +120,11 @@ class Bonsai(PruningMethod):
         return finish
 
     def _prior(self, ctx: MethodContext, state: _Rounds) -> torch.Tensor:
-        """[U] the activation prior with the alive units, timed (one calibration pass)."""
+        """[U] the activation prior with the alive units, timed (one calibration pass). Rank 0's, on
+        every rank: the drop probabilities every rank draws by come from it."""
         start = time.perf_counter()
-        prior = ctx.probe.activation_prior(state.keep, ctx.probe.calibration[: self.options.prior_sequences])
+        sequences = ctx.probe.calibration[: self.options.prior_sequences]
+        prior = ctx.world.decide(lambda: ctx.probe.activation_prior(state.keep, sequences))
         state.pace.prior_s = time.perf_counter() - start
         return prior
 
@@ -144,8 +149,13 @@ class Bonsai(PruningMethod):
             prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias
         )
         drops, losses = self._scored_sub_models(ctx, state, index, candidates, probs, batch)  # [S, A], [S]
-        scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
-        state.importance[candidates] = fit_importance(drops, losses, scale * prior[candidates], opts.ridge)
+
+        def regressed() -> torch.Tensor:
+            scale = fit_prior_scale(drops, losses, prior[candidates], space.kind[candidates])
+            return fit_importance(drops, losses, scale * prior[candidates], opts.ridge)
+
+        # rank 0's: the ranks' solvers could differ in the last bits, and the removal follows from it
+        state.importance[candidates] = ctx.world.decide(regressed)
         select = ctx.selector.select_per_kind if opts.kind_split == "proportional" else ctx.selector.select
         score = state.importance / space.params
         remove = torch.zeros_like(state.keep)
@@ -170,6 +180,9 @@ class Bonsai(PruningMethod):
             )
         taken = float(space.params[remove].sum())
         remove |= select(score, state.keep & ~remove, budget - taken)
+        # every rank's next sub-models are drawn among the same units: rank 0's removal (a sort on another
+        # thread count may order tied scores otherwise)
+        remove = ctx.world.agree(remove)
         state.keep &= ~remove
         state.history.append(record(remove))
         state.removed += float(space.params[remove].sum())
@@ -185,14 +198,16 @@ class Bonsai(PruningMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """([S, A] drops, [S] losses) of this round's sub-models. Under a time limit their number is
         sized from the pace measured so far; before any is timed, one forward's worth runs first."""
-        pairs = self._pairs(ctx, state, index)
+        # how many is timing, so rank 0's count; every rank draws that many from the same generator
+        pairs = ctx.world.decide(lambda: self._pairs(ctx, state, index))
         if pairs is not None:
             drops = sample_antithetic_drops(probs, pairs, state.generator)  # [S, A]
             losses = self._sub_model_losses(ctx, state, candidates, drops, batch, index, drops.shape[0])
             return drops[: losses.shape[0]], losses  # a round behind the time limit ends early
-        first = sample_antithetic_drops(probs, max(1, self.options.masks_per_forward // 2), state.generator)
+        step = self.options.masks_per_forward * ctx.world.size  # one forward on every rank
+        first = sample_antithetic_drops(probs, max(1, step // 2), state.generator)
         losses = self._sub_model_losses(ctx, state, candidates, first, batch, index, first.shape[0])
-        more = (self._pairs(ctx, state, index) or 0) - first.shape[0] // 2
+        more = (ctx.world.decide(lambda: self._pairs(ctx, state, index)) or 0) - first.shape[0] // 2
         if more <= 0:
             return first, losses
         rest = sample_antithetic_drops(probs, more, state.generator)
@@ -307,24 +322,57 @@ class Bonsai(PruningMethod):
         round_total: int,
         first: int = 0,
     ) -> torch.Tensor:
-        """[S] calibration loss of each sampled sub-model, `masks_per_forward` of them per forward; they
-        are sub-models `first` onward of the round's `round_total` (for progress)."""
-        per_forward, rounds = self.options.masks_per_forward, self.options.rounds
+        """[S] calibration loss of each sampled sub-model, `masks_per_forward` of them per forward and
+        one forward per rank at each step; they are sub-models `first` onward of the round's
+        `round_total` (for progress). Under a time limit rank 0 decides when the round stops."""
+        per_forward, rounds, world = self.options.masks_per_forward, self.options.rounds, ctx.world
         losses = []
-        for start in range(0, drops.shape[0], per_forward):
+        for start in range(0, drops.shape[0], per_forward * world.size):
             began = time.perf_counter()
-            chunk = drops[start : start + per_forward]  # [R, A]
-            masks = state.keep.double().repeat(chunk.shape[0], 1)  # [R, U]
-            masks[:, candidates] *= 1.0 - chunk
-            losses.append(ctx.probe.sub_model_losses(masks, batch))
-            state.pace.record(chunk.shape[0], time.perf_counter() - began)
-            done = first + start + chunk.shape[0]
+            step = drops[start : start + per_forward * world.size]  # [≤ N·R, A]
+            losses.append(step_losses(ctx.probe, world, state.keep, candidates, step, batch, per_forward))
+            state.pace.record(step.shape[0], time.perf_counter() - began)
+            done = first + start + step.shape[0]
             ctx.progress.advance(
                 (index + done / max(round_total, 1)) / rounds, round=index + 1, rounds=rounds
             )
-            if done >= MIN_SUB_MODELS and ctx.progress.out_of_time(state.pace, rounds - index - 1):
+            if done >= MIN_SUB_MODELS and world.decide(
+                lambda: ctx.progress.out_of_time(state.pace, rounds - index - 1)
+            ):
                 break
         return torch.cat(losses)
+
+
+def sub_model_losses(
+    probe: CalibrationProbe,
+    keep: torch.Tensor,
+    candidates: torch.Tensor,
+    drops: torch.Tensor,
+    batch: torch.Tensor,
+) -> torch.Tensor:
+    """[R] loss on `batch` of each sub-model: the alive units `keep` [U] less those its row of `drops`
+    [R, A] drops among `candidates` [A], all R in one forward (none for R = 0)."""
+    if drops.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float64)
+    masks = keep.double().repeat(drops.shape[0], 1)  # [R, U]
+    masks[:, candidates] *= 1.0 - drops
+    return probe.sub_model_losses(masks, batch)
+
+
+def step_losses(
+    probe: CalibrationProbe,
+    world: World,
+    keep: torch.Tensor,
+    candidates: torch.Tensor,
+    step: torch.Tensor,
+    batch: torch.Tensor,
+    per_forward: int,
+) -> torch.Tensor:
+    """[S] losses of one step's sub-models `step` [S ≤ N·per_forward, A], on every rank: each rank
+    scores its forward's worth (`World.own_rows`, the forward one process would run for those rows)
+    and receives the others'. Collective."""
+    own = sub_model_losses(probe, keep, candidates, world.own_rows(step, per_forward), batch)
+    return world.gather_rows(own, per_forward, step.shape[0])
 
 
 def _in_time(

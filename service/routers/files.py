@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import secrets
 import tempfile
@@ -18,12 +20,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from service.db import FileRow
-from service.deps import PrincipalDep, SettingsDep, StoreDep, unprocessable
+from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
 from service.schemas.files import FileList, FilePublic
 from service.settings import Settings
+from service.storage import Storage, StorageError, file_key
 from service.uploads import MultipartUpload, UploadInvalid, UploadSink, UploadTooLarge
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+log = logging.getLogger("fwdprune.files")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such file (for this key)"}}
 
 
@@ -66,34 +70,43 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
     responses={
         413: {"description": "upload too large"},
         422: {"description": "invalid content or file name"},
+        503: {"description": "the object store refused the file or could not be reached"},
         507: {"description": "the server has no space left for the upload"},
     },
     openapi_extra=UPLOAD_BODY,
 )
 async def upload_file(
-    request: Request, principal: PrincipalDep, settings: SettingsDep, store: StoreDep
+    request: Request, principal: PrincipalDep, settings: SettingsDep, store: StoreDep, storage: StorageDep
 ) -> FilePublic:
     """Upload a .jsonl (a `text` field per line) or .txt file, as the `file` field of a multipart form.
 
-    The file is written to disk as it arrives and validated on the way; it is published only whole and valid.
+    The file is written to disk as it arrives and validated on the way; it is stored only whole and valid.
     """
     file_id = "file_" + secrets.token_urlsafe(16)
     with upload_refusals():
-        sink, path = await store_upload(request, settings, file_id)
+        sink, key = await store_upload(request, settings, storage, file_id)
     row = FileRow(
         id=file_id,
         owner=principal.owner,
         filename=sink.filename,
         bytes=sink.size,
         sha256=sink.sha256,
-        path=str(path.resolve()),
+        path=key,
         created_at=time.time(),
     )
-    return to_public(await run_in_threadpool(store.add_file, row))
+    try:
+        return to_public(await run_in_threadpool(store.add_file, row))
+    except Exception:
+        with contextlib.suppress(StorageError, OSError):  # a file no row names must not stay stored
+            await run_in_threadpool(storage.delete, key)
+        raise
 
 
-async def store_upload(request: Request, settings: Settings, file_id: str) -> tuple[UploadSink, Path]:
-    """Stream the form's file into the files directory; only a whole, valid file keeps a name there."""
+async def store_upload(
+    request: Request, settings: Settings, storage: Storage, file_id: str
+) -> tuple[UploadSink, str]:
+    """Stream the form's file to a temporary file in the files directory, then put it to storage; only a
+    whole, valid file gets a key there. Its key is returned."""
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=settings.files_dir, prefix=".upload-")
     tmp = Path(tmp_name)
@@ -104,11 +117,11 @@ async def store_upload(request: Request, settings: Settings, file_id: str) -> tu
             )
             sink = await receive_upload(request, upload)
         # the engine picks the parser by suffix, so the stored name keeps the upload's
-        final = settings.files_dir / (file_id + Path(sink.filename).suffix.lower())
-        tmp.rename(final)
+        key = file_key(file_id, Path(sink.filename).suffix.lower())
+        await run_in_threadpool(storage.put_file, tmp, key, sink.sha256)
     finally:
         tmp.unlink(missing_ok=True)
-    return sink, final
+    return sink, key
 
 
 @contextmanager
@@ -170,11 +183,14 @@ def get_file(file_id: str, principal: PrincipalDep, store: StoreDep) -> FilePubl
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"description": "an unfinished job uses the file"}},
 )
-def delete_file(file_id: str, principal: PrincipalDep, store: StoreDep) -> Response:
+def delete_file(file_id: str, principal: PrincipalDep, store: StoreDep, storage: StorageDep) -> Response:
     row = store.get_file(file_id, principal.scope(True))
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "file not found")
     if not store.delete_file(file_id):  # checked in the same transaction as the delete: no job races it
         raise HTTPException(status.HTTP_409_CONFLICT, "an unfinished job uses this file")
-    Path(row.path).unlink(missing_ok=True)
+    try:
+        storage.delete(row.path)
+    except StorageError as err:  # the row is gone, so the file is too as far as anyone can tell
+        log.warning("file %s: its stored copy could not be deleted: %s", file_id, err)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
 from pruning.errors import FwdpruneError
-from pruning.spec import read_model_type
 from service.artifacts import stream_tar
 from service.db import JobRow
-from service.deps import PrincipalDep, SettingsDep, StoreDep, unprocessable
+from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
+from service.downloads import object_head, object_response, presigned_redirect
 from service.errors import redact_paths
-from service.modelref import resolve_model
+from service.modelref import model_name_parts, resolve_checkpoint
 from service.schemas.events import EventList, EventPublic
 from service.schemas.jobs import (
     ArtifactList,
@@ -32,10 +32,17 @@ from service.schemas.jobs import (
     JobStatus,
 )
 from service.settings import Settings
+from service.storage import StorageError, artifact_key, job_prefix
 from service.store import ACTIVE, FileGone, IdempotencyConflict, Store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("fwdprune.jobs")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
+GIB = 1 << 30
+
+
+def _gib_in_bytes(gib: float | None) -> int | None:
+    return None if gib is None else round(gib * GIB)
 
 
 def _dt(value: float | None) -> datetime | None:
@@ -61,13 +68,21 @@ def to_public(row: JobRow) -> JobPublic:
     )
 
 
-def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
-    """Where the job's model and files are on this server; the settings were validated with the body."""
+def _check_model(body: JobCreate, settings: Settings) -> None:
+    """Refuse a model name that could name a path; with `check_models_on_submit` (API and worker share
+    the models), also one this host cannot resolve or the engine does not support. The worker that runs
+    the job resolves the name again, on its own disks."""
     try:
-        model_dir = resolve_model(body.model, settings.models_dir, settings.hf_cache_dir)
-        read_model_type(model_dir)
+        model_name_parts(body.model)
+        if settings.check_models_on_submit:
+            resolve_checkpoint(body.model, body.revision, settings.models_dir, settings.hf_cache_dir)
     except FwdpruneError as err:
         raise unprocessable(["body", "model"], str(err), err.code) from err
+
+
+def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
+    """The job's model by name and where its files are; the settings were validated with the body."""
+    _check_model(body, settings)
     paths: dict[str, str] = {}
     for field in ("calibration_file", "eval_file"):
         file_id = getattr(body, field)
@@ -77,7 +92,12 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
         if row is None:
             raise unprocessable(["body", field], f"file {file_id!r} does not exist")
         paths[field] = row.path
-    return JobInputs(model=str(model_dir), data=paths["calibration_file"], eval_data=paths.get("eval_file"))
+    return JobInputs(
+        model=body.model,
+        revision=body.revision,
+        data=paths["calibration_file"],
+        eval_data=paths.get("eval_file"),
+    )
 
 
 @router.post(
@@ -113,6 +133,8 @@ def create_job(
         progress={},
         attempts=0,
         computing=False,
+        gpus=body.gpus or 0,  # 0: one GPU where the worker has any, else the CPU
+        min_gpu_memory_bytes=_gib_in_bytes(body.min_gpu_memory_gib),
     )
     file_ids = [file_id for file_id in (body.calibration_file, body.eval_file) if file_id is not None]
     try:
@@ -206,11 +228,14 @@ def _redacted(data: dict[str, Any]) -> dict[str, Any]:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"description": "the job is running"}},
 )
-def delete_job(job_id: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep) -> Response:
+def delete_job(job_id: str, principal: PrincipalDep, store: StoreDep, storage: StorageDep) -> Response:
     row = _job(store, job_id, principal)
     if row.status in ACTIVE or not store.delete_job(job_id):
         raise HTTPException(status.HTTP_409_CONFLICT, "the job is running; cancel it first")
-    shutil.rmtree(settings.jobs_dir / job_id, ignore_errors=True)
+    try:
+        storage.delete_prefix(job_prefix(job_id))  # every attempt's uploads, published or not
+    except StorageError as err:  # the job is gone; a worker's sweep removes what is left of it
+        log.warning("job %s: its stored artifacts could not be deleted: %s", job_id, err)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -220,18 +245,21 @@ def list_artifacts(job_id: str, principal: PrincipalDep, store: StoreDep) -> Art
     return ArtifactList(data=[ArtifactPublic(**a) for a in row.artifacts or []])
 
 
-def _artifact_dir(settings: Any, row: JobRow) -> Path:
+def _published(row: JobRow) -> list[dict[str, Any]]:
+    """The artifacts a succeeded job published; only those are ever served."""
     if row.status != "succeeded" or not row.artifacts:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the job has no artifacts (yet)")
-    return Path(settings.jobs_dir) / row.id
+    return row.artifacts
 
 
 ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
     **NOT_FOUND,
     200: {"content": {"application/octet-stream": {}}},
     206: {"description": "the requested range; several ranges come as multipart/byteranges"},
+    307: {"description": "FWDPRUNE_STORAGE_PRESIGN: a presigned URL of the object store to GET it from"},
     400: {"description": "a Range header that cannot be parsed"},
     416: {"description": "a range that starts past the end of the file"},
+    503: {"description": "the object store could not be reached"},
 }
 
 
@@ -251,19 +279,38 @@ def _artifact_entry(row: JobRow, name: str) -> dict[str, Any]:
     summary="Artifact headers (size, checksum) without the body",
 )
 def download_artifact(
-    job_id: str, name: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep
-) -> FileResponse:
-    """One artifact; Range, If-Range (against the sha256 ETag or Last-Modified) and HEAD as in RFC 9110."""
+    job_id: str,
+    name: str,
+    request: Request,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    storage: StorageDep,
+) -> Response:
+    """One artifact; Range, If-Range (against the sha256 ETag, or from local storage Last-Modified) and
+    HEAD as in RFC 9110. From an object store it is streamed through (a single range is read as just that
+    range), or with FWDPRUNE_STORAGE_PRESIGN a 307 sends the client to a short-lived presigned URL."""
     row = _job(store, job_id, principal)
-    directory = _artifact_dir(settings, row)
+    _published(row)
     entry = _artifact_entry(row, name)
-    path = directory / entry["name"]
+    key = artifact_key(row.id, entry)
+    headers = {"ETag": f'"{entry["sha256"]}"', "X-Checksum-Sha256": entry["sha256"]}
+    path = storage.local_path(key)
+    if path is not None:
+        return _file_response(path, headers)
+    if request.method == "HEAD":
+        return object_head(storage, key, headers)
+    if settings.storage_presign:
+        return presigned_redirect(storage, key, settings.storage_presign_expiry_s)
+    return object_response(request, storage, key, int(entry["bytes"]), headers)
+
+
+def _file_response(path: Path, headers: dict[str, str]) -> FileResponse:
     try:
         stat = path.stat()
     except FileNotFoundError as err:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact") from err
     # FileResponse keeps a given ETag (its own is an mtime/size hash) and compares If-Range against it
-    headers = {"ETag": f'"{entry["sha256"]}"', "X-Checksum-Sha256": entry["sha256"]}
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
 
 
@@ -273,13 +320,13 @@ def download_artifact(
     responses={**NOT_FOUND, 200: {"content": {"application/x-tar": {}}}},
 )
 def download_checkpoint(
-    job_id: str, principal: PrincipalDep, settings: SettingsDep, store: StoreDep
+    job_id: str, principal: PrincipalDep, store: StoreDep, storage: StorageDep
 ) -> Response:
+    """Every artifact in one tar, read from storage as it streams out."""
     row = _job(store, job_id, principal)
-    directory = _artifact_dir(settings, row)
-    names = [a["name"] for a in row.artifacts or []]
+    members = [(a["name"], artifact_key(row.id, a)) for a in _published(row)]
     return StreamingResponse(
-        stream_tar(directory, names, row.id),
+        stream_tar(storage, members, row.id),
         media_type="application/x-tar",
         headers={"Content-Disposition": f'attachment; filename="{row.id}.tar"'},
     )

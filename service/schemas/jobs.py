@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -10,13 +11,19 @@ from pruning.spec import Device, PruneSettings, PruneSpec
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 MetadataValue = str | int | float | bool | None
+# a revision as git and the Hub name it: a branch, tag or commit, or a ref such as refs/pr/1; components
+# that start with a letter, digit or `_`, and none of git's forbidden `..` or `.lock` endings
+REVISION = re.compile(
+    r"(?!.*\.\.)(?!.*\.lock(?:/|$))[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*(?<!\.)"
+)
 
 
 class JobInputs(BaseModel):
     """Where a job's model and files are on the server, resolved at submit time; never shown to users."""
 
-    model: str  # checkpoint directory
-    data: str  # calibration file
+    model: str  # the model's name as asked for; the worker that runs the job resolves it
+    revision: str | None = None  # the Hub revision to resolve it at
+    data: str  # the calibration file's storage key (files/<id><suffix>)
     eval_data: str | None = None
 
 
@@ -29,9 +36,29 @@ class JobCreate(PruneSettings):
         max_length=255,
         description="a model name under the server's models dir, or a Hub id in its cache",
     )
+    revision: str | None = Field(
+        default=None,
+        max_length=128,
+        description="a Hub id's git revision: branch, tag or commit (default: main); a model in the "
+        "models dir has none",
+    )
     calibration_file: str = Field(min_length=1, max_length=64, description="id of an uploaded file")
     eval_file: str | None = Field(default=None, max_length=64, description="id of an uploaded held-out file")
+    min_gpu_memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        le=65536,
+        description="each of the job's GPUs must have at least this much memory in total, in GiB, as the "
+        "driver reports it (often a little under the card's nominal size); such a job runs on a GPU",
+    )
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+
+    @field_validator("revision")
+    @classmethod
+    def _git_revision(cls, value: str | None) -> str | None:
+        if value is not None and not REVISION.fullmatch(value):
+            raise ValueError("revision must be a git branch, tag or commit (letters, digits, ._-/)")
+        return value
 
     @field_validator("metadata")
     @classmethod

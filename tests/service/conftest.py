@@ -190,3 +190,71 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
+
+
+class S3Server:
+    """moto's standalone S3 server on loopback: a real process speaking the S3 protocol over HTTP."""
+
+    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+        self.port, self.proc = port, proc
+        self.env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "fwdprune-test-key",
+            "AWS_SECRET_ACCESS_KEY": "fwdprune-test-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # no credential lookups off this machine
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3")
+
+    def new_bucket(self) -> str:
+        name = "fwdprune-" + uuid.uuid4().hex[:12]
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3 server for the session, its endpoint and credentials in this process's AWS_* variables (so
+    boto3 here, and every server and job process started from here, find it as they would a real one)."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"the object-storage tests need moto's S3 server (pip install 'moto[server]'): {err}")
+    port = free_port()
+    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = S3Server(port, proc)
+    try:
+        _wait_listening(server)
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in server.env.items():
+                env.setenv(name, value)
+            yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _wait_listening(server: S3Server) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.proc.poll() is None, "moto's S3 server exited at start"
+        try:
+            httpx.get(f"http://127.0.0.1:{server.port}/", timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("moto's S3 server never answered")

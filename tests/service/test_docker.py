@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -65,7 +66,7 @@ def test_healthchecks() -> None:
 def test_compose_structure() -> None:
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"api", "worker", "postgres", "migrate"}
+    assert set(services) == {"api", "worker", "postgres", "migrate", "minio", "buckets"}
     # the schema is migrated once, by a one-shot service, before the API and the workers start
     assert services["migrate"]["command"] == ["migrate"] and services["migrate"]["restart"] == "on-failure"
     for name in ("api", "worker"):
@@ -73,10 +74,9 @@ def test_compose_structure() -> None:
         assert services[name]["restart"] == "unless-stopped"
     # compose runs a worker, so the API is healthy only while one heartbeats
     assert any("/readyz" in part for part in services["api"]["healthcheck"]["test"])
-    assert set(compose["volumes"]) >= {"artifacts"}
     for name in ("api", "worker"):
-        assert any(v.startswith("artifacts:") for v in services[name]["volumes"])
         assert services[name]["environment"]["FWDPRUNE_DATABASE_URL"].startswith("postgresql+psycopg://")
+    _check_object_storage(compose)
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert services["api"]["command"][0] == "serve" and services["worker"]["command"] == ["worker"]
@@ -90,3 +90,27 @@ def test_compose_structure() -> None:
     assert services["api"]["image"] != services["worker"]["image"]
     assert "deploy" not in services["api"]  # the API needs no GPU
     assert Path(REPO / "docker" / "compose.yaml").is_file()
+
+
+def _check_object_storage(compose: dict[str, Any]) -> None:
+    """Uploads and artifacts go to MinIO through the S3 API: the API and the worker share no volume, and
+    find the bucket (made once, before they start) through FWDPRUNE_STORAGE_URL and the AWS_* variables."""
+    services = compose["services"]
+    assert services["minio"]["image"].startswith("minio/minio")
+    assert any(v.startswith("objects:") for v in services["minio"]["volumes"])
+    assert (
+        services["buckets"]["image"].startswith("minio/mc") and services["buckets"]["restart"] == "on-failure"
+    )
+    assert services["buckets"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(services["buckets"]["command"])
+    assert "mc mb --ignore-existing local/fwdprune" in script
+    volumes = {name: {v.split(":")[0] for v in services[name]["volumes"]} for name in ("api", "worker")}
+    assert "artifacts" not in compose["volumes"]
+    assert (volumes["api"] & volumes["worker"]) == {"models"}  # read-only checkpoints; nothing else shared
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["FWDPRUNE_STORAGE_URL"] == "s3://fwdprune/"
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(env)
+        assert env["AWS_ACCESS_KEY_ID"] != services["minio"]["environment"]["MINIO_ROOT_USER"]  # not root
+        assert services[name]["depends_on"]["buckets"]["condition"] == "service_completed_successfully"

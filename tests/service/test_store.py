@@ -84,9 +84,9 @@ def test_claims_are_atomic(db_url: str) -> None:
 
         def worker(name: str) -> None:
             mine = Store(db_url, migrate=False)
-            while (job := mine.claim_job(name)) is not None:
+            while (won := mine.claim_job(name)) is not None:
                 with lock:
-                    claimed.append(job.id)
+                    claimed.append(won.job.id)
             mine.close()
 
         threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
@@ -127,17 +127,21 @@ def test_cancel_progress_and_reaping(db_url: str) -> None:
 
         reaped = store.reap_dead_workers(timeout_s=10)
         assert sorted(reaped) == ["job_0", "job_1", "job_2"]
-        failed, requeued, cancelled = (store.get_job(f"job_{i}") for i in range(3))
-        assert failed.status == "failed" and failed.error_code == "worker_lost"  # type: ignore[union-attr]
-        assert "heartbeats" in failed.error_message  # type: ignore[union-attr,operator]
-        assert requeued.status == "queued"  # type: ignore[union-attr]  # had not started computing
+        computing, waiting, cancelled = (store.get_job(f"job_{i}") for i in range(3))
+        # a dead worker's job is re-run, whether or not it had started computing
+        assert computing.status == "queued" and waiting.status == "queued"  # type: ignore[union-attr]
         assert cancelled.status == "cancelled"  # type: ignore[union-attr]
-        assert [e.type for e in store.events("job_0", 0, 100)][:3] == ["status", "status", "stage"]
+        kinds = [e.type for e in store.events("job_0", 0, 100)]
+        assert kinds == ["status", "status", "placement", "stage", "progress", "status", "warning"]
+        assert "starts over" in store.events("job_0", 0, 100)[-1].data["message"]
         # a job requeued once and lost again is failed, not requeued forever
         store.claim_job("dead")
         store.claim_job("dead")
-        assert store.get_job("job_1").attempts == 2  # type: ignore[union-attr]
-        store.reap_dead_workers(timeout_s=10)
-        assert store.get_job("job_1").status == "failed"  # type: ignore[union-attr]
+        assert store.get_job("job_0").attempts == 2 and store.get_job("job_1").attempts == 2  # type: ignore[union-attr]
+        assert sorted(store.reap_dead_workers(timeout_s=10)) == ["job_0", "job_1"]
+        for job_id in ("job_0", "job_1"):
+            lost = store.get_job(job_id)
+            assert lost.status == "failed" and lost.error_code == "worker_lost"  # type: ignore[union-attr]
+            assert "heartbeats" in lost.error_message  # type: ignore[union-attr,operator]
     finally:
         store.close()

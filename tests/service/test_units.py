@@ -13,13 +13,14 @@ import pytest
 from service.artifacts import stream_tar
 from service.job_runner import JobEvents, summarize
 from service.modelref import ModelRefError, resolve_model
+from service.storage import LocalStorage
 
 
 def test_stream_tar_round_trip(tmp_path: Path) -> None:
     files = {"a.json": b"{}", "empty": b"", "big.bin": bytes(range(256)) * 5000}
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    data = b"".join(stream_tar(tmp_path, sorted(files), "ckpt"))
+    data = b"".join(stream_tar(LocalStorage(tmp_path), [(name, name) for name in sorted(files)], "ckpt"))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == {  # type: ignore[union-attr]
             f"ckpt/{name}": content for name, content in files.items()
@@ -153,3 +154,36 @@ def test_duration_feed_observes_each_job_once() -> None:
     assert registry.get_sample_value("d_count") == 3 and registry.get_sample_value("d_sum") == 27.0
     assert registry.get_sample_value("d_bucket", {"le": "10.0"}) == 2
     assert set(feed.seen) == {"b", "c"}  # ids older than the overlap are forgotten
+
+
+def test_gpu_info_lists_mig_instances_in_place_of_their_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU 1 is in MIG mode with instances in slots 0 and 2 (slot 1 is empty): CUDA runs jobs on those."""
+    from service.worker import gpu_info
+
+    class NVMLError(Exception):
+        pass
+
+    def mig_handle(parent: int, slot: int) -> str:
+        if slot == 1:
+            raise NVMLError("not found")
+        return f"{parent}/{slot}"
+
+    sizes = {0: 80 << 30, "1/0": 40 << 30, "1/2": 20 << 30}
+    uuids = {0: "GPU-0", 1: "GPU-1", "1/0": "MIG-a", "1/2": "MIG-b"}
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError,
+        NVML_DEVICE_MIG_ENABLE=1,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMigMode=lambda h: (int(h == 1), int(h == 1)),
+        nvmlDeviceGetMaxMigDeviceCount=lambda h: 3,
+        nvmlDeviceGetMigDeviceHandleByIndex=mig_handle,
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=0, total=sizes.get(h, 80 << 30)),
+        nvmlDeviceGetUUID=lambda h: uuids[h],
+        nvmlDeviceGetName=lambda h: "NVIDIA A100",
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    listed = [(gpu["index"], gpu["uuid"], gpu.get("mig"), gpu.get("parent_uuid")) for gpu in gpu_info()]
+    assert listed == [(0, "GPU-0", None, None), (1, "MIG-a", 0, "GPU-1"), (1, "MIG-b", 2, "GPU-1")]
