@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -253,6 +254,7 @@ def phase(root: Path, env: dict[str, str], workers: int, jobs: int, kill: bool) 
     if not (models_dir / "tiny-llama").is_dir():
         make_tiny_causal_lm(models_dir / "tiny-llama")
     calibration = write_calibration_jsonl(root / "calib.jsonl")
+    cpu_before = children_cpu_s()
     cluster = Cluster(root / f"run-{workers}", env, models_dir)
     cluster.root.mkdir()
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -269,7 +271,10 @@ def phase(root: Path, env: dict[str, str], workers: int, jobs: int, kill: bool) 
     finally:
         cluster.stop()
     killed_job = result["killed"]["job"] if result["killed"] else None
+    cpu_s = children_cpu_s() - cpu_before
     return {
+        # CPU seconds of every process the run started (API, workers, their job processes) per job
+        "cpu_s_per_job": cpu_s / jobs,
         "workers": workers,
         "jobs": jobs,
         "wall_s": result["wall_s"],
@@ -284,6 +289,13 @@ def phase(root: Path, env: dict[str, str], workers: int, jobs: int, kill: bool) 
     }
 
 
+def children_cpu_s() -> float:
+    """User and system CPU seconds of every child process ended and waited for so far (job processes
+    count through the worker that waited for them)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def published_files_on_disk(root: Path) -> dict[str, int]:
     """Checkpoint files left in each process's data directory once the run ended: none in the API's or a
     live worker's (artifacts live in the store); a killed worker's scratch stays until a worker starts
@@ -293,6 +305,12 @@ def published_files_on_disk(root: Path) -> dict[str, int]:
         for directory in sorted(root.iterdir())
         if directory.is_dir()
     }
+
+
+def claims(row: dict[str, Any]) -> str:
+    """Claims per job: `1` when every job ran once; `1/2` when the killed worker's job ran twice."""
+    others = "/".join(str(n) for n in row["claims_other_jobs"])
+    return others + (f"/{row['claims_killed_job']}" if row["claims_killed_job"] else "")
 
 
 def main() -> None:
@@ -317,16 +335,26 @@ def main() -> None:
                 rows.append(phase(Path(tmp), env, workers, jobs, kill))
                 print(json.dumps(rows[-1], indent=1), flush=True)
     speedup = rows[1]["jobs_per_min"] / rows[0]["jobs_per_min"]
-    print(f"\n{'workers':>7} {'jobs':>5} {'wall s':>8} {'jobs/min':>9} {'succeeded':>9} {'artifacts':>9}")
+    # what the cores allow: every core busy with the one-worker run's CPU seconds per job
+    cores = os.cpu_count() or 1
+    core_bound = cores * 60 / rows[0]["cpu_s_per_job"] / rows[0]["jobs_per_min"]
+    print(
+        f"\n{'workers':>7} {'jobs':>5} {'wall s':>8} {'jobs/min':>9} {'CPU s/job':>9} {'succeeded':>9} "
+        f"{'claims':>6} {'artifacts':>9}"
+    )
     for r in rows:
         print(
             f"{r['workers']:>7} {r['jobs']:>5} {r['wall_s']:>8.1f} {r['jobs_per_min']:>9.2f} "
-            f"{r['succeeded']:>9} {r['artifacts_checked']:>9}"
+            f"{r['cpu_s_per_job']:>9.1f} {r['succeeded']:>9} {claims(r):>6} {r['artifacts_checked']:>9}"
         )
-    print(f"throughput {args.workers} workers / 1 worker: {speedup:.2f}x on {os.cpu_count()} CPU cores")
+    print(
+        f"throughput {args.workers} workers / 1 worker: {speedup:.2f}x on {cores} CPU cores "
+        f"(the cores allow at most {core_bound:.2f}x at {rows[0]['cpu_s_per_job']:.1f} CPU s per job)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"cpu_count": os.cpu_count(), "rows": rows, "speedup": speedup}, indent=2) + "\n"
+        json.dumps({"cpu_count": cores, "rows": rows, "speedup": speedup, "core_bound": core_bound}, indent=2)
+        + "\n"
     )
     print(f"wrote {args.out}")
 
