@@ -6,7 +6,8 @@ Its config (`model_type: nemotron-nas`) describes each layer in `block_configs`;
   are KV groups with their query heads, so every layer keeps the same number of groups, or none.
 - MLP: `ffn_mult`, whose width is `int(2 * ffn_mult * hidden / 3)` rounded up to a multiple of 256
   (vLLM, SGLang, TensorRT-LLM and llama.cpp all compute it so), or `no_op`. Only multiples of 256 are
-  widths it states exactly, so each layer keeps a multiple of 256 channels, or none.
+  widths it states exactly, so each layer keeps a multiple of 256 channels, or none; a model whose own
+  MLP width is not one (pycoder-28m's 1408) keeps at most the largest multiple below it in every layer.
 Tensors keep Llama's names; a removed block has none, not even its norm (the engines build no module for
 it, so a stray tensor would fail their load). `selection_rules` is that layout in the selector's terms.
 """
@@ -42,15 +43,15 @@ OUTPUT_BIASES = ("o_proj.bias", "down_proj.bias")
 
 
 def refuse_inexpressible_model(config: dict[str, Any]) -> None:
-    """Refuse, before any work, a model the layout cannot hold: not a Llama, or an MLP whose full width
-    `ffn_mult` cannot state."""
+    """Refuse, before any work, a model the layout cannot hold: not a Llama, or an MLP narrower than the
+    narrowest width `ffn_mult` states (every layer would lose its MLP)."""
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UsageError(f"export_format {FORMAT} is for Llama models; this one is {model_type!r}")
-    if config["intermediate_size"] % FFN_WIDTH_MULTIPLE:
+    if config["intermediate_size"] < FFN_WIDTH_MULTIPLE:
         raise UsageError(
             f"export_format {FORMAT} states MLP widths in multiples of {FFN_WIDTH_MULTIPLE}; this model's "
-            f"intermediate_size {config['intermediate_size']} is not one"
+            f"intermediate_size {config['intermediate_size']} is narrower than one"
         )
 
 
@@ -64,7 +65,7 @@ def mlp_units_per_step(space: UnitSpace) -> int:
 def selection_rules(space: UnitSpace, kv_counts: list[int]) -> dict[UnitKind, KindRule]:
     """The per-layer unit counts the layout expresses: attention at one KV-group count shared by every
     layer that keeps attention (`kv_counts`: those a config can state) or none; MLP at any multiple of
-    256 channels, chosen per layer, or none."""
+    256 channels up to the layer's width, chosen per layer, or none."""
     mlp_units = space.group_of(0, UnitKind.MLP).count
     step = mlp_units_per_step(space)
     return {

@@ -95,7 +95,8 @@ def select_uniform(
 class KindRule:
     """The per-layer unit counts of one kind that an export layout can express.
 
-    `counts`: ascending counts a layer may keep (0 among them where the layout can drop the block whole).
+    `counts`: ascending counts a layer may keep (0 among them where the layout can drop the block whole);
+    a layer wider than the last one (the layout cannot state its original width) is cut to it first.
     `shared`: every layer that keeps any unit of the kind keeps the same count, so a step below that
     count moves all those layers together, while a single layer may only drop to 0.
     """
@@ -157,6 +158,12 @@ def select_layout(
     taken = {k: [0] * len(layers) for k in rules}  # units removed per layer so far, per kind
     remove = torch.zeros_like(alive)
     removed = 0.0
+    for k, rule in rules.items():  # what no layout can keep goes first, whatever the budget
+        for position, units in enumerate(order[k]):
+            excess = order[k][position][: max(0, len(units) - rule.counts[-1])]
+            remove[excess] = True
+            removed += float(params[excess].sum())
+            taken[k][position] += len(excess)
     while removed < budget:
         steps: list[tuple[float, UnitKind, dict[int, int], list[int]]] = []
         for k, rule in rules.items():

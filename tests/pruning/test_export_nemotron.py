@@ -125,6 +125,62 @@ def test_selection_shares_the_kv_count_where_a_global_ranking_would_not(wide_fp3
     assert float(space.params[~keep].sum()) > 0
 
 
+@pytest.fixture(scope="module")
+def uneven_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose MLP (384 channels, a step and a half) the layout cannot state whole."""
+    out = tmp_path_factory.mktemp("nemotron-uneven") / "llama"
+    return make_tiny_causal_lm(out, "llama", hidden_size=HIDDEN, intermediate_size=384, layers=3)
+
+
+@pytest.mark.parametrize("sparsity", [0.01, 0.3])
+def test_a_width_the_layout_cannot_state_is_cut_to_one_it_can(uneven_llama: Path, sparsity: float) -> None:
+    """Every layer's MLP goes from 384 to at most 256 channels in the first selection, even when the
+    budget alone would remove less, and stays expressible through the rounds."""
+    loaded = load_model(uneven_llama, "fp32", CPU)
+    adapter = adapter_for("llama")
+    model = TinyModel(loaded.model, adapter, build_unit_space(loaded.model, adapter, None))
+    space, selector = model.space, nemotron_selector(model)
+    score = torch.rand(space.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    step = mlp_units_per_step(space)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    target = sparsity * float(space.params.sum())
+    for _ in range(3):
+        keep &= ~selector.select(score, keep, target / 3)
+        assert_expressible(space, keep)
+        assert max(kept_counts(space, keep, UnitKind.MLP)) <= step  # 256 channels
+    mlp = space.group_of(0, UnitKind.MLP)
+    lowest = mlp.offset + torch.argsort(score[space.slice(mlp)], stable=True)[: mlp.count - step]
+    assert not keep[lowest].any()  # the cut takes each layer's lowest-scored channels
+
+
+def test_prune_exports_a_model_whose_width_the_layout_cannot_state(
+    uneven_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pruned"
+    report = prune(
+        model=str(uneven_llama),
+        data=calibration_file,
+        out_dir=out,
+        sparsity=0.2,
+        method="bonsai",
+        export_format="nemotron-nas",
+        compensate="none",
+        seq_len=32,
+        num_samples=8,
+        eval_samples=4,
+        precision="fp32",
+        device="cpu",
+        options={"rounds": 2, "samples_per_round": 8, "scoring_sequences": 2, "split_candidates": 0},
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert_valid_decilm(config, layers=3)
+    assert all(layer["intermediate_size"] in (0, 256) for layer in report["layers"])
+    compact = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True)
+    assert count_checkpoint_params(out) == report["params"]["total_after"]
+    with torch.no_grad():
+        assert torch.isfinite(compact(torch.randint(1, 320, (1, 12))).logits).all()
+
+
 def keep_with_removed_blocks(space: UnitSpace) -> torch.Tensor:
     """Layer 0 loses its attention whole and half its MLP; layer 1 keeps one KV group (the second) and
     loses its MLP whole; layer 2 keeps one KV group (the first) and its whole MLP."""
@@ -225,7 +281,7 @@ def test_refuses_what_the_layout_cannot_hold(
     )
     with pytest.raises(UsageError, match="Llama models"):
         prune(model=str(tiny_models["qwen2"]), out_dir=tmp_path / "qwen2", **common)
-    with pytest.raises(UsageError, match="multiples of 256"):  # the tiny llama's MLP is 96 wide
+    with pytest.raises(UsageError, match="narrower than one"):  # the tiny llama's MLP is 96 wide
         prune(model=str(tiny_models["llama"]), out_dir=tmp_path / "llama", **common)
 
 
