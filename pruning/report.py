@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -115,6 +116,7 @@ def build_report(
             for name in quality["after"]
         },
         "calibration_loss": calibration_loss,
+        "calibration_data": {"file": Path(spec.data).name, "sha256": file_sha256(Path(spec.data))},
         "budget": budget,
         **monitor_summary,
         "forward_passes": forward_passes,
@@ -122,6 +124,15 @@ def build_report(
         "method_details": method_details,
         "units": unit_records(space, keep, importance),
     }
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256: what the model card names the calibration data by."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:

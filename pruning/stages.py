@@ -43,6 +43,7 @@ from pruning.export_nemotron import (
 from pruning.loading import LoadedModel, load_model, resolve_device, resolve_model_dir, resolve_precision
 from pruning.masking import UnitMasks
 from pruning.methods import MethodContext, MethodResult, PruningMethod, SizeResult, make_method
+from pruning.model_card import write_model_card
 from pruning.monitor import StageMonitor
 from pruning.probe import CalibrationProbe, OutputWeights
 from pruning.progress import LS_FIT_FORWARDS, EventSink, JobProgress
@@ -488,6 +489,7 @@ def report(run: Run, result: MethodResult, pruned: Quality, final: bool = True) 
         forward_tokens=counter.tokens,
     )
     write_report(built, Path(run.spec.out_dir))
+    write_model_card(built, Path(run.spec.out_dir), run.model_dir, run.adapter.auto_class().__name__)
     if final:
         run.emit({"type": "stage", "stage": "done"})
     return built
