@@ -57,6 +57,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def queue_job(
+    store: Any, job_id: str = "job_1", *, gpus: int = 0, min_gib: float | None = None, owner: str = "alice"
+) -> str:
+    """A queued job straight in the store (no API in between), asking for `gpus` of `min_gib` each."""
+    from service.db import JobRow
+
+    store.create_job(
+        JobRow(
+            id=job_id,
+            owner=owner,
+            status="queued",
+            request={},
+            resolved={},
+            request_hash="h",
+            metadata_={},
+            created_at=time.time(),
+            progress={},
+            attempts=0,
+            computing=False,
+            gpus=gpus,
+            min_gpu_memory_bytes=None if min_gib is None else int(min_gib * (1 << 30)),
+        )
+    )
+    return job_id
+
+
 class Server:
     """`fwdprune serve` with its embedded worker, as a user would run it."""
 

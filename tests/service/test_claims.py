@@ -17,29 +17,9 @@ from service.db import JobRow, WorkerRow
 from service.settings import Settings
 from service.store import Claim, FreeGpu, Store, gpus_for
 from service.worker import Worker, own_gpus, visible_gpus
+from tests.service.conftest import queue_job as _queue
 
 GIB = 1 << 30
-
-
-def _queue(store: Store, job_id: str, gpus: int = 0, min_gib: float | None = None) -> str:
-    store.create_job(
-        JobRow(
-            id=job_id,
-            owner="alice",
-            status="queued",
-            request={},
-            resolved={},
-            request_hash="h",
-            metadata_={},
-            created_at=time.time(),
-            progress={},
-            attempts=0,
-            computing=False,
-            gpus=gpus,
-            min_gpu_memory_bytes=None if min_gib is None else int(min_gib * GIB),
-        )
-    )
-    return job_id
 
 
 def _status(store: Store, job_id: str) -> str:

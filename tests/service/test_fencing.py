@@ -25,6 +25,7 @@ from service.db import JobRow, WorkerRow
 from service.settings import Settings
 from service.store import Claim, Claimed, Store
 from service.worker import Worker
+from tests.service.conftest import queue_job as _queue
 
 TIMEOUT_S = 30.0
 # a stand-in job runner: optionally waits for a `release` file, then writes a checkpoint naming its attempt
@@ -85,25 +86,6 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[tuple[FakeWorker, FakeWorke
         for worker in (a, b):
             worker.shutdown()
         store.close()
-
-
-def _queue(store: Store, job_id: str = "job_1") -> str:
-    store.create_job(
-        JobRow(
-            id=job_id,
-            owner="alice",
-            status="queued",
-            request={},
-            resolved={},
-            request_hash="h",
-            metadata_={},
-            created_at=time.time(),
-            progress={},
-            attempts=0,
-            computing=False,
-        )
-    )
-    return job_id
 
 
 def _age(store: Store, worker_id: str, seconds: float = 10 * TIMEOUT_S) -> None:

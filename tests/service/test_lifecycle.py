@@ -17,12 +17,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import JobRow
 from service.main import create_app
 from service.settings import Settings
 from service.store import Store
 from service.worker import Worker
 from tests.service.conftest import ADMIN, KEY_A, REPO, Server
+from tests.service.conftest import queue_job as _queue
 
 # A worker process whose job processes sleep instead of pruning: `guarded` ones run the job runner's own
 # guard (parent-death signal and watchdog), `plain` ones rely on what the worker sets when it starts them.
@@ -59,24 +59,6 @@ def _until(check: Callable[[], Any], timeout_s: float, what: str, step_s: float 
             return value
         time.sleep(step_s)
     raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
-def _queue(store: Store, job_id: str) -> None:
-    store.create_job(
-        JobRow(
-            id=job_id,
-            owner="alice",
-            status="queued",
-            request={},
-            resolved={},
-            request_hash="h",
-            metadata_={},
-            created_at=time.time(),
-            progress={},
-            attempts=0,
-            computing=False,
-        )
-    )
 
 
 def test_job_processes_die_with_a_killed_worker(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from service.storage import (
 from service.store import Claim, Store
 from service.worker import Worker
 from tests.service.conftest import KEY_A, REPO, S3Server, Server, submit, upload, wait_for
+from tests.service.conftest import queue_job as _queue
 
 MiB = 1024 * 1024
 DATA = bytes(range(256)) * 64  # 16 KiB, every offset's value predictable
@@ -315,25 +316,6 @@ def s3_workers(tmp_path: Path, bucket: str) -> Iterator[tuple[UploadingWorker, U
         for worker in (a, b):
             worker.shutdown()
         store.close()
-
-
-def _queue(store: Store, job_id: str) -> None:
-    now = time.time()
-    store.create_job(
-        JobRow(
-            id=job_id,
-            owner="alice",
-            status="queued",
-            request={},
-            resolved={},
-            request_hash="h",
-            metadata_={},
-            created_at=now,
-            progress={},
-            attempts=0,
-            computing=False,
-        )
-    )
 
 
 def _run_to_exit(worker: Worker, job_id: str) -> None:
