@@ -13,12 +13,10 @@ NCCL between GPUs and gloo between CPU processes.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import shutil
 import signal
-import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -30,10 +28,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pruning.procs import parent_death_signal
+
 T = TypeVar("T")
 EventSink = Callable[[dict[str, Any]], None]
 RankTarget = Callable[..., Any]  # target(world, emit, *args): one rank's part; rank 0's return is the job's
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.1  # how often the launching process relays rank 0's events and looks for a failed rank
 # how long a rank waits on the others at a collective: the ranks other than 0 wait there while rank 0
 # loads, measures the dense model and takes the activation prior, or regresses a round's losses
@@ -244,8 +243,7 @@ def _picklable(err: BaseException) -> BaseException:
 def _die_with_parent() -> None:
     """Have Linux kill this rank when the process that started it dies (a no-op elsewhere): a rank left
     behind would wait on the others' collectives until they time out."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    parent_death_signal(signal.SIGKILL)()
 
 
 __all__ = ["World", "launched_world", "start_ranks", "step_shares"]

@@ -24,10 +24,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, get_args, overload
 
 from pruning.errors import FwdpruneError, failure_code
+from pruning.procs import parent_death_signal
 from pruning.spec import Device
 from service.artifacts import describe, upload_outputs
 from service.modelref import resolve_checkpoint
-from service.procs import parent_death_signal
 from service.schemas.jobs import JobCreate, JobInputs
 from service.storage import Storage, attempt_prefix, storage_from_url
 from service.store import Claim, Store

@@ -37,9 +37,9 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from pruning.procs import parent_death_signal
 from service.artifacts import describe
 from service.db import WorkerRow
-from service.procs import parent_death_signal
 from service.settings import Settings
 from service.storage import StorageError, attempt_prefix, open_storage, stored_attempts
 from service.store import ACTIVE, Claim, FreeGpu, Store
