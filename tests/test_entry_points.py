@@ -6,6 +6,7 @@ until SAMPLES covers it."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,28 @@ def test_submit_command(settings: dict[str, Any], tmp_path: Path) -> None:
     sent = settings_from_args(args)  # the JSON body's settings
     body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **sent})
     assert body.settings_only() == expected(settings)
+
+
+@pytest.mark.parametrize("command", ["prune", "submit"])
+def test_help_names_each_value_as_a_person_writes_it(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = capsys.readouterr().out
+    assert re.findall(r"null\}|\{int|\{float|\{\{|dict\[|list\[", text) == []
+    assert [
+        option
+        for option in (
+            "--sparsity FRACTION[,FRACTION...]",
+            "--seq-len INT",
+            "--mlp-block INT",
+            "--objective {lm,distill}",
+            "--compensation-ridge FLOAT",
+            "--time-limit DURATION",
+            "--options KEY=VALUE",
+        )
+        if option not in text
+    ] == []
