@@ -1,6 +1,6 @@
 """Every job setting reaches the engine the same way from every entry point: the library (`PruneSpec`),
 `fwdprune prune`, the job API (`JobCreate` and its one mapping to the engine's request, and its OpenAPI
-schema) and `fwdprune submit`; and README's table names it. A setting added to `PruneSettings` fails here
+schema) and `fwdprune submit`; and docs/cli.md's table names it. A setting added to `PruneSettings` fails here
 until SAMPLES covers it."""
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def expected(settings: dict[str, Any]) -> dict[str, Any]:
     return PruneSettings(**settings).model_dump()
 
 
-def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert [name for name in PruneSettings.model_fields if f"| `{name}` |" not in readme] == []
+def test_docs_document_every_setting() -> None:
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert [name for name in PruneSettings.model_fields if f"| `{name}` |" not in reference] == []
 
 
 def test_samples_move_every_setting_off_its_default() -> None:
