@@ -64,7 +64,7 @@ Sparsity = Annotated[float, Field(gt=0.0, le=0.9)]
 MAX_SIZES = 16  # each size costs its own search, compensation, evaluation and export
 
 # model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
-# unsupported architecture at submit time; pruning.adapters holds the adapters themselves.
+# unsupported architecture at submit time; pruning.model.adapters holds the adapters themselves.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llama": "llama",
     "mistral": "mistral",
@@ -92,7 +92,7 @@ class BonsaiOptions(MethodOptions):
         0.2, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
     )
     # strong enough for the least-squares refit that follows by default; weaker suits no compensation
-    ridge: float = Field(1.0, gt=0.0, description="strength of the pull toward the activation prior")
+    ridge: float = Field(1.0, gt=0.0, le=1e6, description="strength of the pull toward the activation prior")
     prior_bias: float = Field(
         0.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
     )
@@ -208,7 +208,10 @@ class PruneSettings(BaseModel):
         64, ge=1, le=100000, description="calibration sequences (prior, scoring, compensation)"
     )
     eval_samples: int = Field(16, ge=1, le=100000, description="held-out sequences for perplexity")
-    mlp_block: int | None = Field(None, ge=1, description="MLP channels per unit; default by model size")
+    # wider than any model's MLP (one unit per layer); a larger number would only overflow torch's integers
+    mlp_block: int | None = Field(
+        None, ge=1, le=1 << 20, description="MLP channels per unit; default by model size"
+    )
     mlp_multiple_of: int | None = Field(
         None,
         ge=1,
@@ -235,6 +238,7 @@ class PruneSettings(BaseModel):
     compensation_ridge: float = Field(
         0.1,
         gt=0.0,
+        le=1e6,
         description="ls: pull toward the original weights, relative to the mean activation energy",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice")

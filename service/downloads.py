@@ -13,6 +13,14 @@ from service.storage import ObjectMissing, Storage
 
 OCTETS = "application/octet-stream"
 ONE_RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")  # first-last, first- or -suffix_length
+BEYOND_ANY_OBJECT = 10**18  # bytes: past the end of every object a store holds
+
+
+def _position(digits: str) -> int:
+    """A byte position from the header; a number of more digits than any object's size reads as past
+    its end (Python refuses to convert an integer of more than 4,300 digits at all)."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) < 19 else BEYOND_ANY_OBJECT
 
 
 def requested_range(header: str | None, if_range: str | None, etag: str, size: int) -> tuple[int, int] | None:
@@ -33,8 +41,8 @@ def requested_range(header: str | None, if_range: str | None, etag: str, size: i
     if bounds is None or not any(bounds.groups()):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "Malformed range header")
     first, last = bounds.groups()
-    start = int(first) if first else max(size - int(last), 0)
-    end = min(int(last), size - 1) if first and last else size - 1
+    start = _position(first) if first else max(size - _position(last), 0)
+    end = min(_position(last), size - 1) if first and last else size - 1
     if start >= size:
         raise HTTPException(
             status.HTTP_416_RANGE_NOT_SATISFIABLE, headers={"Content-Range": f"bytes */{size}"}

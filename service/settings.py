@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pruning.spec import Device
+from pruning.spec import Device, Duration, PruneSettings
 
 
 class SettingsError(ValueError):
@@ -47,8 +47,77 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, prefix
 
 
+LIMITS_ENV = "FWDPRUNE_JOB_LIMITS__"
+# bonsai's options that size a job's work, checked with the budget's values where the job sets none
+OPTION_LIMITS = (
+    "rounds",
+    "samples_per_round",
+    "scoring_sequences",
+    "masks_per_forward",
+    "split_candidates",
+    "prior_sequences",
+)
+SETTING_LIMITS = ("seq_len", "num_samples", "eval_samples", "gpus")
+
+
+class JobLimits(BaseModel):
+    """The largest job this server takes: upper bounds on every setting that sizes a job's work, checked
+    when it is submitted. The engine's own bounds are what a library user may ask; these are the
+    operator's, tighter. Set all as JSON (`FWDPRUNE_JOB_LIMITS='{"rounds": 8}'`) or one at a time
+    (`FWDPRUNE_JOB_LIMITS__ROUNDS=8`); the others keep their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sizes: int = Field(8, ge=1, le=16, description="sparsities in one job: each is its own search and export")
+    seq_len: int = Field(4096, ge=8, le=8192, description="tokens per calibration sequence")
+    num_samples: int = Field(2048, ge=1, le=100000, description="calibration sequences")
+    eval_samples: int = Field(512, ge=1, le=100000, description="held-out sequences")
+    gpus: int = Field(8, ge=1, le=64, description="GPUs one job may ask for")
+    rounds: int = Field(16, ge=1, le=64, description="bonsai rounds")
+    samples_per_round: int = Field(4096, ge=4, le=16384, description="bonsai sub-models per round")
+    scoring_sequences: int = Field(64, ge=1, le=4096, description="sequences each sub-model is scored on")
+    masks_per_forward: int = Field(64, ge=1, le=1024, description="sub-models per forward pass (memory)")
+    split_candidates: int = Field(16, ge=0, le=64, description="split-search candidates (a refit each)")
+    prior_sequences: int = Field(4096, ge=1, le=100000, description="activation-prior sequences")
+
+    def exceeded(self, job: PruneSettings) -> list[tuple[list[str | int], str]]:
+        """(where in the request, why) for each limit `job` is over; empty when it fits."""
+        found: list[tuple[list[str | int], str]] = []
+        if len(job.targets) > self.sizes:
+            found.append((["body", "sparsity"], self._message("sizes", len(job.targets), "sparsities")))
+        for name in SETTING_LIMITS:
+            value = getattr(job, name)
+            if value is not None and value > getattr(self, name):
+                found.append((["body", name], self._message(name, value)))
+        for name in OPTION_LIMITS:
+            found += self._option_exceeded(job, name)
+        return found
+
+    def _option_exceeded(self, job: PruneSettings, name: str) -> list[tuple[list[str | int], str]]:
+        limit = getattr(self, name)
+        if name in job.options:
+            value = job.options[name]
+            over = value is not None and value > limit
+            return [(["body", "options", name], self._message(name, value))] if over else []
+        # the value the job's budget gives it; `auto` is the fast or the standard budget, by device
+        budgets = ("fast", "standard") if job.budget == "auto" else (job.budget,)
+        for budget in budgets:
+            value = getattr(job.method_options(budget), name, None)
+            if value is not None and value > limit:
+                why = self._message(name, value, f"the {budget} budget's {name}")
+                return [(["body", "budget"], why)]
+        return []
+
+    def _message(self, name: str, value: object, what: str | None = None) -> str:
+        return (
+            f"{what or name} {value} is more than this server allows: at most {getattr(self, name)} "
+            f"({LIMITS_ENV}{name.upper()})"
+        )
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FWDPRUNE_", extra="ignore")
+    # FWDPRUNE_JOB_LIMITS__ROUNDS=8 sets one field of job_limits
+    model_config = SettingsConfigDict(env_prefix="FWDPRUNE_", env_nested_delimiter="__", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -117,6 +186,16 @@ class Settings(BaseSettings):
     allow_model_download: bool = Field(
         default=False,
         description="workers: fetch a Hub model missing from the HF cache (default: only what is cached)",
+    )
+    max_job_seconds: Duration = Field(
+        default=6 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="the longest a job may run (seconds, or 90m, 6h): a job asking for a longer time_limit "
+        "is refused at submit",
+    )
+    job_limits: JobLimits = Field(
+        default_factory=JobLimits, description="upper bounds on the settings that size a job's work"
     )
 
     @field_validator("api_keys", "admin_keys", mode="before")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import sys
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -141,6 +142,11 @@ class TextValidator:
             raise UploadInvalid(f"line {self.line_no} is not valid JSON: {err.msg}") from err
         except RecursionError as err:
             raise UploadInvalid(f"line {self.line_no} nests JSON too deeply") from err
+        except ValueError as err:  # the only other ValueError json.loads raises
+            raise UploadInvalid(
+                f"line {self.line_no} holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+                "longer than the JSON reader takes"
+            ) from err
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise UploadInvalid(f"line {self.line_no} must be a JSON object with a string `text` field")
         text: str = record["text"]

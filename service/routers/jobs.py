@@ -80,6 +80,23 @@ def _check_model(body: JobCreate, settings: Settings) -> None:
         raise unprocessable(["body", "model"], str(err), err.code) from err
 
 
+def _check_limits(body: JobCreate, settings: Settings) -> None:
+    """Refuse a job larger than this server takes (FWDPRUNE_MAX_JOB_SECONDS, FWDPRUNE_JOB_LIMITS): one
+    422 naming every field over its limit."""
+    errors = [
+        {"loc": loc, "msg": message, "type": "less_than_equal"}
+        for loc, message in settings.job_limits.exceeded(body)
+    ]
+    if body.time_limit is not None and body.time_limit > settings.max_job_seconds:
+        message = (
+            f"time_limit {body.time_limit:g} s is more than this server allows: at most "
+            f"{settings.max_job_seconds:g} s (FWDPRUNE_MAX_JOB_SECONDS)"
+        )
+        errors.insert(0, {"loc": ["body", "time_limit"], "msg": message, "type": "less_than_equal"})
+    if errors:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
+
+
 def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
     """The job's model by name and where its files are; the settings were validated with the body."""
     _check_model(body, settings)
@@ -106,7 +123,7 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
     response_model=JobPublic,
     responses={
         200: {"model": JobPublic, "description": "the job already made with this Idempotency-Key"},
-        422: {"description": "invalid request"},
+        422: {"description": "invalid request, or one over the server's limits on a job"},
     },
 )
 def create_job(
@@ -119,6 +136,7 @@ def create_job(
 ) -> JobPublic:
     request = body.model_dump(mode="json")
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    _check_limits(body, settings)
     inputs = _resolve_inputs(body, principal.owner, settings, store)
     row = JobRow(
         id="job_" + secrets.token_urlsafe(16),
