@@ -1,9 +1,63 @@
+"""A job's events: the ones the service writes (typed here), the engine's, and how the API shows them.
+
+The store writes every event through one function (`service.store.events.event_row`), whatever its
+source: status changes, placements and warnings from the service, stage, progress, plan, metric and
+warning events from the engine (through the job runner). An event is a `type` and its data.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel
+
+
+class ErrorDetail(TypedDict):
+    code: str
+    message: str | None
+
+
+class StatusEvent(TypedDict):
+    """The job's status changed; a failure says why."""
+
+    type: Literal["status"]
+    status: str
+    error: NotRequired[ErrorDetail]
+
+
+class PlacementEvent(TypedDict):
+    """Where a claimed job runs: its worker, and the UUIDs of its GPUs (none: the CPU)."""
+
+    type: Literal["placement"]
+    worker: str
+    gpus: list[str]
+
+
+class WarningEvent(TypedDict):
+    """Something the job's owner should know; `worker` names the worker it concerns, if any."""
+
+    type: Literal["warning"]
+    message: str
+    worker: NotRequired[str]
+
+
+ServiceEvent = StatusEvent | PlacementEvent | WarningEvent
+# the engine's events (stage, progress, plan, metric, warning) are its own: the service stores them whole
+JobEvent = ServiceEvent | Mapping[str, Any]
+EventSink = Callable[[Mapping[str, Any]], None]
+
+# what names a machine or a process (worker ids hold host names and pids, GPUs go by UUID): admins only
+WORKER_DETAILS = frozenset({"worker", "gpus", "hostname", "host", "pid"})
+
+
+def shown_to_owner(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's data as a job's owner sees it: where it ran is reduced to how many GPUs it holds."""
+    shown = {key: value for key, value in data.items() if key not in WORKER_DETAILS}
+    if event_type == "placement" and isinstance(data.get("gpus"), list):
+        shown["gpu_count"] = len(data["gpus"])
+    return shown
 
 
 class EventPublic(BaseModel):

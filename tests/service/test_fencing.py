@@ -198,7 +198,7 @@ def test_heartbeats_use_the_database_clock(
     """A worker whose own clock is an hour behind is still alive to a reaper on another host."""
     a, b, store = workers
     behind = types.SimpleNamespace(time=lambda: time.time() - 3600, monotonic=time.monotonic)
-    monkeypatch.setattr("service.worker.time", behind)
+    monkeypatch.setattr("service.worker.supervision.time", behind)
     job_id = _queue(store)
     a.mode = "hold"
     a.tick()

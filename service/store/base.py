@@ -1,0 +1,91 @@
+"""What every part of the store shares: the engine and its sessions, the database's clock, job statuses,
+and the claim that fences a worker's changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from sqlalchemy import ColumnElement, Float, literal_column, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import JobRow, make_engine, upgrade
+
+ACTIVE = ("running", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+
+
+class Owned(Protocol):
+    @property
+    def owner(self) -> str: ...
+
+
+Row = TypeVar("Row", bound=Owned)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who runs a job: the worker that claimed it and the attempt number the claim gave it."""
+
+    worker_id: str
+    attempt: int
+
+
+def fence(claim: Claim | None) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE terms that limit an UPDATE to the job as `claim` holds it (none: an unfenced change)."""
+    if claim is None:
+        return ()
+    return (JobRow.worker_id == claim.worker_id, JobRow.attempts == claim.attempt)
+
+
+def db_clock(url: str) -> ColumnElement[float]:
+    """The database server's time in epoch seconds, as an SQL expression (one clock for every host)."""
+    if url.startswith("sqlite"):
+        # julianday('now') works on every SQLite; unixepoch('subsec') needs 3.42
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
+    # clock_timestamp, not now(): now() is frozen at the start of the transaction
+    return literal_column("CAST(extract(epoch from clock_timestamp()) AS double precision)", Float)
+
+
+def visible_to(row: Row | None, owner: str | None) -> Row | None:
+    """`row` if `owner` may see it (None: an admin asking for everyone's), else None."""
+    if row is None or (owner is not None and row.owner != owner):
+        return None
+    return row
+
+
+class StoreBase:
+    """The database a store talks to; each concern of the store adds its queries to this."""
+
+    def __init__(self, url: str, *, migrate: bool = True, busy_timeout_s: float = 30.0) -> None:
+        if migrate:
+            upgrade(url)
+        self.url = url
+        self.engine: Engine = make_engine(url, busy_timeout_s=busy_timeout_s)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.now: ColumnElement[float] = db_clock(url)
+
+    @property
+    def postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def session(self) -> Session:
+        return self._session()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def clock(self) -> float:
+        """The database's time, epoch seconds."""
+        with self.session() as s:
+            return float(s.execute(select(self.now)).scalar_one())
