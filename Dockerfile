@@ -4,7 +4,7 @@
 # The worker is the last stage, so a plain `docker build .` gives the image that can do everything
 # (`serve` runs the API with an embedded worker, as a single container).
 
-FROM python:3.11-slim-bookworm AS api
+FROM python:3.11.13-slim-bookworm AS api
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

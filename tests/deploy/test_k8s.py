@@ -8,6 +8,8 @@ command lines, the GPU requests, the worker's shutdown time and the Secrets' con
 from __future__ import annotations
 
 import ast
+import ipaddress
+import json
 import re
 import shutil
 import subprocess
@@ -457,3 +459,81 @@ def test_secret_references_are_documented() -> None:
                     assert (volume["secret"]["secretName"], item["key"]) in example
                     required.add((volume["secret"]["secretName"], item["key"]))
     assert required == {("fwdprune-store", "database-url"), ("fwdprune-api-keys", "api_keys")}
+
+
+# network and disks of the workers, where jobs run user-chosen models and data -------------------------------
+METADATA_ENDPOINT = ipaddress.ip_address("169.254.169.254")  # the clouds' instance metadata service
+
+
+def _worker_egress() -> dict[str, Any]:
+    (policy,) = [
+        doc
+        for doc in _applied()
+        if doc["kind"] == "NetworkPolicy" and "Egress" in doc["spec"].get("policyTypes", [])
+    ]
+    return policy
+
+
+def test_workers_reach_only_dns_the_database_and_the_object_storage() -> None:
+    policy = _worker_egress()
+    worker = _one("DaemonSet", "worker")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert _matches(selector, worker["spec"]["template"]["metadata"]["labels"])
+    assert not _matches(selector, _one("Deployment", "api")["spec"]["template"]["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    for rule in rules:  # a rule without `to` or `ports` would allow every address or every port
+        assert rule.get("to") and rule.get("ports"), rule
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                assert network.prefixlen > 0 and METADATA_ENDPOINT not in network, peer
+    ports = [{(p["port"], p["protocol"]) for p in rule["ports"]} for rule in rules]
+    assert ports == [{(53, "UDP"), (53, "TCP")}, {(5432, "TCP")}, {(443, "TCP")}]
+    (dns,) = rules[0]["to"]
+    assert dns["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    assert dns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    # the ports are the ones the workers' settings name
+    example = {doc["metadata"]["name"]: doc["stringData"] for _, doc in _secrets()}
+    assert ":5432/" in example["fwdprune-store"]["database-url"]
+    assert _config_maps()["fwdprune-config"]["AWS_ENDPOINT_URL"].startswith("https://")
+
+
+def test_no_pod_writes_to_a_host_directory() -> None:
+    """Every hostPath (the models, the Hub cache) is mounted read-only: a job cannot change a model that
+    another job, on this node, will load."""
+    for doc in _workloads():
+        pod = _pod_spec(doc)
+        host_paths = {v["name"] for v in pod.get("volumes", []) if "hostPath" in v}
+        for container in _containers(pod):
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in host_paths:
+                    assert mount.get("readOnly") is True, (doc["metadata"]["name"], mount)
+    (container,) = _pod_spec(_one("DaemonSet", "worker"))["containers"]
+    env = _env(container)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[env["FWDPRUNE_HF_CACHE_DIR"]].get("readOnly") is True
+    assert env["FWDPRUNE_ALLOW_MODEL_DOWNLOAD"] == "false"  # a download would need a writable cache
+
+
+def _secret_key(container: dict[str, Any], name: str) -> str:
+    return str(_env(container)[name]["secretKeyRef"]["key"])
+
+
+def test_api_and_workers_have_object_storage_users_of_their_own() -> None:
+    """Each with the policy the compose setup gives its MinIO user, under the configured prefix."""
+    (api,) = _pod_spec(_one("Deployment", "api"))["containers"]
+    (worker,) = _pod_spec(_one("DaemonSet", "worker"))["containers"]
+    for role, container in (("api", api), ("worker", worker)):
+        assert _secret_key(container, "AWS_ACCESS_KEY_ID") == f"{role}-aws-access-key-id"
+        assert _secret_key(container, "AWS_SECRET_ACCESS_KEY") == f"{role}-aws-secret-access-key"
+    bucket, prefix = Settings(
+        storage_url=_config_maps()["fwdprune-config"]["FWDPRUNE_STORAGE_URL"]
+    ).s3_location  # type: ignore[misc]
+    for role in ("api", "worker"):
+        compose = (REPO / "docker" / "minio-policies" / f"{role}.json").read_text(encoding="utf-8")
+        expected = compose.replace(f"arn:aws:s3:::{bucket}/", f"arn:aws:s3:::{bucket}/{prefix}/").replace(
+            '"jobs/*"', f'"{prefix}/jobs/*"'
+        )
+        example = (K8S / "examples" / f"{role}-policy.example.json").read_text(encoding="utf-8")
+        assert json.loads(example) == json.loads(expected), role
