@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from service.artifact_names import is_safe
 from service.storage import CHUNK, Storage, regular_files
 
 
@@ -23,10 +24,13 @@ def sha256_file(path: Path) -> str:
 def describe(directory: Path) -> list[dict[str, Any]]:
     """name/bytes/sha256 of every regular file under an output directory, sorted by name: a checkpoint's
     files by their names, and those of a job of several sizes by their path (`sparsity-0.2/config.json`).
-    Symbolic links, and folders reached through one, are never published."""
+    Symbolic links, folders reached through one, and files whose path `artifact_names` refuses (hidden
+    files and folders: `.gitattributes`, `.cache/...`) are never published."""
+    named = {path.relative_to(directory).as_posix(): path for path in regular_files(directory)}
     return [
-        {"name": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(regular_files(directory), key=lambda p: p.relative_to(directory).as_posix())
+        {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for name, path in sorted(named.items())
+        if is_safe(name)
     ]
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from service.artifact_names import is_safe
 from service.storage import Storage, StorageError, attempt_prefix, stored_attempts
 from service.store import Store
 from service.worker.process import Running
@@ -29,6 +30,10 @@ class Publisher:
         """Mark the job succeeded with the artifacts the runner listed (names, sizes, checksums), and
         publish its outputs with that status: both or neither."""
         artifacts = result.get("artifacts") or []
+        refused = [artifact.get("name") for artifact in artifacts if not is_safe(artifact.get("name"))]
+        if refused:  # the runner lists only safe names (`describe`): one that did not is not to be trusted
+            self._fail(running, f"the job listed an artifact that is never published: {refused[0]!r}")
+            return
         if self.storage.local:
             self._move_into_place(running, result.get("metrics"), artifacts)
         else:
@@ -65,14 +70,7 @@ class Publisher:
     def _commit_uploads(self, running: Running, metrics: Any, artifacts: list[dict[str, Any]]) -> None:
         stored = set(self.storage.list_keys(attempt_prefix(running.job_id, running.claim.attempt)))
         if any(artifact.get("key") not in stored for artifact in artifacts):
-            self.call(
-                self.store.finish_job,
-                running.job_id,
-                "failed",
-                error_code="internal_error",
-                error_message="the job's outputs are not all in the object store",
-                claim=running.claim,
-            )
+            self._fail(running, "the job's outputs are not all in the object store")
             return
         running.committing = True  # until the store answers, nobody knows whether the commit won
         won = self.call(
@@ -91,6 +89,16 @@ class Publisher:
         running.committing = False
         if not running.published:
             log.warning("job %s was taken from this worker; its outputs are discarded", running.job_id)
+
+    def _fail(self, running: Running, message: str) -> None:
+        self.call(
+            self.store.finish_job,
+            running.job_id,
+            "failed",
+            error_code="internal_error",
+            error_message=message,
+            claim=running.claim,
+        )
 
     def drop_uploads(self, running: Running) -> None:
         """Delete what an unpublished attempt's runner put in the object store (its process has ended)."""

@@ -37,7 +37,7 @@ while mode == "hold" and not (result.parent / "release").exists() and time.monot
     time.sleep(0.02)
 out.mkdir(parents=True, exist_ok=True)
 (out / "weights.bin").write_text("attempt " + attempt)
-artifacts = [{"name": "weights.bin", "bytes": 9, "sha256": "0" * 64}]
+artifacts = [{"name": "../.bashrc" if mode == "hostile" else "weights.bin", "bytes": 9, "sha256": "0" * 64}]
 result.write_text(json.dumps({"ok": True, "metrics": {"attempt": int(attempt)}, "artifacts": artifacts}))
 """
 
@@ -125,6 +125,21 @@ def test_reaped_job_that_finishes_is_not_published(workers: tuple[FakeWorker, Fa
     assert not (a.settings.jobs_dir / job_id).exists()  # nothing published by the worker that lost it
     assert list(a.settings.jobs_dir.iterdir()) == []  # and its temporary directory is gone
     assert not a.running
+
+
+def test_an_artifact_name_no_client_may_write_is_never_published(
+    workers: tuple[FakeWorker, FakeWorker, Store],
+) -> None:
+    a, _, store = workers
+    job_id = _queue(store)
+    a.mode = "hostile"
+    a.tick()
+    _wait_exit(a, job_id)
+    a.tick()
+    job = _job(store, job_id)
+    assert (job.status, job.error_code, job.artifacts) == ("failed", "internal_error", None)
+    assert job.error_message == "the job listed an artifact that is never published: '../.bashrc'"
+    assert not (a.settings.jobs_dir / job_id).exists()
 
 
 def test_requeued_job_is_published_by_its_new_owner_only(
