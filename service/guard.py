@@ -18,10 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import authenticate
 from service.settings import Settings
 
-# Probes, scrapers and the API docs carry no key. /metrics gates itself, inside its route.
-PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
-)
+# Probes, scrapers and the API docs (the page, its document and its assets) carry no key. /metrics gates
+# itself, inside its route.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+DOCS_ASSETS = "/docs/assets"  # the docs page's script, styles and icon (service.routers.docs)
 UPLOAD_PATH = "/v1/files"
 # The multipart framing around the file: boundaries, part headers, a long file name.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -68,7 +68,7 @@ class RequestGuard:
 def needs_key(scope: Scope) -> bool:
     """Every route but the public ones. A path no route serves keeps its 404 (and its metrics label): the
     router answers it without reading the body."""
-    if scope["path"] in PUBLIC_PATHS:
+    if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(DOCS_ASSETS + "/"):
         return False
     return any(route.matches(scope)[0] != Match.NONE for route in scope["app"].router.routes)
 

@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 
 from service.errors import storage_unavailable, validation_error
-from service.guard import RequestGuard
+from service.guard import DOCS_ASSETS, RequestGuard
 from service.metrics import RequestMetrics, ServiceMetrics
-from service.routers import files, health, jobs
+from service.routers import docs, files, health, jobs
 from service.settings import Settings
 from service.storage import StorageError, open_storage
 from service.store import Store
@@ -35,6 +36,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Forward-only structured pruning of Hugging Face models, as a service.",
+        docs_url=None,  # service.routers.docs serves /docs from local assets; FastAPI's loads a CDN's
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -46,8 +49,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StorageError, storage_unavailable)
-    for router in (health.router, files.router, jobs.router):
+    for router in (health.router, files.router, jobs.router, docs.router):
         app.include_router(router)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs.ASSETS_DIR), name=docs.ASSETS_ROUTE)
     return app
 
 
