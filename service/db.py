@@ -26,6 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# where a job process finds the store's URL (which may hold a password): its environment, never its argv
+DATABASE_URL_ENV = "FWDPRUNE_DATABASE_URL"
 # pg_advisory_lock key that serializes migrations of every fwdprune store in a PostgreSQL database
 MIGRATION_LOCK_KEY = 0x66776470_72756E65 & 0x7FFF_FFFF_FFFF_FFFF  # "fwdprune"
 

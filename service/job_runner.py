@@ -24,9 +24,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, get_args, overload
 
 from pruning.errors import FwdpruneError, failure_code
-from pruning.procs import parent_death_signal
+from pruning.runtime.procs import parent_death_signal
 from pruning.spec import Device
 from service.artifacts import describe, upload_outputs
+from service.db import DATABASE_URL_ENV
 from service.modelref import resolve_checkpoint
 from service.schemas.jobs import JobCreate, JobInputs
 from service.storage import Storage, attempt_prefix, storage_from_url
@@ -165,9 +166,19 @@ def stage_outputs(args: argparse.Namespace, job_id: str, attempt: int) -> list[d
     return upload_outputs(storage, args.out_dir, attempt_prefix(job_id, attempt))
 
 
+def database_url() -> str:
+    """The store's URL, from the environment the worker gave this process (never from argv, which every
+    user of the host can read); removed from it, so the engine and its helper processes never hold it."""
+    url = os.environ.pop(DATABASE_URL_ENV, None)
+    if not url:
+        raise SystemExit(
+            f"{DATABASE_URL_ENV} is not set: the worker passes the store's URL in the environment"
+        )
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.job_runner")
-    parser.add_argument("--database-url", required=True)
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--result", required=True, type=Path)
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     die_with_worker(args.worker_pid or os.getppid())
     claim = Claim(args.worker_id, args.attempt) if args.worker_id and args.attempt else None
-    store = Store(args.database_url, migrate=False)
+    store = Store(database_url(), migrate=False)
     job = store.get_job(args.job_id)
     if job is None:
         print(f"job {args.job_id} not found", file=sys.stderr)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning.runtime.procs import parent_death_signal
-from service.db import WorkerRow
+from service.db import DATABASE_URL_ENV, WorkerRow
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import Claim, FreeGpu, Store
@@ -203,12 +203,12 @@ class Worker:
         return claimed.job.id, Claim(self.id, claimed.job.attempts), claimed.gpus
 
     def runner_command(self, job_id: str, claim: Claim, tmp_dir: Path) -> list[str]:
+        """The job process's argv: nothing secret, since every user of the host can read it (`ps`); the
+        database URL, which may hold a password, goes in its environment (`runner_env`)."""
         return [
             sys.executable,
             "-m",
             "service.job_runner",
-            "--database-url",
-            self.store.url,
             "--job-id",
             job_id,
             "--out-dir",
@@ -238,7 +238,10 @@ class Worker:
         return options
 
     def runner_env(self, gpus: Sequence[str]) -> dict[str, str]:
+        """The job process's environment: the worker's without the API's keys, with the store's URL (a
+        process's environment is readable by its own user only, its argv by everyone)."""
         env = without_secrets(os.environ)
+        env[DATABASE_URL_ENV] = self.store.url
         if self.gpus:
             # the job's own GPUs, named by UUID (CUDA's device order need not follow NVML's indices);
             # none: a CPU job on a GPU worker sees no GPU at all

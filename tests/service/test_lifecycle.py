@@ -205,6 +205,35 @@ def test_serve_restarts_its_embedded_worker(tmp_path: Path, models_dir: Path) ->
         server.stop()
 
 
+def _with_password(url: str) -> str:
+    """`url` with a password in it (the local PostgreSQL trusts loopback and never asks for it)."""
+    return url.replace("postgres@", "postgres:hunter2-in-the-url@") if url.startswith("postgresql") else url
+
+
+def test_the_database_url_reaches_the_job_process_through_its_environment(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`ps` shows every user each process's argv: the store's URL (a password and all) is not in it."""
+    url = _with_password(db_url)
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", database_url=url, heartbeat_interval_s=1000)
+    worker = Worker(settings, slots=1, store=Store(url))
+    try:
+        job_id = _queue(worker.store)  # its request names no model: the job runner fails it, in the store
+        worker.tick()
+        pid = worker.running[job_id].proc.pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"service.job_runner" in argv and url.encode() not in b" ".join(argv)
+        assert not any(b"hunter2" in arg or b"sqlite" in arg or b"postgresql" in arg for arg in argv)
+        assert worker.runner_env(())["FWDPRUNE_DATABASE_URL"] == url
+        worker.running[job_id].proc.wait(timeout=120)
+        worker.tick()
+        job = worker.store.get_job(job_id)
+        assert job is not None and job.status == "failed"
+        assert (job.error_message or "").startswith("ValidationError")  # it read its job from the store
+    finally:
+        worker.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings built in-process read FWDPRUNE_* variables: the developer's own must not leak in."""
