@@ -24,8 +24,22 @@ class ModelRefError(ModelNotFoundError):
     """The model name is not one this server can resolve (or not one it may)."""
 
 
-# weights in other frameworks' formats: a download skips them
-FOREIGN_WEIGHTS = ("*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.tflite", "*.ot", "*.gguf")
+# What a download skips: weights in formats the engine does not read (it loads safetensors only), and
+# `original/`, where Llama-3.x repositories keep a second full copy of the weights for Meta's own code
+FOREIGN_WEIGHTS = (
+    "*.pth",
+    "*.bin",
+    "*.pt",
+    "*.ckpt",
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.onnx_data",
+    "*.tflite",
+    "*.ot",
+    "*.gguf",
+    "original/*",
+)
 
 
 def model_name_parts(name: str) -> list[str]:
