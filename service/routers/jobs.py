@@ -21,7 +21,7 @@ from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unproc
 from service.downloads import object_head, object_response, presigned_redirect
 from service.errors import redact_paths
 from service.modelref import model_name_parts, resolve_checkpoint
-from service.schemas.events import EventList, EventPublic
+from service.schemas.events import EventList, EventPublic, shown_to_owner
 from service.schemas.jobs import (
     ArtifactList,
     ArtifactPublic,
@@ -222,7 +222,8 @@ def job_events(
                 seq=e.seq,
                 created_at=datetime.fromtimestamp(e.created_at, timezone.utc),
                 type=e.type,
-                data=_redacted(e.data),
+                # where a job ran (hosts, pids, GPU UUIDs) is for admins; the owner sees what it used
+                data=_redacted(e.data if principal.admin else shown_to_owner(e.type, e.data)),
             )
             for e in events
         ],

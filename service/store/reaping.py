@@ -62,7 +62,9 @@ class ReapQueries(StoreBase):
             JobRow.attempts == orphan.attempts,
             ~self._worker_alive(timeout_s),
         )
-        reason = f"worker {orphan.worker_id} stopped sending heartbeats for over {timeout_s:g}s"
+        # messages shown to the job's owner name no worker (its id holds a host name and a pid); the
+        # warning event carries it for admins
+        reason = f"its worker stopped sending heartbeats for over {timeout_s:g}s"
         note = None
         if orphan.status == "cancelling":
             values = ended("cancelled")
@@ -70,6 +72,8 @@ class ReapQueries(StoreBase):
             redo = "; its computation starts over" if orphan.computing else ""
             message = f"{reason}; requeued after attempt {orphan.attempts} of {max_attempts}{redo}"
             note, values = WarningEvent(type="warning", message=message), back_to_queue()
+            if orphan.worker_id is not None:
+                note["worker"] = orphan.worker_id
         else:
             message = f"{reason}, in attempt {orphan.attempts} of {max_attempts}"
             values = ended("failed", error_code="worker_lost", error_message=message)
