@@ -110,13 +110,13 @@ def probe(model_dir: Path, precision: str, device: str, data_path: Path, options
     """Load as prune will, time one scoring forward at the options' shape, and measure batched vs single."""
     import torch
 
-    from pruning.adapters import adapter_for
-    from pruning.data import load_calibration
-    from pruning.evaluation import make_objective
-    from pruning.loading import load_model
-    from pruning.masking import UnitMasks
+    from pruning.measure.objectives import make_objective
+    from pruning.model.adapters import adapter_for
+    from pruning.model.data import load_calibration
+    from pruning.model.loading import load_model
+    from pruning.model.masking import UnitMasks
+    from pruning.model.units import build_unit_space, default_mlp_block
     from pruning.spec import read_model_type
-    from pruning.units import build_unit_space, default_mlp_block
 
     adapter = adapter_for(read_model_type(model_dir))
     dev = torch.device(device)

@@ -79,7 +79,7 @@ MODELS = {"pycoder": pycoder_inputs, "smollm2": smollm2_inputs, "minilm": minilm
 
 def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
     from pruning import prune
-    from pruning.report import removed_fraction
+    from pruning.engine.reporting import removed_fraction
 
     options = (
         {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}

@@ -33,15 +33,15 @@ from typing import Any
 import torch
 
 from bench.quality import REPO, SHARED, budget, pycoder_inputs
-from pruning import stages
-from pruning.adapters.base import UnitKind
+from pruning.engine import stages
 from pruning.methods import MethodContext
-from pruning.methods.bonsai import (
+from pruning.methods.bonsai.method import (
     attention_fractions,
     held_out_loss,
     held_out_split,
     removed_attention_fraction,
 )
+from pruning.model.adapters.base import UnitKind
 from pruning.spec import BonsaiOptions, PruneSpec
 
 Candidates = dict[str, torch.Tensor]

@@ -19,19 +19,19 @@ for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
-    from pruning.api import prune
-    from pruning.export import load_pruned
+    from pruning.engine.api import prune
+    from pruning.export.hf import load_pruned
 
 __all__ = ["PruneSpec", "load_pruned", "prune"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "prune":
-        from pruning.api import prune
+        from pruning.engine.api import prune
 
         return prune
     if name == "load_pruned":
-        from pruning.export import load_pruned
+        from pruning.export.hf import load_pruned
 
         return load_pruned
     raise AttributeError(name)

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 from pruning.cli_options import add_settings_options, settings_given
 from pruning.errors import EXIT_USER_ERROR, FwdpruneError
-from pruning.sizes import curve_table
+from pruning.events import Event, ProgressEvent
+from pruning.export.sizes import curve_table
+from pruning.report import REPORT_NAME, PruneReport, SizesSummary
 from pruning.spec import PruneSpec
 
 
@@ -47,7 +49,7 @@ def run_prune(args: argparse.Namespace) -> int:
         print(f"error: invalid settings\n{err}", file=sys.stderr)
         return EXIT_USER_ERROR
     try:
-        from pruning.api import prune  # torch is imported only when pruning actually runs
+        from pruning.engine.api import prune  # torch is imported only when pruning actually runs
     except ImportError as err:
         print(
             f"error: the pruning engine is not installed ({err.name}): pip install 'fwdprune[engine]'",
@@ -63,10 +65,10 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     finally:
         progress.close()
-    if not report:  # a rank other than 0 under torchrun: rank 0 prints the summary
+    if report is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
         return 0
     # several sizes return their summary: the curve as a table (each size's report is in its folder)
-    print(curve_table(report) if "sizes" in report else summary_table(report))
+    print(curve_table(report) if isinstance(report, SizesSummary) else summary_table(report))
     return 0
 
 
@@ -78,7 +80,7 @@ class ProgressPrinter:
         self.enabled = enabled
         self.bar: Any = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         if not self.enabled:
             return
         if event["type"] == "stage":
@@ -89,12 +91,12 @@ class ProgressPrinter:
             self._write(
                 f"[fwdprune] budget {event['budget']}: expected to take {_duration(event['expected_s'])}"
             )
-        elif event["type"] == "progress" and event.get("stage") not in (None, "done"):
+        elif event["type"] == "progress" and event["stage"] not in (None, "done"):
             self._progress(event)
         elif event["type"] == "warning":
             self._write(f"[fwdprune] warning: {event['message']}")
 
-    def _progress(self, event: dict[str, Any]) -> None:
+    def _progress(self, event: ProgressEvent) -> None:
         from tqdm import tqdm
 
         if self.bar is None:
@@ -105,10 +107,12 @@ class ProgressPrinter:
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{postfix}",
             )
         detail = ""
-        if "round" in event:
+        if "round" in event and "rounds" in event:
             detail = f" {event['round']}/{event['rounds']}"
-        elif "candidate" in event:
+        elif "candidate" in event and "candidates" in event:
             detail = f" {event['candidate']}/{event['candidates']}"
+        elif "step" in event and "steps" in event:
+            detail = f" {event['step']}/{event['steps']}"
         self.bar.set_description_str(f"{event['stage']}{detail}", refresh=False)
         self.bar.set_postfix_str(_duration(event["eta_s"]), refresh=False)
         self.bar.update(int(event["fraction"] * 1000) - self.bar.n)
@@ -130,35 +134,30 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
-def summary_table(report: dict[str, Any]) -> str:
-    params = report["params"]
-    quality = [(name, report[name]) for name in ("perplexity", "embedding_cosine") if name in report]
+def summary_table(report: PruneReport) -> str:
+    params, quality, loss = report.params, report.quality, report.calibration_loss
     rows = [
         ("", "before", "after"),
-        ("parameters (total)", f"{params['total_before']:,}", f"{params['total_after']:,}"),
-        ("parameters (prunable)", f"{params['prunable_before']:,}", f"{params['prunable_after']:,}"),
-        *[(f"{name} ({q['eval_source']})", f"{q['before']:.4f}", f"{q['after']:.4f}") for name, q in quality],
-        (
-            f"calibration loss ({report['calibration_loss']['objective']})",
-            f"{report['calibration_loss']['before']:.4f}",
-            f"{report['calibration_loss']['after']:.4f}",
-        ),
+        ("parameters (total)", f"{params.total_before:,}", f"{params.total_after:,}"),
+        ("parameters (prunable)", f"{params.prunable_before:,}", f"{params.prunable_after:,}"),
+        (f"{report.quality_figure} ({quality.eval_source})", f"{quality.before:.4f}", f"{quality.after:.4f}"),
+        (f"calibration loss ({loss.objective})", f"{loss.before:.4f}", f"{loss.after:.4f}"),
     ]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) for row in rows]
     lines.append(
-        f"sparsity: target {report['sparsity']['target']:.3f}, achieved {report['sparsity']['achieved']:.4f}"
-        f" | method {report['method']} | {report['precision']} on {report['device']}"
-        f" | {report['total_s']:.1f} s | {report['forward_tokens']:,} forward tokens"
+        f"sparsity: target {report.sparsity.target:.3f}, achieved {report.sparsity.achieved:.4f}"
+        f" | method {report.method} | {report.precision} on {report.device}"
+        f" | {report.total_s:.1f} s | {report.forward_tokens:,} forward tokens"
     )
     lines.append(
         "kept per layer (kv groups / heads / MLP channels): "
         + ", ".join(
-            f"{layer['num_key_value_heads']}/{layer['num_attention_heads']}/{layer['intermediate_size']}"
-            for layer in report["layers"]
+            f"{layer.num_key_value_heads}/{layer.num_attention_heads}/{layer.intermediate_size}"
+            for layer in report.layers
         )
     )
-    lines.append(f"report: {Path(report['out_dir']) / 'pruning_report.json'}")
+    lines.append(f"report: {Path(report.out_dir) / REPORT_NAME}")
     return "\n".join(lines)
 
 

@@ -1,139 +1,248 @@
-"""The job's report: what was asked, what was removed, what it cost and what it changed."""
+"""What a job returns and writes beside its checkpoint: the typed report, and for several sizes the
+summary of the size/quality curve. Pydantic models, serialised once (`to_json`); torch-free, so the
+service and the CLI read them without the engine.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from pruning.checkpoint import CheckpointReader
-from pruning.spec import PruneSpec
-from pruning.units import UnitSpace
+from pydantic import BaseModel, ConfigDict
 
 REPORT_NAME = "pruning_report.json"
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+SUMMARY_NAME = "summary.json"
+QUALITY_FIGURES = ("perplexity", "embedding_cosine")  # causal LMs, encoders
+# every figure a report may carry: encoders also give the least cosine of any sequence
+REPORTED_FIGURES = (*QUALITY_FIGURES, "embedding_cosine_min")
 
 
-def count_checkpoint_params(model_dir: Path) -> int:
-    """Parameters stored in a checkpoint, from the safetensors headers alone (integer buffers such as
-    BERT's position_ids are not parameters)."""
-    reader = CheckpointReader(model_dir)
-    headers = (reader.header(name) for name in reader.weight_map)
-    return sum(math.prod(shape) for shape, dtype in headers if dtype in FLOAT_DTYPES)
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def unit_records(space: UnitSpace, keep: torch.Tensor, importance: torch.Tensor) -> list[dict[str, Any]]:
-    """One record per unit, in the flat order: layer, kind, index within its group, size, estimate, fate."""
-    return [
-        {
-            "layer": group.layer,
-            "kind": group.kind.label,
-            "index": index,
-            "params": int(group.params[index]),
-            "importance": float(importance[group.offset + index]),
-            "kept": bool(keep[group.offset + index]),
+class Params(Record):
+    total_before: int
+    total_after: int
+    prunable_before: int
+    prunable_after: int
+
+
+class Sparsity(Record):
+    target: float
+    achieved: float
+    max_unit_fraction: float  # the largest unit, as a fraction of the prunable parameters
+
+
+class LayerWidths(Record):
+    layer: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+
+
+class QualityFigure(Record):
+    """A quality figure (perplexity, or embedding cosine to the dense model) on the evaluation text."""
+
+    before: float
+    after: float
+    eval_source: str  # "held-out" (the tail of the calibration file) or the evaluation file's name
+    eval_tokens: int
+
+
+class CalibrationLoss(Record):
+    objective: str
+    before: float
+    after: float
+    sequences: int
+
+
+class CalibrationData(Record):
+    file: str
+    sha256: str
+
+
+class BudgetRecord(Record):
+    asked: str
+    name: str  # the named budget the job ran at
+    time_limit_s: float | None
+    planned_s: float
+    actual_s: float
+
+
+class UnitRecord(Record):
+    layer: int
+    kind: str  # "attn" or "mlp"
+    index: int  # within its layer and kind
+    params: int
+    importance: float
+    kept: bool
+
+
+class PruneReport(Record):
+    """One checkpoint's report: what was asked, what was removed, what it cost and what it changed."""
+
+    model: str
+    model_dir: str
+    out_dir: str
+    method: str
+    precision: str
+    device: str  # rank 0's (the first GPU of a model spread across several)
+    replicas: int  # processes that scored sub-models, a replica of the model on a GPU each
+    uniform: bool
+    compensation: str
+    settings: dict[str, Any]
+    params: Params
+    sparsity: Sparsity
+    layers: list[LayerWidths]
+    perplexity: QualityFigure | None = None  # causal LMs
+    embedding_cosine: QualityFigure | None = None  # encoders
+    embedding_cosine_min: QualityFigure | None = None
+    calibration_loss: CalibrationLoss
+    calibration_data: CalibrationData
+    budget: BudgetRecord
+    # wall time and peak memory by stage (`pruning.measure.monitor`)
+    stage_s: dict[str, float]
+    forward_tokens_by_stage: dict[str, int]
+    total_s: float
+    peak_gpu_bytes: dict[str, int]
+    peak_gpu_reserved_bytes: dict[str, int]
+    peak_gpu_bytes_per_device: list[int]
+    peak_host_rss_bytes: dict[str, int]
+    peak_host_anon_bytes: dict[str, int]
+    host_anon_at_start_bytes: dict[str, int]
+    host_anon_growth_bytes: dict[str, int]
+    forward_passes: int
+    forward_tokens: int
+    method_details: dict[str, Any]
+    units: list[UnitRecord]
+
+    @property
+    def quality_figure(self) -> str:
+        """The report's quality figure: perplexity, or embedding cosine for encoders."""
+        return "perplexity" if self.perplexity is not None else "embedding_cosine"
+
+    @property
+    def quality(self) -> QualityFigure:
+        figure = self.perplexity or self.embedding_cosine
+        assert figure is not None, "a report has one quality figure"
+        return figure
+
+    def removed_fraction(self, kind: str) -> float:
+        """Fraction of a kind's ("attn" or "mlp") prunable parameters removed: how the budget was split."""
+        of_kind = [u for u in self.units if u.kind == kind]
+        return sum(u.params for u in of_kind if not u.kept) / max(1, sum(u.params for u in of_kind))
+
+    def metrics(self) -> dict[str, Any]:
+        """The part kept as a job's metrics by the service (the whole report is an artifact)."""
+        return json.loads(self.to_json(include=METRIC_FIELDS))
+
+    def to_json(self, include: set[str] | None = None) -> str:
+        return self.model_dump_json(indent=2, include=include, exclude=self._absent_figures())
+
+    def _absent_figures(self) -> set[str]:
+        return {name for name in REPORTED_FIGURES if getattr(self, name) is None}
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / REPORT_NAME
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> PruneReport:
+        return cls.model_validate_json(Path(path).read_text())
+
+
+METRIC_FIELDS = {
+    "params",
+    "sparsity",
+    "perplexity",
+    "embedding_cosine",
+    "calibration_loss",
+    "compensation",
+    "budget",
+    "stage_s",
+    "total_s",
+    "forward_tokens",
+    "peak_gpu_bytes",
+    "peak_host_rss_bytes",
+    "method",
+    "precision",
+    "device",
+}
+
+
+class Change(Record):
+    """A quality figure before and after, as the curve keeps it."""
+
+    before: float
+    after: float
+
+
+class SizeEntry(Record):
+    """One point of the size/quality curve: a size's report, and the work that size alone took (its
+    selection, compensation, evaluation and export: the scoring is shared)."""
+
+    sparsity: float
+    achieved: float
+    params_after: int
+    prunable_params_after: int
+    perplexity: Change | None = None
+    embedding_cosine: Change | None = None
+    seconds: float
+    forward_tokens: int
+    dir: str
+    layers: list[LayerWidths]
+
+    @classmethod
+    def of(cls, report: PruneReport, seconds: float, forward_tokens: int) -> SizeEntry:
+        figure = report.quality
+        return cls(
+            sparsity=report.sparsity.target,
+            achieved=report.sparsity.achieved,
+            params_after=report.params.total_after,
+            prunable_params_after=report.params.prunable_after,
+            **{report.quality_figure: Change(before=figure.before, after=figure.after)},
+            seconds=round(seconds, 3),
+            forward_tokens=forward_tokens,
+            dir=Path(report.out_dir).name,
+            layers=report.layers,
+        )
+
+    def change(self, figure: str) -> Change:
+        change = getattr(self, figure)
+        assert isinstance(change, Change)
+        return change
+
+
+class SizesSummary(Record):
+    """Several sizes from one job: what they share and one entry per size, ascending (`summary.json`)."""
+
+    model: str
+    method: str
+    out_dir: str
+    quality_figure: str
+    params_before: int
+    scoring_s: float
+    total_s: float
+    forward_tokens: int  # the job's, counted through its last size
+    sizes: list[SizeEntry]
+
+    def metrics(self) -> dict[str, Any]:
+        return json.loads(self.to_json(include={"sizes", "scoring_s", "total_s", "forward_tokens", "method"}))
+
+    def to_json(self, include: set[str] | None = None) -> str:
+        absent = {
+            index: {name for name in QUALITY_FIGURES if getattr(size, name) is None}
+            for index, size in enumerate(self.sizes)
         }
-        for group in space.groups
-        for index in range(group.count)
-    ]
+        return self.model_dump_json(indent=2, include=include, exclude={"sizes": absent})
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / SUMMARY_NAME
+        path.write_text(self.to_json() + "\n")
+        return path
 
 
-def removed_fraction(units: list[dict[str, Any]], kind: str) -> float:
-    """Fraction of a kind's ("attn" or "mlp") prunable parameters that a report's `units` remove: how a
-    method split the budget."""
-    of_kind = [u for u in units if u["kind"] == kind]
-    return sum(u["params"] for u in of_kind if not u["kept"]) / max(1, sum(u["params"] for u in of_kind))
-
-
-def build_report(
-    spec: PruneSpec,
-    *,
-    precision: str,
-    device: torch.device,
-    replicas: int = 1,
-    model_dir: Path,
-    space: UnitSpace,
-    keep: torch.Tensor,
-    importance: torch.Tensor,
-    method_details: dict[str, Any],
-    compensation: str,
-    quality: dict[str, Any],
-    calibration_loss: dict[str, Any],
-    budget: dict[str, Any],
-    monitor_summary: dict[str, Any],
-    forward_passes: int,
-    forward_tokens: int,
-) -> dict[str, Any]:
-    """The report written beside the checkpoint in `spec.out_dir` (which must hold the export already).
-    `quality`: {"before": {name: value}, "after": {...}, "eval_source": ..., "eval_tokens": ...}."""
-    out_dir = Path(spec.out_dir)
-    prunable_before = int(space.params.sum())
-    prunable_after = int(space.params[keep].sum())
-    return {
-        "model": str(spec.model),
-        "model_dir": str(model_dir),
-        "out_dir": str(out_dir),
-        "method": spec.method,
-        "precision": precision,
-        "device": str(device),  # rank 0's (the first GPU of a model spread across several)
-        "replicas": replicas,  # processes that scored sub-models, a replica of the model on a GPU each
-        "uniform": spec.uniform,
-        "compensation": compensation,
-        "settings": json.loads(spec.model_dump_json())
-        | {"options": spec.method_options(budget["name"]).model_dump(), "mlp_block": space.mlp_block},
-        "params": {
-            "total_before": count_checkpoint_params(model_dir),
-            "total_after": count_checkpoint_params(out_dir),
-            "prunable_before": prunable_before,
-            "prunable_after": prunable_after,
-        },
-        "sparsity": {
-            "target": spec.sparsity,
-            "achieved": 1.0 - prunable_after / prunable_before,
-            "max_unit_fraction": float(space.params.max()) / prunable_before,
-        },
-        "layers": [
-            {
-                "layer": i,
-                "num_attention_heads": s.num_heads,
-                "num_key_value_heads": s.num_kv_heads,
-                "intermediate_size": s.intermediate,
-            }
-            for i, s in enumerate(space.kept_shapes(keep))
-        ],
-        # one entry per quality figure (perplexity for causal LMs, embedding_cosine for encoders)
-        **{
-            name: {
-                "before": quality["before"][name],
-                "after": quality["after"][name],
-                "eval_source": quality["eval_source"],
-                "eval_tokens": quality["eval_tokens"],
-            }
-            for name in quality["after"]
-        },
-        "calibration_loss": calibration_loss,
-        "calibration_data": {"file": Path(spec.data).name, "sha256": file_sha256(Path(spec.data))},
-        "budget": budget,
-        **monitor_summary,
-        "forward_passes": forward_passes,
-        "forward_tokens": forward_tokens,
-        "method_details": method_details,
-        "units": unit_records(space, keep, importance),
-    }
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256: what the model card names the calibration data by."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    (Path(out_dir) / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+JobResult = PruneReport | SizesSummary

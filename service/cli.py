@@ -68,7 +68,7 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes] | None:
-        from pruning.procs import parent_death_signal
+        from pruning.runtime.procs import parent_death_signal
         from service.worker import without_secrets
 
         with self._lock:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from pruning.adapters import FamilyAdapter
-    from pruning.units import UnitSpace
+    from pruning.model.adapters import FamilyAdapter
+    from pruning.model.units import UnitSpace
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",

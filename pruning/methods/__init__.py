@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pruning.errors import UsageError
 from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
-from pruning.methods.baselines import Flap, RandomUnits, WandaSp
 from pruning.methods.bonsai import Bonsai
+from pruning.methods.flap import Flap
+from pruning.methods.random_units import RandomUnits
+from pruning.methods.wanda_sp import WandaSp
 from pruning.spec import METHOD_OPTIONS, MethodOptions
 
 METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Bonsai, Flap, RandomUnits, WandaSp)}

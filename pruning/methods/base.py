@@ -14,12 +14,12 @@ from typing import Any, ClassVar
 import torch
 
 from pruning.compensation import LeastSquaresRefit
-from pruning.distributed import World
-from pruning.probe import CalibrationProbe
-from pruning.progress import JobProgress
+from pruning.measure.probe import CalibrationProbe
+from pruning.model.units import UnitSpace
+from pruning.runtime.distributed import World
+from pruning.runtime.progress import JobProgress
 from pruning.selection import UnitSelector
 from pruning.spec import MethodOptions
-from pruning.units import UnitSpace
 
 
 @dataclass

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning.adapters import adapter_for
-from pruning.checkpoint import CheckpointReader
-from pruning.evaluation import make_objective
-from pruning.loading import load_model
-from pruning.masking import UnitMasks
-from pruning.probe import CalibrationProbe, OutputWeights
-from pruning.units import build_unit_space
+from pruning.measure.objectives import make_objective
+from pruning.measure.probe import CalibrationProbe, OutputWeights
+from pruning.model.adapters import adapter_for
+from pruning.model.checkpoint import CheckpointReader
+from pruning.model.loading import load_model
+from pruning.model.masking import UnitMasks
+from pruning.model.units import build_unit_space
 from tests.tiny import FAMILY_CONFIGS, TinyModel, make_tiny_causal_lm, write_calibration_jsonl
 
 FAMILIES = sorted(FAMILY_CONFIGS)

@@ -16,11 +16,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pruning import load_pruned, prune
-from pruning.adapters import adapter_for
-from pruning.data import load_calibration
-from pruning.loading import load_model
-from pruning.masking import UnitMasks
-from pruning.units import build_unit_space
+from pruning.model.adapters import adapter_for
+from pruning.model.data import load_calibration
+from pruning.model.loading import load_model
+from pruning.model.masking import UnitMasks
+from pruning.model.units import build_unit_space
 from tests.tiny import write_calibration_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

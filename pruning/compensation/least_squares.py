@@ -1,0 +1,263 @@
+"""`ls`: refit each output projection (`o_proj`, `down_proj`, ...) on its kept channels by
+ridge-regularised least squares, layer by layer in forward order, so that on the calibration tokens it
+reproduces the *dense* model's output from its input in the *pruned* model. Fitting to dense targets from
+pruned inputs lets each layer also undo the drift the layers before it left behind (one-shot fits to each
+module's own full output cannot). Exported as changed weights (any family). Fitted once, after scoring:
+refitting after each of bonsai's rounds as well cost 1.5x the scoring time and did not help
+(docs/quality.md, "Compensation").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning.compensation.base import Compensator, ExportChanges
+from pruning.compensation.corrections import OutputCorrections, Refit, as_exported, weight_replacements
+from pruning.compensation.obs import structured_obs_removals
+from pruning.compensation.reconstruction import ridge_reconstruction
+from pruning.measure.probe import CalibrationProbe
+from pruning.model.adapters.base import FamilyAdapter
+from pruning.model.checkpoint import CheckpointReader
+from pruning.model.masking import UnitMasks
+from pruning.model.units import UnitGroup
+
+# An ls fit runs each decoder layer about four to five times over its sequences (the dense and pruned
+# streams, each module's input, then both streams' outputs), without the LM head: its cost in forward
+# passes over the same tokens (docs/performance.md, "Budgets").
+LS_FIT_FORWARDS = 4.5
+# float32 input Grams held at once when choosing units for the refit (a 7B layer's: 0.55 GB)
+GRAM_BYTES_PER_PASS = 1 << 30
+
+
+class LeastSquaresRefit(Compensator):
+    """Every output projection refitted by ridge least squares toward the dense model, layer by layer."""
+
+    name = "ls"
+
+    def __init__(
+        self,
+        probe: CalibrationProbe,
+        adapter: FamilyAdapter,
+        corrections: OutputCorrections,
+        layers: list[nn.Module],
+        ridge: float,
+    ) -> None:
+        super().__init__(probe, adapter, corrections)
+        self.layers, self.ridge = layers, ridge
+
+    def fit(
+        self,
+        keep: torch.Tensor,
+        sequences: torch.Tensor | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        sequential_refits(self.probe, self.layers, keep, self.corrections, self.ridge, sequences, progress)
+
+    def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
+        return ExportChanges(
+            weight_replacements(self.probe.space.groups, checkpoint, self.corrections.refits), {}
+        )
+
+    def refit_aware_keep(
+        self, reference: torch.Tensor, sequences: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[U] keep that removes as many units from every group as `reference` does, choosing them by
+        greedy structured OBS on the dense model's input Gram over `sequences` (default: the calibration
+        set): the units this refit stands in for best (`pruning.compensation.obs`). One pass over `sequences`
+        per GRAM_BYTES_PER_PASS of Grams."""
+        space = self.probe.space
+        keep = torch.ones(space.size, dtype=torch.bool)
+        pruned = [g for g in space.groups if not bool(reference[space.slice(g)].all())]
+        for chunk in _runs_within_gram_bytes(pruned, GRAM_BYTES_PER_PASS):
+            grams = self.probe.dense_input_grams(chunk, sequences)
+            for group in chunk:
+                gram = grams.pop(group)  # [C, C], on the module's device
+                dtype = torch.float64 if gram.device.type == "cpu" else torch.float32  # GPU: memory, speed
+                count = int((~reference[space.slice(group)]).sum())
+                removed = structured_obs_removals(
+                    gram,
+                    self.probe.weights.of(group).to(gram.device),
+                    group.channel_unit.to(gram.device),
+                    count,
+                    dtype=dtype,
+                )
+                keep[group.offset + removed.cpu()] = False
+        return keep
+
+
+def _runs_within_gram_bytes(groups: list[UnitGroup], limit: int) -> list[list[UnitGroup]]:
+    """`groups` cut into consecutive runs whose float32 input Grams take at most `limit` bytes together
+    (a group larger than that on its own)."""
+    runs: list[list[UnitGroup]] = []
+    used = limit
+    for group in groups:
+        size = 4 * group.channel_unit.numel() ** 2
+        if used + size > limit:
+            runs.append([])
+            used = 0
+        runs[-1].append(group)
+        used += size
+    return runs
+
+
+@torch.inference_mode()
+def sequential_refits(
+    probe: CalibrationProbe,
+    layers: list[nn.Module],
+    keep: torch.Tensor,
+    corrections: OutputCorrections,
+    ridge: float = 0.1,
+    sequences: torch.Tensor | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> None:
+    """Refit every output projection from the first pruned layer on, in forward order, into `corrections`,
+    on `sequences` [N, T] (default: the whole calibration set); `layers` are the model's decoder layers;
+    `progress` is told the fraction of layers done.
+
+    Each module is fitted on its input in the pruned model (its own units removed, every earlier refit
+    applied) to reproduce its output in the dense model, so each fit also corrects the drift that
+    earlier layers left behind; modules that lost no units are refitted for that drift alone. The
+    calibration set's hidden states are carried from layer to layer for both models, so the whole fit
+    costs about three and a half forward passes (without the LM head); memory is those hidden states
+    plus one module's [K, K] and [K, C] moments (fp32, on the model's device).
+    """
+    corrections.refits.clear()  # an earlier fit must not leak into this one
+    space = probe.space
+    pruned_layers = [g.layer for g in space.groups if not bool(keep[space.slice(g)].all())]
+    if not pruned_layers:
+        return
+    streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
+    for index in range(pruned_layers[0], len(layers)):
+        groups = [g for g in space.groups if g.layer == index]  # attention, then MLP
+        for group in groups:
+            kept = keep[space.slice(group)][group.channel_unit]  # [C]
+            gram, cross = streams.paired_moments(layers[index], group.module, kept, last=group is groups[-1])
+            weight = probe.weights.of(group)
+            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), weight, kept, ridge)
+            delta = as_exported(delta, weight.double(), probe.weights.stored_dtype(group))
+            corrections.refits[group] = Refit.of(delta, kept)
+        streams.advance(layers[index])
+        if progress is not None:
+            progress((index + 1 - pruned_layers[0]) / (len(layers) - pruned_layers[0]))
+
+
+class _Reached(Exception):
+    """Raised by a capture hook to end a forward pass once the module of interest has its input."""
+
+
+class _LayerStreams:
+    """Each calibration batch's hidden states at the input of one layer, in the dense model and in the
+    pruned, corrected one, with the other arguments the model passed to that layer (position
+    embeddings, attention mask), so that layers can be run one at a time."""
+
+    def __init__(
+        self,
+        masks: UnitMasks,
+        keep: torch.Tensor,
+        hidden: list[torch.Tensor],
+        extra: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        self.masks, self.extra = masks, extra
+        self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
+        self._dense_advanced = False  # the dense stream went through the current layer already
+        masks.set(keep.double())
+
+    @classmethod
+    def capture(
+        cls, probe: CalibrationProbe, keep: torch.Tensor, layer: nn.Module, sequences: torch.Tensor | None
+    ) -> _LayerStreams:
+        """Run each batch of `sequences` up to `layer` (nothing before it is pruned) and keep what the
+        layer is given."""
+        hidden: list[torch.Tensor] = []
+        extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            states = args[0] if args else kwargs.pop("hidden_states")
+            hidden.append(states)
+            extra.append((args[1:], kwargs))
+            raise _Reached
+
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with probe.masks.suspended():
+                for batch in probe.batches(sequences):
+                    with suppress(_Reached):
+                        probe.objective.run(batch)
+        finally:
+            handle.remove()
+        return cls(probe.masks, keep, hidden, extra)
+
+    def _run(self, layer: nn.Module, batch: int, dense: bool) -> torch.Tensor:
+        args, kwargs = self.extra[batch]
+        if dense:
+            with self.masks.suspended():  # also stands the corrections down
+                out = layer(self.dense[batch], *args, **kwargs)
+        else:
+            out = layer(self.pruned[batch], *args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def paired_moments(
+        self, layer: nn.Module, module: nn.Module, kept: torch.Tensor, last: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([K, K] X̃_Kᵀ X̃_K, [K, C] X̃_Kᵀ X): X̃ the module's input in the pruned model, X in the dense
+        one, token for token, over every batch. `last`: `module` is the layer's last unit module, so the
+        dense run goes on through the layer and moves the dense stream on (nothing refits it), sparing
+        `advance` a dense pass."""
+        gram: torch.Tensor | int = 0
+        cross: torch.Tensor | int = 0
+        for batch in range(len(self.extra)):
+            if last:
+                dense, self.dense[batch] = _input_and_output(module, self._run, layer, batch, True)
+            else:
+                dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
+            pruned = _input_of(module, self._run, layer, batch, False)
+            pruned = pruned[:, kept.to(pruned.device)]  # [tokens, K]
+            gram = gram + pruned.T @ pruned
+            cross = cross + pruned.T @ dense
+        assert isinstance(gram, torch.Tensor) and isinstance(cross, torch.Tensor)
+        self._dense_advanced = last
+        return gram, cross
+
+    def advance(self, layer: nn.Module) -> None:
+        """Move both streams through `layer`, the pruned one with its refits applied."""
+        if not self._dense_advanced:
+            self.dense = [self._run(layer, b, dense=True) for b in range(len(self.extra))]
+        self.pruned = [self._run(layer, b, dense=False) for b in range(len(self.extra))]
+        self._dense_advanced = False
+
+
+def _input_and_output(module: nn.Module, run: Callable[..., Any], *args: Any) -> tuple[torch.Tensor, Any]:
+    """([tokens, C] float32 input of `module`, what `run(*args)` returns), from one whole run."""
+    captured: list[torch.Tensor] = []
+
+    def capture(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+
+    handle = module.register_forward_pre_hook(capture, prepend=True)
+    try:
+        out = run(*args)
+    finally:
+        handle.remove()
+    return captured[0], out
+
+
+def _input_of(module: nn.Module, run: Callable[..., Any], *args: Any) -> torch.Tensor:
+    """[tokens, C] float32 input of `module` during `run(*args)`, which stops there."""
+    captured: list[torch.Tensor] = []
+
+    def capture(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+        raise _Reached
+
+    handle = module.register_forward_pre_hook(capture, prepend=True)  # ahead of the unit mask
+    try:
+        with suppress(_Reached):
+            run(*args)
+    finally:
+        handle.remove()
+    return captured[0]

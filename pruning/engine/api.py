@@ -1,0 +1,111 @@
+"""`prune(spec)`: the job's stages in order (`pruning.engine.stages`), from a model on disk to a compact
+one.
+
+A job on several GPUs (`spec.gpus`) runs as one process (rank) per GPU. When each GPU holds the model,
+every rank has a replica and bonsai's sub-models are shared across them (`pruning.runtime.distributed`),
+rank 0 doing everything else; when one cannot hold it, rank 0 alone goes on with the model spread
+across all the GPUs (`pruning.runtime.devices`), the others leaving at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pruning.engine import stages
+from pruning.engine.placement import job_gpus, layout
+from pruning.engine.run import Run
+from pruning.errors import UsageError
+from pruning.events import EventSink, silent
+from pruning.model.loading import resolve_device
+from pruning.report import JobResult
+from pruning.runtime.distributed import World, launched_world, start_ranks
+from pruning.spec import PruneSpec
+
+
+def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fields: Any) -> JobResult:
+    """Prune `spec.model` to `spec.sparsity` and write the compact checkpoint and report to `spec.out_dir`.
+    With several sparsities, one checkpoint and report per size in `spec.out_dir`/sparsity-<fraction>/
+    and the curve in `summary.json`, which is returned instead of a report.
+
+    Accepts a PruneSpec or its fields as keywords: prune(model=..., data=..., sparsity=0.5, out_dir=...).
+    `on_event` receives stage, plan, progress, warning and metric events (`pruning.events`). Returns the
+    report (`pruning.report.PruneReport`), or for several sizes their summary (`SizesSummary`).
+
+    With `spec.gpus` above one, starts a process per GPU itself. Under torchrun (WORLD_SIZE above one)
+    each process is one rank, on the GPU of its LOCAL_RANK (gloo between CPU processes): rank 0 reports
+    events and returns the report, the others return None once the scoring ends.
+    """
+    spec = spec or PruneSpec(**fields)
+    emit = on_event or silent
+    launched = launched_world(resolve_device(spec.device).type)
+    if launched is not None:
+        return _rank(launched, emit if launched.leader else silent, _for_world(spec, launched))  # type: ignore[return-value]
+    gpus = job_gpus(spec)
+    if gpus > 1:
+        return prune_replicated(spec, gpus, emit)
+    result = _job(stages.prepare(spec, emit))
+    assert result is not None, "a single process is rank 0"
+    return result
+
+
+def prune_replicated(spec: PruneSpec, ranks: int, on_event: EventSink | None = None) -> JobResult:
+    """The job as `ranks` new processes, each with a replica of the model, rank 0's report returned and
+    its events sent to `on_event`: on CUDA one GPU each (what `prune` does for `gpus`); on the CPU gloo
+    processes that share its cores, which only tests and benchmarks want (a job asking for `gpus` on
+    the CPU is refused)."""
+    device_type = resolve_device(spec.device).type
+    result: JobResult = start_ranks(_rank, (spec,), ranks, device_type, on_event or silent)
+    return result
+
+
+def _for_world(spec: PruneSpec, world: World) -> PruneSpec:
+    """`spec` as run by a launcher's ranks: `gpus`, where given, must count them, and on GPUs."""
+    if spec.gpus is not None and world.device.type != "cuda":
+        raise UsageError("gpus asks for GPUs, and this job runs on the CPU: leave gpus unset there")
+    if spec.gpus is not None and spec.gpus != world.size:
+        raise UsageError(f"gpus is {spec.gpus} and the launcher started {world.size} processes")
+    return spec
+
+
+def _rank(world: World, emit: EventSink, spec: PruneSpec) -> JobResult | None:
+    """One rank's part of a job: rank 0's is the whole job; the others' ends with the scoring, or at
+    once where rank 0 runs alone (`pruning.engine.placement.layout`)."""
+    placed = layout(spec, world)
+    if world.rank >= placed.replicas:
+        return None
+    if placed.replicas < world.size:  # rank 0 alone: its GPU, or the model spread over every rank's
+        world = World(device=world.device)
+    return _job(stages.prepare(spec, emit, world, placed.max_memory))
+
+
+def _job(run: Run) -> JobResult | None:
+    """The stages after `prepare`; a rank other than 0 stops after scoring and returns None."""
+    if run.spec.several_sizes:
+        return _prune_sizes(run)
+    with run.installed():  # unit masks and compensation on the model while units are chosen and measured
+        result = stages.score(run)
+        if not run.world.leader:
+            return None
+        stages.compensate(run, result.keep)
+        pruned = stages.evaluate(run, result.keep)
+    stages.export(run, result.keep)
+    report = stages.write_report(run, result, pruned)
+    stages.draw_single_size(run, report)
+    return report
+
+
+def _prune_sizes(run: Run) -> JobResult | None:
+    """Several sizes: one scoring, then each size ascending as a job at that size would end, each in its
+    own folder; returns the summary (the size/quality curve) written at the top."""
+    began = time.perf_counter()
+    with run.installed():
+        finishes = stages.score_sizes(run)
+    if not run.world.leader:
+        return None
+    scoring_s = time.perf_counter() - began
+    entries = [
+        stages.finish_size(stages.at_size(run, sparsity), finish)
+        for sparsity, finish in zip(run.spec.targets, finishes, strict=True)
+    ]
+    return stages.summarize_sizes(run, entries, scoring_s)

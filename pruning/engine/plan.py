@@ -1,0 +1,36 @@
+"""The job's plan: how long each stage should take, from the rate the dense evaluation ran at."""
+
+from __future__ import annotations
+
+from pruning.compensation.least_squares import LS_FIT_FORWARDS
+from pruning.engine.run import Run
+
+# stages a job with several sizes runs once per size
+PER_SIZE = {"search", "compensate", "recover", "evaluate_pruned", "export"}
+
+
+def plan_job(run: Run) -> float:
+    """Announce how long each remaining stage should take; returns the whole job's expected seconds."""
+    monitor, progress, spec = run.instruments.monitor, run.instruments.progress, run.spec
+    tokens_per_s = monitor.forward_tokens["evaluate_dense"] / max(monitor.stage_s["evaluate_dense"], 1e-9)
+    calibration = run.subject.data.calibration
+    work = run.method.planned_work(
+        int(calibration.shape[0]), spec.seq_len, refit=run.compensator.name == "ls", replicas=run.world.size
+    )
+    fitting = {"ls": LS_FIT_FORWARDS, "bias": 1.0}.get(run.compensator.name, 0.0) * float(calibration.numel())
+    seconds = {stage: tokens / tokens_per_s for stage, tokens in {**work, "compensate": fitting}.items()}
+    seconds["evaluate_pruned"] = monitor.stage_s["evaluate_dense"]
+    seconds["export"] = monitor.stage_s["load"]  # reads the same shards, writes less
+    for stage in PER_SIZE & set(seconds):
+        seconds[stage] *= len(spec.targets)
+    if progress.deadline is not None and spec.method == "bonsai":
+        # the rounds take what the limit leaves; they are sized as they go
+        others = sum(v for k, v in seconds.items() if k != "scoring") + sum(monitor.stage_s.values())
+        seconds["scoring"] = max((spec.time_limit or 0.0) - others, 0.0)
+    progress.set_plan(seconds, budget=run.budget, time_limit_s=spec.time_limit)
+    if spec.time_limit is not None and progress.expected_s() > 1.1 * spec.time_limit:
+        run.instruments.warn(
+            f"this job is expected to take {progress.expected_s():.0f} s, "
+            f"more than its time limit of {spec.time_limit:.0f} s"
+        )
+    return progress.expected_s()

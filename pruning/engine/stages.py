@@ -1,0 +1,274 @@
+"""The stages of a pruning job over one run state: prepare → score → compensate → evaluate → export.
+
+`pruning.engine.api` calls them in that order. Each stage announces itself to the caller's event sink,
+is timed by the run's monitor and reports its progress against the job's plan
+(`pruning.runtime.progress`); what a stage decides is left to its parts (a method scores, a compensator
+fits, the export slices), so a stage reads as the steps it takes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from pruning import events
+from pruning.compensation import choose_compensation, make_compensator
+from pruning.engine.context import method_context, mlp_block
+from pruning.engine.plan import plan_job
+from pruning.engine.reporting import build_report
+from pruning.engine.run import Instruments, Quality, Run, Subject, loss_sequences, measure
+from pruning.errors import UnsupportedModelError, UsageError
+from pruning.events import EventSink
+from pruning.export.hf import export_pruned
+from pruning.export.model_card import write_model_card
+from pruning.export.nemotron import export_nemotron, refuse_inexpressible_model
+from pruning.export.sizes import size_dir_name, write_pictures
+from pruning.measure.monitor import StageMonitor
+from pruning.measure.objectives import make_objective
+from pruning.measure.probe import CalibrationProbe, OutputWeights
+from pruning.methods import MethodResult, SizeResult, make_method
+from pruning.model.adapters import adapter_for
+from pruning.model.checkpoint import CheckpointReader
+from pruning.model.data import load_calibration
+from pruning.model.loading import LoadedModel, load_model, resolve_device, resolve_model_dir
+from pruning.model.masking import UnitMasks
+from pruning.model.units import build_unit_space
+from pruning.report import PruneReport, SizeEntry, SizesSummary
+from pruning.runtime.distributed import World
+from pruning.runtime.progress import JobProgress
+from pruning.spec import PruneSpec, read_model_type, resolve_budget
+
+TOKENS_PER_BATCH = 8192  # tokens per forward pass when no sub-models are replicated
+
+
+def prepare(
+    spec: PruneSpec, emit: EventSink, world: World | None = None, max_memory: dict[int, int] | None = None
+) -> Run:
+    """Find and load the model, read the data, lay out its units, measure the dense model and plan.
+    `world`: this process's rank, its device the model's (default: one process on `spec.device`); a
+    rank other than 0 only scores sub-models, so it measures and plans nothing. `max_memory`: the model
+    spread across those GPUs (`pruning.engine.placement.layout`)."""
+    model_dir = resolve_model_dir(spec.model)
+    adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
+    _refuse_unsafe_input(model_dir, Path(spec.out_dir))
+    if spec.export_format == "nemotron-nas":
+        refuse_inexpressible_model(json.loads((model_dir / "config.json").read_text()))
+    world = world or World(device=resolve_device(spec.device))
+    budget = resolve_budget(spec.budget, world.device.type)
+    gpus = [torch.device("cuda", index) for index in max_memory] if max_memory is not None else None
+    instruments = Instruments(emit, StageMonitor(world.device, gpus), JobProgress(emit))
+    if spec.time_limit is not None:
+        instruments.progress.deadline = instruments.progress.start + spec.time_limit
+    torch.manual_seed(spec.seed)
+
+    with instruments.stage("load"):
+        loaded = load_model(model_dir, spec.precision, world.device, adapter.auto_class(), max_memory)
+        _warm_up(loaded)
+    with instruments.stage("data"):
+        data = load_calibration(
+            loaded.tokenizer,
+            spec.data,
+            spec.seq_len,
+            spec.num_samples,
+            spec.eval_samples,
+            spec.eval_data,
+            wrap=not adapter.causal_lm,
+        )
+    space = build_unit_space(loaded.model, adapter, mlp_block(spec, adapter, loaded.model.config))
+    masks = UnitMasks(space)
+    objective = make_objective(spec.objective, loaded.model, adapter, world.device, masks)
+    instruments.monitor.counter = objective.counter
+    objective.counter.listener = instruments.progress.tokens
+    probe = CalibrationProbe(
+        objective,
+        masks,
+        OutputWeights(CheckpointReader(model_dir)),
+        data.calibration,
+        batch_size=max(1, TOKENS_PER_BATCH // spec.seq_len),
+    )
+    subject = Subject(model_dir, adapter, loaded, data, probe)
+    dense = _measure_dense(subject, instruments, world)
+
+    method = make_method(spec.method, spec.method_options(budget))
+    # nemotron-nas cannot hold a bias shift (validated for an explicit ask): auto falls back to none
+    fallback = "none" if spec.export_format == "nemotron-nas" else method.default_compensation
+    compensation = choose_compensation(spec.compensate, fallback, space, int(data.calibration.numel()))
+    compensator = make_compensator(
+        compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
+    )
+    run = Run(spec, budget, subject, method, compensator, instruments, dense, world=world)
+    if world.leader:
+        run.planned_s = plan_job(run)
+    return run
+
+
+def _measure_dense(subject: Subject, instruments: Instruments, world: World) -> Quality:
+    """The dense model's quality, on rank 0 (the others only score sub-models)."""
+    dense = Quality({}, float("nan"))
+    if world.leader:
+        with instruments.stage("evaluate_dense"):
+            data = subject.data
+            instruments.progress.expect_tokens(data.evaluation.numel() + loss_sequences(data).numel())
+            dense = measure(subject.probe, data, torch.ones(subject.space.size, dtype=torch.bool))
+    for name, value in dense.figures.items():
+        instruments.emit(events.metric(f"{name}_before", value))
+    return dense
+
+
+def score(run: Run) -> MethodResult:
+    """The method chooses the units to keep (hooks installed). On every rank: the ranks other than 0
+    stop after it."""
+    ctx = method_context(run)
+    with run.instruments.stage("scoring"):
+        result = run.method.run(ctx)
+    _collect_peaks(run)
+    return result
+
+
+def score_sizes(run: Run) -> list[SizeResult]:
+    """Several sizes: the method's shared scoring (hooks installed); per size, what finishes its result
+    (rank 0's to call: the ranks other than 0 stop after the shared scoring)."""
+    ctx = method_context(run)
+    total = float(run.space.params.sum())
+    with run.instruments.stage("scoring"):
+        finishes = run.method.run_targets(ctx, [target * total for target in run.spec.targets])
+    _collect_peaks(run)
+    return finishes
+
+
+def _collect_peaks(run: Run) -> None:
+    """Rank 0 learns the other ranks' GPU peaks for its report; they stop after scoring. Collective."""
+    if run.world.size == 1:
+        return
+    monitor = run.instruments.monitor
+    peaks = run.world.gather(monitor.peak_bytes_per_device)
+    monitor.other_ranks_peak_bytes = [peak for rank in peaks[1:] for peak in rank]
+
+
+def compensate(run: Run, keep: torch.Tensor) -> None:
+    """Fit the job's compensation to the chosen units (hooks installed, so it applies at once)."""
+    if run.compensator.name != "none":
+        with run.instruments.stage("compensate"):
+            run.compensator.fit(keep, progress=run.instruments.progress.advance)
+    if run.compensator.name == "bias" and not run.subject.adapter.bias_kinds():
+        run.instruments.warn(
+            f"{run.subject.adapter.name} checkpoints cannot carry output "
+            "biases in their stock config; exported without bias compensation"
+        )
+
+
+def evaluate(run: Run, keep: torch.Tensor) -> Quality:
+    """The pruned, compensated model measured as the dense one was (hooks installed)."""
+    data = run.subject.data
+    with run.instruments.stage("evaluate_pruned"):
+        run.instruments.progress.expect_tokens(data.evaluation.numel() + loss_sequences(data).numel())
+        pruned = measure(run.probe, data, keep)
+    for name, value in pruned.figures.items():
+        run.emit(events.metric(f"{name}_after", value))
+    return pruned
+
+
+def export(run: Run, keep: torch.Tensor) -> None:
+    """Write the compact checkpoint, compensation included, to the output directory."""
+    subject, out_dir = run.subject, Path(run.spec.out_dir)
+    changes = run.compensator.export_changes(run.probe.weights.checkpoint)
+    with run.instruments.stage("export"):
+        if run.spec.export_format == "nemotron-nas":
+            export_nemotron(
+                subject.model_dir, out_dir, subject.adapter, run.space, keep, changes.tensors, changes.config
+            )
+            return
+        export_pruned(
+            subject.model_dir,
+            out_dir,
+            subject.adapter,
+            run.space,
+            keep,
+            run.spec.uniform,
+            changes.tensors,
+            changes.config,
+        )
+
+
+def write_report(run: Run, result: MethodResult, pruned: Quality, final: bool = True) -> PruneReport:
+    """Write the report and the model card beside the checkpoint and return the report; `final`: the job
+    ends with it (not a size of several, which `summarize_sizes` ends)."""
+    if final:
+        run.instruments.progress.finish()
+    report = build_report(run, result, pruned)
+    report.write(Path(run.spec.out_dir))
+    auto_class = run.subject.adapter.auto_class().__name__
+    write_model_card(report, Path(run.spec.out_dir), run.subject.model_dir, auto_class)
+    if final:
+        run.emit(events.stage("done"))
+    return report
+
+
+def draw_single_size(run: Run, report: PruneReport) -> None:
+    """The pictures of a single size (one point, one line), beside its report."""
+    entry = SizeEntry.of(report, report.total_s, report.forward_tokens)
+    write_pictures([entry], report.quality_figure, Path(run.spec.out_dir), run.emit)
+
+
+def at_size(run: Run, sparsity: float) -> Run:
+    """The run as a job at one of its sizes: that sparsity, its own folder, no compensation yet."""
+    out_dir = Path(run.spec.out_dir) / size_dir_name(sparsity)
+    run.compensator.clear()  # the previous size's fit must not carry over
+    return replace(run, spec=run.spec.model_copy(update={"sparsity": sparsity, "out_dir": out_dir}))
+
+
+def finish_size(run: Run, finish: SizeResult) -> SizeEntry:
+    """One size of several, as a job at that size would end (`run` from `at_size`): its selection,
+    compensation, evaluation, export and report. Returns its point of the curve."""
+    began, tokens = time.perf_counter(), run.probe.objective.counter.tokens
+    with run.installed():
+        with run.instruments.monitor.stage("scoring"):  # the size's own selection (bonsai's split search)
+            result = finish()
+        compensate(run, result.keep)
+        pruned = evaluate(run, result.keep)
+    export(run, result.keep)
+    report = write_report(run, result, pruned, final=False)
+    return SizeEntry.of(report, time.perf_counter() - began, run.probe.objective.counter.tokens - tokens)
+
+
+def summarize_sizes(run: Run, entries: list[SizeEntry], scoring_s: float) -> SizesSummary:
+    """`summary.json` and the pictures at the top of the output directory, once every size is written."""
+    out_dir = Path(run.spec.out_dir)
+    last = PruneReport.read(out_dir / entries[-1].dir / "pruning_report.json")
+    summary = SizesSummary(
+        model=last.model,
+        method=last.method,
+        out_dir=str(out_dir),
+        quality_figure=last.quality_figure,
+        params_before=last.params.total_before,
+        scoring_s=round(scoring_s, 3),
+        total_s=round(time.perf_counter() - run.instruments.progress.start, 3),
+        forward_tokens=last.forward_tokens,  # the job's, counted through its last size
+        sizes=entries,
+    )
+    summary.write(out_dir)
+    write_pictures(entries, summary.quality_figure, out_dir, run.emit)
+    run.instruments.progress.finish()
+    run.emit(events.stage("done"))
+    return summary
+
+
+def _warm_up(loaded: LoadedModel) -> None:
+    """One short forward pass, so that one-time start-up costs (kernel selection, lazy initialisation) do
+    not count toward the rate the job is planned by."""
+    with torch.inference_mode():
+        loaded.model(input_ids=torch.zeros(1, 8, dtype=torch.long, device=loaded.device))
+
+
+def _refuse_unsafe_input(model_dir: Path, out_dir: Path) -> None:
+    if out_dir.resolve() == model_dir.resolve():
+        raise UsageError("the output directory must not be the input model's: the export would overwrite it")
+    if "fwdprune_layers" in json.loads((model_dir / "config.json").read_text()):
+        raise UnsupportedModelError(
+            "this checkpoint has per-layer widths from an earlier global pruning; re-pruning it is not "
+            "supported: prune the original model, or an earlier --uniform output"
+        )

@@ -1,0 +1,155 @@
+"""The model card: `README.md` beside every pruned checkpoint, for people and for the Hugging Face Hub.
+
+It says what the checkpoint is (the base model, its license carried over, the method and the size), what
+it was calibrated on (the file's name and sha256, so the card names the exact data), how good it is
+(the report's quality figures before and after), and how to load it, which depends on the layout: a
+stock config, per-layer widths through remote code, or the Nemotron-NAS layout that serving engines
+load natively. Built from the report alone (a pure function of it) and the base model's own card.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pruning.report import PruneReport
+
+CARD_NAME = "README.md"
+FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+HUB_CACHE_DIR = re.compile(r"models--([^/]+?)--([^/]+)")  # huggingface_hub's cache: models--org--name
+QUALITY_NAMES = {
+    "perplexity": "perplexity (lower is better)",
+    "embedding_cosine": "embedding cosine to dense",
+}
+
+
+def base_card_metadata(model_dir: Path) -> dict[str, Any]:
+    """The base model card's YAML front matter (license, language, ...); empty without one."""
+    card = model_dir / CARD_NAME
+    if not card.is_file():
+        return {}
+    match = FRONT_MATTER.match(card.read_text(encoding="utf-8", errors="replace"))
+    if match is None:
+        return {}
+    try:
+        metadata = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def base_model_id(model: str) -> str:
+    """The base model's name for the card: its Hub id where the job named one or loaded it from the Hub's
+    cache, else its directory's name (a server path is never shown)."""
+    cached = HUB_CACHE_DIR.search(model)
+    if cached is not None:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    if not model.startswith(("/", ".", "~")) and model.count("/") == 1:
+        return model
+    return Path(model).name
+
+
+def layout(report: PruneReport) -> str:
+    """How the checkpoint states its widths: `stock`, `remote-code` or `nemotron-nas`."""
+    if report.settings.get("export_format") == "nemotron-nas":
+        return "nemotron-nas"
+    widths = {(la.num_attention_heads, la.num_key_value_heads, la.intermediate_size) for la in report.layers}
+    return "stock" if report.uniform and len(widths) == 1 else "remote-code"
+
+
+def how_to_load(report: PruneReport, auto_class: str) -> str:
+    """The loading instructions for the checkpoint's layout, as Markdown."""
+    kind = layout(report)
+    if kind == "stock":
+        return (
+            "Every layer keeps the same widths, so the config is the family's own and stock `transformers` "
+            f"loads it:\n\n```python\nfrom transformers import {auto_class}\n\n"
+            f'model = {auto_class}.from_pretrained("path/to/this/folder")\n```\n'
+        )
+    code = (
+        f"```python\nfrom transformers import {auto_class}\n\n"
+        f'model = {auto_class}.from_pretrained("path/to/this/folder", trust_remote_code=True)\n```\n'
+    )
+    if kind == "nemotron-nas":
+        return (
+            "Per-layer widths in NVIDIA's Nemotron-NAS (`DeciLMForCausalLM`) layout, which vLLM, SGLang, "
+            "TensorRT-LLM and llama.cpp's GGUF converter load natively (`vllm serve path/to/this/folder "
+            "--trust-remote-code`); `transformers` loads it through `modeling_decilm.py` beside the "
+            f"weights:\n\n{code}"
+        )
+    return (
+        "Per-layer widths (recorded in `config.json`), loaded through `modeling_fwdprune.py` beside the "
+        f"weights, or with `pruning.load_pruned`:\n\n{code}"
+    )
+
+
+def quality_table(report: PruneReport) -> str:
+    rows = ["| figure | dense | pruned | ratio |", "| --- | --- | --- | --- |"]
+    figure = report.quality
+    label = QUALITY_NAMES[report.quality_figure]
+    rows.append(
+        f"| {label} | {figure.before:.4g} | {figure.after:.4g} | {figure.after / figure.before:.3f}× |"
+    )
+    # "held-out": the calibration file's tail, kept out of calibration; otherwise the eval file's name
+    source = figure.eval_source
+    text = "calibration text held out from the fit" if source == "held-out" else f"`{source}`"
+    return "\n".join(rows) + f"\n\nMeasured on {figure.eval_tokens:,} tokens of {text}."
+
+
+def license_line(base: dict[str, Any]) -> str:
+    if "license" in base:
+        return f"{base['license']}, carried over from the base model's card"
+    return "`other`: the base model's card states none; check the base model's terms"
+
+
+def model_card(report: PruneReport, base: dict[str, Any], auto_class: str) -> str:
+    """The card's Markdown, with Hub metadata: the report of the job, and the base card's metadata."""
+    base_name = base_model_id(report.model)
+    params, sparsity, calibration = report.params, report.sparsity, report.calibration_data
+    metadata: dict[str, Any] = {
+        "base_model": base_name,
+        "license": base.get("license", "other"),
+        "library_name": "transformers",
+        "tags": ["pruned", "structured-pruning", "fwdprune", report.method],
+    }
+    for key in ("language", "license_name", "license_link", "pipeline_tag"):
+        if key in base:
+            metadata[key] = base[key]
+    lines = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {base_name}, {sparsity.achieved:.1%} of its prunable parameters removed",
+        "",
+        f"Structured pruning of `{base_name}` with fwdprune: whole attention KV groups (with their query "
+        "heads) and MLP channels removed, chosen with forward passes only.",
+        "",
+        f"- Method: `{report.method}`, budget `{report.budget.name}`, compensation "
+        f"`{report.compensation}`, scored at `{report.precision}`",
+        f"- Size: {params.total_after:,} parameters ({params.total_before:,} before); target sparsity "
+        f"{sparsity.target}, achieved {sparsity.achieved:.4f} of the prunable parameters",
+        f"- Layout: {layout(report)}",
+        f"- Calibration data: `{calibration.file}` (sha256 `{calibration.sha256}`), "
+        f"{report.settings['num_samples']} sequences of {report.settings['seq_len']} tokens",
+        f"- License: {license_line(base)}",
+        "",
+        "## Quality",
+        "",
+        quality_table(report),
+        "",
+        "## How to load",
+        "",
+        how_to_load(report, auto_class),
+        "Every setting, the kept units per layer and each unit's importance are in `pruning_report.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(report: PruneReport, out_dir: Path, model_dir: Path, auto_class: str) -> None:
+    base = base_card_metadata(model_dir)
+    (Path(out_dir) / CARD_NAME).write_text(model_card(report, base, auto_class), encoding="utf-8")

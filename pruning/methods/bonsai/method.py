@@ -1,0 +1,69 @@
+"""`bonsai`: perturbative, regression-based unit importance in rounds (Dery et al. 2024), then the
+attention/MLP split chosen by held-out loss after the job's refit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from pruning.compensation.least_squares import LS_FIT_FORWARDS
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
+from pruning.methods.bonsai.rounds import Snapshot, run_rounds
+from pruning.methods.bonsai.split_search import held_out_split, search_split
+from pruning.spec import BonsaiOptions
+
+
+class Bonsai(PruningMethod):
+    name = "bonsai"
+    options: BonsaiOptions
+
+    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
+        """Forward-token equivalents: the rounds (a prior pass and the sub-models each, these shared
+        across the replicas) and the search."""
+        opts = self.options
+        per_sub_model = min(opts.scoring_sequences, sequences) * seq_len
+        prior = min(opts.prior_sequences or sequences, sequences) * seq_len
+        rounds = opts.rounds * (prior + opts.samples_per_round * per_sub_model / replicas)
+        if opts.kind_split != "search":
+            return {"scoring": rounds}
+        fit, held_out = held_out_split(torch.arange(sequences))
+        candidate = len(held_out) * seq_len + (LS_FIT_FORWARDS * len(fit) * seq_len if refit else 0.0)
+        search = (opts.split_candidates + 2) * candidate  # the grid, the rounds' own split, the prior's pick
+        if refit and opts.refit_aware:  # one more candidate, its Grams, and the winner's on every sequence
+            search += candidate + (len(fit) + sequences) * seq_len
+        return {"scoring": rounds, "search": search}
+
+    def run(self, ctx: MethodContext) -> MethodResult:
+        return self.run_targets(ctx, [ctx.target_params])[0]()
+
+    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
+        """The rounds run once, as a job at the largest size alone would run them; a round whose slice
+        passes a smaller size removes up to it first and snapshots the keep-vector and importances there,
+        then the rest of its slice. So the largest size's rounds are exactly the single job's, and a
+        smaller one's are that job's up to where the removal reached it (fewer re-estimates than a job at
+        that size alone). Each size's split search runs when its result is asked for."""
+        outcome = run_rounds(replace(ctx, target_params=targets[-1]), self.options, targets[:-1])
+        return [
+            self._finish(replace(ctx, target_params=target), snapshot, outcome.dense_prior)
+            for target, snapshot in zip(targets, outcome.snapshots, strict=True)
+        ]
+
+    def _finish(self, ctx: MethodContext, snapshot: Snapshot, dense_prior: torch.Tensor) -> SizeResult:
+        """One size's result from its snapshot: the split search, when the job asks for it."""
+
+        def finish() -> MethodResult:
+            details: dict[str, Any] = {"rounds": snapshot.history}
+            keep = snapshot.keep
+            if self.options.kind_split == "search":
+                start = time.perf_counter()
+                ctx.progress.enter("search")
+                keep, details["split_search"] = search_split(
+                    ctx, self.options, keep, snapshot.importance, dense_prior
+                )
+                details["split_search_s"] = round(time.perf_counter() - start, 3)
+            return MethodResult(keep, snapshot.importance, details)
+
+        return finish

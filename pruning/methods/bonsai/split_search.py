@@ -1,0 +1,184 @@
+"""The attention/MLP split, chosen by measurement once the rounds have ranked the units.
+
+The rounds' estimates rank units within a kind well, but their split of the budget between attention and
+MLP follows the sub-models' losses without the refit the job applies afterwards. So, for the rounds' own
+result, a grid of attention fractions (units ranked within their kind by the rounds' importance) and the
+activation prior's layer-uniform pick, the job's refit is fitted on 3/4 of the calibration set and the
+candidate with the lowest loss on the other quarter is kept (held out: a refit scored on its own tokens
+looks far better than it is; docs/quality.md). With a refit, the winner is then tried with each module's
+units chosen for the refit (structured OBS), kept if its held-out loss is lower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pruning import events
+from pruning.methods.base import MethodContext
+from pruning.methods.bonsai.pacing import affordable
+from pruning.model.adapters.base import UnitKind
+from pruning.model.units import UnitSpace
+from pruning.spec import BonsaiOptions
+
+Candidate = tuple[str, torch.Tensor]  # (how its units were ranked, [U] bool keep)
+
+
+def search_split(
+    ctx: MethodContext,
+    opts: BonsaiOptions,
+    keep: torch.Tensor,
+    importance: torch.Tensor,
+    dense_prior: torch.Tensor,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """The chosen keep-vector [U] bool and every candidate's figures, from the rounds' `keep`, their
+    `importance` [U] and the dense model's activation prior [U]."""
+    keeps = split_candidates(ctx, opts, keep, importance, dense_prior)
+    refit_aware = ctx.refit is not None and opts.refit_aware
+    keeps, refit_aware = candidates_within_deadline(ctx, keeps, refit_aware)
+    if len(keeps) == 1 and not refit_aware:
+        return keep, []  # no time to judge: the rounds' own split
+    judge = SplitJudge(ctx, count=len(keeps) + int(refit_aware))
+    for ranking, candidate in keeps:
+        judge.judge(ranking, candidate)
+    best = judge.best()
+    if ctx.refit is None or not refit_aware:
+        return judge.kept[best], judge.figures
+    # the best split again, each group losing as many units, but those the refit replaces best; a
+    # ranking by loss without a refit cannot see that. Judged with Grams of the fit sequences only (the
+    # held-out ones would flatter it), and if it wins, chosen again with the whole calibration set, as
+    # the final refit is fitted
+    winner = judge.figures[best]
+    judge.judge(f"refit-aware, {winner['ranking']}", ctx.refit.refit_aware_keep(judge.kept[best], judge.fit))
+    if judge.figures[-1]["held_out_loss"] >= winner["held_out_loss"]:
+        return judge.kept[best], judge.figures
+    return ctx.refit.refit_aware_keep(judge.kept[best]), judge.figures
+
+
+def split_candidates(
+    ctx: MethodContext,
+    opts: BonsaiOptions,
+    keep: torch.Tensor,
+    importance: torch.Tensor,
+    dense_prior: torch.Tensor,
+) -> list[Candidate]:
+    """The rounds' own result, the attention-fraction grid ranked by `importance`, and the prior's
+    layer-uniform pick, in that order."""
+    space, select_per_kind = ctx.space, ctx.selector.select_per_kind
+    sparsity = ctx.target_params / float(space.params.sum())
+    alive = torch.ones(space.size, dtype=torch.bool)
+    grid = [
+        (
+            "importance",
+            ~select_per_kind(
+                importance / space.params, alive, ctx.target_params, attention_ratio=fraction / sparsity
+            ),
+        )
+        for fraction in attention_fractions(space, ctx.target_params, opts.split_candidates)
+    ]
+    # Σ‖x‖·‖W‖ of the dense model, each kind the same fraction in every layer (wanda-sp's pick): with a
+    # refit its units are easier to replace than those bonsai ranks lowest at low sparsity
+    prior_pick = ~select_per_kind(dense_prior / space.params, alive, ctx.target_params, uniform=True)
+    return [("rounds", keep), *grid, ("prior, layer-uniform", prior_pick)]
+
+
+def candidates_within_deadline(
+    ctx: MethodContext, keeps: list[Candidate], refit_aware: bool
+) -> tuple[list[Candidate], bool]:
+    """The candidates (and whether the refit-aware one runs) that fit before the deadline, if the job
+    has one: each costs about the same (a fit and a held-out evaluation). The rounds' own split and the
+    prior's pick (the safe one when little time was left for the rounds) come first, then the
+    refit-aware choice, then the attention-fraction grid."""
+    count = len(keeps) + int(refit_aware)
+    fits = affordable(ctx.progress, "search", count)
+    if fits is None or fits >= count:
+        return keeps, refit_aware
+    rounds, grid, prior = keeps[0], keeps[1:-1], keeps[-1]
+    chosen = [rounds, prior][: max(fits, 1)]
+    refit_aware = refit_aware and fits > len(chosen)
+    chosen += grid[: max(0, fits - len(chosen) - int(refit_aware))]
+    ctx.progress.emit(
+        events.warning(
+            f"the time limit leaves room to judge {len(chosen) + int(refit_aware)} "
+            f"of the split search's {count} candidates"
+        )
+    )
+    return chosen, refit_aware
+
+
+class SplitJudge:
+    """Judges candidates by held-out loss after the job's refit, reusing the figure of a candidate equal
+    to one already judged, and reports each as a step of the `search` stage."""
+
+    def __init__(self, ctx: MethodContext, count: int) -> None:
+        self.ctx, self.count = ctx, count
+        self.fit, self.held_out = held_out_split(ctx.probe.calibration)
+        self.figures: list[dict[str, Any]] = []
+        self.kept: list[torch.Tensor] = []
+
+    def judge(self, ranking: str, keep: torch.Tensor) -> None:
+        same = next((f for f, k in zip(self.figures, self.kept, strict=True) if torch.equal(k, keep)), None)
+        if same is not None:
+            loss = same["held_out_loss"]
+        else:
+            loss = held_out_loss(self.ctx, keep, self.fit, self.held_out, self._within_candidate)
+        self.figures.append(
+            {
+                "ranking": ranking,
+                "held_out_loss": loss,
+                "attention_fraction": removed_attention_fraction(self.ctx.space, keep),
+            }
+        )
+        self.kept.append(keep)
+        self._advance(len(self.kept), len(self.kept))
+
+    def best(self) -> int:
+        return min(range(len(self.kept)), key=lambda i: self.figures[i]["held_out_loss"])
+
+    def _within_candidate(self, fraction: float) -> None:
+        """A candidate's refit takes most of its time: progress within it."""
+        self._advance(len(self.kept) + fraction, len(self.kept) + 1)
+
+    def _advance(self, done: float, candidate: int) -> None:
+        self.ctx.progress.advance(done / self.count, candidate=candidate, candidates=self.count)
+
+
+def held_out_loss(
+    ctx: MethodContext,
+    keep: torch.Tensor,
+    fit: torch.Tensor,
+    held_out: torch.Tensor,
+    progress: Callable[[float], None] | None = None,
+) -> float:
+    """Mean loss on `held_out` of the model pruned to `keep`, refitted as the job will be (if it refits)
+    on the sequences `fit` (`progress` told the fit's fraction done). Leaves no refit behind."""
+    if ctx.refit is not None:
+        ctx.refit.fit(keep, fit, progress=progress)
+    try:
+        return ctx.probe.mean_loss(keep, held_out)
+    finally:
+        if ctx.refit is not None:
+            ctx.refit.clear()
+
+
+def held_out_split(calibration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, held_out): the split search fits on the first 3/4 of the calibration sequences and scores
+    on the last quarter; with fewer than 4 sequences none can be spared, so both are the whole set."""
+    held = calibration.shape[0] // 4
+    return (calibration[:-held], calibration[-held:]) if held else (calibration, calibration)
+
+
+def attention_fractions(space: UnitSpace, target_params: float, count: int) -> list[float]:
+    """The search's grid of attention fractions to remove, 0 up to 95% of the most the budget allows
+    (the MLP takes the rest, so it is never left with nothing to remove)."""
+    attention_params = float(space.params[space.kind == UnitKind.ATTN].sum())
+    highest = min(1.0, target_params / attention_params) * 0.95
+    return torch.linspace(0.0, highest, count).tolist()
+
+
+def removed_attention_fraction(space: UnitSpace, keep: torch.Tensor) -> float:
+    """Fraction of the attention parameters that `keep` removes."""
+    attention = space.kind == UnitKind.ATTN
+    return float(space.params[~keep & attention].sum()) / float(space.params[attention].sum())

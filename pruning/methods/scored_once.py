@@ -1,0 +1,33 @@
+"""Methods that score the dense model once and select by that score: several sizes share the scoring."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
+
+
+class ScoredOnce(PruningMethod):
+    """A method that scores the dense model once and selects by that score: several sizes share the
+    scoring and each only selects."""
+
+    def scores(self, ctx: MethodContext) -> torch.Tensor:
+        """[U] the method's estimate for each unit."""
+        raise NotImplementedError
+
+    def removed(self, ctx: MethodContext, scores: torch.Tensor) -> torch.Tensor:
+        """[U] bool, the units to remove for `ctx.target_params` by `scores`."""
+        raise NotImplementedError
+
+    def run(self, ctx: MethodContext) -> MethodResult:
+        scores = self.scores(ctx)
+        return MethodResult(~self.removed(ctx, scores), scores)
+
+    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
+        scores = self.scores(ctx)
+        return [self._selected(replace(ctx, target_params=target), scores) for target in targets]
+
+    def _selected(self, ctx: MethodContext, scores: torch.Tensor) -> SizeResult:
+        return lambda: MethodResult(~self.removed(ctx, scores), scores)

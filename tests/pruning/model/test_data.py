@@ -1,0 +1,124 @@
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from pruning.errors import DataError
+from pruning.model.data import load_calibration, pack_tokens, read_texts
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word, its id the word's length: counts are known exactly."""
+
+    def __init__(self, eos_token_id: int | None = 0) -> None:
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        assert add_special_tokens is False  # packing must not add BOS per document
+        return {"input_ids": [len(word) for word in text.split()]}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl", b"", "empty.jsonl is empty"),
+        ("blank.txt", b"  \n\n", "blank.txt is empty"),
+        ("notext.jsonl", b'{"body": "x"}\n', "line 1: expected an object with a string `text` field"),
+        (
+            "numtext.jsonl",
+            b'{"text": "ok"}\n{"text": 3}\n',
+            "line 2: expected an object with a string `text`",
+        ),
+        ("list.jsonl", b'["text"]\n', "line 1: expected an object"),
+        ("badjson.jsonl", b'{"text": "a"}\n\n{oops\n', "line 3: not valid JSON"),
+        ("latin.txt", "caf\xe9".encode("latin-1"), r"latin.txt is not UTF-8 text \(byte 3"),
+        ("latin.jsonl", '{"text": "caf\xe9"}'.encode("latin-1"), "not UTF-8"),
+        ("alltexts_empty.jsonl", b'{"text": ""}\n{"text": ""}\n', "has no non-empty `text` field"),
+        ("data.csv", b"text\nhello\n", "data.csv: expected a .jsonl file"),
+    ],
+)
+def test_bad_data_is_a_clear_error(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_texts(path)
+
+
+def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        read_texts(tmp_path / "nope.jsonl")
+
+
+def test_read_texts_jsonl_skips_blank_lines_and_empty_texts(tmp_path: Path) -> None:
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"text": "a b"}\n\n   \n{"text": ""}\n{"text": "c", "meta": 1}\n', encoding="utf-8")
+    assert read_texts(path) == ["a b", "c"]
+    txt = tmp_path / "ok.txt"
+    txt.write_text("line one\nline two\n", encoding="utf-8")
+    assert read_texts(txt) == ["line one\nline two\n"]
+
+
+def test_pack_tokens_joins_documents_with_eos_and_drops_the_tail() -> None:
+    texts = ["a bb ccc", "dddd", "eeeee ffffff"]
+    # stream: 1 2 3 0 | 4 0 | 5 6 0  (9 tokens)
+    packed = pack_tokens(texts, WordTokenizer(), 2)
+    assert packed.dtype == torch.long
+    assert packed.tolist() == [[1, 2], [3, 0], [4, 0], [5, 6]]
+    assert pack_tokens(texts, WordTokenizer(), 4).tolist() == [[1, 2, 3, 0], [4, 0, 5, 6]]
+    assert pack_tokens(texts, WordTokenizer(), 9).tolist() == [[1, 2, 3, 0, 4, 0, 5, 6, 0]]
+    assert pack_tokens(texts, WordTokenizer(), 10).shape == (0, 10)
+
+
+def test_pack_tokens_without_eos_has_no_separator() -> None:
+    packed = pack_tokens(["a bb", "ccc dddd"], WordTokenizer(eos_token_id=None), 2)
+    assert packed.tolist() == [[1, 2], [3, 4]]
+
+
+def test_pack_tokens_with_a_real_tokenizer(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    texts = ["def add(a, b):", "return a + b"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    stream = ids[0] + [tokenizer.eos_token_id] + ids[1] + [tokenizer.eos_token_id]
+    packed = pack_tokens(texts, tokenizer, 3)
+    assert packed.shape == (len(stream) // 3, 3)
+    assert packed.flatten().tolist() == stream[: len(stream) // 3 * 3]
+
+
+def test_too_few_tokens_for_the_request(tmp_path: Path) -> None:
+    path = tmp_path / "small.txt"
+    path.write_text("a b c d e f g h i j", encoding="utf-8")  # 10 words + EOS = 11 tokens
+    with pytest.raises(
+        DataError, match=r"gives 2 sequences of 4 tokens; 3 are needed \(2 calibration \+ 1 held"
+    ):
+        load_calibration(WordTokenizer(), path, seq_len=4, num_samples=2, eval_samples=1)
+    data = load_calibration(WordTokenizer(), path, seq_len=4, num_samples=1, eval_samples=1)
+    assert data.calibration.shape == (1, 4) and data.evaluation.shape == (1, 4)
+
+
+def test_eval_file_too_short(tmp_path: Path) -> None:
+    calib, dev = tmp_path / "calib.txt", tmp_path / "dev.txt"
+    calib.write_text(" ".join(["w"] * 40), encoding="utf-8")
+    dev.write_text("x y", encoding="utf-8")
+    with pytest.raises(DataError, match="dev.txt has fewer than 8 tokens"):
+        load_calibration(WordTokenizer(), calib, seq_len=8, num_samples=2, eval_samples=2, eval_data=dev)
+
+
+def test_eval_file_is_used_and_capped(tmp_path: Path) -> None:
+    calib, dev = tmp_path / "calib.txt", tmp_path / "dev.jsonl"
+    calib.write_text(" ".join(["w"] * 40), encoding="utf-8")  # 41 tokens -> 10 sequences of 4
+    dev.write_text('{"text": "aa aa aa aa aa aa aa aa aa aa aa aa"}\n', encoding="utf-8")  # 13 -> 3
+    data = load_calibration(WordTokenizer(), calib, seq_len=4, num_samples=10, eval_samples=2, eval_data=dev)
+    assert data.calibration.shape == (10, 4)  # no sequence held out when an eval file is given
+    assert data.evaluation.tolist() == [[2, 2, 2, 2], [2, 2, 2, 2]]
+    assert data.eval_source == "dev.jsonl"
+
+
+def test_held_out_tail_does_not_overlap(tiny_llama: Path, calibration_file: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    data = load_calibration(tokenizer, calibration_file, seq_len=16, num_samples=5, eval_samples=3)
+    packed = pack_tokens(read_texts(calibration_file), tokenizer, 16)
+    assert packed.shape[0] > 8
+    assert data.calibration.shape == (5, 16) and data.evaluation.shape == (3, 16)
+    assert torch.equal(data.calibration, packed[:5]) and torch.equal(data.evaluation, packed[-3:])
+    assert data.eval_source == "held-out"
