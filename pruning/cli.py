@@ -22,7 +22,9 @@ def add_prune_command(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory or Hub id in the local cache")
     parser.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
     parser.add_argument(
-        "--eval-data", type=Path, help="held-out text for perplexity (default: the tail of --data)"
+        "--eval-data",
+        type=Path,
+        help="held-out text for perplexity (default: the sequences of --data after the calibration ones)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])

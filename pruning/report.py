@@ -47,7 +47,7 @@ class QualityFigure(Record):
 
     before: float
     after: float
-    eval_source: str  # "held-out" (the tail of the calibration file) or the evaluation file's name
+    eval_source: str  # "held-out" (the data's sequences after the calibration ones) or the eval file's name
     eval_tokens: int
 
 

@@ -329,7 +329,9 @@ class PruneSpec(PruneSettings):
 
     model: str = Field(description="local checkpoint directory or a Hub id in the local cache")
     data: Path = Field(description="calibration text: .jsonl with a `text` field per line, or .txt")
-    eval_data: Path | None = Field(None, description="held-out text; default: the tail of `data`")
+    eval_data: Path | None = Field(
+        None, description="held-out text; default: the sequences of `data` after the calibration ones"
+    )
     out_dir: Path = Field(description="where the compact checkpoint and its report are written")
     device: Device = Field("auto", description="auto: CUDA when available, else the CPU")
 

@@ -5,18 +5,39 @@ import torch
 from transformers import AutoTokenizer
 
 from pruning.errors import DataError
-from pruning.model.data import load_calibration, pack_tokens, read_texts
+from pruning.model import data as data_module
+from pruning.model.data import PIECE_CHARS, Piece, document_pieces, load_calibration, pack_tokens, read_pieces
 
 
 class WordTokenizer:
-    """One token per whitespace-separated word, its id the word's length: counts are known exactly."""
+    """One token per whitespace-separated word, its id the word's length: counts are known exactly. It
+    keeps what it was given: how many pieces, and the longest."""
 
     def __init__(self, eos_token_id: int | None = 0) -> None:
         self.eos_token_id = eos_token_id
+        self.pieces = 0
+        self.longest = 0
 
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict[str, list[list[int]]]:
         assert add_special_tokens is False  # packing must not add BOS per document
-        return {"input_ids": [len(word) for word in text.split()]}
+        self.pieces += len(texts)
+        self.longest = max([self.longest, *(len(text) for text in texts)])
+        return {"input_ids": [[len(word) for word in text.split()] for text in texts]}
+
+
+def documents(texts: list[str]) -> list[Piece]:
+    return [piece for text in texts for piece in document_pieces(text)]
+
+
+def read_texts(path: Path) -> list[str]:
+    """The documents of a small file, whole."""
+    texts, current = [], ""
+    for text, ends in read_pieces(path):
+        current += text
+        if ends:
+            texts.append(current)
+            current = ""
+    return texts
 
 
 @pytest.mark.parametrize(
@@ -62,16 +83,17 @@ def test_read_texts_jsonl_skips_blank_lines_and_empty_texts(tmp_path: Path) -> N
 def test_pack_tokens_joins_documents_with_eos_and_drops_the_tail() -> None:
     texts = ["a bb ccc", "dddd", "eeeee ffffff"]
     # stream: 1 2 3 0 | 4 0 | 5 6 0  (9 tokens)
-    packed = pack_tokens(texts, WordTokenizer(), 2)
+    packed = pack_tokens(documents(texts), WordTokenizer(), 2)
     assert packed.dtype == torch.long
     assert packed.tolist() == [[1, 2], [3, 0], [4, 0], [5, 6]]
-    assert pack_tokens(texts, WordTokenizer(), 4).tolist() == [[1, 2, 3, 0], [4, 0, 5, 6]]
-    assert pack_tokens(texts, WordTokenizer(), 9).tolist() == [[1, 2, 3, 0, 4, 0, 5, 6, 0]]
-    assert pack_tokens(texts, WordTokenizer(), 10).shape == (0, 10)
+    assert pack_tokens(documents(texts), WordTokenizer(), 4).tolist() == [[1, 2, 3, 0], [4, 0, 5, 6]]
+    assert pack_tokens(documents(texts), WordTokenizer(), 9).tolist() == [[1, 2, 3, 0, 4, 0, 5, 6, 0]]
+    assert pack_tokens(documents(texts), WordTokenizer(), 10).shape == (0, 10)
+    assert pack_tokens(documents(texts), WordTokenizer(), 2, limit=3).tolist() == [[1, 2], [3, 0], [4, 0]]
 
 
 def test_pack_tokens_without_eos_has_no_separator() -> None:
-    packed = pack_tokens(["a bb", "ccc dddd"], WordTokenizer(eos_token_id=None), 2)
+    packed = pack_tokens(documents(["a bb", "ccc dddd"]), WordTokenizer(eos_token_id=None), 2)
     assert packed.tolist() == [[1, 2], [3, 4]]
 
 
@@ -80,7 +102,7 @@ def test_pack_tokens_with_a_real_tokenizer(tiny_llama: Path) -> None:
     texts = ["def add(a, b):", "return a + b"]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     stream = ids[0] + [tokenizer.eos_token_id] + ids[1] + [tokenizer.eos_token_id]
-    packed = pack_tokens(texts, tokenizer, 3)
+    packed = pack_tokens(documents(texts), tokenizer, 3)
     assert packed.shape == (len(stream) // 3, 3)
     assert packed.flatten().tolist() == stream[: len(stream) // 3 * 3]
 
@@ -114,11 +136,59 @@ def test_eval_file_is_used_and_capped(tmp_path: Path) -> None:
     assert data.eval_source == "dev.jsonl"
 
 
-def test_held_out_tail_does_not_overlap(tiny_llama: Path, calibration_file: Path) -> None:
+def test_held_out_sequences_follow_the_calibration_ones(tiny_llama: Path, calibration_file: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     data = load_calibration(tokenizer, calibration_file, seq_len=16, num_samples=5, eval_samples=3)
-    packed = pack_tokens(read_texts(calibration_file), tokenizer, 16)
+    packed = pack_tokens(read_pieces(calibration_file), tokenizer, 16)
     assert packed.shape[0] > 8
     assert data.calibration.shape == (5, 16) and data.evaluation.shape == (3, 16)
-    assert torch.equal(data.calibration, packed[:5]) and torch.equal(data.evaluation, packed[-3:])
+    assert torch.equal(data.calibration, packed[:5]) and torch.equal(data.evaluation, packed[5:8])
     assert data.eval_source == "held-out"
+
+
+def test_reading_stops_once_the_sequences_are_full(tmp_path: Path) -> None:
+    """A file far larger than the job: only a batch of its records past the last one needed is tokenized,
+    and the rest is never read (a broken line there goes unnoticed)."""
+    path = tmp_path / "large.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.writelines('{"text": "w"}\n' for _ in range(100_000))  # 1 token + EOS each
+        handle.write("{not json\n")
+    tokenizer = WordTokenizer()
+    data = load_calibration(tokenizer, path, seq_len=4, num_samples=2, eval_samples=1)  # 12 tokens
+    assert data.calibration.tolist() == [[1, 0, 1, 0], [1, 0, 1, 0]]
+    assert data.evaluation.tolist() == [[1, 0, 1, 0]]
+    assert tokenizer.pieces == data_module.BATCH_PIECES  # the one call that filled the sequences
+
+
+def test_a_long_document_goes_to_the_tokenizer_in_pieces(tmp_path: Path) -> None:
+    """A single-line .txt of 10 pieces' length: no tokenizer call sees more than PIECE_CHARS characters,
+    and cutting before whitespace keeps every word whole."""
+    words = ["ab", "cde", "f", "ghij"] * (10 * PIECE_CHARS // 12)
+    path = tmp_path / "one-line.txt"
+    path.write_text(" ".join(words), encoding="utf-8")
+    tokenizer = WordTokenizer()
+    packed = pack_tokens(read_pieces(path), tokenizer, seq_len=len(words) + 1)  # everything, with its EOS
+    assert 0 < tokenizer.longest <= PIECE_CHARS
+    assert packed.flatten().tolist() == [len(word) for word in words] + [0]
+    # and the job's few sequences read only the start of it
+    small = WordTokenizer()
+    data = load_calibration(small, path, seq_len=8, num_samples=2, eval_samples=1)
+    assert data.calibration.flatten().tolist() == [len(word) for word in words[:16]]
+    assert small.pieces <= data_module.BATCH_CHARS // PIECE_CHARS + 1  # one call; pieces end short of it
+
+
+def test_pieces_tokenize_as_the_whole_document(tiny_llama: Path) -> None:
+    """A real BPE tokenizer gives the same ids for a long document cut into pieces as for it whole."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    text = " ".join(f"def f{i}(x):\n    return x + {i}" for i in range(3 * PIECE_CHARS // 30))
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert len(list(document_pieces(text))) >= 3
+    packed = pack_tokens(document_pieces(text), tokenizer, seq_len=len(whole))
+    assert packed.flatten().tolist() == whole
+
+
+def test_a_record_with_an_integer_past_the_conversion_limit_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "big-int.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="big-int.jsonl line 2: Exceeds the limit"):
+        load_calibration(WordTokenizer(), path, seq_len=2, num_samples=5, eval_samples=1)
