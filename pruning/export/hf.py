@@ -8,6 +8,7 @@ grouping.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 from collections.abc import Callable
@@ -22,9 +23,31 @@ from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.checkpoint import INDEX_NAME, CheckpointReader
 from pruning.model.units import UnitSpace
 
-# files of the original checkpoint that the export rewrites or must not copy
-SKIPPED = {"config.json", INDEX_NAME, "README.md", ".gitattributes"}
-SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+# The files of the original checkpoint that travel with the pruned weights, as they are: generation
+# settings, the tokenizer in each of its formats, the chat template, the model's own (remote) code and its
+# license terms. Nothing else is copied: not `original/` (Llama-3.x's second copy of its weights), not
+# weights in other formats, not a subfolder of any kind. config.json, the shard index and README.md (the
+# model card) are the export's own.
+SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer*",  # tokenizer.json, tokenizer_config.json, tokenizer.model (.v3), ...
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "*.tiktoken",
+    "tekken.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "*.py",  # configuration_*.py, modeling_*.py, tokenization_*.py named by the config's auto_map
+    "LICENSE*",
+    "USE_POLICY*",
+    "NOTICE*",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
 MODELING_FILE = "modeling_fwdprune.py"
 
 
@@ -149,15 +172,21 @@ def _write_config(
     return config
 
 
+def is_side_file(path: Path) -> bool:
+    """Whether `path`, in a checkpoint directory, travels with the pruned weights (SIDE_FILES)."""
+    name = path.name
+    return (
+        path.is_file()
+        and any(fnmatch.fnmatchcase(name, pattern) for pattern in SIDE_FILES)
+        and not name.endswith(WEIGHT_SUFFIXES)
+    )
+
+
 def copy_side_files(model_dir: Path, out_dir: Path) -> None:
-    """Tokenizer, generation config and other small files travel with the weights."""
-    for path in model_dir.iterdir():
-        if path.name in SKIPPED or path.name.endswith(SKIPPED_SUFFIXES) or path.name.startswith("."):
-            continue
+    """Copy the tokenizer, generation config, remote code and license files beside the weights."""
+    for path in sorted(model_dir.iterdir()):
         target = out_dir / path.name
-        if path.is_dir():
-            shutil.copytree(path, target, dirs_exist_ok=True)
-        elif not target.exists():
+        if is_side_file(path) and not target.exists():
             shutil.copyfile(path, target)
 
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import pruning
 from pruning.engine.reporting import count_checkpoint_params
-from pruning.export.hf import export_pruned
+from pruning.export.hf import copy_side_files, export_pruned
 from pruning.measure.monitor import StageMonitor, anonymous_rss
 from pruning.model.adapters import UnitKind, adapter_for
 from pruning.model.loading import load_model
@@ -196,3 +196,52 @@ def test_export_holds_about_half_a_shard_not_the_whole_shard(tmp_path: Path) -> 
     largest_shard = max(path.stat().st_size for path in src.glob("*.safetensors"))
     assert largest_shard > 40 * 2**20
     assert 0.2 * largest_shard < grown < 0.7 * largest_shard
+
+
+def test_only_the_checkpoints_side_files_travel(tmp_path: Path) -> None:
+    """A Llama-3.x-style directory: its tokenizer, generation config, chat template, remote code and license
+    travel; `original/` (a second copy of the weights), weights in other formats and other folders do not."""
+    source, out = tmp_path / "model", tmp_path / "out"
+    travel = [
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+        "chat_template.jinja",
+        "configuration_custom.py",
+        "modeling_custom.py",
+        "LICENSE",
+        "USE_POLICY.md",
+    ]
+    stay = [
+        "config.json",  # rewritten by the export
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "README.md",  # the export writes its own model card
+        ".gitattributes",
+        "original/consolidated.00.pth",
+        "original/params.json",
+        "original/tokenizer.model",
+        "pytorch_model.bin",
+        "training_args.bin",
+        "model.pt",
+        "flax_model.msgpack",
+        "tf_model.h5",
+        "model.gguf",
+        "onnx/model.onnx",
+        "runs/events.out",
+        "notes.txt",
+    ]
+    for name in travel + stay:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(name.encode())
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # what the export wrote first is kept
+    copy_side_files(source, out)
+    copied = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert copied == sorted([*travel, "config.json"])
+    assert all((out / name).read_bytes() == name.encode() for name in travel)
+    assert (out / "config.json").read_text() == "{}"
