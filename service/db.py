@@ -53,6 +53,9 @@ class JobRow(Base):
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_status_seq", "status", "seq"),
+        # per key: its queued and running jobs (quota, fair claims), and when its last job started
+        Index("ix_jobs_owner_status_seq", "owner", "status", "seq"),
+        Index("ix_jobs_owner_started_at", "owner", "started_at"),
     )
 
     # seq orders jobs (and is the list cursor's key); id is the unguessable public name.

@@ -197,6 +197,18 @@ class Settings(BaseSettings):
     job_limits: JobLimits = Field(
         default_factory=JobLimits, description="upper bounds on the settings that size a job's work"
     )
+    max_queued_jobs_per_key: int = Field(
+        default=100,
+        ge=1,
+        description="queued jobs one API key may have waiting; a submit past it is refused with 429 and "
+        "Retry-After (jobs that have started do not count)",
+    )
+    max_stored_bytes_per_key: int = Field(
+        default=4 * 1024**3,
+        ge=1,
+        description="bytes of uploaded files one API key may keep; an upload past it is refused with 413 "
+        "until the key deletes files",
+    )
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

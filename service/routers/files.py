@@ -24,6 +24,7 @@ from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unproc
 from service.schemas.files import FileList, FilePublic
 from service.settings import Settings
 from service.storage import Storage, StorageError, file_key
+from service.store import StoredBytesExceeded
 from service.uploads import MultipartUpload, UploadInvalid, UploadSink, UploadTooLarge
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -68,7 +69,7 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
     status_code=status.HTTP_201_CREATED,
     response_model=FilePublic,
     responses={
-        413: {"description": "upload too large"},
+        413: {"description": "upload too large, or past the key's stored-bytes quota"},
         422: {"description": "invalid content or file name"},
         503: {"description": "the object store refused the file or could not be reached"},
         507: {"description": "the server has no space left for the upload"},
@@ -83,8 +84,13 @@ async def upload_file(
     The file is written to disk as it arrives and validated on the way; it is stored only whole and valid.
     """
     file_id = "file_" + secrets.token_urlsafe(16)
-    with upload_refusals():
-        sink, key = await store_upload(request, settings, storage, file_id)
+    # an upload never passes the key's byte quota: refused before its body is read when the key's files
+    # already fill it, cut off at the room left while it streams, and counted again as its row goes in
+    room = settings.max_stored_bytes_per_key - await run_in_threadpool(store.stored_bytes, principal.owner)
+    if room <= 0:
+        raise over_quota(settings)
+    with upload_refusals(), quota_refusal(settings, room):
+        sink, key = await store_upload(request, settings, storage, file_id, room)
     row = FileRow(
         id=file_id,
         owner=principal.owner,
@@ -95,25 +101,57 @@ async def upload_file(
         created_at=time.time(),
     )
     try:
-        return to_public(await run_in_threadpool(store.add_file, row))
+        added = await run_in_threadpool(
+            store.add_file, row, max_stored_bytes=settings.max_stored_bytes_per_key
+        )
+        return to_public(added)
+    except StoredBytesExceeded as err:  # another upload of the key's took the room meanwhile
+        await delete_stored(storage, key)
+        raise over_quota(settings) from err
     except Exception:
-        with contextlib.suppress(StorageError, OSError):  # a file no row names must not stay stored
-            await run_in_threadpool(storage.delete, key)
+        await delete_stored(storage, key)
         raise
 
 
+async def delete_stored(storage: Storage, key: str) -> None:
+    with contextlib.suppress(StorageError, OSError):  # a file no row names must not stay stored
+        await run_in_threadpool(storage.delete, key)
+
+
+def over_quota(settings: Settings) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"this key's files would hold more than the {settings.max_stored_bytes_per_key} bytes it may keep "
+        "(FWDPRUNE_MAX_STORED_BYTES_PER_KEY); delete files it no longer needs",
+    )
+
+
+@contextmanager
+def quota_refusal(settings: Settings, room: int) -> Iterator[None]:
+    """An upload cut off at the key's room left is refused for the quota, not the upload size limit."""
+    try:
+        yield
+    except UploadTooLarge as err:
+        if room >= settings.max_upload_bytes:
+            raise
+        raise over_quota(settings) from err
+
+
 async def store_upload(
-    request: Request, settings: Settings, storage: Storage, file_id: str
+    request: Request, settings: Settings, storage: Storage, file_id: str, room: int
 ) -> tuple[UploadSink, str]:
     """Stream the form's file to a temporary file in the files directory, then put it to storage; only a
-    whole, valid file gets a key there. Its key is returned."""
+    whole, valid file of at most `room` bytes gets a key there. Its key is returned."""
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=settings.files_dir, prefix=".upload-")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
             upload = MultipartUpload(
-                request.headers.get("content-type"), out, settings.max_upload_bytes, settings.max_line_bytes
+                request.headers.get("content-type"),
+                out,
+                min(settings.max_upload_bytes, room),
+                settings.max_line_bytes,
             )
             sink = await receive_upload(request, upload)
         # the engine picks the parser by suffix, so the stored name keeps the upload's
@@ -165,9 +203,17 @@ async def receive_upload(request: Request, upload: MultipartUpload) -> UploadSin
 def list_files(
     principal: PrincipalDep,
     store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    after: Annotated[
+        str | None, Query(max_length=64, description="id of the previous page's last file")
+    ] = None,
     all: Annotated[bool, Query(description="admins: every key's files")] = False,
 ) -> FileList:
-    return FileList(data=[to_public(row) for row in store.list_files(principal.scope(all))])
+    """The key's files, newest first, a page at a time (as jobs are listed)."""
+    rows, more = store.list_files(principal.scope(all), limit=limit, after=after)
+    return FileList(
+        data=[to_public(r) for r in rows], has_more=more, next_after=rows[-1].id if more else None
+    )
 
 
 @router.get("/{file_id}", response_model=FilePublic, responses=NOT_FOUND)

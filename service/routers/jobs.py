@@ -33,12 +33,13 @@ from service.schemas.jobs import (
 )
 from service.settings import Settings
 from service.storage import StorageError, artifact_key, job_prefix
-from service.store import ACTIVE, FileGone, IdempotencyConflict, Store
+from service.store import ACTIVE, FileGone, IdempotencyConflict, QueueFull, Store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("fwdprune.jobs")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
 GIB = 1 << 30
+QUEUE_FULL_RETRY_AFTER_S = 60
 
 
 def _gib_in_bytes(gib: float | None) -> int | None:
@@ -124,6 +125,7 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
     responses={
         200: {"model": JobPublic, "description": "the job already made with this Idempotency-Key"},
         422: {"description": "invalid request, or one over the server's limits on a job"},
+        429: {"description": "the key has as many queued jobs as it may (see Retry-After)"},
     },
 )
 def create_job(
@@ -156,7 +158,13 @@ def create_job(
     )
     file_ids = [file_id for file_id in (body.calibration_file, body.eval_file) if file_id is not None]
     try:
-        job, created = store.create_job(row, file_ids)
+        job, created = store.create_job(row, file_ids, max_queued=settings.max_queued_jobs_per_key)
+    except QueueFull as err:  # waiting is the remedy: a queued job of the key's starts soon enough
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{err} (FWDPRUNE_MAX_QUEUED_JOBS_PER_KEY); submit again once some have started",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+        ) from err
     except FileGone as err:
         field = "calibration_file" if str(err) == body.calibration_file else "eval_file"
         raise unprocessable(

@@ -21,3 +21,5 @@ class FilePublic(BaseModel):
 
 class FileList(BaseModel):
     data: list[FilePublic]
+    has_more: bool
+    next_after: str | None = None

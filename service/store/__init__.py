@@ -15,8 +15,8 @@ from __future__ import annotations
 from service.store.base import ACTIVE, STATUSES, TERMINAL, Claim, db_clock
 from service.store.claims import Claimed, ClaimQueries, FreeGpu, gpus_for
 from service.store.events import EventQueries
-from service.store.files import FileInUse, FileQueries
-from service.store.jobs import FileGone, IdempotencyConflict, JobQueries
+from service.store.files import FileInUse, FileQueries, StoredBytesExceeded
+from service.store.jobs import FileGone, IdempotencyConflict, JobQueries, QueueFull
 from service.store.metrics import MetricQueries
 from service.store.reaping import Orphan, ReapQueries
 from service.store.workers import WorkerQueries
@@ -32,7 +32,9 @@ __all__ = [
     "FreeGpu",
     "IdempotencyConflict",
     "Orphan",
+    "QueueFull",
     "Store",
+    "StoredBytesExceeded",
     "db_clock",
     "gpus_for",
 ]

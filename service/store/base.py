@@ -3,6 +3,7 @@ and the claim that fences a worker's changes."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -15,6 +16,9 @@ from service.db import JobRow, make_engine, upgrade
 ACTIVE = ("running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+UNFINISHED = ("queued", *ACTIVE)
+# pg_advisory_xact_lock(space, key) of a key's quota checks (the two-number form: apart from migrations')
+OWNER_LOCK_SPACE = 0x66777071
 
 
 class Owned(Protocol):
@@ -47,6 +51,16 @@ def db_clock(url: str) -> ColumnElement[float]:
         return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
     # clock_timestamp, not now(): now() is frozen at the start of the transaction
     return literal_column("CAST(extract(epoch from clock_timestamp()) AS double precision)", Float)
+
+
+def lock_owner(s: Session, owner: str) -> None:
+    """Serialise this transaction with every other that counts or adds `owner`'s jobs or files, until it
+    ends, so a quota check counts everything committed before it. PostgreSQL: an advisory lock per owner;
+    SQLite needs none once the transaction has written (one writer at a time holds the database)."""
+    if s.get_bind().dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
+    s.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": OWNER_LOCK_SPACE, "key": key})
 
 
 def visible_to(row: Row | None, owner: str | None) -> Row | None:

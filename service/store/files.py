@@ -1,42 +1,91 @@
-"""Uploaded files: rows naming what storage holds, and the rule that a file an unfinished job reads stays."""
+"""Uploaded files: rows naming what storage holds, each key's stored bytes within its quota, and the rule
+that a file an unfinished job reads stays."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db import FileRow, JobRow
-from service.store.base import ACTIVE, StoreBase, visible_to
+from service.store.base import UNFINISHED, StoreBase, lock_owner, visible_to
 
 
 class FileInUse(Exception):
     """An unfinished job reads the file."""
 
 
+class StoredBytesExceeded(Exception):
+    """The key's files would hold more bytes than it may keep."""
+
+    def __init__(self, stored: int, limit: int) -> None:
+        super().__init__(f"this key's files hold {stored} bytes of the {limit} it may keep")
+        self.stored, self.limit = stored, limit
+
+
 class FileQueries(StoreBase):
-    def add_file(self, row: FileRow) -> FileRow:
+    def add_file(self, row: FileRow, *, max_stored_bytes: int | None = None) -> FileRow:
+        """Insert `row`; StoredBytesExceeded (and nothing inserted) if the owner's files would then hold
+        more than `max_stored_bytes`. Counted after the insert, under the owner's lock: concurrent uploads
+        of one key never pass the bound together."""
         with self.session() as s, s.begin():
+            lock_owner(s, row.owner)
             s.add(row)
+            s.flush()
+            if max_stored_bytes is not None:
+                stored = self._stored_bytes(s, row.owner)
+                if stored > max_stored_bytes:
+                    raise StoredBytesExceeded(stored - row.bytes, max_stored_bytes)  # rolls the row back
         return row
+
+    def stored_bytes(self, owner: str) -> int:
+        """The bytes of every file `owner` keeps."""
+        with self.session() as s:
+            return self._stored_bytes(s, owner)
+
+    @staticmethod
+    def _stored_bytes(s: Session, owner: str) -> int:
+        query = select(func.coalesce(func.sum(FileRow.bytes), 0)).where(FileRow.owner == owner)
+        return int(s.execute(query).scalar_one())
 
     def get_file(self, file_id: str, owner: str | None) -> FileRow | None:
         with self.session() as s:
             row = s.get(FileRow, file_id)
         return visible_to(row, owner)
 
-    def list_files(self, owner: str | None) -> Sequence[FileRow]:
-        query = select(FileRow).order_by(FileRow.created_at.desc(), FileRow.id)
+    def list_files(
+        self, owner: str | None, *, limit: int = 50, after: str | None = None
+    ) -> tuple[Sequence[FileRow], bool]:
+        """Newest first; `after` is the id of the last file of the previous page. Returns (files,
+        has_more)."""
+        query = select(FileRow).order_by(FileRow.created_at.desc(), FileRow.id).limit(limit + 1)
         if owner is not None:
             query = query.where(FileRow.owner == owner)
         with self.session() as s:
-            return s.scalars(query).all()
+            if after is not None:
+                cursor = s.execute(select(FileRow.created_at, FileRow.id).where(FileRow.id == after)).first()
+                if cursor is None:
+                    return [], False
+                created_at, file_id = cursor
+                query = query.where(
+                    or_(
+                        FileRow.created_at < created_at,
+                        and_(FileRow.created_at == created_at, FileRow.id > file_id),
+                    )
+                )
+            rows = s.scalars(query).all()
+        return rows[:limit], len(rows) > limit
 
     @staticmethod
     def _jobs_reading(s: Session, file_id: str) -> bool:
-        jobs = s.scalars(select(JobRow).where(JobRow.status.in_(("queued", *ACTIVE)))).all()
-        return any(file_id in (j.request.get("calibration_file"), j.request.get("eval_file")) for j in jobs)
+        """Whether an unfinished job names the file, asked in SQL (the request's JSON, read in place)."""
+        reads = or_(
+            JobRow.request["calibration_file"].as_string() == file_id,
+            JobRow.request["eval_file"].as_string() == file_id,
+        )
+        query = select(JobRow.id).where(JobRow.status.in_(UNFINISHED), reads).limit(1)
+        return s.execute(query).first() is not None
 
     def file_in_use(self, file_id: str) -> bool:
         """Whether an unfinished job reads this file (it must not vanish under the job)."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from service.db import EventRow, FileRow, JobRow
 from service.schemas.events import WarningEvent
-from service.store.base import ACTIVE, TERMINAL, Claim, StoreBase, fence, visible_to
+from service.store.base import ACTIVE, TERMINAL, Claim, StoreBase, fence, lock_owner, visible_to
 from service.store.events import event_row, status_event
 from service.store.transitions import back_to_queue, ended, transition
 
@@ -25,20 +26,37 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used with a different request body."""
 
 
+class QueueFull(Exception):
+    """The key already has as many queued jobs as it may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this key already has {limit} queued jobs, the most it may have waiting")
+        self.limit = limit
+
+
 class JobQueries(StoreBase):
-    def create_job(self, row: JobRow, file_ids: Sequence[str] = ()) -> tuple[JobRow, bool]:
+    def create_job(
+        self, row: JobRow, file_ids: Sequence[str] = (), *, max_queued: int | None = None
+    ) -> tuple[JobRow, bool]:
         """Insert `row`, or return the job already made with the same idempotency key: (job, created).
+
         Raises FileGone if one of `file_ids` was deleted meanwhile: the job is inserted before the files
         are read back (shared-locked on PostgreSQL), so a concurrent `delete_file` either sees the job or
-        has already removed the row this transaction then misses."""
+        has already removed the row this transaction then misses. Raises QueueFull if the owner would
+        have more than `max_queued` queued jobs: counted after the insert, under the owner's lock, so
+        concurrent submits of one key (from any number of API processes) never pass the bound together.
+        """
         if row.idempotency_key is not None:
             existing = self._by_idempotency_key(row.owner, row.idempotency_key)
             if existing is not None:
                 return _same_request(existing, row), False
         try:
             with self.session() as s, s.begin():
+                lock_owner(s, row.owner)
                 s.add(row)
                 s.flush()  # the job row must exist before its first event (foreign key)
+                if max_queued is not None and self._queued(s, row.owner) > max_queued:
+                    raise QueueFull(max_queued)  # rolls the job back
                 s.add(event_row(row.id, status_event({"status": row.status}), at=row.created_at))
                 s.flush()
                 named = select(FileRow.id).where(FileRow.id.in_(file_ids)).with_for_update(read=True)
@@ -55,6 +73,13 @@ class JobQueries(StoreBase):
                 raise
             return _same_request(existing, row), False
         return row, True
+
+    @staticmethod
+    def _queued(s: Session, owner: str) -> int:
+        query = (
+            select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.status == "queued")
+        )
+        return int(s.execute(query).scalar_one())
 
     def _by_idempotency_key(self, owner: str, key: str) -> JobRow | None:
         with self.session() as s:

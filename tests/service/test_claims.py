@@ -32,6 +32,42 @@ def _placements(store: Store, job_id: str) -> list[dict[str, Any]]:
     return [e.data for e in store.events(job_id, 0, 100) if e.type == "placement"]
 
 
+# fairness -----------------------------------------------------------------------------------------------
+def test_another_keys_single_job_is_claimed_next(db_url: str) -> None:
+    """Alice queued many jobs, then Bob one: Bob's is the next a worker takes, whether it has one slot
+    (Alice's first job has ended) or several (Alice's first job still runs)."""
+    store = Store(db_url)
+    try:
+        alice = [_queue(store, f"job_alice_{i}", owner="alice") for i in range(20)]
+        bob = _queue(store, "job_bob", owner="bob")
+        first = store.claim_job("w1")
+        assert first is not None and first.job.id == alice[0]  # nobody has run anything: the oldest
+        second = store.claim_job("w2")  # Alice has a job running, Bob none
+        assert second is not None and second.job.id == bob
+        third = store.claim_job("w3")
+        assert third is not None and third.job.id == alice[1]
+    finally:
+        store.close()
+
+
+def test_one_slot_takes_turns_between_keys(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        for i in range(3):
+            _queue(store, f"job_alice_{i}", owner="alice")
+        for i in range(2):
+            _queue(store, f"job_bob_{i}", owner="bob")
+        order = []
+        while (claimed := store.claim_job("w1")) is not None:
+            order.append(claimed.job.id)
+            # each job ends before the next claim, a little later than the last one started
+            store.finish_job(claimed.job.id, "succeeded", claim=Claim("w1", claimed.job.attempts))
+            time.sleep(0.01)
+        assert order == ["job_alice_0", "job_bob_0", "job_alice_1", "job_bob_1", "job_alice_2"]
+    finally:
+        store.close()
+
+
 # concurrency --------------------------------------------------------------------------------------------
 def test_concurrent_workers_claim_each_job_exactly_once(db_url: str) -> None:
     store = Store(db_url)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from service.db import FileRow, JobRow, WorkerRow
-from service.store import IdempotencyConflict, Store
+from service.store import IdempotencyConflict, QueueFull, Store, StoredBytesExceeded
 
 
 def _job(job_id: str, owner: str = "alice", key: str | None = None, digest: str = "h1") -> JobRow:
@@ -71,6 +72,128 @@ def test_idempotency(db_url: str) -> None:
         _, created_other_owner = store.create_job(_job("job_d", owner="bob", key="k"))
         assert created_other_owner
     finally:
+        store.close()
+
+
+def _concurrently(count: int, action: Callable[[int], object]) -> list[object]:
+    """`action(i)` for i in range(count), all started at once; what each returned or raised."""
+    outcomes: list[object] = [None] * count
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        start.wait(timeout=30)
+        try:
+            outcomes[i] = action(i)
+        except Exception as err:  # the outcome the test looks at
+            outcomes[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+def test_queued_jobs_per_key_are_bounded(db_url: str) -> None:
+    store = Store(db_url)
+    stores = [Store(db_url, migrate=False) for _ in range(8)]  # as several API processes would
+    try:
+        outcomes = _concurrently(8, lambda i: stores[i].create_job(_job(f"job_{i}"), max_queued=3))
+        assert sum(isinstance(o, tuple) for o in outcomes) == 3
+        assert sum(isinstance(o, QueueFull) for o in outcomes) == 5
+        assert str(next(o for o in outcomes if isinstance(o, QueueFull))) == (
+            "this key already has 3 queued jobs, the most it may have waiting"
+        )
+        assert store.list_jobs("alice")[0] and len(store.list_jobs("alice")[0]) == 3
+        assert store.create_job(_job("job_bob", owner="bob"), max_queued=3)[1]  # another key's quota
+        assert store.claim_job("w1") is not None  # a job that starts no longer waits in the queue
+        assert store.create_job(_job("job_next"), max_queued=3)[1]
+        _, created = store.create_job(_job("job_again", key="k"), max_queued=4)
+        retried, created_again = store.create_job(_job("job_retry", key="k"), max_queued=1)
+        assert created and (retried.id, created_again) == ("job_again", False)  # a replay is no new job
+    finally:
+        for each in (store, *stores):
+            each.close()
+
+
+def _file(file_id: str, size: int, owner: str = "alice") -> FileRow:
+    return FileRow(
+        id=file_id,
+        owner=owner,
+        filename="a.txt",
+        bytes=size,
+        sha256="x" * 64,
+        path=file_id,
+        created_at=time.time(),
+    )
+
+
+def test_stored_bytes_per_key_are_bounded(db_url: str) -> None:
+    store = Store(db_url)
+    stores = [Store(db_url, migrate=False) for _ in range(6)]
+    try:
+        store.add_file(_file("file_0", 400), max_stored_bytes=1000)
+        outcomes = _concurrently(
+            6, lambda i: stores[i].add_file(_file(f"file_{i + 1}", 250), max_stored_bytes=1000)
+        )
+        assert sum(isinstance(o, FileRow) for o in outcomes) == 2  # 400 + 2 x 250 of 1000
+        refused = [o for o in outcomes if isinstance(o, StoredBytesExceeded)]
+        assert (
+            len(refused) == 4 and str(refused[0]) == "this key's files hold 900 bytes of the 1000 it may keep"
+        )
+        assert store.stored_bytes("alice") == 900 and store.stored_bytes("bob") == 0
+        store.add_file(_file("file_bob", 1000, owner="bob"), max_stored_bytes=1000)
+    finally:
+        for each in (store, *stores):
+            each.close()
+
+
+def test_files_are_listed_a_page_at_a_time(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        for i in range(5):
+            store.add_file(_file(f"file_{i}", 1))
+        store.add_file(_file("file_bob", 1, owner="bob"))
+        pages, after = [], None
+        while True:
+            rows, more = store.list_files("alice", limit=2, after=after)
+            pages.append([row.id for row in rows])
+            if not more:
+                break
+            after = rows[-1].id
+        assert pages == [["file_4", "file_3"], ["file_2", "file_1"], ["file_0"]]
+        assert store.list_files("alice", after="file_nope") == ([], False)
+        assert len(store.list_files(None, limit=10)[0]) == 6  # an admin's view of every key's
+    finally:
+        store.close()
+
+
+def test_deleting_a_file_asks_sql_which_jobs_read_it(db_url: str) -> None:
+    """No job is loaded into Python to decide, inside the delete's write transaction."""
+    store = Store(db_url)
+    loaded: list[str] = []
+
+    def count(target: JobRow, _context: object) -> None:
+        loaded.append(target.id)
+
+    try:
+        store.add_file(_file("file_1", 1))
+        store.add_file(_file("file_2", 1))
+        for i in range(200):
+            store.create_job(_job(f"job_{i}"))  # each reads file_1
+        done = _job("job_done")
+        done.request = {"calibration_file": "file_x", "eval_file": "file_2"}
+        store.create_job(done)
+        event.listen(JobRow, "load", count)
+        assert not store.delete_file("file_1")
+        assert store.get_file("file_1", None) is not None  # still there: unfinished jobs read it
+        assert not store.delete_file("file_2")  # a queued job's eval_file
+        store.request_cancel("job_done")
+        assert store.delete_file("file_2")
+        assert loaded == []
+    finally:
+        event.remove(JobRow, "load", count)
         store.close()
 
 
