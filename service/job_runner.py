@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, get_args, overload
 
 from pruning.errors import FwdpruneError, failure_code
+from pruning.events import Event
 from pruning.runtime.procs import parent_death_signal
 from pruning.spec import Device
 from service.artifacts import describe, upload_outputs
@@ -36,31 +37,6 @@ from service.store import Claim, Store
 EXIT_NOT_OWNER = 4  # the job was taken from this process's worker; it stopped without a verdict
 WATCH_PARENT_S = 0.5
 WATCH_CLAIM_S = 5.0
-
-REPORT_KEYS = (
-    "params",
-    "sparsity",
-    "perplexity",
-    "embedding_cosine",
-    "calibration_loss",
-    "compensation",
-    "budget",
-    "stage_s",
-    "total_s",
-    "forward_tokens",
-    "peak_gpu_bytes",
-    "peak_host_rss_bytes",
-    "method",
-    "precision",
-    "device",
-    "sizes",  # several sizes: the summary's curve
-    "scoring_s",
-)
-
-
-def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    """The part of the engine's report kept as job metrics (the whole report is an artifact)."""
-    return {key: report[key] for key in REPORT_KEYS if key in report}
 
 
 def stop_self(reason: str) -> None:
@@ -119,8 +95,8 @@ class JobEvents:
         self._last_saved = 0.0
         self._last_round: object = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("type") != "progress":
+    def __call__(self, event: Event) -> None:
+        if event["type"] != "progress":
             self._record(event)
             return
         now = time.monotonic()
@@ -129,7 +105,7 @@ class JobEvents:
             self._record(event)
             self._last_saved, self._last_round = now, event.get("round")
 
-    def _record(self, event: dict[str, Any]) -> None:
+    def _record(self, event: Event) -> None:
         if not self.store.record_event(self.job_id, event, claim=self.claim) and self.claim is not None:
             stop_self(f"job {self.job_id} is no longer held by this worker")
 
@@ -221,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         # checksums and uploads here, not in the worker: a large checkpoint must not stall its heartbeats
         result: dict[str, Any] = {
             "ok": True,
-            "metrics": summarize(report),
+            "metrics": report.metrics(),  # the report's headline figures; the whole report is an artifact
             "artifacts": stage_outputs(args, job.id, args.attempt or job.attempts),
         }
         code = 0

@@ -1,17 +1,20 @@
-"""A job's events: the ones the service writes (typed here), the engine's, and how the API shows them.
+"""A job's events: the ones the service writes (typed here), the engine's (`pruning.events`, received
+by the job runner through the engine's one sink type), and how the API shows them.
 
 The store writes every event through one function (`service.store.events.event_row`), whatever its
-source: status changes, placements and warnings from the service, stage, progress, plan, metric and
-warning events from the engine (through the job runner). An event is a `type` and its data.
+source: status changes, placements and warnings from the service, stage, plan, progress, metric and
+warning events from the engine. An event is a `type` and its data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel
+
+from pruning.events import Event as EngineEvent
 
 
 class ErrorDetail(TypedDict):
@@ -44,9 +47,7 @@ class WarningEvent(TypedDict):
 
 
 ServiceEvent = StatusEvent | PlacementEvent | WarningEvent
-# the engine's events (stage, progress, plan, metric, warning) are its own: the service stores them whole
-JobEvent = ServiceEvent | Mapping[str, Any]
-EventSink = Callable[[Mapping[str, Any]], None]
+JobEvent = ServiceEvent | EngineEvent  # the engine's are stored whole, as it sent them
 
 # what names a machine or a process (worker ids hold host names and pids, GPUs go by UUID): admins only
 WORKER_DETAILS = frozenset({"worker", "gpus", "hostname", "host", "pid"})

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from pruning.events import Event as EngineEvent
 from service.db import EventRow, JobRow
 from service.schemas.events import JobEvent, StatusEvent
 from service.store.base import ACTIVE, Claim, StoreBase, fence
@@ -33,7 +34,7 @@ def status_event(values: Mapping[str, Any]) -> StatusEvent:
     return event
 
 
-def progress_columns(event: Mapping[str, Any]) -> dict[str, Any]:
+def progress_columns(event: EngineEvent) -> dict[str, Any]:
     """The job columns an engine event updates: any stage means computing has begun."""
     kind = event.get("type")
     if kind == "stage":
@@ -54,7 +55,7 @@ class EventQueries(StoreBase):
             ).all()
 
     def record_event(
-        self, job_id: str, event: Mapping[str, Any], *, store_event: bool = True, claim: Claim | None = None
+        self, job_id: str, event: EngineEvent, *, store_event: bool = True, claim: Claim | None = None
     ) -> bool:
         """An engine event: progress updates the job's progress; any stage means computing has begun.
 
