@@ -21,6 +21,7 @@ from pruning.spec import PruneSettings
 NAMED_METAVARS = {
     "sparsity": "FRACTION[,FRACTION...]",
     "time_limit": "DURATION",
+    "max_time": "DURATION",
     "options": "KEY=VALUE",
 }
 

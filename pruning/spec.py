@@ -254,6 +254,14 @@ class PruneSettings(BaseModel):
         description="end the whole job within this time (e.g. 10m, 90s, 1h30m): bonsai's sub-models per "
         "round are sized from the measured throughput",
     )
+    max_time: Duration | None = Field(
+        None,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="end the whole job within this time, without stretching it to fill it (as time_limit "
+        "does): where the measured pace says bonsai's sub-models would not fit, its rounds score fewer and "
+        "its split search judges fewer candidates; a job with time to spare runs as it would without it",
+    )
     gpus: int | None = Field(
         None,
         ge=1,
@@ -306,6 +314,17 @@ class PruneSettings(BaseModel):
                 "time_limit sizes samples_per_round from the measured throughput; set one or the other"
             )
         return self
+
+    @model_validator(mode="after")
+    def _time_limit_within_max_time(self) -> PruneSettings:
+        if self.time_limit is not None and self.max_time is not None and self.time_limit > self.max_time:
+            raise ValueError("time_limit is the time the job fills: it cannot be longer than max_time")
+        return self
+
+    @property
+    def time_bound_s(self) -> float | None:
+        """The seconds the job must end within: time_limit (which it fills), else max_time (a ceiling)."""
+        return self.time_limit if self.time_limit is not None else self.max_time
 
     @model_validator(mode="after")
     def _nemotron_nas_holds_no_bias_shift(self) -> PruneSettings:

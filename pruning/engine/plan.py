@@ -23,14 +23,17 @@ def plan_job(run: Run) -> float:
     seconds["export"] = monitor.stage_s["load"]  # reads the same shards, writes less
     for stage in PER_SIZE & set(seconds):
         seconds[stage] *= len(spec.targets)
-    if progress.deadline is not None and spec.method == "bonsai":
-        # the rounds take what the limit leaves; they are sized as they go
+    limit = spec.time_bound_s
+    if limit is not None and spec.method == "bonsai":
+        # the rounds take what the limit leaves (time_limit), or at most that (max_time); they are sized
+        # as they go
         others = sum(v for k, v in seconds.items() if k != "scoring") + sum(monitor.stage_s.values())
-        seconds["scoring"] = max((spec.time_limit or 0.0) - others, 0.0)
-    progress.set_plan(seconds, budget=run.budget, time_limit_s=spec.time_limit)
-    if spec.time_limit is not None and progress.expected_s() > 1.1 * spec.time_limit:
+        room = max(limit - others, 0.0)
+        seconds["scoring"] = room if progress.fill_to_deadline else min(seconds.get("scoring", 0.0), room)
+    progress.set_plan(seconds, budget=run.budget, time_limit_s=limit)
+    if limit is not None and progress.expected_s() > 1.1 * limit:
         run.instruments.warn(
             f"this job is expected to take {progress.expected_s():.0f} s, "
-            f"more than its time limit of {spec.time_limit:.0f} s"
+            f"more than its time limit of {limit:.0f} s"
         )
     return progress.expected_s()

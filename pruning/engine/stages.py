@@ -61,8 +61,9 @@ def prepare(
     budget = resolve_budget(spec.budget, world.device.type)
     gpus = [torch.device("cuda", index) for index in max_memory] if max_memory is not None else None
     instruments = Instruments(emit, StageMonitor(world.device, gpus), JobProgress(emit))
-    if spec.time_limit is not None:
-        instruments.progress.deadline = instruments.progress.start + spec.time_limit
+    if spec.time_bound_s is not None:
+        instruments.progress.deadline = instruments.progress.start + spec.time_bound_s
+        instruments.progress.fill_to_deadline = spec.time_limit is not None
     torch.manual_seed(spec.seed)
 
     with instruments.stage("load"):

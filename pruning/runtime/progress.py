@@ -44,6 +44,8 @@ class JobProgress:
         self._stage_start = self._last_emit = 0.0
         self.start = time.perf_counter()
         self.deadline: float | None = None  # perf_counter time the job must end by
+        # time_limit: the work is sized to fill the time to the deadline; max_time (False): only cut to fit
+        self.fill_to_deadline = True
         self._stage_tokens = self._stage_tokens_expected = 0.0
         self._reported = 0.0  # the fraction last reported: the bar never moves back when plans change
 

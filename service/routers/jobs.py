@@ -88,14 +88,22 @@ def _check_limits(body: JobCreate, settings: Settings) -> None:
         {"loc": loc, "msg": message, "type": "less_than_equal"}
         for loc, message in settings.job_limits.exceeded(body)
     ]
-    if body.time_limit is not None and body.time_limit > settings.max_job_seconds:
-        message = (
-            f"time_limit {body.time_limit:g} s is more than this server allows: at most "
-            f"{settings.max_job_seconds:g} s (FWDPRUNE_MAX_JOB_SECONDS)"
-        )
-        errors.insert(0, {"loc": ["body", "time_limit"], "msg": message, "type": "less_than_equal"})
+    for field in ("max_time", "time_limit"):
+        seconds = getattr(body, field)
+        if seconds is not None and seconds > settings.max_job_seconds:
+            message = (
+                f"{field} {seconds:g} s is more than this server allows: at most "
+                f"{settings.max_job_seconds:g} s (FWDPRUNE_MAX_JOB_SECONDS)"
+            )
+            errors.insert(0, {"loc": ["body", field], "msg": message, "type": "less_than_equal"})
     if errors:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
+
+
+def _within_the_servers_time(body: JobCreate, settings: Settings) -> JobCreate:
+    """The job as it runs: the server's longest job (FWDPRUNE_MAX_JOB_SECONDS) is its max_time unless it
+    asks for less, so the engine cuts the work to fit (without stretching it, as time_limit would)."""
+    return body.model_copy(update={"max_time": body.max_time or settings.max_job_seconds})
 
 
 def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
@@ -136,9 +144,13 @@ def create_job(
     store: StoreDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
-    request = body.model_dump(mode="json")
-    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    # the request as sent names the idempotent retry; the one stored is as it runs
+    request_hash = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
     _check_limits(body, settings)
+    body = _within_the_servers_time(body, settings)
+    request = body.model_dump(mode="json")
     inputs = _resolve_inputs(body, principal.owner, settings, store)
     row = JobRow(
         id="job_" + secrets.token_urlsafe(16),

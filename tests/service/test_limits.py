@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from pruning.spec import PruneSettings
 from service.main import create_app
+from service.schemas.jobs import JobCreate
 from service.settings import JobLimits, Settings
 from tests.service.conftest import KEY_A
 
@@ -116,3 +118,31 @@ def test_a_budget_over_a_limit_names_the_budget() -> None:
     # an option the job sets is judged as given, the budget aside
     asked = PruneSettings(sparsity=0.2, budget="thorough", options={"samples_per_round": 128})
     assert limits.exceeded(asked) == []
+
+
+def test_every_job_runs_within_the_servers_time(
+    client: TestClient, calibration: Path, tmp_path: Path
+) -> None:
+    """The server's limit reaches the engine as each job's max_time: a ceiling the engine cuts the work
+    to fit, which a job asking for its own options keeps (time_limit would size them instead)."""
+    code, body = submit(client, calibration, options={"rounds": 1, "samples_per_round": 8})
+    assert code == 201 and body["request"]["max_time"] == 21600 and body["request"]["time_limit"] is None
+    spec = JobCreate.model_validate(body["request"]).to_spec(
+        tmp_path / "model", tmp_path / "data.jsonl", None, tmp_path / "out", "cpu"
+    )
+    assert spec.time_bound_s == 21600 and spec.method_options("standard").samples_per_round == 8
+    code, body = submit(client, calibration, max_time="1h")  # a job may ask for less
+    assert code == 201 and body["request"]["max_time"] == 3600
+    code, body = submit(client, calibration, time_limit="2h")  # one that fills its time keeps it
+    assert code == 201 and (body["request"]["time_limit"], body["request"]["max_time"]) == (7200, 21600)
+    code, body = submit(client, calibration, max_time="7h")
+    assert code == 422 and [error["loc"] for error in body["detail"]] == [["body", "max_time"]]
+    assert "(FWDPRUNE_MAX_JOB_SECONDS)" in body["detail"][0]["msg"]
+
+
+def test_a_time_limit_longer_than_max_time_is_refused() -> None:
+    with pytest.raises(ValidationError, match="cannot be longer than max_time"):
+        PruneSettings(sparsity=0.2, time_limit="2h", max_time="1h")
+    assert PruneSettings(sparsity=0.2, time_limit="1h", max_time="2h").time_bound_s == 3600
+    assert PruneSettings(sparsity=0.2, max_time="2h").time_bound_s == 7200
+    assert PruneSettings(sparsity=0.2).time_bound_s is None

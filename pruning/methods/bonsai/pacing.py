@@ -53,8 +53,9 @@ class RoundPacer:
         self.round_share = 0.0  # that share, in seconds
 
     def pairs(self, index: int) -> int | None:
-        """Antithetic pairs for round `index`: the option's, or under a time limit what the measured pace
-        allows (None until a sub-model has been timed); announces the resized plan."""
+        """Antithetic pairs for round `index`: the option's; under a time limit what the measured pace
+        allows, under max_time the fewer of the two (None until a sub-model has been timed); announces
+        the resized plan."""
         if self.progress.deadline is None:
             return max(1, self.samples_per_round // 2)
         per_sub_model = self.pace.per_sub_model()
@@ -62,6 +63,8 @@ class RoundPacer:
             return None
         rounds_left = self.rounds - index
         sub_models = self.sub_models_per_round(rounds_left)
+        if not self.progress.fill_to_deadline:  # a ceiling (max_time): never more than the job asked for
+            sub_models = min(sub_models, self.samples_per_round)
         planned = self.progress.elapsed_in_stage() + rounds_left * (
             sub_models * per_sub_model + self.pace.overhead_s
         )
