@@ -141,9 +141,9 @@ def test_compose_publishes_the_api_on_loopback_unless_told_otherwise() -> None:
     services = _compose()["services"]
     assert [name for name, service in services.items() if "ports" in service] == ["api"]
     (published,) = services["api"]["ports"]
-    address, host_port, container_port = re.fullmatch(
-        r"(\$\{[^}]+\}):(\$\{[^}]+\}):(\d+)", published
-    ).groups()
+    parts = re.fullmatch(r"(\$\{[^}]+\}):(\$\{[^}]+\}):(\d+)", published)
+    assert parts is not None, published
+    address, host_port, container_port = parts.groups()
     assert address == "${API_BIND_ADDRESS:-127.0.0.1}" and host_port == "${API_PORT:-8000}"
     assert container_port == "8000"
     example = (COMPOSE_DIR / ".env.example").read_text()

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from pruning.spec import PruneSettings
+from pruning.spec import BonsaiOptions, PruneSettings
 from service.main import create_app
 from service.schemas.jobs import JobCreate
 from service.settings import JobLimits, Settings
@@ -130,7 +130,9 @@ def test_every_job_runs_within_the_servers_time(
     spec = JobCreate.model_validate(body["request"]).to_spec(
         tmp_path / "model", tmp_path / "data.jsonl", None, tmp_path / "out", "cpu"
     )
-    assert spec.time_bound_s == 21600 and spec.method_options("standard").samples_per_round == 8
+    options = spec.method_options("standard")
+    assert isinstance(options, BonsaiOptions) and options.samples_per_round == 8
+    assert spec.time_bound_s == 21600
     code, body = submit(client, calibration, max_time="1h")  # a job may ask for less
     assert code == 201 and body["request"]["max_time"] == 3600
     code, body = submit(client, calibration, time_limit="2h")  # one that fills its time keeps it

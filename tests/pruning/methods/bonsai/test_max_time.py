@@ -10,9 +10,9 @@ from pruning.methods.bonsai.pacing import RoundPacer, ScoringPace
 from pruning.runtime.progress import JobProgress
 
 
-def paced(limit_s: float, fill: bool) -> tuple[RoundPacer, list[dict[str, Any]]]:
+def paced(limit_s: float, fill: bool) -> tuple[RoundPacer, list[Any]]:
     """Three rounds of 64 sub-models at 0.1 s each, 20 s planned after them, a deadline `limit_s` away."""
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     progress = JobProgress(events.append, min_interval_s=0.0)
     progress.set_plan({"scoring": 0.0, "search": 15.0, "compensate": 5.0})
     progress.deadline = progress.start + limit_s
