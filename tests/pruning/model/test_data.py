@@ -192,3 +192,13 @@ def test_a_record_with_an_integer_past_the_conversion_limit_is_a_data_error(tmp_
     path.write_text('{"text": "a"}\n{"text": "b", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
     with pytest.raises(DataError, match="big-int.jsonl line 2: Exceeds the limit"):
         load_calibration(WordTokenizer(), path, seq_len=2, num_samples=5, eval_samples=1)
+
+
+def test_a_record_longer_than_the_line_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_module, "MAX_LINE_BYTES", 100)
+    path = tmp_path / "long-line.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "' + "b " * 100 + '"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="long-line.jsonl line 2: longer than 100 bytes"):
+        load_calibration(WordTokenizer(), path, seq_len=2, num_samples=50, eval_samples=1)
