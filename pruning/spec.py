@@ -72,6 +72,13 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "qwen3": "qwen3",
     "bert": "bert",
     "roberta": "bert",
+    "gemma3_text": "gemma3",
+}
+# model types refused with a reason of their own (beside the list of supported ones)
+REFUSED_MODEL_TYPES: dict[str, str] = {
+    "gemma3": "a gemma3 checkpoint nests its text model beside a vision tower; fwdprune prunes text-only "
+    "gemma3_text checkpoints (Gemma 3 270M and 1B are; save a larger one's language model as "
+    "Gemma3ForCausalLM first)",
 }
 
 
@@ -366,7 +373,8 @@ def read_model_type(model_dir: Path) -> str:
         raise UnsupportedModelError(f"{model_dir.name}/config.json is not valid JSON: {err}") from err
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
+        reason = f" ({REFUSED_MODEL_TYPES[model_type]})" if model_type in REFUSED_MODEL_TYPES else ""
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported model types: {supported}"
+            f"model_type {model_type!r} is not supported{reason}; supported model types: {supported}"
         )
     return str(model_type)

@@ -31,6 +31,17 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
     "qwen3": dict(model_type="qwen3", num_attention_heads=4, num_key_value_heads=2),
     # plain multi-head attention
     "llama-mha": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=4),
+    # Gemma 3's small shape: 4 query heads in one KV group, a sliding-window layer then a global one, the
+    # attention scale from a query scalar unlike the head size, tied embeddings
+    "gemma3": dict(
+        model_type="gemma3_text",
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        query_pre_attn_scalar=32,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -87,8 +98,7 @@ def make_tiny_causal_lm(
 
     fields = dict(FAMILY_CONFIGS[family])
     model_type = fields.pop("model_type")
-    config = AutoConfig.for_model(
-        model_type,
+    defaults: dict[str, Any] = dict(
         vocab_size=320,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -99,15 +109,15 @@ def make_tiny_causal_lm(
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
-        **fields,
     )
+    config = AutoConfig.for_model(model_type, **{**defaults, **fields})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # random init is near-degenerate (tiny std); widen it so units differ clearly in importance
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.3 / param.shape[1] ** 0.5 * (1.0 + torch.rand(()).item()))
+            if param.dim() >= 2:  # matrices, and experts stored as [experts, out, in]
+                param.normal_(0.0, 0.3 / param.shape[-1] ** 0.5 * (1.0 + torch.rand(()).item()))
             elif name.endswith("bias"):
                 param.normal_(0.0, 0.05)
     out_dir.mkdir(parents=True, exist_ok=True)

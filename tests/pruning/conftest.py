@@ -18,6 +18,14 @@ from pruning.model.units import build_unit_space
 from tests.tiny import FAMILY_CONFIGS, TinyModel, make_tiny_causal_lm, write_calibration_jsonl
 
 FAMILIES = sorted(FAMILY_CONFIGS)
+# the families shaped like Llama's tests assume: several KV groups per layer, a dense MLP in every layer
+# (the others have tests of their own under tests/pruning/model/adapters/)
+MULTI_GROUP_DENSE_FAMILIES = [
+    family
+    for family in FAMILIES
+    if FAMILY_CONFIGS[family].get("num_key_value_heads", 2) >= 2
+    and not {"num_experts", "num_local_experts"} & set(FAMILY_CONFIGS[family])
+]
 CPU = torch.device("cpu")
 ProbeFactory = Callable[[UnitMasks, torch.Tensor], CalibrationProbe]
 

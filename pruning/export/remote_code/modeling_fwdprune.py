@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import (
     BertModel,
+    Gemma3ForCausalLM,
     LlamaForCausalLM,
     MistralForCausalLM,
     Qwen2ForCausalLM,
@@ -38,6 +39,8 @@ class EmptyAttention(nn.Module):
             self.o_proj = _OutputBias(config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, past_key_values: Any = None, **kwargs: Any):
+        # transformers 5 passes the cache as `cache` (its earlier name, `past_key_values`, still accepted)
+        past_key_values = kwargs.get("cache", past_key_values)
         if past_key_values is not None:
             # a zero-head entry keeps the cache's sequence length right for the layers after this one
             batch, length = hidden_states.shape[:2]
@@ -167,12 +170,19 @@ class FwdPrunedQwen3ForCausalLM(Qwen3ForCausalLM):
         shrink_layers(self, config)
 
 
+class FwdPrunedGemma3ForCausalLM(Gemma3ForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
 # model_type -> class name, used by the exporter to write `auto_map`
 PRUNED_CLASSES = {
     "llama": "FwdPrunedLlamaForCausalLM",
     "mistral": "FwdPrunedMistralForCausalLM",
     "qwen2": "FwdPrunedQwen2ForCausalLM",
     "qwen3": "FwdPrunedQwen3ForCausalLM",
+    "gemma3_text": "FwdPrunedGemma3ForCausalLM",
     "bert": "FwdPrunedBertModel",
     "roberta": "FwdPrunedRobertaModel",
 }

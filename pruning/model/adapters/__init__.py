@@ -5,13 +5,21 @@ from __future__ import annotations
 from pruning.errors import UnsupportedModelError
 from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.adapters.bert import BertAdapter
+from pruning.model.adapters.gemma import Gemma3Adapter
 from pruning.model.adapters.llama import LlamaAdapter, MistralAdapter
 from pruning.model.adapters.qwen import Qwen2Adapter, Qwen3Adapter
 from pruning.spec import SUPPORTED_MODEL_TYPES
 
 _ADAPTERS: dict[str, FamilyAdapter] = {
     adapter.name: adapter
-    for adapter in (LlamaAdapter(), MistralAdapter(), Qwen2Adapter(), Qwen3Adapter(), BertAdapter())
+    for adapter in (
+        LlamaAdapter(),
+        MistralAdapter(),
+        Qwen2Adapter(),
+        Qwen3Adapter(),
+        BertAdapter(),
+        Gemma3Adapter(),
+    )
 }
 
 

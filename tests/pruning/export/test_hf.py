@@ -19,7 +19,7 @@ from pruning.model.adapters import UnitKind, adapter_for
 from pruning.model.loading import load_model
 from pruning.model.masking import UnitMasks
 from pruning.model.units import UnitSpace, build_unit_space
-from tests.pruning.conftest import FAMILIES
+from tests.pruning.conftest import MULTI_GROUP_DENSE_FAMILIES
 from tests.tiny import TinyModel, make_tiny_causal_lm
 
 CPU = torch.device("cpu")
@@ -67,7 +67,7 @@ def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MULTI_GROUP_DENSE_FAMILIES)
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "global"])
 def test_compact_model_matches_masked_model(
     tiny_models: dict[str, Path], tmp_path: Path, family: str, uniform: bool
