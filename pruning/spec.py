@@ -73,6 +73,7 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "bert": "bert",
     "roberta": "bert",
     "gemma3_text": "gemma3",
+    "phi3": "phi3",
 }
 # model types refused with a reason of their own (beside the list of supported ones)
 REFUSED_MODEL_TYPES: dict[str, str] = {

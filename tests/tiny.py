@@ -42,6 +42,14 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
         query_pre_attn_scalar=32,
         tie_word_embeddings=True,
     ),
+    # Phi-3's fused qkv_proj and gate_up_proj, with grouped-query attention (as Phi-4-mini) and a partial
+    # rotary embedding
+    "phi3": dict(
+        model_type="phi3",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5),
+    ),
 }
 
 

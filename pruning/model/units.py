@@ -72,14 +72,23 @@ class UnitSpace:
         return shapes
 
     def kept_indices(self, keep: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
-        """Kept channel indices per (layer, axis) with axis q (query/o_proj channels), kv, or mlp."""
+        """Kept channel indices per (layer, axis) with axis q (query/o_proj channels), kv, mlp, or the
+        rows of a fused projection: qkv (q, k, v stacked, as Phi-3's qkv_proj) and gate_up (gate and up
+        stacked, as Phi-3's gate_up_proj)."""
         kept: dict[tuple[int, str], torch.Tensor] = {}
         for layer in range(self.num_layers):
             attn, mlp = self.group_of(layer, UnitKind.ATTN), self.group_of(layer, UnitKind.MLP)
             kv_groups = keep[self.slice(attn)].nonzero().flatten()
-            kept[(layer, "kv")] = _expand(kv_groups, self.head_dim)
-            kept[(layer, "q")] = _expand(kv_groups, self.head_dim * self.group_size[layer])
-            kept[(layer, "mlp")] = keep[self.slice(mlp)][mlp.channel_unit].nonzero().flatten()
+            kv, q = (
+                _expand(kv_groups, self.head_dim),
+                _expand(kv_groups, self.head_dim * self.group_size[layer]),
+            )
+            kept[(layer, "kv")], kept[(layer, "q")] = kv, q
+            q_width, kv_width = attn.channel_unit.numel(), attn.count * self.head_dim
+            kept[(layer, "qkv")] = torch.cat([q, q_width + kv, q_width + kv_width + kv])
+            channels = keep[self.slice(mlp)][mlp.channel_unit].nonzero().flatten()
+            kept[(layer, "mlp")] = channels
+            kept[(layer, "gate_up")] = torch.cat([channels, mlp.channel_unit.numel() + channels])
         return kept
 
 

@@ -8,6 +8,7 @@ torch and transformers. Each class is the stock model with its per-layer project
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from transformers import (
     Gemma3ForCausalLM,
     LlamaForCausalLM,
     MistralForCausalLM,
+    Phi3ForCausalLM,
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
     RobertaModel,
@@ -86,22 +88,39 @@ def shrink_layers(model: nn.Module, config: Any) -> None:
             widths["num_key_value_heads"],
             widths["intermediate_size"],
         )
-        attn = layer.self_attn
         if heads == 0:
             layer.self_attn = EmptyAttention(config, index, head_dim)
         else:
-            attn.q_proj = _resize(attn.q_proj, hidden, heads * head_dim)
-            attn.k_proj = _resize(attn.k_proj, hidden, kv_heads * head_dim)
-            attn.v_proj = _resize(attn.v_proj, hidden, kv_heads * head_dim)
-            attn.o_proj = _resize(attn.o_proj, heads * head_dim, hidden)
-            attn.num_key_value_groups = heads // kv_heads
-        mlp = layer.mlp
+            _shrink_attention(layer.self_attn, config, heads, kv_heads, head_dim)
         if inter == 0:
             layer.mlp = EmptyMLP(config)
         else:
-            mlp.gate_proj = _resize(mlp.gate_proj, hidden, inter)
-            mlp.up_proj = _resize(mlp.up_proj, hidden, inter)
-            mlp.down_proj = _resize(mlp.down_proj, inter, hidden)
+            _shrink_mlp(layer.mlp, hidden, inter)
+
+
+def _shrink_attention(attn: Any, config: Any, heads: int, kv_heads: int, head_dim: int) -> None:
+    hidden = config.hidden_size
+    if hasattr(attn, "qkv_proj"):  # Phi-3: q, k and v rows in one projection
+        attn.qkv_proj = _resize(attn.qkv_proj, hidden, (heads + 2 * kv_heads) * head_dim)
+        attn.num_key_value_heads = kv_heads
+        # it splits the fused rows by the config's head counts: this layer's own
+        attn.config = copy.copy(config)
+        attn.config.num_attention_heads, attn.config.num_key_value_heads = heads, kv_heads
+    else:
+        attn.q_proj = _resize(attn.q_proj, hidden, heads * head_dim)
+        attn.k_proj = _resize(attn.k_proj, hidden, kv_heads * head_dim)
+        attn.v_proj = _resize(attn.v_proj, hidden, kv_heads * head_dim)
+    attn.o_proj = _resize(attn.o_proj, heads * head_dim, hidden)
+    attn.num_key_value_groups = heads // kv_heads
+
+
+def _shrink_mlp(mlp: Any, hidden: int, inter: int) -> None:
+    if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate and up rows in one projection
+        mlp.gate_up_proj = _resize(mlp.gate_up_proj, hidden, 2 * inter)
+    else:
+        mlp.gate_proj = _resize(mlp.gate_proj, hidden, inter)
+        mlp.up_proj = _resize(mlp.up_proj, hidden, inter)
+    mlp.down_proj = _resize(mlp.down_proj, inter, hidden)
 
 
 class EmptySelfAttention(nn.Module):
@@ -176,6 +195,12 @@ class FwdPrunedGemma3ForCausalLM(Gemma3ForCausalLM):
         shrink_layers(self, config)
 
 
+class FwdPrunedPhi3ForCausalLM(Phi3ForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
 # model_type -> class name, used by the exporter to write `auto_map`
 PRUNED_CLASSES = {
     "llama": "FwdPrunedLlamaForCausalLM",
@@ -183,6 +208,7 @@ PRUNED_CLASSES = {
     "qwen2": "FwdPrunedQwen2ForCausalLM",
     "qwen3": "FwdPrunedQwen3ForCausalLM",
     "gemma3_text": "FwdPrunedGemma3ForCausalLM",
+    "phi3": "FwdPrunedPhi3ForCausalLM",
     "bert": "FwdPrunedBertModel",
     "roberta": "FwdPrunedRobertaModel",
 }

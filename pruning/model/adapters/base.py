@@ -31,8 +31,9 @@ class UnitKind(IntEnum):
         return "attn" if self is UnitKind.ATTN else "mlp"
 
 
-# which set of kept indices slices a tensor: query channels, key/value channels, or MLP channels
-Axis = Literal["q", "kv", "mlp"]
+# which set of kept indices slices a tensor: query channels, key/value channels, MLP channels, or a fused
+# projection's rows: q, k and v stacked (`qkv`), gate and up stacked (`gate_up`)
+Axis = Literal["q", "kv", "mlp", "qkv", "gate_up"]
 
 
 @dataclass(frozen=True)
