@@ -79,7 +79,6 @@ MODELS = {"pycoder": pycoder_inputs, "smollm2": smollm2_inputs, "minilm": minilm
 
 def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
     from pruning import prune
-    from pruning.engine.reporting import removed_fraction
 
     options = (
         {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}
@@ -99,27 +98,27 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
         **config,
         "options": options,
         "metric": metric,
-        "dense": figure["before"],
-        "value": figure["after"],
-        "ratio": figure["after"] / figure["before"],
-        "achieved": report["sparsity"]["achieved"],
-        "compensation": report["compensation"],
-        "params_after": report["params"]["total_after"],
+        "dense": figure.before,
+        "value": figure.after,
+        "ratio": figure.after / figure.before,
+        "achieved": report.sparsity.achieved,
+        "compensation": report.compensation,
+        "params_after": report.params.total_after,
         "wall_s": wall,
-        "total_s": report["total_s"],
-        "budget": report["budget"],
-        "options_used": report["settings"]["options"],
-        "peak_host_rss_bytes": max(report["peak_host_rss_bytes"].values()),
-        "peak_host_anon_bytes": max(report["peak_host_anon_bytes"].values(), default=None),
-        "peak_gpu_bytes": max(report["peak_gpu_bytes"].values(), default=None),
-        "stage_s": report["stage_s"],
-        "scoring_s": report["stage_s"]["scoring"],
-        "forward_tokens": report["forward_tokens"],
-        "removed_fraction": {kind: removed_fraction(report["units"], kind) for kind in ("attn", "mlp")},
+        "total_s": report.total_s,
+        "budget": report.budget,
+        "options_used": report.settings["options"],
+        "peak_host_rss_bytes": max(report.peak_host_rss_bytes.values()),
+        "peak_host_anon_bytes": max(report.peak_host_anon_bytes.values(), default=None),
+        "peak_gpu_bytes": max(report.peak_gpu_bytes.values(), default=None),
+        "stage_s": report.stage_s,
+        "scoring_s": report.stage_s["scoring"],
+        "forward_tokens": report.forward_tokens,
+        "removed_fraction": {kind: report.removed_fraction(kind) for kind in ("attn", "mlp")},
         **{
-            key: report["method_details"][key]
+            key: report.method_details[key]
             for key in ("split_search", "split_search_s")
-            if key in report["method_details"]
+            if key in report.method_details
         },
     }
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 REPORT_NAME = "pruning_report.json"
 SUMMARY_NAME = "summary.json"
@@ -35,11 +35,27 @@ class Sparsity(Record):
     max_unit_fraction: float  # the largest unit, as a fraction of the prunable parameters
 
 
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class LayerWidths(Record):
     layer: int
     num_attention_heads: int
     num_key_value_heads: int
-    intermediate_size: int
+    intermediate_size: int  # in a mixture-of-experts layer, each expert's
+    num_experts: int | None = Field(None, exclude_if=_absent)  # mixture-of-experts layers only
+
+
+class ExpertRecord(Record):
+    """One expert of a mixture-of-experts layer: its fate, its estimated importance, and the fraction of
+    calibration tokens the dense model routes to it (among each token's top k)."""
+
+    layer: int
+    index: int  # within its layer, in the original model
+    kept: bool
+    importance: float
+    routing_frequency: float
 
 
 class QualityFigure(Record):
@@ -80,6 +96,29 @@ class UnitRecord(Record):
     kept: bool
 
 
+class RecoveryRecord(Record):
+    """What the recovery stage did: its training, and the held-out loss it is judged by before and after
+    (rolled back, and so absent from the export, when it did not improve)."""
+
+    method: str  # "distill" or "zo"
+    tokens: int  # tokens trained on
+    steps: int
+    seconds: float
+    tokens_per_s: float
+    rank: int
+    lr: float
+    lm_weight: float
+    train_sequences: int
+    judge_sequences: int
+    judge_loss_before: float
+    judge_loss_after: float
+    rolled_back: bool
+    # the job's quality figures on its evaluation text before the recovery (the report's own are after)
+    quality_before: dict[str, float] = {}
+    first_loss: float  # the training loss of the first and last steps
+    last_loss: float
+
+
 class PruneReport(Record):
     """One checkpoint's report: what was asked, what was removed, what it cost and what it changed."""
 
@@ -116,7 +155,9 @@ class PruneReport(Record):
     forward_passes: int
     forward_tokens: int
     method_details: dict[str, Any]
+    recovery: RecoveryRecord | None = None
     units: list[UnitRecord]
+    experts: list[ExpertRecord] | None = Field(None, exclude_if=_absent)  # mixture-of-experts models
 
     @property
     def quality_figure(self) -> str:
@@ -142,7 +183,7 @@ class PruneReport(Record):
         return self.model_dump_json(indent=2, include=include, exclude=self._absent_figures())
 
     def _absent_figures(self) -> set[str]:
-        return {name for name in REPORTED_FIGURES if getattr(self, name) is None}
+        return {name for name in (*REPORTED_FIGURES, "recovery") if getattr(self, name) is None}
 
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / REPORT_NAME
@@ -161,6 +202,7 @@ METRIC_FIELDS = {
     "embedding_cosine",
     "calibration_loss",
     "compensation",
+    "recovery",
     "budget",
     "stage_s",
     "total_s",

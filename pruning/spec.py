@@ -27,13 +27,15 @@ from pydantic import (
 
 from pruning.errors import UnsupportedModelError
 
-Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16", "fp16", "fp32"]
+Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
 Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
 Budget = Literal["auto", "fast", "standard", "thorough"]
-ExportFormat = Literal["hf", "nemotron-nas"]
+Recovery = Literal["none", "distill", "zo"]
+ExportFormat = Literal["hf", "nemotron-nas", "gguf"]
+GgufType = Literal["f32", "f16", "bf16", "q8_0"]
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
@@ -74,6 +76,8 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "roberta": "bert",
     "gemma3_text": "gemma3",
     "phi3": "phi3",
+    "qwen3_moe": "qwen3_moe",
+    "mixtral": "mixtral",
 }
 # model types refused with a reason of their own (beside the list of supported ones)
 REFUSED_MODEL_TYPES: dict[str, str] = {
@@ -153,6 +157,11 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Tokens the recovery stage trains on, by budget (recover_tokens overrides): on a CPU `fast` gives
+# recovery about as long as the rest of the job (docs/quality.md, "Recovery").
+RECOVERY_TOKENS: dict[str, int] = {"fast": 1 << 16, "standard": 1 << 20, "thorough": 1 << 22}
+
+
 def resolve_budget(asked: str, device_type: str) -> str:
     """`auto`: the standard budget on a GPU, the fast one on a CPU, where a forward costs 10-100x more."""
     if asked != "auto":
@@ -199,9 +208,10 @@ class PruneSettings(BaseModel):
     method: Method = Field("bonsai", description="how units are scored")
     precision: Precision = Field(
         "auto",
-        description="weights while scoring; auto: int8 (bitsandbytes) on CUDA, fp32 on CPU; "
-        "int8-weight-only and fp8 (rowwise, CUDA 8.9+) need torchao (the export is always the original "
-        "precision)",
+        description="weights while scoring; auto: int8 (bitsandbytes) on CUDA, on a CPU bf16-mixed where it "
+        "computes bf16 natively (AMX or AVX-512 BF16), else fp32; bf16-mixed: fp32 weights, the sub-models "
+        "scored in bf16, statistics, fits and evaluations in fp32; int8-weight-only and fp8 (rowwise, "
+        "CUDA 8.9+) need torchao (the export is always the original precision)",
     )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
     export_format: ExportFormat = Field(
@@ -209,7 +219,11 @@ class PruneSettings(BaseModel):
         description="hf: the family's own config (stock when widths are uniform); nemotron-nas: Llama "
         "models only, NVIDIA's DeciLM layout that vLLM, SGLang, TensorRT-LLM and llama.cpp load natively "
         "(widths limited to what it expresses: the same attention heads in every layer or none, MLP "
-        "widths in multiples of 256)",
+        "widths in multiples of 256); gguf: the hf checkpoint and model.gguf beside it, which llama.cpp, "
+        "ollama and LM Studio load (Llama, Mistral, Qwen2 with any widths, Qwen3 uniform ones)",
+    )
+    gguf_type: GgufType = Field(
+        "f16", description="gguf: how the file stores matrices (vectors stay f32); q8_0: 8.5 bits a weight"
     )
     seq_len: int = Field(256, ge=8, le=8192, description="tokens per packed calibration sequence")
     num_samples: int = Field(
@@ -269,6 +283,34 @@ class PruneSettings(BaseModel):
         description="end the whole job within this time, without stretching it to fill it (as time_limit "
         "does): where the measured pace says bonsai's sub-models would not fit, its rounds score fewer and "
         "its split search judges fewer candidates; a job with time to spare runs as it would without it",
+    )
+    recover: Recovery = Field(
+        "none",
+        description="after compensation, train low-rank adapters on the kept linear maps to match the dense "
+        "model's next-token distribution (the dense teacher is the same loaded weights with the masks off), "
+        "merged into the exported weights: distill with gradients, zo with zeroth-order (two forward "
+        "passes a step, no backward: the memory of scoring); rolled back if it makes held-out loss worse",
+    )
+    recover_tokens: int | None = Field(
+        None,
+        ge=256,
+        le=1 << 32,
+        description="tokens the recovery trains on (default: the budget's); with a time limit it also "
+        "stops when the job's time is up",
+    )
+    recover_rank: int = Field(16, ge=1, le=1024, description="rank of the recovery's adapters")
+    recover_lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="recovery's peak learning rate (warm-up, then cosine decay); default 1e-3 for "
+        "distill, 5e-5 for zo",
+    )
+    recover_lm_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="weight of the next-token loss added to the recovery's KL to the dense model",
     )
     gpus: int | None = Field(
         None,
@@ -335,11 +377,22 @@ class PruneSettings(BaseModel):
         return self.time_limit if self.time_limit is not None else self.max_time
 
     @model_validator(mode="after")
+    def _gguf_holds_no_bias_shift_of_removed_blocks(self) -> PruneSettings:
+        # llama.cpp's per-layer-width architecture adds no output bias where attention was removed
+        if self.export_format == "gguf" and self.compensate == "bias" and not self.uniform:
+            raise ValueError("export_format gguf carries bias compensation with uniform widths only; use ls")
+        return self
+
+    @model_validator(mode="after")
     def _nemotron_nas_holds_no_bias_shift(self) -> PruneSettings:
         # the layout removes whole blocks, which leaves a bias shift nowhere to live
         if self.export_format == "nemotron-nas" and self.compensate == "bias":
             raise ValueError("export_format nemotron-nas cannot carry bias compensation; use ls or none")
         return self
+
+    def recovery_tokens(self, budget: str) -> int:
+        """Tokens the recovery trains on: as asked, else the budget's."""
+        return self.recover_tokens or RECOVERY_TOKENS.get(budget, RECOVERY_TOKENS["standard"])
 
     def method_options(self, budget: str | None = None) -> MethodOptions:
         """The method's options: those given, over `budget`'s (bonsai's named budgets) over the defaults."""
@@ -359,8 +412,38 @@ class PruneSpec(PruneSettings):
     eval_data: Path | None = Field(
         None, description="held-out text; default: the sequences of `data` after the calibration ones"
     )
+    recovery_data: Path | None = Field(
+        None,
+        description="text the recovery trains on (.jsonl or .txt); default: the calibration file, "
+        "without the held-out sequences",
+    )
     out_dir: Path = Field(description="where the compact checkpoint and its report are written")
     device: Device = Field("auto", description="auto: CUDA when available, else the CPU")
+
+
+# model_type -> the widths the GGUF export writes for it in a llama.cpp architecture: any (Llama's own,
+# or per layer in `deci`), or uniform only (Qwen3's q/k norms exist in llama.cpp's `qwen3` alone)
+GGUF_MODEL_TYPES: dict[str, str] = {"llama": "any", "mistral": "any", "qwen2": "any", "qwen3": "uniform"}
+
+
+def refuse_unexportable(model_type: str, settings: PruneSettings) -> None:
+    """Refuse, before any work, an export format the checkpoint's family cannot be written in."""
+    if settings.export_format != "gguf":
+        return
+    widths = GGUF_MODEL_TYPES.get(model_type)
+    if widths is None:
+        families = ", ".join(GGUF_MODEL_TYPES)
+        raise UnsupportedModelError(
+            f"export_format gguf writes {families} models in llama.cpp's architectures; a {model_type} "
+            "checkpoint has none it can be written in (encoders are not llama.cpp text generators)"
+        )
+    if widths == "uniform" and not settings.uniform:
+        raise UnsupportedModelError(
+            f"export_format gguf writes {model_type} with uniform widths only: llama.cpp's per-layer-width "
+            f"architecture (deci) has no {model_type} layers (their q/k norms); set uniform"
+        )
+    if model_type == "qwen3" and settings.compensate == "bias":
+        raise UnsupportedModelError("llama.cpp's qwen3 holds no output-projection bias; use compensate ls")
 
 
 def read_model_type(model_dir: Path) -> str:

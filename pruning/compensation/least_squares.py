@@ -21,7 +21,7 @@ from pruning.compensation.corrections import OutputCorrections, Refit, as_export
 from pruning.compensation.obs import structured_obs_removals
 from pruning.compensation.reconstruction import ridge_reconstruction
 from pruning.measure.probe import CalibrationProbe
-from pruning.model.adapters.base import FamilyAdapter
+from pruning.model.adapters.base import FamilyAdapter, UnitKind
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.masking import UnitMasks
 from pruning.model.units import UnitGroup
@@ -71,8 +71,10 @@ class LeastSquaresRefit(Compensator):
         set): the units this refit stands in for best (`pruning.compensation.obs`). One pass over `sequences`
         per GRAM_BYTES_PER_PASS of Grams."""
         space = self.probe.space
-        keep = torch.ones(space.size, dtype=torch.bool)
-        pruned = [g for g in space.groups if not bool(reference[space.slice(g)].all())]
+        keep = reference.clone()  # experts are not refitted: they keep the reference's choice
+        pruned = [g for g in refitted_groups(space.groups) if not bool(reference[space.slice(g)].all())]
+        for group in pruned:
+            keep[space.slice(group)] = True
         for chunk in _runs_within_gram_bytes(pruned, GRAM_BYTES_PER_PASS):
             grams = self.probe.dense_input_grams(chunk, sequences)
             for group in chunk:
@@ -88,6 +90,12 @@ class LeastSquaresRefit(Compensator):
                 )
                 keep[group.offset + removed.cpu()] = False
         return keep
+
+
+def refitted_groups(groups: list[UnitGroup]) -> list[UnitGroup]:
+    """The groups whose output projection is refitted: not experts, whose router is no projection of
+    the units' outputs."""
+    return [g for g in groups if g.kind != UnitKind.EXPERT]
 
 
 def _runs_within_gram_bytes(groups: list[UnitGroup], limit: int) -> list[list[UnitGroup]]:
@@ -133,7 +141,7 @@ def sequential_refits(
         return
     streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
     for index in range(pruned_layers[0], len(layers)):
-        groups = [g for g in space.groups if g.layer == index]  # attention, then MLP
+        groups = [g for g in refitted_groups(space.groups) if g.layer == index]  # attention, then MLP
         for group in groups:
             kept = keep[space.slice(group)][group.channel_unit]  # [C]
             gram, cross = streams.paired_moments(layers[index], group.module, kept, last=group is groups[-1])

@@ -88,6 +88,7 @@ def _job(run: Run) -> JobResult | None:
         if not run.world.leader:
             return None
         stages.compensate(run, result.keep)
+        stages.recover(run, result.keep)
         pruned = stages.evaluate(run, result.keep)
     stages.export(run, result.keep)
     report = stages.write_report(run, result, pruned)

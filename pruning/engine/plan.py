@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pruning.compensation.least_squares import LS_FIT_FORWARDS
 from pruning.engine.run import Run
+from pruning.recovery.recover import JUDGE_MAX
+
+# forward-pass equivalents per token the recovery trains on: distill runs the dense teacher, the student
+# and its backward (about two forwards); zo the teacher and the student twice
+RECOVERY_FORWARDS = {"distill": 4.0, "zo": 3.0}
 
 # stages a job with several sizes runs once per size
 PER_SIZE = {"search", "compensate", "recover", "evaluate_pruned", "export"}
@@ -18,7 +23,12 @@ def plan_job(run: Run) -> float:
         int(calibration.shape[0]), spec.seq_len, refit=run.compensator.name == "ls", replicas=run.world.size
     )
     fitting = {"ls": LS_FIT_FORWARDS, "bias": 1.0}.get(run.compensator.name, 0.0) * float(calibration.numel())
-    seconds = {stage: tokens / tokens_per_s for stage, tokens in {**work, "compensate": fitting}.items()}
+    recovery = recovery_work(run)
+    seconds = {
+        stage: tokens / tokens_per_s
+        for stage, tokens in {**work, "compensate": fitting, "recover": recovery}.items()
+        if tokens
+    }
     seconds["evaluate_pruned"] = monitor.stage_s["evaluate_dense"]
     seconds["export"] = monitor.stage_s["load"]  # reads the same shards, writes less
     for stage in PER_SIZE & set(seconds):
@@ -37,3 +47,13 @@ def plan_job(run: Run) -> float:
             f"more than its time limit of {limit:.0f} s"
         )
     return progress.expected_s()
+
+
+def recovery_work(run: Run) -> float:
+    """Forward-token equivalents of the recovery stage: its training, its judgments before and after,
+    and the evaluation of the model before it."""
+    spec = run.spec
+    if spec.recover == "none":
+        return 0.0
+    training = RECOVERY_FORWARDS[spec.recover] * spec.recovery_tokens(run.budget)
+    return training + 2 * JUDGE_MAX * spec.seq_len + float(run.subject.data.evaluation.numel())

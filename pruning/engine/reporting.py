@@ -12,13 +12,16 @@ from pathlib import Path
 import torch
 
 from pruning.engine.run import Quality, Run, loss_sequences
+from pruning.measure.routing import routing_frequencies
 from pruning.methods import MethodResult
+from pruning.model.adapters.base import UnitKind
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.units import UnitSpace
 from pruning.report import (
     BudgetRecord,
     CalibrationData,
     CalibrationLoss,
+    ExpertRecord,
     LayerWidths,
     Params,
     PruneReport,
@@ -75,6 +78,7 @@ def build_report(run: Run, result: MethodResult, pruned: Quality) -> PruneReport
                 num_attention_heads=s.num_heads,
                 num_key_value_heads=s.num_kv_heads,
                 intermediate_size=s.intermediate,
+                num_experts=s.experts,
             )
             for i, s in enumerate(space.kept_shapes(keep))
         ],
@@ -97,8 +101,30 @@ def build_report(run: Run, result: MethodResult, pruned: Quality) -> PruneReport
         forward_passes=counter.passes,
         forward_tokens=counter.tokens,
         method_details={**result.details, "compensation": compensation},
+        recovery=run.recovery,
         units=unit_records(space, keep, result.importance),
+        experts=expert_records(run, keep, result.importance),
     )
+
+
+def expert_records(run: Run, keep: torch.Tensor, importance: torch.Tensor) -> list[ExpertRecord] | None:
+    """Every expert of a mixture-of-experts model with its fate, importance and routing frequency (one
+    pass of the dense model over the calibration set); None for a model without experts."""
+    space = run.space
+    if UnitKind.EXPERT not in space.kinds:
+        return None
+    frequencies = routing_frequencies(run.probe)
+    return [
+        ExpertRecord(
+            layer=group.layer,
+            index=index,
+            kept=bool(keep[group.offset + index]),
+            importance=float(importance[group.offset + index]),
+            routing_frequency=float(frequencies[group][index]),
+        )
+        for group, _ in frequencies.items()
+        for index in range(group.count)
+    ]
 
 
 def count_checkpoint_params(model_dir: Path) -> int:

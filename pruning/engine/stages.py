@@ -17,12 +17,14 @@ import torch
 
 from pruning import events
 from pruning.compensation import choose_compensation, make_compensator
+from pruning.compensation.corrections import stored_name
 from pruning.engine.context import method_context, mlp_block
 from pruning.engine.plan import plan_job
 from pruning.engine.reporting import build_report
 from pruning.engine.run import Instruments, Quality, Run, Subject, loss_sequences, measure
 from pruning.errors import UnsupportedModelError, UsageError
 from pruning.events import EventSink
+from pruning.export.gguf import export_gguf_beside
 from pruning.export.hf import export_pruned
 from pruning.export.model_card import write_model_card
 from pruning.export.nemotron import export_nemotron, refuse_inexpressible_model
@@ -33,16 +35,27 @@ from pruning.measure.probe import CalibrationProbe, OutputWeights
 from pruning.methods import MethodResult, SizeResult, make_method
 from pruning.model.adapters import adapter_for
 from pruning.model.checkpoint import CheckpointReader
-from pruning.model.data import load_calibration
-from pruning.model.loading import LoadedModel, load_model, resolve_device, resolve_model_dir
+from pruning.model.data import load_calibration, load_training_text
+from pruning.model.loading import (
+    LoadedModel,
+    load_model,
+    resolve_device,
+    resolve_model_dir,
+    scoring_autocast,
+)
 from pruning.model.masking import UnitMasks
 from pruning.model.units import build_unit_space
+from pruning.recovery.deltas import WeightDeltas
+from pruning.recovery.objective import DistillationLoss
+from pruning.recovery.recover import RecoverySettings, merge, target_modules
+from pruning.recovery.recover import recover as recover_adapters
 from pruning.report import PruneReport, SizeEntry, SizesSummary
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
-from pruning.spec import PruneSpec, read_model_type, resolve_budget
+from pruning.spec import PruneSpec, read_model_type, refuse_unexportable, resolve_budget
 
 TOKENS_PER_BATCH = 8192  # tokens per forward pass when no sub-models are replicated
+TOKENS_PER_STEP = 1024  # tokens per recovery step
 
 
 def prepare(
@@ -53,7 +66,9 @@ def prepare(
     rank other than 0 only scores sub-models, so it measures and plans nothing. `max_memory`: the model
     spread across those GPUs (`pruning.engine.placement.layout`)."""
     model_dir = resolve_model_dir(spec.model)
-    adapter = adapter_for(read_model_type(model_dir))  # refuse unsupported families before loading
+    model_type = read_model_type(model_dir)
+    adapter = adapter_for(model_type)  # refuse unsupported families before loading
+    refuse_unexportable(model_type, spec)
     _refuse_unsafe_input(model_dir, Path(spec.out_dir))
     if spec.export_format == "nemotron-nas":
         refuse_inexpressible_model(json.loads((model_dir / "config.json").read_text()))
@@ -81,7 +96,9 @@ def prepare(
         )
     space = build_unit_space(loaded.model, adapter, mlp_block(spec, adapter, loaded.model.config))
     masks = UnitMasks(space)
-    objective = make_objective(spec.objective, loaded.model, adapter, world.device, masks)
+    objective = make_objective(
+        spec.objective, loaded.model, adapter, world.device, masks, scoring_autocast(loaded.precision)
+    )
     instruments.monitor.counter = objective.counter
     objective.counter.listener = instruments.progress.tokens
     probe = CalibrationProbe(
@@ -95,8 +112,9 @@ def prepare(
     dense = _measure_dense(subject, instruments, world)
 
     method = make_method(spec.method, spec.method_options(budget))
-    # nemotron-nas cannot hold a bias shift (validated for an explicit ask): auto falls back to none
-    fallback = "none" if spec.export_format == "nemotron-nas" else method.default_compensation
+    # nemotron-nas and gguf's per-layer widths cannot hold every bias shift (validated for an explicit
+    # ask): auto falls back to none
+    fallback = "none" if spec.export_format in ("nemotron-nas", "gguf") else method.default_compensation
     compensation = choose_compensation(spec.compensate, fallback, space, int(data.calibration.numel()))
     compensator = make_compensator(
         compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
@@ -162,10 +180,80 @@ def compensate(run: Run, keep: torch.Tensor) -> None:
         )
 
 
+def recover(run: Run, keep: torch.Tensor) -> None:
+    """Train low-rank adapters toward the dense model, and keep them merged into weight changes if the
+    held-out loss improved (hooks installed); the job's `recover` setting says how, or not at all."""
+    spec, subject = run.spec, run.subject
+    if spec.recover == "none":
+        return
+    progress = run.instruments.progress
+    with run.instruments.stage("recover"):
+        settings = RecoverySettings(
+            method=spec.recover,
+            tokens=spec.recovery_tokens(run.budget),
+            rank=spec.recover_rank,
+            lr=spec.recover_lr,
+            lm_weight=spec.recover_lm_weight,
+            batch_sequences=max(1, TOKENS_PER_STEP // spec.seq_len),
+            seed=spec.seed,
+        )
+        loss = DistillationLoss(
+            subject.loaded.model,
+            subject.adapter,
+            run.probe.masks,
+            subject.loaded.device,
+            spec.recover_lm_weight,
+        )
+        targets = target_modules(subject.loaded.model, subject.adapter, run.space, keep)
+        adapters, run.recovery = recover_adapters(
+            run.probe,
+            loss,
+            targets,
+            keep,
+            recovery_text(run, settings.tokens),
+            settings,
+            on_step=lambda done, steps: progress.advance(done / steps, step=done, steps=steps),
+            stop=lambda: (progress.time_left_before("recover") or 1.0) <= 0.0,
+        )
+        # the evaluation text's figures before recovery: what the job would report without it
+        before = run.probe.quality(keep, run.subject.data.evaluation)
+        assert run.recovery is not None
+        run.recovery = run.recovery.model_copy(update={"quality_before": before})
+        if adapters is not None:
+            run.deltas = WeightDeltas(run.probe.masks)
+            checkpoint = run.probe.weights.checkpoint
+            refitted = run.compensator.export_changes(checkpoint).tensors
+
+            def stored_weight(name: str) -> torch.Tensor:
+                stored = stored_name(checkpoint, f"{name}.weight")
+                return refitted[stored] if stored in refitted else checkpoint.get(stored)
+
+            merge(adapters, run.deltas, subject.adapter, run.space.kept_indices(keep), stored_weight)
+    if run.recovery is not None and run.recovery.rolled_back:
+        run.instruments.warn(
+            f"recovery made the held-out loss worse ({run.recovery.judge_loss_before:.4f} -> "
+            f"{run.recovery.judge_loss_after:.4f}): rolled back, the checkpoint is the compensated one"
+        )
+
+
+def recovery_text(run: Run, tokens: int) -> torch.Tensor:
+    """[n, seq_len] sequences the recovery trains on (and is judged on): the recovery file's, else the
+    calibration file's without the sequences the job evaluates on."""
+    spec, data = run.spec, run.subject.data
+    path, held_out = spec.recovery_data, None
+    if path is None:
+        path = spec.data
+        if spec.eval_data is None:  # the evaluation follows the calibration sequences in the same file
+            start = data.calibration.shape[0]
+            held_out = range(start, start + data.evaluation.shape[0])
+    sequences = max(2, -(-tokens // spec.seq_len))
+    return load_training_text(run.subject.loaded.tokenizer, path, spec.seq_len, sequences, held_out)
+
+
 def evaluate(run: Run, keep: torch.Tensor) -> Quality:
-    """The pruned, compensated model measured as the dense one was (hooks installed)."""
+    """The pruned, compensated (and recovered) model measured as the dense one was (hooks installed)."""
     data = run.subject.data
-    with run.instruments.stage("evaluate_pruned"):
+    with run.instruments.stage("evaluate_pruned"), run.recovered():
         run.instruments.progress.expect_tokens(data.evaluation.numel() + loss_sequences(data).numel())
         pruned = measure(run.probe, data, keep)
     for name, value in pruned.figures.items():
@@ -176,7 +264,10 @@ def evaluate(run: Run, keep: torch.Tensor) -> Quality:
 def export(run: Run, keep: torch.Tensor) -> None:
     """Write the compact checkpoint, compensation included, to the output directory."""
     subject, out_dir = run.subject, Path(run.spec.out_dir)
-    changes = run.compensator.export_changes(run.probe.weights.checkpoint)
+    checkpoint = run.probe.weights.checkpoint
+    changes = run.compensator.export_changes(checkpoint)
+    if run.deltas is not None:  # the recovery's changes on top of the compensation's
+        run.deltas.apply_to(changes.tensors, lambda name: _stored(checkpoint, name))
     with run.instruments.stage("export"):
         if run.spec.export_format == "nemotron-nas":
             export_nemotron(
@@ -193,6 +284,8 @@ def export(run: Run, keep: torch.Tensor) -> None:
             changes.tensors,
             changes.config,
         )
+        if run.spec.export_format == "gguf":
+            export_gguf_beside(out_dir, subject.adapter, run.spec.gguf_type, run.spec.model)
 
 
 def write_report(run: Run, result: MethodResult, pruned: Quality, final: bool = True) -> PruneReport:
@@ -218,8 +311,9 @@ def draw_single_size(run: Run, report: PruneReport) -> None:
 def at_size(run: Run, sparsity: float) -> Run:
     """The run as a job at one of its sizes: that sparsity, its own folder, no compensation yet."""
     out_dir = Path(run.spec.out_dir) / size_dir_name(sparsity)
-    run.compensator.clear()  # the previous size's fit must not carry over
-    return replace(run, spec=run.spec.model_copy(update={"sparsity": sparsity, "out_dir": out_dir}))
+    run.compensator.clear()  # the previous size's fit must not carry over, nor its recovery
+    sized = run.spec.model_copy(update={"sparsity": sparsity, "out_dir": out_dir})
+    return replace(run, spec=sized, deltas=None, recovery=None)
 
 
 def finish_size(run: Run, finish: SizeResult) -> SizeEntry:
@@ -230,6 +324,7 @@ def finish_size(run: Run, finish: SizeResult) -> SizeEntry:
         with run.instruments.monitor.stage("scoring"):  # the size's own selection (bonsai's split search)
             result = finish()
         compensate(run, result.keep)
+        recover(run, result.keep)
         pruned = evaluate(run, result.keep)
     export(run, result.keep)
     report = write_report(run, result, pruned, final=False)
@@ -256,6 +351,11 @@ def summarize_sizes(run: Run, entries: list[SizeEntry], scoring_s: float) -> Siz
     run.instruments.progress.finish()
     run.emit(events.stage("done"))
     return summary
+
+
+def _stored(checkpoint: CheckpointReader, name: str) -> tuple[str, torch.Tensor]:
+    stored = stored_name(checkpoint, name)
+    return stored, checkpoint.get(stored)
 
 
 def _warm_up(loaded: LoadedModel) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,17 @@ class Objective:
 
     name = "base"
 
-    def __init__(self, model: Any, adapter: FamilyAdapter, device: torch.device, masks: UnitMasks) -> None:
+    def __init__(
+        self,
+        model: Any,
+        adapter: FamilyAdapter,
+        device: torch.device,
+        masks: UnitMasks,
+        scoring_dtype: torch.dtype | None = None,
+    ) -> None:
         self.model, self.adapter, self.device, self.masks = model, adapter, device, masks
+        # sub-models are scored under autocast to this dtype (bf16-mixed); everything else as loaded
+        self.scoring_dtype = scoring_dtype
         self.counter = ForwardCounter()
         self._reference: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
 
@@ -81,8 +91,16 @@ class Objective:
         reference = self.reference(ids)
         if reference is not None:
             reference = reference.repeat(replicas, *([1] * (reference.dim() - 1)))
-        losses = self.sequence_losses(ids.repeat(replicas, 1), reference)  # [R*B]
+        with self.scoring_precision():
+            losses = self.sequence_losses(ids.repeat(replicas, 1), reference)  # [R*B]
         return losses.view(replicas, -1).mean(1).double().cpu()
+
+    def scoring_precision(self) -> AbstractContextManager[Any]:
+        """Autocast to `scoring_dtype` for the sub-models' forwards: only their ranking is asked of them,
+        which bf16 keeps, while the regression, fits and evaluations need fp32."""
+        if self.scoring_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.scoring_dtype)
 
     def mean_loss(self, ids: torch.Tensor, batch_size: int) -> float:
         """Mean loss over all sequences of ids [N, T], `batch_size` sequences at a time."""
@@ -184,16 +202,21 @@ class EmbeddingDistillation(Objective):
 
 
 def make_objective(
-    name: str | None, model: Any, adapter: FamilyAdapter, device: torch.device, masks: UnitMasks
+    name: str | None,
+    model: Any,
+    adapter: FamilyAdapter,
+    device: torch.device,
+    masks: UnitMasks,
+    scoring_dtype: torch.dtype | None = None,
 ) -> Objective:
     """`lm` is the default for causal LMs; encoders have no next-token loss and always distill."""
     if not adapter.causal_lm:
         if name == "lm":
             raise UsageError(f"{adapter.name} models have no next-token loss; use objective 'distill'")
-        return EmbeddingDistillation(model, adapter, device, masks)
+        return EmbeddingDistillation(model, adapter, device, masks, scoring_dtype)
     if name == "distill":
-        return LogitDistillation(model, adapter, device, masks)
-    return NextTokenLoss(model, adapter, device, masks)
+        return LogitDistillation(model, adapter, device, masks, scoring_dtype)
+    return NextTokenLoss(model, adapter, device, masks, scoring_dtype)
 
 
 def _batches(ids: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -212,3 +212,18 @@ def load_calibration(
     if evaluation.shape[0] == 0:
         raise DataError(f"{Path(eval_data).name} has fewer than {seq_len} tokens")
     return CalibrationSet(calibration, evaluation, Path(eval_data).name)
+
+
+def load_training_text(
+    tokenizer: Any, data: Path, seq_len: int, sequences: int, held_out: range | None = None
+) -> torch.Tensor:
+    """Up to `sequences` [n, seq_len] token sequences of `data` to train on, leaving out the sequences
+    `held_out` (what the job evaluates on, when it comes from the same file); fewer when the file holds
+    fewer (the trainer cycles through them)."""
+    skipped = len(held_out) if held_out is not None else 0
+    packed = pack_tokens(read_pieces(data), tokenizer, seq_len, limit=sequences + skipped)
+    if held_out is not None:
+        keep = torch.ones(packed.shape[0], dtype=torch.bool)
+        keep[held_out.start : held_out.stop] = False
+        packed = packed[keep]
+    return packed[:sequences]

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pruning.errors import UsageError
 
 # Scoring's activations (sub-models batched per forward) and the allocator's cache on top of the weights,
-# as a fraction of the weights: the 7B int8 job allocated 9.34 GB at its peak over 7.0 GB of weights
-# (docs/performance.md), 1.33x; bf16 1.12x
+# scoring's activations, as a fraction of the weights (measured on a 7B model: docs/performance.md)
 ACTIVATION_MARGIN = 0.35
 # bytes per parameter at each scoring precision: (the decoder's weight matrices, everything else). The
 # quantized formats leave embeddings, norms and the output head in 16 bits (loading.py)
@@ -21,6 +20,7 @@ BYTES_PER_PARAM: dict[str, tuple[int, int]] = {
     "int8": (1, 2),
     "int8-weight-only": (1, 2),
     "fp8": (1, 2),
+    "bf16-mixed": (4, 4),  # fp32 weights; only the sub-models' activations are bf16
     "bf16": (2, 2),
     "fp16": (2, 2),
     "fp32": (4, 4),

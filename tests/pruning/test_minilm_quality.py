@@ -34,7 +34,7 @@ def test_minilm_at_30_percent_keeps_held_out_embedding_cosine(tmp_path: Path) ->
         device="cpu",
         options={"samples_per_round": 128, "scoring_sequences": 8},
     )
-    assert report["compensation"] == "ls" and report["calibration_loss"]["objective"] == "distill"
-    assert report["embedding_cosine"]["eval_source"] == "dev.jsonl"
-    assert abs(report["sparsity"]["achieved"] - 0.3) <= report["sparsity"]["max_unit_fraction"]
-    assert report["embedding_cosine"]["after"] >= 0.9
+    assert report.compensation == "ls" and report.calibration_loss.objective == "distill"
+    assert report.embedding_cosine.eval_source == "dev.jsonl"
+    assert abs(report.sparsity.achieved - 0.3) <= report.sparsity.max_unit_fraction
+    assert report.embedding_cosine.after >= 0.9

@@ -44,10 +44,10 @@ def test_bonsai_beats_random_at_20_percent(shared_files: None, tmp_path: Path) -
     )
     random = prune(**common, out_dir=tmp_path / "random", method="random")
     for report in (bonsai, random):
-        ppl = report["perplexity"]
-        assert math.isfinite(ppl["before"]) and math.isfinite(ppl["after"])
-        assert ppl["eval_source"] == "webcode-dev.jsonl" and ppl["eval_tokens"] == 8 * 128
-        assert abs(report["sparsity"]["achieved"] - 0.2) <= report["sparsity"]["max_unit_fraction"]
-    assert bonsai["perplexity"]["before"] == random["perplexity"]["before"]
-    assert bonsai["perplexity"]["after"] > bonsai["perplexity"]["before"]
-    assert bonsai["perplexity"]["after"] < random["perplexity"]["after"]
+        ppl = report.perplexity
+        assert math.isfinite(ppl.before) and math.isfinite(ppl.after)
+        assert ppl.eval_source == "webcode-dev.jsonl" and ppl.eval_tokens == 8 * 128
+        assert abs(report.sparsity.achieved - 0.2) <= report.sparsity.max_unit_fraction
+    assert bonsai.perplexity.before == random.perplexity.before
+    assert bonsai.perplexity.after > bonsai.perplexity.before
+    assert bonsai.perplexity.after < random.perplexity.after

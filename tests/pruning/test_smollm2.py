@@ -67,12 +67,12 @@ def test_uniform_export_loads_stock_and_matches_the_masked_model(
         compensate="none",
         **SMALL,
     )
-    keep = torch.tensor([u["kept"] for u in report["units"]])
+    keep = torch.tensor([u.kept for u in report.units])
     assert (
-        len(report["layers"]) == 30
-        and len({(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]}) == 1
+        len(report.layers) == 30
+        and len({(la.num_key_value_heads, la.intermediate_size) for la in report.layers}) == 1
     )
-    assert all(la["num_attention_heads"] == 3 * la["num_key_value_heads"] for la in report["layers"])
+    assert all(la.num_attention_heads == 3 * la.num_key_value_heads for la in report.layers)
     compact = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)  # stock: no remote code
     assert not (out / "modeling_fwdprune.py").exists()
     assert compact.config.tie_word_embeddings
@@ -92,7 +92,7 @@ def test_uniform_export_loads_stock_and_matches_the_masked_model(
     # to 1e-3, and the next-token choice everywhere
     assert float((exported - masked).abs().max()) < 1e-3
     assert torch.equal(exported.argmax(-1), masked.argmax(-1))
-    assert sum(p.numel() for p in compact.parameters()) == report["params"]["total_after"]
+    assert sum(p.numel() for p in compact.parameters()) == report.params.total_after
 
 
 def test_global_widths_with_a_refit_export_exactly(smollm2: Path, text: Path, tmp_path: Path) -> None:
@@ -100,10 +100,10 @@ def test_global_widths_with_a_refit_export_exactly(smollm2: Path, text: Path, tm
     report = prune(
         model=str(smollm2), data=text, out_dir=out, sparsity=0.3, method="flap", compensate="ls", **SMALL
     )
-    assert report["compensation"] == "ls"
-    assert len({la["intermediate_size"] for la in report["layers"]}) > 1  # widths differ between layers
+    assert report.compensation == "ls"
+    assert len({la.intermediate_size for la in report.layers}) > 1  # widths differ between layers
     compact = load_pruned(out, dtype=torch.float32)
     ids = load_calibration(AutoTokenizer.from_pretrained(out), text, 64, 8, 4).evaluation
     with torch.no_grad():
         loss = compact(ids, labels=ids).loss
-    assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)

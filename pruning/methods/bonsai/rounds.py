@@ -64,7 +64,7 @@ def run_rounds(ctx: MethodContext, opts: BonsaiOptions, stops: list[float]) -> R
     scorer = RoundScorer(ctx.probe, ctx.world, pacer, ctx.progress, opts.masks_per_forward, opts.rounds)
     batches = scoring_batches(ctx.probe.calibration, opts.scoring_sequences)
     dense_prior = activation_prior(ctx, opts, state.keep, pacer)  # [U] all alive: round one's prior
-    pending, snapshots = list(stops), []
+    pending, snapshots = list(stops), list[Snapshot]()
     for index in range(opts.rounds):
         prior = dense_prior if index == 0 else activation_prior(ctx, opts, state.keep, pacer)
         began, forwards = time.perf_counter(), pacer.pace.forward_s

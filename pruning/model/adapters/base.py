@@ -20,20 +20,21 @@ from torch import nn
 
 
 class UnitKind(IntEnum):
-    """The two kinds of prunable unit. The value is what `UnitSpace.kind` holds for each unit."""
+    """The kinds of prunable unit. The value is what `UnitSpace.kind` holds for each unit."""
 
     ATTN = 0  # one key/value group: its KV head and the query heads that read it
     MLP = 1  # a block of intermediate channels
+    EXPERT = 2  # one expert of a mixture-of-experts block, with its router row
 
     @property
     def label(self) -> str:
-        """The kind's name in reports: "attn" or "mlp"."""
-        return "attn" if self is UnitKind.ATTN else "mlp"
+        """The kind's name in reports: "attn", "mlp" or "expert"."""
+        return ("attn", "mlp", "expert")[self]
 
 
 # which set of kept indices slices a tensor: query channels, key/value channels, MLP channels, or a fused
-# projection's rows: q, k and v stacked (`qkv`), gate and up stacked (`gate_up`)
-Axis = Literal["q", "kv", "mlp", "qkv", "gate_up"]
+# projection's rows: q, k and v stacked (`qkv`), gate and up stacked (`gate_up`); or experts (`expert`)
+Axis = Literal["q", "kv", "mlp", "qkv", "gate_up", "expert"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,17 @@ class LayerShape:
 
     num_heads: int
     num_kv_heads: int
-    intermediate: int
+    intermediate: int  # the MLP's width; in a mixture-of-experts layer, each expert's
+    experts: int | None = None  # experts of a mixture-of-experts layer (None: a dense MLP)
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads if self.num_kv_heads else 0
+
+    @property
+    def mlp_removed(self) -> bool:
+        """Whether the layer's MLP (or mixture of experts) is gone whole."""
+        return self.intermediate == 0 or self.experts == 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,11 @@ class FamilyAdapter:
         "mlp.down_proj",
     )
     causal_lm: ClassVar[bool] = True
+
+    def linear_kind(self, path: str) -> UnitKind:
+        """The unit kind whose block holds the linear map at `path` (one of `prunable_linears`)."""
+        return UnitKind.ATTN if path.startswith("self_attn.") else UnitKind.MLP
+
     stock_uniform: ClassVar[bool] = True  # can equal widths be written as a stock config?
     # unit kind -> (config switch that gives its output projection a bias, sibling projections the
     # switch also gives a bias); empty where the stock config has no such switch
@@ -104,6 +116,24 @@ class FamilyAdapter:
 
     def mlp_out(self, layer: nn.Module) -> nn.Module:
         return layer.mlp.down_proj  # type: ignore[union-attr,return-value]
+
+    def expert_router(self, layer: nn.Module) -> nn.Module | None:
+        """The router of the layer's mixture of experts, whose logits the expert units mask (None: the
+        layer's MLP is dense)."""
+        return None
+
+    def expert_norms(self, layer: nn.Module) -> torch.Tensor:
+        """[experts] float64 norm of each expert's output projection (its activation prior's weight)."""
+        raise NotImplementedError
+
+    def experts_per_token(self, config: Any) -> int:
+        """Experts the router picks per token (0: no mixture of experts)."""
+        return 0
+
+    def renamed(self, tensor_name: str, kept: dict[tuple[int, str], torch.Tensor]) -> str | None:
+        """The name a checkpoint tensor is written under once units are removed (None: left out); the
+        same name but for experts stored one tensor each, which are numbered anew."""
+        return tensor_name
 
     def backbone(self, model: nn.Module) -> nn.Module:
         """The module that maps token ids to final hidden states (before the LM head)."""
@@ -186,7 +216,9 @@ class FamilyAdapter:
             return None
         return int(match.group(1)), UnitKind.ATTN if match.group(2) == "self_attn" else UnitKind.MLP
 
-    module_pattern: ClassVar[re.Pattern[str]] = re.compile(r"layers\.(\d+)\.(self_attn|mlp)\.")
+    module_pattern: ClassVar[re.Pattern[str]] = re.compile(
+        r"layers\.(\d+)\.(self_attn|mlp|block_sparse_moe)\."
+    )
     kept_biases: ClassVar[tuple[str, ...]] = ("o_proj.bias", "down_proj.bias")
 
 

@@ -42,13 +42,13 @@ def test_ls_refit_exported_exactly(
         compensate="ls",
         **SMALL,
     )
-    assert report["compensation"] == "ls"
+    assert report.compensation == "ls"
     compact = load_pruned(tmp_path / "o", dtype=torch.float32)
     data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
     with torch.no_grad():
         loss = compact(data.evaluation, labels=data.evaluation).loss
-    assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
-    assert "compensate" in report["stage_s"]
+    assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)
+    assert "compensate" in report.stage_s
 
 
 @pytest.mark.parametrize("compensate", ["ls", "bias"])
@@ -67,12 +67,12 @@ def test_a_bf16_checkpoint_exports_exactly_what_was_measured(
         compensate=compensate,
         **SMALL,
     )
-    assert report["compensation"] == compensate
+    assert report.compensation == compensate
     compact = load_pruned(tmp_path / "o", dtype=torch.float32)
     data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
     with torch.no_grad():
         loss = compact(data.evaluation, labels=data.evaluation).loss
-    assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)
 
 
 def test_auto_compensation_needs_enough_tokens_per_channel(llama_fp32: TinyModel) -> None:
@@ -173,12 +173,12 @@ def test_bonsai_ls_refit_exported_exactly(tiny_llama: Path, calibration_file: Pa
         options=dict(rounds=3, samples_per_round=16, scoring_sequences=4),
         **SMALL,
     )
-    assert report["compensation"] == "ls" and len(report["method_details"]["rounds"]) == 3
+    assert report.compensation == "ls" and len(report.method_details["rounds"]) == 3
     compact = load_pruned(tmp_path / "o", dtype=torch.float32)
     data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
     with torch.no_grad():
         loss = compact(data.evaluation, labels=data.evaluation).loss
-    assert math.exp(float(loss)) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)
 
 
 @pytest.mark.parametrize("gram_bytes", [1 << 30, 1], ids=["one-pass", "pass-per-group"])

@@ -42,7 +42,7 @@ def run(model: Path, data: Path, out: Path, on_event: Any = None, **overrides: A
 
 
 def keep_of(report: dict[str, Any]) -> torch.Tensor:
-    return torch.tensor([u["kept"] for u in report["units"]])
+    return torch.tensor([u.kept for u in report.units])
 
 
 def compact_perplexity(out: Path, calibration_file: Path) -> float:
@@ -84,29 +84,27 @@ def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
         "method_details",
         "settings",
     } <= set(report)
-    assert (report["method"], report["precision"], report["device"], report["uniform"]) == (
+    assert (report.method, report.precision, report.device, report.uniform) == (
         "bonsai",
         "fp32",
         "cpu",
         False,
     )
-    sparsity, params = report["sparsity"], report["params"]
-    assert sparsity["target"] == 0.4
-    assert sparsity["max_unit_fraction"] == pytest.approx(6144 / float(space.params.sum()))
-    assert abs(sparsity["achieved"] - 0.4) <= sparsity["max_unit_fraction"]
+    sparsity, params = report.sparsity, report.params
+    assert sparsity.target == 0.4
+    assert sparsity.max_unit_fraction == pytest.approx(6144 / float(space.params.sum()))
+    assert abs(sparsity.achieved - 0.4) <= sparsity.max_unit_fraction
     keep = keep_of(report)
-    assert params["prunable_before"] == int(space.params.sum())
-    assert params["prunable_after"] == int(space.params[keep].sum())
-    assert params["prunable_before"] - params["prunable_after"] == pytest.approx(
-        sparsity["achieved"] * params["prunable_before"]
+    assert params.prunable_before == int(space.params.sum())
+    assert params.prunable_after == int(space.params[keep].sum())
+    assert params.prunable_before - params.prunable_after == pytest.approx(
+        sparsity.achieved * params.prunable_before
     )
-    assert (
-        params["total_before"] - params["total_after"] == params["prunable_before"] - params["prunable_after"]
-    )
-    ppl = report["perplexity"]
-    assert math.isfinite(ppl["before"]) and math.isfinite(ppl["after"]) and ppl["before"] > 1.0
-    assert ppl["eval_source"] == "held-out" and ppl["eval_tokens"] == 4 * 32
-    assert set(report["stage_s"]) >= {
+    assert params.total_before - params.total_after == params.prunable_before - params.prunable_after
+    ppl = report.perplexity
+    assert math.isfinite(ppl.before) and math.isfinite(ppl.after) and ppl.before > 1.0
+    assert ppl.eval_source == "held-out" and ppl.eval_tokens == 4 * 32
+    assert set(report.stage_s) >= {
         "load",
         "data",
         "evaluate_dense",
@@ -114,18 +112,18 @@ def test_report_contents(bonsai_run: BonsaiRun, llama_fp32: TinyModel) -> None:
         "evaluate_pruned",
         "export",
     }
-    assert all(v >= 0 for v in report["stage_s"].values())
-    assert report["forward_tokens"] > 0 and report["forward_passes"] > 0
+    assert all(v >= 0 for v in report.stage_s.values())
+    assert report.forward_tokens > 0 and report.forward_passes > 0
     # 2 rounds x 16 sub-models on 2 sequences of 32, plus activation passes and evaluations
-    assert report["forward_tokens"] >= 2 * 16 * 2 * 32
-    units = report["units"]
+    assert report.forward_tokens >= 2 * 16 * 2 * 32
+    units = report.units
     assert len(units) == space.size == 100
-    assert [u["kind"] for u in units[:3]] == ["attn", "attn", "mlp"]
-    assert [(u["layer"], u["index"]) for u in units[49:53]] == [(0, 47), (1, 0), (1, 1), (1, 0)]
-    assert all(math.isfinite(u["importance"]) for u in units)
-    assert len({u["importance"] for u in units}) > 10  # estimated, not constant
-    assert len(report["method_details"]["rounds"]) == 2
-    assert [(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]] == [
+    assert [u.kind for u in units[:3]] == ["attn", "attn", "mlp"]
+    assert [(u.layer, u.index) for u in units[49:53]] == [(0, 47), (1, 0), (1, 1), (1, 0)]
+    assert all(math.isfinite(u.importance) for u in units)
+    assert len({u.importance for u in units}) > 10  # estimated, not constant
+    assert len(report.method_details["rounds"]) == 2
+    assert [(la.num_key_value_heads, la.intermediate_size) for la in report.layers] == [
         (s.num_kv_heads, s.intermediate) for s in space.kept_shapes(keep)
     ]
 
@@ -149,20 +147,20 @@ def test_events(bonsai_run: BonsaiRun) -> None:
     assert all(e["rounds"] == 2 for e in progress if e["stage"] == "scoring" and "rounds" in e)
     metrics = {e["name"] for e in events if e["type"] == "metric"}
     assert metrics == {"perplexity_before", "perplexity_after"}
-    budget = report["budget"]
-    assert (budget["asked"], budget["name"], budget["time_limit_s"]) == ("auto", "fast", None)
-    assert budget["planned_s"] > 0 and budget["actual_s"] >= report["total_s"]
-    assert report["settings"]["options"]["split_candidates"] == 0  # the fast budget's, under the given ones
-    assert report["settings"]["options"]["rounds"] == 2
+    budget = report.budget
+    assert (budget.asked, budget.name, budget.time_limit_s) == ("auto", "fast", None)
+    assert budget.planned_s > 0 and budget.actual_s >= report.total_s
+    assert report.settings["options"]["split_candidates"] == 0  # the fast budget's, under the given ones
+    assert report.settings["options"]["rounds"] == 2
 
 
 def test_exported_checkpoint_computes_the_reported_perplexity(
     bonsai_run: BonsaiRun, calibration_file: Path
 ) -> None:
     report, out, _ = bonsai_run
-    assert compact_perplexity(out, calibration_file) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    assert compact_perplexity(out, calibration_file) == pytest.approx(report.perplexity.after, rel=1e-5)
     compact = load_pruned(out)
-    assert sum(p.numel() for p in compact.parameters()) == report["params"]["total_after"]
+    assert sum(p.numel() for p in compact.parameters()) == report.params.total_after
 
 
 def test_same_seed_same_result(
@@ -170,11 +168,11 @@ def test_same_seed_same_result(
 ) -> None:
     first, _, _ = bonsai_run
     second = run(tiny_llama, calibration_file, tmp_path / "again")
-    assert [u["kept"] for u in first["units"]] == [u["kept"] for u in second["units"]]
-    assert [u["importance"] for u in first["units"]] == [u["importance"] for u in second["units"]]
-    assert first["perplexity"] == second["perplexity"]
+    assert [u.kept for u in first.units] == [u.kept for u in second.units]
+    assert [u.importance for u in first.units] == [u.importance for u in second.units]
+    assert first.perplexity == second.perplexity
     other = run(tiny_llama, calibration_file, tmp_path / "seed1", seed=1)
-    assert [u["importance"] for u in first["units"]] != [u["importance"] for u in other["units"]]
+    assert [u.importance for u in first.units] != [u.importance for u in other["units"]]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -185,21 +183,21 @@ def test_every_method(
     family = "llama"
     out = tmp_path / method
     report = run(tiny_models[family], calibration_file, out, method=method, uniform=uniform)
-    assert report["method"] == method
+    assert report.method == method
     keep = keep_of(report)
     assert 0 < int((~keep).sum()) < keep.numel()
-    assert math.isfinite(report["perplexity"]["after"])
+    assert math.isfinite(report.perplexity.after)
     if uniform:
-        widths = {(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]}
+        widths = {(la.num_key_value_heads, la.intermediate_size) for la in report.layers}
         assert len(widths) == 1
         AutoModelForCausalLM.from_pretrained(out)  # stock config, no remote code
         assert not (out / "modeling_fwdprune.py").exists()
     else:
-        assert abs(report["sparsity"]["achieved"] - 0.4) <= report["sparsity"]["max_unit_fraction"]
+        assert abs(report.sparsity.achieved - 0.4) <= report.sparsity.max_unit_fraction
     # the checkpoint computes what the masked (and, for flap, bias-compensated) model was scored as
-    assert compact_perplexity(out, calibration_file) == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    assert compact_perplexity(out, calibration_file) == pytest.approx(report.perplexity.after, rel=1e-5)
     expected_compensation = "bias" if METHODS[method].default_compensation == "bias" else "none"
-    assert report["compensation"] == expected_compensation
+    assert report.compensation == expected_compensation
 
 
 @pytest.mark.parametrize("family", ["qwen3", "mistral"])
@@ -217,11 +215,11 @@ def test_bias_compensation_per_family(
     )
     warnings = [e["message"] for e in events if e["type"] == "warning"]
     if family == "mistral":  # no bias switch in the stock config
-        assert report["compensation"] == "none" and warnings and "cannot carry output biases" in warnings[0]
+        assert report.compensation == "none" and warnings and "cannot carry output biases" in warnings[0]
     else:
-        assert report["compensation"] == "bias" and not warnings
+        assert report.compensation == "bias" and not warnings
     got = compact_perplexity(tmp_path / "o", calibration_file)
-    assert got == pytest.approx(report["perplexity"]["after"], rel=1e-5)
+    assert got == pytest.approx(report.perplexity.after, rel=1e-5)
 
 
 def test_time_limit_sizes_the_rounds_to_end_the_job_within_it(
@@ -233,13 +231,13 @@ def test_time_limit_sizes_the_rounds_to_end_the_job_within_it(
     report = run(
         tiny_llama, calibration_file, tmp_path / "o", events.append, time_limit=limit, options=options
     )
-    budget = report["budget"]
-    assert budget["time_limit_s"] == limit and budget["name"] == "fast"
+    budget = report.budget
+    assert budget.time_limit_s == limit and budget.name == "fast"
     # the whole job, export included, ends within the limit, and used it: far more sub-models than the
     # fast budget's 64 a round (a 2-layer model scores thousands in a few seconds)
-    assert budget["actual_s"] <= 1.1 * limit
-    assert budget["actual_s"] >= 0.5 * limit
-    sub_models = [entry["sub_models"] for entry in report["method_details"]["rounds"]]
+    assert budget.actual_s <= 1.1 * limit
+    assert budget.actual_s >= 0.5 * limit
+    sub_models = [entry["sub_models"] for entry in report.method_details["rounds"]]
     assert len(sub_models) == 2 and min(sub_models) > 64 and all(n % 2 == 0 for n in sub_models)
     plans = [e for e in events if e["type"] == "plan"]
     assert plans[0]["time_limit_s"] == limit and plans[0]["expected_s"] == pytest.approx(limit, rel=0.1)
@@ -269,8 +267,8 @@ def test_a_time_limit_and_a_fixed_sub_model_count_are_refused(tmp_path: Path) ->
 def test_int8_on_cpu(llama_fp32: TinyModel, tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
     model, _, space = llama_fp32
     report = run(tiny_llama, calibration_file, tmp_path / "int8", precision="int8")
-    assert report["precision"] == "int8" and report["device"] == "cpu"
-    assert abs(report["sparsity"]["achieved"] - 0.4) <= report["sparsity"]["max_unit_fraction"]
+    assert report.precision == "int8" and report.device == "cpu"
+    assert abs(report.sparsity.achieved - 0.4) <= report.sparsity.max_unit_fraction
     keep = keep_of(report)
     compact = load_pruned(tmp_path / "int8", dtype=torch.float32)
     ids = torch.randint(1, 320, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -284,7 +282,7 @@ def test_int8_on_cpu(llama_fp32: TinyModel, tiny_llama: Path, calibration_file: 
     assert torch.allclose(logits, masked, atol=1e-3, rtol=0)
     # and the int8 masked model's perplexity (in the report) is close to the compact model's
     fp32_ppl = compact_perplexity(tmp_path / "int8", calibration_file)
-    assert report["perplexity"]["after"] == pytest.approx(fp32_ppl, rel=0.1)
+    assert report.perplexity.after == pytest.approx(fp32_ppl, rel=0.1)
 
 
 def test_unsupported_architecture_refused_before_loading(
@@ -335,8 +333,8 @@ def test_widths_are_chosen_in_the_multiples_asked_for(
         kv_multiple_of=2,
         compensate="none",
     )
-    widths = [(la["num_key_value_heads"], la["intermediate_size"]) for la in report["layers"]]
+    widths = [(la.num_key_value_heads, la.intermediate_size) for la in report.layers]
     assert all(kv % 2 == 0 and mlp % 32 == 0 for kv, mlp in widths), widths
-    assert report["sparsity"]["achieved"] > 0.3  # the budget is still met, in coarser steps
+    assert report.sparsity.achieved > 0.3  # the budget is still met, in coarser steps
     got = compact_perplexity(tmp_path / "o", calibration_file)
-    assert got == pytest.approx(report["perplexity"]["after"], rel=1e-5)  # the export is still exact
+    assert got == pytest.approx(report.perplexity.after, rel=1e-5)  # the export is still exact

@@ -62,9 +62,9 @@ def test_every_checkpoint_carries_its_card(
     assert metadata["license"] == "apache-2.0" and metadata["language"] == ["en"]
     assert {"pruned", "fwdprune", "random"} <= set(metadata["tags"])
     digest = hashlib.sha256(calibration_file.read_bytes()).hexdigest()
-    assert report["calibration_data"] == {"file": "calib.jsonl", "sha256": digest}
+    assert report.calibration_data == {"file": "calib.jsonl", "sha256": digest}
     assert f"`calib.jsonl` (sha256 `{digest}`)" in card
-    before, after = report["perplexity"]["before"], report["perplexity"]["after"]
+    before, after = report.perplexity.before, report.perplexity.after
     assert f"| {before:.4g} | {after:.4g} | {after / before:.3f}× |" in card
     assert f"{report['params']['total_after']:,} parameters" in card
     assert ("trust_remote_code=True" in card) is not uniform

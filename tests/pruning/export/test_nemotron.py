@@ -175,9 +175,9 @@ def test_prune_exports_a_model_whose_width_the_layout_cannot_state(
     )
     config = json.loads((out / "config.json").read_text())
     assert_valid_decilm(config, layers=3)
-    assert all(layer["intermediate_size"] in (0, 256) for layer in report["layers"])
+    assert all(layer.intermediate_size in (0, 256) for layer in report.layers)
     compact = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True)
-    assert count_checkpoint_params(out) == report["params"]["total_after"]
+    assert count_checkpoint_params(out) == report.params.total_after
     with torch.no_grad():
         assert torch.isfinite(compact(torch.randint(1, 320, (1, 12))).logits).all()
 

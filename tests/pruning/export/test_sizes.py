@@ -14,7 +14,7 @@ import torch
 from pruning import PruneSpec, load_pruned
 from pruning.export.sizes import curve_table, write_pictures
 from service.artifacts import describe
-from tests.pruning.test_api import BONSAI, compact_perplexity, keep_of, run
+from tests.pruning.engine.test_api import BONSAI, compact_perplexity, keep_of, run
 
 SIZES = [0.2, 0.35, 0.5]
 
@@ -42,11 +42,11 @@ def reports_of(job: SizesJob) -> list[dict[str, Any]]:
 def test_one_checkpoint_per_size(sizes_job: SizesJob, calibration_file: Path) -> None:
     for sparsity, report in zip(SIZES, reports_of(sizes_job), strict=True):
         folder = sizes_job.out / f"sparsity-{sparsity:g}"
-        assert report["sparsity"]["target"] == sparsity and report["out_dir"] == str(folder)
-        assert abs(report["sparsity"]["achieved"] - sparsity) <= report["sparsity"]["max_unit_fraction"]
+        assert report.sparsity.target == sparsity and report.out_dir == str(folder)
+        assert abs(report.sparsity.achieved - sparsity) <= report.sparsity.max_unit_fraction
         assert load_pruned(folder, dtype=torch.float32) is not None
         assert compact_perplexity(folder, calibration_file) == pytest.approx(
-            report["perplexity"]["after"], rel=1e-3
+            report.perplexity.after, rel=1e-3
         )
     assert not (sizes_job.out / "pruning_report.json").exists()  # the reports are the sizes'
 
@@ -54,14 +54,14 @@ def test_one_checkpoint_per_size(sizes_job: SizesJob, calibration_file: Path) ->
 def test_summary_curve(sizes_job: SizesJob) -> None:
     summary = sizes_job.summary
     assert json.loads((sizes_job.out / "summary.json").read_text()) == summary
-    assert [size["sparsity"] for size in summary["sizes"]] == SIZES
+    assert [size.sparsity for size in summary.sizes] == SIZES
     reports = reports_of(sizes_job)
-    for size, report in zip(summary["sizes"], reports, strict=True):
-        assert size["achieved"] == report["sparsity"]["achieved"]
-        assert size["params_after"] == report["params"]["total_after"]
-        assert size["perplexity"] == {k: report["perplexity"][k] for k in ("before", "after")}
-        assert size["seconds"] > 0 and size["dir"] == f"sparsity-{size['sparsity']:g}"
-    params = [size["params_after"] for size in summary["sizes"]]
+    for size, report in zip(summary.sizes, reports, strict=True):
+        assert size.achieved == report.sparsity.achieved
+        assert size.params_after == report.params.total_after
+        assert size.perplexity == {k: report.perplexity[k] for k in ("before", "after")}
+        assert size.seconds > 0 and size.dir == f"sparsity-{size['sparsity']:g}"
+    params = [size.params_after for size in summary.sizes]
     assert params == sorted(params, reverse=True)
     assert all((sizes_job.out / name).stat().st_size > 0 for name in ("curve.png", "layers.png"))
     stages = [e["stage"] for e in sizes_job.events if e["type"] == "stage"]
@@ -73,7 +73,7 @@ def test_summary_curve(sizes_job: SizesJob) -> None:
 def test_cost_against_the_largest_alone(sizes_job: SizesJob) -> None:
     """One scoring for three sizes: the rounds are shared, each size adds its split search, compensation,
     evaluation and export. Printed for the record (pytest -s)."""
-    tokens, single = sizes_job.summary["forward_tokens"], sizes_job.single["forward_tokens"]
+    tokens, single = sizes_job.summary.forward_tokens, sizes_job.single.forward_tokens
     print(
         f"3 sizes: {tokens} forward tokens, {sizes_job.summary['total_s']:.2f} s; "
         f"0.5 alone: {single} tokens, {sizes_job.single['total_s']:.2f} s; ratio {tokens / single:.2f}"
@@ -86,7 +86,7 @@ def test_largest_size_quality_as_alone(sizes_job: SizesJob) -> None:
     # two steps removes what one would: the same units, hence the same perplexity
     largest = reports_of(sizes_job)[-1]
     assert torch.equal(keep_of(largest), keep_of(sizes_job.single))
-    assert largest["perplexity"]["after"] == pytest.approx(sizes_job.single["perplexity"]["after"], rel=0.02)
+    assert largest["perplexity"]["after"] == pytest.approx(sizes_job.single.perplexity.after, rel=0.02)
 
 
 def test_smaller_size_close_to_alone(sizes_job: SizesJob, tiny_llama: Path, calibration_file: Path) -> None:
@@ -105,8 +105,8 @@ def test_boundary_sizes_keep_the_same_units(tiny_llama: Path, calibration_file: 
     single = run(tiny_llama, calibration_file, tmp_path / "one", sparsity=0.5, options=options)
     largest = json.loads((tmp_path / "two" / "sparsity-0.5" / "pruning_report.json").read_text())
     assert torch.equal(keep_of(largest), keep_of(single))
-    assert largest["method_details"]["rounds"] == single["method_details"]["rounds"]
-    assert summary["sizes"][0]["achieved"] == pytest.approx(0.25, abs=0.07)
+    assert largest["method_details"]["rounds"] == single.method_details["rounds"]
+    assert summary.sizes[0].achieved == pytest.approx(0.25, abs=0.07)
 
 
 @pytest.mark.parametrize("method", ["wanda-sp", "random"])
@@ -118,12 +118,12 @@ def test_scored_once_methods_select_per_size(
     largest = json.loads((tmp_path / "two" / "sparsity-0.5" / "pruning_report.json").read_text())
     assert torch.equal(keep_of(largest), keep_of(single))
     scoring = largest["forward_tokens_by_stage"]["scoring"]
-    assert scoring <= single["forward_tokens_by_stage"]["scoring"]  # scored once for both sizes
+    assert scoring <= single.forward_tokens_by_stage["scoring"]  # scored once for both sizes
 
 
 def test_single_size_layout_unchanged(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
     report = run(tiny_llama, calibration_file, tmp_path / "one", method="random", sparsity=[0.3])
-    assert report["sparsity"]["target"] == 0.3 and "sizes" not in report
+    assert report.sparsity.target == 0.3 and "sizes" not in report
     assert (tmp_path / "one" / "pruning_report.json").is_file()
     assert not (tmp_path / "one" / "summary.json").exists()
     assert (tmp_path / "one" / "curve.png").is_file()  # one point

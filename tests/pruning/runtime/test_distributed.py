@@ -11,12 +11,13 @@ import torch
 
 from pruning import PruneSpec, prune
 from pruning.engine.api import prune_replicated
-from pruning.engine.stages import checkpoint_param_split
+from pruning.engine.placement import checkpoint_param_split
 from pruning.errors import UsageError
 from pruning.measure.objectives import make_objective
 from pruning.measure.probe import CalibrationProbe, OutputWeights
-from pruning.methods.bonsai.method import step_losses, sub_model_losses
+from pruning.methods.bonsai.pacing import MIN_SUB_MODELS
 from pruning.methods.bonsai.regression import sample_antithetic_drops
+from pruning.methods.bonsai.sub_models import step_losses, sub_model_losses
 from pruning.model.adapters import adapter_for
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.loading import load_model
@@ -24,7 +25,6 @@ from pruning.model.masking import UnitMasks
 from pruning.model.units import build_unit_space
 from pruning.runtime.devices import ACTIVATION_MARGIN, Layout, plan_layout, scoring_bytes
 from pruning.runtime.distributed import World, start_ranks, step_shares
-from pruning.runtime.progress import MIN_SUB_MODELS
 
 CPU = torch.device("cpu")
 GB = 10**9
@@ -51,17 +51,17 @@ def test_two_ranks_prune_exactly_as_one_process(
     one = prune(spec(tiny_llama, calibration_file, tmp_path / "one"))
     events: list[dict[str, Any]] = []
     two = prune_replicated(spec(tiny_llama, calibration_file, tmp_path / "two"), 2, events.append)
-    importance = torch.tensor([u["importance"] for u in one["units"]], dtype=torch.float64)
-    assert torch.equal(torch.tensor([u["importance"] for u in two["units"]], dtype=torch.float64), importance)
-    assert [u["kept"] for u in two["units"]] == [u["kept"] for u in one["units"]]
-    assert two["method_details"]["rounds"] == one["method_details"]["rounds"]
-    assert [r["sub_models"] for r in two["method_details"]["rounds"]] == [20, 20]
+    importance = torch.tensor([u.importance for u in one.units], dtype=torch.float64)
+    assert torch.equal(torch.tensor([u.importance for u in two.units], dtype=torch.float64), importance)
+    assert [u.kept for u in two.units] == [u.kept for u in one.units]
+    assert two.method_details["rounds"] == one.method_details["rounds"]
+    assert [r["sub_models"] for r in two.method_details["rounds"]] == [20, 20]
     exported, single = tensors(tmp_path / "two"), tensors(tmp_path / "one")
     assert exported.keys() == single.keys()
     assert all(torch.equal(exported[name], single[name]) for name in single)
-    assert two["perplexity"] == one["perplexity"]
-    assert (one["replicas"], two["replicas"]) == (1, 2)
-    assert two["peak_gpu_bytes_per_device"] == one["peak_gpu_bytes_per_device"] == []  # no GPU: none
+    assert two.perplexity == one.perplexity
+    assert (one.replicas, two.replicas) == (1, 2)
+    assert two.peak_gpu_bytes_per_device == one.peak_gpu_bytes_per_device == []  # no GPU: none
     # events from rank 0 alone: each stage announced once
     stages = [e["stage"] for e in events if e["type"] == "stage"]
     assert stages == ["load", "data", "evaluate_dense", "scoring", "evaluate_pruned", "export", "done"]
@@ -123,9 +123,9 @@ def test_a_time_limited_job_on_two_ranks_sizes_its_rounds_once_for_all(
     report = prune_replicated(job, 2)
     # rank 0 sized each round and told the other: had they differed, the ranks' collectives would
     # not have matched
-    sub_models = [r["sub_models"] for r in report["method_details"]["rounds"]]
+    sub_models = [r["sub_models"] for r in report.method_details["rounds"]]
     assert len(sub_models) == 2 and all(n >= MIN_SUB_MODELS and n % 2 == 0 for n in sub_models)
-    assert report["budget"]["actual_s"] <= 1.5 * 8.0  # room for cores the test shares with others
+    assert report.budget.actual_s <= 1.5 * 8.0  # room for cores the test shares with others
 
 
 def test_gpus_on_the_cpu_are_refused(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
@@ -216,4 +216,4 @@ def test_a_method_that_shares_no_scoring_runs_on_rank_0_alone(
     job = spec(tiny_llama, calibration_file, tmp_path / "o", method="wanda-sp", options={})
     alone, single = prune_replicated(job, 2), prune(job.model_copy(update={"out_dir": tmp_path / "one"}))
     assert alone["replicas"] == 1
-    assert [u["kept"] for u in alone["units"]] == [u["kept"] for u in single["units"]]
+    assert [u.kept for u in alone["units"]] == [u.kept for u in single.units]

@@ -10,8 +10,11 @@ import torch
 from torch import nn
 
 from pruning import prune
-from pruning.engine.reporting import removed_fraction
-from pruning.methods.bonsai.method import attention_fractions, held_out_split, removed_attention_fraction
+from pruning.methods.bonsai.split_search import (
+    attention_fractions,
+    held_out_split,
+    removed_attention_fraction,
+)
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitGroup, UnitSpace
 
@@ -33,14 +36,14 @@ def test_proportional_split_takes_the_same_fraction_of_each_kind(
         options={**OPTIONS, "kind_split": "proportional"},
         **SMALL,
     )
-    attention_unit = max(u["params"] for u in report["units"] if u["kind"] == "attn") / sum(
-        u["params"] for u in report["units"] if u["kind"] == "attn"
+    attention_unit = max(u["params"] for u in report.units if u.kind == "attn") / sum(
+        u["params"] for u in report.units if u.kind == "attn"
     )
-    assert len(report["method_details"]["rounds"]) == 3
-    assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
+    assert len(report.method_details["rounds"]) == 3
+    assert report.sparsity.achieved == pytest.approx(0.4, abs=report.sparsity.max_unit_fraction)
     # KV groups are large units: attention lands within one of them of the target, MLP makes up the rest
-    assert removed_fraction(report["units"], "attn") == pytest.approx(0.4, abs=attention_unit)
-    assert removed_fraction(report["units"], "mlp") == pytest.approx(0.4, abs=attention_unit)
+    assert report.removed_fraction("attn") == pytest.approx(0.4, abs=attention_unit)
+    assert report.removed_fraction("mlp") == pytest.approx(0.4, abs=attention_unit)
 
 
 def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(
@@ -54,7 +57,7 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(
         options={**OPTIONS, "kind_split": "search", "split_candidates": 3},
         **SMALL,
     )
-    candidates = report["method_details"]["split_search"]
+    candidates = report.method_details["split_search"]
     # the rounds' own split, attention fractions 0 .. highest, the activation prior's pick, then (ls
     # follows) the best of those with the same units per module chosen for the refit
     rankings = [c["ranking"] for c in candidates]
@@ -67,10 +70,10 @@ def test_split_search_keeps_the_split_with_the_lowest_held_out_loss(
     losses = [c["held_out_loss"] for c in candidates]
     assert len(set(losses)) > 1  # the splits really differ
     best = candidates[losses.index(min(losses))]
-    assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
-    assert report["sparsity"]["achieved"] == pytest.approx(0.4, abs=report["sparsity"]["max_unit_fraction"])
-    assert report["compensation"] == "ls"
-    assert report["method_details"]["split_search_s"] > 0
+    assert report.removed_fraction("attn") == pytest.approx(best["attention_fraction"])
+    assert report.sparsity.achieved == pytest.approx(0.4, abs=report.sparsity.max_unit_fraction)
+    assert report.compensation == "ls"
+    assert report.method_details["split_search_s"] > 0
 
 
 def test_split_search_with_uniform_widths_keeps_every_layer_alike(
@@ -85,12 +88,10 @@ def test_split_search_with_uniform_widths_keeps_every_layer_alike(
         options={**OPTIONS, "kind_split": "search", "split_candidates": 3},
         **SMALL,
     )
-    assert (
-        len({(layer["num_key_value_heads"], layer["intermediate_size"]) for layer in report["layers"]}) == 1
-    )
-    candidates = report["method_details"]["split_search"]
+    assert len({(layer.num_key_value_heads, layer.intermediate_size) for layer in report.layers}) == 1
+    candidates = report.method_details["split_search"]
     best = min(candidates, key=lambda c: c["held_out_loss"])
-    assert removed_fraction(report["units"], "attn") == pytest.approx(best["attention_fraction"])
+    assert report.removed_fraction("attn") == pytest.approx(best["attention_fraction"])
     assert len(candidates) == 6
 
 
@@ -107,7 +108,7 @@ def test_split_search_has_no_refit_aware_candidate_without_a_refit_or_when_off(
         options=options,
         **SMALL,
     )
-    rankings = [c["ranking"] for c in report["method_details"]["split_search"]]
+    rankings = [c["ranking"] for c in report.method_details["split_search"]]
     assert rankings == ["rounds"] + ["importance"] * 3 + ["prior, layer-uniform"]
 
 

@@ -72,11 +72,11 @@ def test_distill_prune_reports_embedding_cosine(tiny_bert: Path, tmp_path: Path)
         device="cpu",
         options=dict(rounds=2, samples_per_round=16, scoring_sequences=2),
     )
-    cosine = report["embedding_cosine"]
+    cosine = report.embedding_cosine
     assert cosine["before"] == pytest.approx(1.0, abs=1e-6)
     assert 0.0 < cosine["after"] < 1.0
-    assert "perplexity" not in report and report["calibration_loss"]["objective"] == "distill"
-    assert abs(report["sparsity"]["achieved"] - 0.3) <= report["sparsity"]["max_unit_fraction"]
+    assert "perplexity" not in report and report.calibration_loss.objective == "distill"
+    assert abs(report.sparsity.achieved - 0.3) <= report.sparsity.max_unit_fraction
 
 
 def test_encoders_have_no_next_token_loss(tiny_bert: Path, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_ls_refit_encoder_exported_exactly(tiny_bert: Path, tmp_path: Path) -> N
         compensate="ls",
         options=dict(rounds=2, samples_per_round=16, scoring_sequences=2),
     )
-    assert report["compensation"] == "ls"
+    assert report.compensation == "ls"
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     ids = load_calibration(tokenizer, data, 16, 48, 4, wrap=True).evaluation  # the report's held-out ids
     dense = AutoModel.from_pretrained(tiny_bert)
@@ -127,4 +127,4 @@ def test_ls_refit_encoder_exported_exactly(tiny_bert: Path, tmp_path: Path) -> N
             dense(ids).last_hidden_state.mean(1),
             dim=-1,
         )
-    assert float(cosine.mean()) == pytest.approx(report["embedding_cosine"]["after"], abs=1e-5)
+    assert float(cosine.mean()) == pytest.approx(report.embedding_cosine.after, abs=1e-5)

@@ -1,0 +1,95 @@
+"""What recovery minimises: the KL divergence from the dense model's next-token distribution to the
+pruned one's, per token, optionally plus the next-token loss. The dense teacher is the same loaded
+weights with the masks suspended (no unit removed, no correction or adapter added), so one copy of the
+weights serves both.
+
+Logits are never materialised for a whole batch: hidden states go through the LM head in row chunks, and
+the student's gradient flows back through the final hidden states once, after every chunk has added its
+part (`backward`), so a 128k vocabulary costs one chunk of logits at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pruning.model.adapters import FamilyAdapter
+from pruning.model.masking import UnitMasks
+
+LOGITS_CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass
+class DistillationLoss:
+    """KL(dense ‖ pruned) per token (+ `lm_weight` × next-token loss) of `model` on a batch of ids."""
+
+    model: Any
+    adapter: FamilyAdapter
+    masks: UnitMasks
+    device: torch.device
+    lm_weight: float = 0.0
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] final hidden states of the model as hooked now (grad as the caller's mode)."""
+        return self.adapter.backbone(self.model)(input_ids=ids, use_cache=False).last_hidden_state
+
+    def teacher_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] the dense model's final hidden states: masks, corrections and adapters stand down."""
+        with torch.no_grad(), self.masks.suspended():
+            return self.hidden(ids)
+
+    def chunks(self, ids: torch.Tensor) -> list[slice]:
+        head_weight: torch.Tensor = self.adapter.lm_head(self.model).weight  # type: ignore[assignment]
+        vocab = int(head_weight.shape[0])
+        rows = max(1, LOGITS_CHUNK_BYTES // (4 * ids.shape[1] * vocab))
+        return [slice(start, start + rows) for start in range(0, ids.shape[0], rows)]
+
+    def chunk_loss(
+        self, student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, rows: slice
+    ) -> torch.Tensor:
+        """Summed loss over the next-token positions of rows `rows`: student, teacher [B, T, D]."""
+        head = self.adapter.lm_head(self.model)
+        pruned = F.log_softmax(head(student[rows, :-1]).float(), dim=-1)  # [c, T-1, V]
+        with torch.no_grad():
+            dense = F.log_softmax(head(teacher[rows, :-1]).float(), dim=-1)
+        loss = (dense.exp() * (dense - pruned)).sum()
+        if self.lm_weight:
+            targets = ids[rows, 1:].to(pruned.device)
+            loss = loss + self.lm_weight * F.nll_loss(
+                pruned.flatten(0, 1), targets.flatten(), reduction="sum"
+            )
+        return loss
+
+    def value(self, ids: torch.Tensor, teacher: torch.Tensor | None = None) -> float:
+        """The mean loss per token on `ids` [B, T], without gradients (the teacher's hidden states
+        reused when given)."""
+        ids = ids.to(self.device)
+        teacher = self.teacher_hidden(ids) if teacher is None else teacher
+        with torch.no_grad():
+            student = self.hidden(ids)
+            total = sum(float(self.chunk_loss(student, teacher, ids, rows)) for rows in self.chunks(ids))
+        return total / _positions(ids)
+
+    def backward(self, ids: torch.Tensor) -> float:
+        """Accumulate the gradient of the mean loss per token on `ids` [B, T] into the trainable
+        parameters; returns the loss."""
+        ids = ids.to(self.device)
+        teacher = self.teacher_hidden(ids)
+        with torch.enable_grad():
+            hidden = self.hidden(ids)
+            leaf = hidden.detach().requires_grad_(True)  # the chunks' gradients gather here
+            total = 0.0
+            for rows in self.chunks(ids):
+                loss = self.chunk_loss(leaf, teacher, ids, rows) / _positions(ids)
+                loss.backward()
+                total += float(loss)
+            hidden.backward(leaf.grad)
+        return total
+
+
+def _positions(ids: torch.Tensor) -> int:
+    """Next-token positions of a batch: every token but each sequence's last."""
+    return ids.shape[0] * (ids.shape[1] - 1)

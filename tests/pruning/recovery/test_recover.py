@@ -1,0 +1,195 @@
+"""Recovery: adapters merged into the export exactly, rolled back when they do not help, reported and
+progressed like every stage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from pruning import load_pruned, prune
+from pruning.compensation.corrections import OutputCorrections
+from pruning.export.hf import export_pruned
+from pruning.model.adapters import UnitKind, adapter_for
+from pruning.model.checkpoint import CheckpointReader
+from pruning.model.data import load_calibration
+from pruning.model.loading import load_model
+from pruning.model.masking import UnitMasks
+from pruning.model.units import build_unit_space
+from pruning.recovery.deltas import WeightDeltas
+from pruning.recovery.low_rank import LowRankAdapters
+from pruning.recovery.recover import judge_split, merge, target_modules
+from pruning.recovery.training import learning_rate
+from tests.tiny import make_tiny_causal_lm
+
+CPU = torch.device("cpu")
+SMALL: dict[str, Any] = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
+BONSAI = dict(rounds=2, samples_per_round=16, scoring_sequences=2)
+
+
+def test_merged_adapters_export_exactly_what_the_masked_model_computes(tmp_path: Path) -> None:
+    """Random adapters on a bf16 checkpoint with an emptied attention block, an emptied MLP block and
+    units removed elsewhere: the compact model's logits equal the masked, adapted model's."""
+    checkpoint = make_tiny_causal_lm(tmp_path / "bf16", "llama", layers=3, bf16=True)
+    loaded = load_model(checkpoint, "fp32", CPU)
+    adapter = adapter_for("llama")
+    space = build_unit_space(loaded.model, adapter, 16)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    keep[space.slice(space.group_of(0, UnitKind.ATTN))] = False  # layer 0 loses its attention whole
+    keep[space.slice(space.group_of(1, UnitKind.MLP))] = False  # layer 1 its MLP
+    keep[space.group_of(2, UnitKind.ATTN).offset] = False  # one KV group and one MLP block in layer 2
+    keep[space.group_of(2, UnitKind.MLP).offset + 1] = False
+    masks = UnitMasks(space)
+    targets = target_modules(loaded.model, adapter, space, keep)
+    assert not any(name.startswith("model.layers.0.self_attn") for name in targets)
+    assert not any(name.startswith("model.layers.1.mlp") for name in targets)
+    adapters = LowRankAdapters(targets, masks, rank=4, alpha=8.0)
+    with torch.no_grad():  # B starts at zero: give every adapter something to say
+        generator = torch.Generator().manual_seed(0)
+        for b in adapters.b.values():
+            b.copy_(0.05 * torch.randn(b.shape, generator=generator))
+    deltas = WeightDeltas(masks)
+    reader = CheckpointReader(checkpoint)
+    merge(adapters, deltas, adapter, space.kept_indices(keep), lambda name: reader.get(f"{name}.weight"))
+    tensors: dict[str, torch.Tensor] = {}
+    deltas.apply_to(tensors, lambda name: (name, reader.get(name)))
+    export_pruned(checkpoint, tmp_path / "out", adapter, space, keep, uniform=False, replacements=tensors)
+
+    ids = torch.randint(0, 320, (3, 12), generator=torch.Generator().manual_seed(1))
+    with masks.installed(), OutputCorrections(masks).installed(), deltas.installed(), torch.no_grad():
+        masks.set(keep.double())
+        masked = loaded.model(ids).logits
+    compact = load_pruned(tmp_path / "out", dtype=torch.float32)
+    with torch.no_grad():
+        exported = compact(ids).logits
+    torch.testing.assert_close(exported, masked, rtol=1e-5, atol=1e-5)
+    # the adapters changed the weights: the export is not the plain pruned one
+    written = load_file(next((tmp_path / "out").glob("*.safetensors")))
+    assert any(torch.is_tensor(t) and t.dtype == torch.bfloat16 for t in written.values())
+    with masks.installed(), torch.no_grad():
+        masks.set(keep.double())
+        plain = loaded.model(ids).logits
+    assert (plain - masked).abs().max() > 1e-3
+
+
+def test_adapters_start_as_the_pruned_model_and_stand_down_for_the_dense_teacher(tmp_path: Path) -> None:
+    loaded = load_model(make_tiny_causal_lm(tmp_path / "m", "llama"), "fp32", CPU)
+    adapter = adapter_for("llama")
+    space = build_unit_space(loaded.model, adapter, None)
+    masks = UnitMasks(space)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    adapters = LowRankAdapters(target_modules(loaded.model, adapter, space, keep), masks, rank=2, alpha=4.0)
+    ids = torch.randint(0, 320, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = loaded.model(ids).logits
+        with adapters.installed():
+            assert torch.equal(loaded.model(ids).logits, plain)  # B = 0
+            for b in adapters.b.values():
+                b.fill_(0.1)
+            assert not torch.equal(loaded.model(ids).logits, plain)
+            with masks.suspended():
+                assert torch.equal(loaded.model(ids).logits, plain)
+
+
+def test_a_recovery_that_helps_is_kept_and_exported_exactly(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    """With the next-token loss weighted in, the adapters lower the held-out loss on this repetitive
+    text: they are kept, and the compact checkpoint computes the reported perplexity."""
+    events: list[dict[str, Any]] = []
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        sparsity=0.4,
+        options=BONSAI,
+        recover="distill",
+        recover_tokens=32 * 96,
+        recover_lm_weight=1.0,
+        recover_lr=1e-2,
+        on_event=events.append,
+        **SMALL,
+    )
+    recovery = report.recovery
+    assert recovery is not None and not recovery.rolled_back
+    assert recovery.judge_loss_after < recovery.judge_loss_before
+    assert (recovery.method, recovery.steps, recovery.tokens) == ("distill", 3, 3 * 32 * 32)
+    assert recovery.last_loss < recovery.first_loss
+    assert report.stage_s["recover"] > 0 and "recover" in report.peak_host_rss_bytes
+    compact = load_pruned(tmp_path / "o", dtype=torch.float32)
+    data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
+    with torch.no_grad():
+        loss = compact(data.evaluation, labels=data.evaluation).loss
+    assert report.perplexity is not None
+    assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)
+    steps = [e for e in events if e["type"] == "progress" and e["stage"] == "recover" and "step" in e]
+    assert [e["step"] for e in steps][-1] == 3 and all(e["steps"] == 3 for e in steps)
+    stages = [e["stage"] for e in events if e["type"] == "stage"]
+    assert stages.index("scoring") < stages.index("recover") < stages.index("evaluate_pruned")
+
+
+@pytest.mark.parametrize("method", ["distill", "zo"])
+def test_a_recovery_that_hurts_is_rolled_back(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, method: str
+) -> None:
+    """A learning rate far too high makes the held-out loss worse: the checkpoint is exactly the one the
+    job writes without recovery, and the report says so."""
+    common: dict[str, Any] = dict(
+        model=str(tiny_llama), data=calibration_file, sparsity=0.4, options=BONSAI, **SMALL
+    )
+    plain = prune(out_dir=tmp_path / "plain", **common)
+    events: list[dict[str, Any]] = []
+    report = prune(
+        out_dir=tmp_path / "hurt",
+        recover=method,
+        recover_tokens=32 * 64,
+        recover_lr=1.0 if method == "zo" else 0.5,
+        on_event=events.append,
+        **common,
+    )
+    assert report.recovery is not None and report.recovery.rolled_back
+    assert report.recovery.judge_loss_after >= report.recovery.judge_loss_before
+    assert report.perplexity is not None and plain.perplexity is not None
+    assert report.perplexity.after == pytest.approx(plain.perplexity.after, rel=1e-9)
+    for shard in (tmp_path / "plain").glob("*.safetensors"):
+        ours, theirs = load_file(shard), load_file(tmp_path / "hurt" / shard.name)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert any(e["type"] == "warning" and "rolled back" in e["message"] for e in events)
+
+
+def test_no_recovery_leaves_the_report_as_it_was(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        sparsity=0.4,
+        options=BONSAI,
+        **SMALL,
+    )
+    assert report.recovery is None and "recovery" not in json.loads(report.to_json())
+    assert "recover" not in report.stage_s
+
+
+def test_the_judge_is_the_tail_of_the_text() -> None:
+    sequences = torch.arange(40).view(20, 2)
+    train, judge = judge_split(sequences)
+    assert torch.equal(judge, sequences[-2:]) and torch.equal(train, sequences[:-2])
+    with pytest.raises(ValueError, match="two sequences"):
+        judge_split(sequences[:1])
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
+    rates = [learning_rate(step, 20, 1.0) for step in range(20)]
+    assert rates[:2] == [0.5, 1.0]  # two warm-up steps
+    assert rates[2] == pytest.approx(1.0) and rates[-1] == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 17 / 18))
+    )
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:], strict=False))
