@@ -131,6 +131,14 @@ class BonsaiOptions(MethodOptions):
         description="search with ls compensation: also try the best split with each module's units chosen "
         "for the refit (structured OBS on its input Gram), kept if its held-out loss is lower",
     )
+    split_finalists: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="search with ls compensation: judge every candidate with a one-shot refit from the "
+        "dense input Grams they share, then only the best this many with the job's sequential refit; "
+        "unset: every candidate with the sequential refit",
+    )
     prior_sequences: int | None = Field(
         None,
         ge=1,
@@ -247,6 +255,12 @@ class PruneSettings(BaseModel):
         le=64,
         description="keep every layer's KV-group count a multiple of this (a tensor-parallel degree; a "
         "layer may still lose its attention whole)",
+    )
+    unit_kinds: list[Literal["attn", "mlp", "expert"]] | None = Field(
+        None,
+        min_length=1,
+        description="the kinds of unit that may be removed: attn (KV groups), mlp (MLP channels), expert "
+        "(the experts of a mixture of experts); default: every kind the model has",
     )
     objective: ObjectiveName | None = Field(
         None, description="lm: next-token loss (default for causal LMs); distill: distance to the dense model"

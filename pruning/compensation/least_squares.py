@@ -32,6 +32,9 @@ from pruning.model.units import UnitGroup
 LS_FIT_FORWARDS = 4.5
 # float32 input Grams held at once when choosing units for the refit (a 7B layer's: 0.55 GB)
 GRAM_BYTES_PER_PASS = 1 << 30
+# every module's dense input Gram held at once for a search's one-shot refits (a 135M model's: 0.3 GB,
+# a 7B's: 18 GB, which searches with the sequential refit instead)
+SHARED_GRAM_BYTES = 2 << 30
 
 
 class LeastSquaresRefit(Compensator):
@@ -63,22 +66,52 @@ class LeastSquaresRefit(Compensator):
             weight_replacements(self.probe.space.groups, checkpoint, self.corrections.refits), {}
         )
 
+    def dense_grams(self, sequences: torch.Tensor) -> dict[UnitGroup, torch.Tensor] | None:
+        """group -> [C, C] float32 Gram of every refitted module's dense input over `sequences`, on the
+        CPU, from one pass; None where they would take more than SHARED_GRAM_BYTES together."""
+        groups = refitted_groups(self.probe.space.groups)
+        if sum(4 * g.channel_unit.numel() ** 2 for g in groups) > SHARED_GRAM_BYTES:
+            return None
+        grams = self.probe.dense_input_grams(groups, sequences)
+        return {group: gram.cpu() for group, gram in grams.items()}
+
+    def fit_one_shot(self, keep: torch.Tensor, grams: dict[UnitGroup, torch.Tensor]) -> None:
+        """A cheaper refit, into the corrections: each output projection that lost units refitted on its
+        kept channels to reproduce its own dense output from its dense input, so the normal equations
+        need only the dense input Gram (`dense_grams`), which every candidate of a search shares. Blind
+        to the drift earlier layers leave, which `fit` corrects; a way to compare candidates."""
+        self.corrections.refits.clear()
+        space = self.probe.space
+        for group, gram in grams.items():
+            kept = keep[space.slice(group)][group.channel_unit]  # [C]
+            if bool(kept.all()):
+                continue
+            index = kept.nonzero().flatten()
+            weight = self.probe.weights.of(group)
+            delta = ridge_reconstruction(gram[index][:, index], gram[index], weight, kept, self.ridge)
+            delta = as_exported(delta, weight.double(), self.probe.weights.stored_dtype(group))
+            self.corrections.refits[group] = Refit.of(delta, kept)
+
     def refit_aware_keep(
-        self, reference: torch.Tensor, sequences: torch.Tensor | None = None
+        self,
+        reference: torch.Tensor,
+        sequences: torch.Tensor | None = None,
+        grams: dict[UnitGroup, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """[U] keep that removes as many units from every group as `reference` does, choosing them by
         greedy structured OBS on the dense model's input Gram over `sequences` (default: the calibration
         set): the units this refit stands in for best (`pruning.compensation.obs`). One pass over `sequences`
-        per GRAM_BYTES_PER_PASS of Grams."""
+        per GRAM_BYTES_PER_PASS of Grams, unless `grams` (`dense_grams` over `sequences`) are given."""
         space = self.probe.space
         keep = reference.clone()  # experts are not refitted: they keep the reference's choice
         pruned = [g for g in refitted_groups(space.groups) if not bool(reference[space.slice(g)].all())]
         for group in pruned:
             keep[space.slice(group)] = True
         for chunk in _runs_within_gram_bytes(pruned, GRAM_BYTES_PER_PASS):
-            grams = self.probe.dense_input_grams(chunk, sequences)
+            # `grams`, where given, are over `sequences` already
+            chunk_grams = dict(grams) if grams is not None else self.probe.dense_input_grams(chunk, sequences)
             for group in chunk:
-                gram = grams.pop(group)  # [C, C], on the module's device
+                gram = chunk_grams.pop(group)  # [C, C], on the module's device (or the CPU, given)
                 dtype = torch.float64 if gram.device.type == "cpu" else torch.float32  # GPU: memory, speed
                 count = int((~reference[space.slice(group)]).sum())
                 removed = structured_obs_removals(

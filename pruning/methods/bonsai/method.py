@@ -30,10 +30,16 @@ class Bonsai(PruningMethod):
         if opts.kind_split != "search":
             return {"scoring": rounds}
         fit, held_out = held_out_split(torch.arange(sequences))
-        candidate = len(held_out) * seq_len + (LS_FIT_FORWARDS * len(fit) * seq_len if refit else 0.0)
-        search = (opts.split_candidates + 2) * candidate  # the grid, the rounds' own split, the prior's pick
-        if refit and opts.refit_aware:  # one more candidate, its Grams, and the winner's on every sequence
-            search += candidate + (len(fit) + sequences) * seq_len
+        refit_tokens = LS_FIT_FORWARDS * len(fit) * seq_len if refit else 0.0
+        judged = len(held_out) * seq_len + refit_tokens  # a candidate judged with the job's refit
+        candidates = opts.split_candidates + 2 + int(refit and opts.refit_aware)  # grid, rounds, prior
+        if refit and opts.split_finalists is not None:  # one shared Gram pass, a held-out pass each
+            search = float(len(fit) * seq_len + candidates * len(held_out) * seq_len)
+            search += (opts.split_finalists > 1) * opts.split_finalists * judged
+        else:
+            search = candidates * judged + (refit and opts.refit_aware) * len(fit) * seq_len
+        if refit and opts.refit_aware:  # the winner's Grams on every sequence
+            search += sequences * seq_len
         return {"scoring": rounds, "search": search}
 
     def run(self, ctx: MethodContext) -> MethodResult:

@@ -40,21 +40,28 @@ def search_split(
     keeps, refit_aware = candidates_within_deadline(ctx, keeps, refit_aware)
     if len(keeps) == 1 and not refit_aware:
         return keep, []  # no time to judge: the rounds' own split
-    judge = SplitJudge(ctx, count=len(keeps) + int(refit_aware))
+    finalists = opts.split_finalists if ctx.refit is not None else None
+    judge = SplitJudge(
+        ctx, count=len(keeps) + int(refit_aware) + (finalists or 0), shared=finalists is not None
+    )
     for ranking, candidate in keeps:
         judge.judge(ranking, candidate)
-    best = judge.best()
-    if ctx.refit is None or not refit_aware:
-        return judge.kept[best], judge.figures
-    # the best split again, each group losing as many units, but those the refit replaces best; a
-    # ranking by loss without a refit cannot see that. Judged with Grams of the fit sequences only (the
-    # held-out ones would flatter it), and if it wins, chosen again with the whole calibration set, as
-    # the final refit is fitted
-    winner = judge.figures[best]
-    judge.judge(f"refit-aware, {winner['ranking']}", ctx.refit.refit_aware_keep(judge.kept[best], judge.fit))
-    if judge.figures[-1]["held_out_loss"] >= winner["held_out_loss"]:
-        return judge.kept[best], judge.figures
-    return ctx.refit.refit_aware_keep(judge.kept[best]), judge.figures
+    if refit_aware:
+        # the best split again, each group losing as many units, but those the refit replaces best; a
+        # ranking by loss without a refit cannot see that. Chosen with Grams of the fit sequences only
+        # (the held-out ones would flatter it)
+        assert ctx.refit is not None
+        winner = judge.figures[judge.best()]
+        reference = judge.kept[judge.best()]
+        judge.judge(
+            f"refit-aware, {winner['ranking']}", ctx.refit.refit_aware_keep(reference, judge.fit, judge.grams)
+        )
+    best = judge.best() if finalists is None else judge.best_of_finalists(finalists)
+    chosen = judge.kept[best]
+    if judge.figures[best]["ranking"].startswith("refit-aware") and ctx.refit is not None:
+        # chosen again with the whole calibration set, as the final refit is fitted
+        chosen = ctx.refit.refit_aware_keep(judge.references[best])
+    return chosen, judge.figures
 
 
 def split_candidates(
@@ -109,40 +116,91 @@ def candidates_within_deadline(
 
 
 class SplitJudge:
-    """Judges candidates by held-out loss after the job's refit, reusing the figure of a candidate equal
-    to one already judged, and reports each as a step of the `search` stage."""
+    """Judges candidates by held-out loss after a refit: the job's own (sequential) one, or, `shared`, a
+    one-shot refit from the dense input Grams every candidate shares (`LeastSquaresRefit.fit_one_shot`),
+    the best of which are then judged again with the job's own (`best_of_finalists`). A candidate equal
+    to one already judged reuses its figure. Each judgment is a step of the `search` stage."""
 
-    def __init__(self, ctx: MethodContext, count: int) -> None:
+    def __init__(self, ctx: MethodContext, count: int, shared: bool) -> None:
         self.ctx, self.count = ctx, count
         self.fit, self.held_out = held_out_split(ctx.probe.calibration)
+        self.grams = ctx.refit.dense_grams(self.fit) if shared and ctx.refit is not None else None
         self.figures: list[dict[str, Any]] = []
         self.kept: list[torch.Tensor] = []
+        self.references: list[torch.Tensor] = []  # what each refit-aware candidate was chosen from
+        self._steps = 0
 
-    def judge(self, ranking: str, keep: torch.Tensor) -> None:
+    @property
+    def judged_key(self) -> str:
+        """The figure candidates are compared by first: the one-shot refit's loss, or the job's refit's."""
+        return "one_shot_loss" if self.grams is not None else "held_out_loss"
+
+    def judge(self, ranking: str, keep: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        key = self.judged_key
         same = next((f for f, k in zip(self.figures, self.kept, strict=True) if torch.equal(k, keep)), None)
         if same is not None:
-            loss = same["held_out_loss"]
+            loss = same[key]
+        elif self.grams is not None:
+            loss = one_shot_loss(self.ctx, keep, self.grams, self.held_out)
         else:
             loss = held_out_loss(self.ctx, keep, self.fit, self.held_out, self._within_candidate)
         self.figures.append(
             {
                 "ranking": ranking,
-                "held_out_loss": loss,
+                key: loss,
                 "attention_fraction": removed_attention_fraction(self.ctx.space, keep),
             }
         )
         self.kept.append(keep)
-        self._advance(len(self.kept), len(self.kept))
+        self.references.append(keep if reference is None else reference)
+        self._step()
 
     def best(self) -> int:
-        return min(range(len(self.kept)), key=lambda i: self.figures[i]["held_out_loss"])
+        key = self.judged_key
+        return min(range(len(self.kept)), key=lambda i: self.figures[i][key])
+
+    def best_of_finalists(self, finalists: int) -> int:
+        """The best by the job's own refit among the `finalists` distinct candidates the one-shot refit
+        ranked best (one finalist: the one-shot refit's pick, no further judgment)."""
+        if self.grams is None:
+            return self.best()
+        order = sorted(range(len(self.kept)), key=lambda i: self.figures[i]["one_shot_loss"])
+        distinct: list[int] = []
+        for index in order:
+            if not any(torch.equal(self.kept[index], self.kept[j]) for j in distinct):
+                distinct.append(index)
+        if finalists == 1:
+            return distinct[0]
+        for index in distinct[:finalists]:
+            self.figures[index]["held_out_loss"] = held_out_loss(
+                self.ctx, self.kept[index], self.fit, self.held_out, self._within_candidate
+            )
+            self._step()
+        return min(distinct[:finalists], key=lambda i: self.figures[i]["held_out_loss"])
+
+    def _step(self) -> None:
+        self._steps += 1
+        self._advance(self._steps, self._steps)
 
     def _within_candidate(self, fraction: float) -> None:
-        """A candidate's refit takes most of its time: progress within it."""
-        self._advance(len(self.kept) + fraction, len(self.kept) + 1)
+        """A sequential refit takes most of a judgment's time: progress within it."""
+        self._advance(self._steps + fraction, self._steps + 1)
 
     def _advance(self, done: float, candidate: int) -> None:
-        self.ctx.progress.advance(done / self.count, candidate=candidate, candidates=self.count)
+        self.ctx.progress.advance(min(done / self.count, 1.0), candidate=candidate, candidates=self.count)
+
+
+def one_shot_loss(
+    ctx: MethodContext, keep: torch.Tensor, grams: dict[Any, torch.Tensor], held_out: torch.Tensor
+) -> float:
+    """Mean loss on `held_out` of the model pruned to `keep` with the one-shot refit from `grams`. Leaves
+    no refit behind."""
+    assert ctx.refit is not None
+    ctx.refit.fit_one_shot(keep, grams)
+    try:
+        return ctx.probe.mean_loss(keep, held_out)
+    finally:
+        ctx.refit.clear()
 
 
 def held_out_loss(

@@ -221,3 +221,41 @@ def test_refit_aware_keep_is_structured_obs_on_each_module_s_dense_input(
     weight: torch.Tensor = last_mlp.module.weight  # type: ignore[assignment]
     expected = structured_obs_removals(x.T @ x, weight.detach(), last_mlp.channel_unit, 3)
     assert sorted((~keep[space.slice(last_mlp)]).nonzero().flatten().tolist()) == sorted(expected.tolist())
+
+
+def test_one_shot_refit_of_the_first_pruned_module_is_the_sequential_one(
+    llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor
+) -> None:
+    """Nothing upstream pruned: the first pruned module's input in the pruned model is its dense input,
+    so the one-shot refit from the dense Gram equals the sequential refit there; a module that lost no
+    units gets no one-shot refit (it has no drift to see)."""
+    model, adapter, space = llama_fp32
+    last = space.num_layers - 1
+    mlp = space.group_of(last, UnitKind.MLP)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    keep[space.slice(mlp)][::3] = False
+    masks = UnitMasks(space)
+    corrections = OutputCorrections(masks)
+    with masks.installed(), corrections.installed():
+        probe = llama_probe(masks, llama_ids)
+        refit = LeastSquaresRefit(probe, adapter, corrections, adapter.layers(model), ridge=0.1)
+        refit.fit(keep)
+        sequential = corrections.refits[mlp]
+        grams = refit.dense_grams(llama_ids)
+        assert grams is not None and set(grams) == set(space.groups)
+        assert grams[mlp].shape == (mlp.channel_unit.numel(),) * 2 and grams[mlp].device.type == "cpu"
+        refit.fit_one_shot(keep, grams)
+    assert set(corrections.refits) == {mlp}
+    one_shot = corrections.refits[mlp]
+    assert torch.equal(one_shot.columns, sequential.columns)
+    assert torch.allclose(one_shot.delta, sequential.delta, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_grams_are_not_held_past_their_budget(
+    llama_fp32: TinyModel, llama_probe: ProbeFactory, llama_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, adapter, space = llama_fp32
+    masks = UnitMasks(space)
+    refit = LeastSquaresRefit(llama_probe(masks, llama_ids), adapter, OutputCorrections(masks), [], 0.1)
+    monkeypatch.setattr(compensation, "SHARED_GRAM_BYTES", 1024)
+    assert refit.dense_grams(llama_ids) is None
