@@ -29,6 +29,7 @@ SAMPLES: list[dict[str, Any]] = [
         "mlp_block": 4,
         "mlp_multiple_of": 8,
         "kv_multiple_of": 2,
+        "unit_kinds": ["attn", "expert"],
         "objective": "distill",
         "compensate": "ls",
         "compensation_ridge": 0.5,

@@ -50,6 +50,24 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
         num_key_value_heads=2,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5),
     ),
+    # mixtures of experts: 6 experts of 32 channels, 2 routed per token, the top-k weights as the softmax
+    # gives them (Qwen3-MoE's norm_topk_prob off); Mixtral's 4 experts of the MLP's width, renormalised
+    "qwen3_moe": dict(
+        model_type="qwen3_moe",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=6,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        norm_topk_prob=False,
+    ),
+    "mixtral": dict(
+        model_type="mixtral",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    ),
 }
 
 

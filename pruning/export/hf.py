@@ -119,13 +119,14 @@ def _add_sliced(
     kept: dict[tuple[int, str], torch.Tensor],
     absent: Callable[[str], bool],
 ) -> None:
-    """Put the kept part of `tensor` into `sliced` (index_select copies, so the whole tensor is not kept
-    alive by a view); tensors of removed modules are left out."""
-    if absent(name):
+    """Put the kept part of `tensor` into `sliced` under its new name (index_select copies, so the whole
+    tensor is not kept alive by a view); tensors of removed modules and experts are left out."""
+    target = adapter.renamed(name, kept)
+    if target is None or absent(name):
         return
     part = _slice(adapter, name, tensor, kept)
     if part.numel() > 0:
-        sliced[name] = part.contiguous()
+        sliced[target] = part.contiguous()
 
 
 def _sibling_weight(name: str) -> str:
@@ -138,7 +139,7 @@ def _emptied(adapter: FamilyAdapter, name: str, shapes: list[LayerShape]) -> boo
         return False
     layer, kind = found
     shape = shapes[layer]
-    return (shape.num_kv_heads if kind == UnitKind.ATTN else shape.intermediate) == 0
+    return shape.num_kv_heads == 0 if kind == UnitKind.ATTN else shape.mlp_removed
 
 
 def _slice(

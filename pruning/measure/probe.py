@@ -48,7 +48,10 @@ class OutputWeights:
         return self.checkpoint.get(stored).double() if stored else None
 
     def column_norms(self, group: UnitGroup) -> torch.Tensor:
-        """[in_channels] column norms of the group's output projection (read once)."""
+        """[in_channels] column norms of the group's output projection (read once); for experts, the
+        norm of each expert's output projection."""
+        if group.unit_norms is not None:
+            return group.unit_norms
         if group not in self._column_norms:
             self._column_norms[group] = column_norms(self.of(group))
         return self._column_norms[group]

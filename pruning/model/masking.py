@@ -16,9 +16,13 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pruning.model.adapters.base import UnitKind
+from pruning.model.experts import RouterOutput, masked_routing, routed_weights
 from pruning.model.units import UnitGroup, UnitSpace
 
 PreHook: TypeAlias = Callable[[nn.Module, tuple[Any, ...]], Any]  # a forward pre-hook on a unit module
+# a forward hook on an experts group's router: (module, args, output) -> a replacement output or None
+RouterHook: TypeAlias = Callable[[nn.Module, tuple[Any, ...], Any], Any]
 
 
 @contextmanager
@@ -35,6 +39,41 @@ def pre_hooks(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def router_hooks(
+    groups: list[UnitGroup], hook_for: Callable[[UnitGroup], RouterHook], prepend: bool = False
+) -> Iterator[None]:
+    """A forward hook `hook_for(group)` on the router of every experts group for the duration."""
+    handles: list[RemovableHandle] = []
+    try:
+        for group in groups:
+            handles.append(group.module.register_forward_hook(hook_for(group), prepend=prepend))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def unit_hooks(
+    groups: list[UnitGroup],
+    channels: Callable[[UnitGroup], PreHook],
+    routers: Callable[[UnitGroup], RouterHook],
+    prepend: bool = False,
+) -> Iterator[None]:
+    """`channels(group)` as a pre-hook on the output projections that carry channel units, and
+    `routers(group)` as a forward hook on the routers of experts groups."""
+    expert_groups = [g for g in groups if g.kind == UnitKind.EXPERT]
+    channel_groups = [g for g in groups if g.kind != UnitKind.EXPERT]
+    with pre_hooks(channel_groups, channels, prepend), router_hooks(expert_groups, routers, prepend):
+        yield
+
+
+def replica_rows(mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """[rows, C] each row's mask from `mask` [R, C]: rows are replica-major, rows // R per replica."""
+    return mask.repeat_interleave(rows // mask.shape[0], dim=0)
 
 
 class UnitMasks:
@@ -82,11 +121,22 @@ class UnitMasks:
 
         return scale_input
 
+    def _route(self, group: UnitGroup) -> RouterHook:
+        def route(module: nn.Module, args: tuple[Any, ...], output: RouterOutput) -> RouterOutput | None:
+            mask = self._channel_masks.get(group)
+            if mask is None:
+                return None
+            hidden = args[0].reshape(-1, args[0].shape[-1])  # [R*B*T, D]
+            allowed = replica_rows(mask.to(hidden.device) > 0, hidden.shape[0])
+            return masked_routing(module, hidden, allowed, output)
+
+        return route
+
     @contextmanager
     def installed(self) -> Iterator[UnitMasks]:
         """Hooks on every unit-carrying module for the duration; removed even on error."""
         try:
-            with pre_hooks(self.space.groups, self._hook):
+            with unit_hooks(self.space.groups, self._hook, self._route):
                 yield self
         finally:
             self.clear()
@@ -116,7 +166,17 @@ class ChannelEnergy:
 
             return record
 
-        with pre_hooks(self.space.groups, hook_for, prepend=self.before_masks):
+        def router_hook_for(group: UnitGroup) -> RouterHook:
+            # an expert's "channel" is its routed weight times the norm of the token it is given
+            def record(module: nn.Module, args: tuple[Any, ...], output: RouterOutput) -> None:
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+                gated = routed_weights(output, group.count) * x.norm(dim=-1, keepdim=True)  # [tokens, E]
+                self.energy[group] = self.energy.get(group, 0) + gated.pow(2).sum(0).double().cpu()
+                self.sums[group] = self.sums.get(group, 0) + gated.sum(0).double().cpu()
+
+            return record
+
+        with unit_hooks(self.space.groups, hook_for, router_hook_for, prepend=self.before_masks):
             yield self
 
     def channel_moments(self, group: UnitGroup) -> tuple[torch.Tensor, torch.Tensor]:

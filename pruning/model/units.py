@@ -20,11 +20,15 @@ class UnitGroup:
 
     layer: int
     kind: UnitKind
-    module: nn.Module  # o_proj or down_proj: its input channels carry the units
-    channel_unit: torch.Tensor  # [in_channels] unit index (within this group) of each channel
+    # o_proj or down_proj: its input channels carry the units; for experts, the router: its logits do
+    module: nn.Module
+    channel_unit: torch.Tensor  # [in_channels] unit index (within this group) of each channel (or logit)
     params: torch.Tensor  # [count] prunable weights removed with each unit
     name: str = ""  # the module's qualified name in the model, e.g. "model.layers.3.mlp.down_proj"
     offset: int = 0  # index of this group's first unit in the flat space
+    # experts: [count] float64 norm of each expert's output projection (the others' norms are read from
+    # the checkpoint's output projection)
+    unit_norms: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -38,6 +42,8 @@ class UnitSpace:
     head_dim: int
     group_size: list[int]  # query heads per KV group, per layer
     mlp_block: int
+    experts_per_token: int = 0  # the router's top-k in a mixture-of-experts model (0: dense MLPs)
+    expert_width: int = 0  # each expert's intermediate channels
     params: torch.Tensor = field(init=False)  # [U] prunable weights per unit
     kind: torch.Tensor = field(init=False)  # [U] UnitKind value of each unit
     layer: torch.Tensor = field(init=False)  # [U] layer index
@@ -61,14 +67,29 @@ class UnitSpace:
     def group_of(self, layer: int, kind: UnitKind) -> UnitGroup:
         return next(g for g in self.groups if g.layer == layer and g.kind == kind)
 
+    def block_group(self, layer: int) -> UnitGroup:
+        """The layer's MLP group, or its experts' in a mixture-of-experts layer."""
+        return next(g for g in self.groups if g.layer == layer and g.kind != UnitKind.ATTN)
+
+    @property
+    def kinds(self) -> list[UnitKind]:
+        """The unit kinds this model has, in UnitKind order."""
+        return sorted({g.kind for g in self.groups})
+
     def kept_shapes(self, keep: torch.Tensor) -> list[LayerShape]:
         """Layer widths after removing the units where `keep` [U] is False."""
         shapes = []
         for layer in range(self.num_layers):
-            attn, mlp = self.group_of(layer, UnitKind.ATTN), self.group_of(layer, UnitKind.MLP)
+            attn, block = self.group_of(layer, UnitKind.ATTN), self.block_group(layer)
             kv_kept = int(keep[self.slice(attn)].sum())
-            mlp_kept = int(keep[self.slice(mlp)][mlp.channel_unit].sum())
-            shapes.append(LayerShape(kv_kept * self.group_size[layer], kv_kept, mlp_kept))
+            heads = kv_kept * self.group_size[layer]
+            if block.kind == UnitKind.EXPERT:
+                experts = int(keep[self.slice(block)].sum())
+                shapes.append(LayerShape(heads, kv_kept, self.expert_width, experts))
+            else:
+                shapes.append(
+                    LayerShape(heads, kv_kept, int(keep[self.slice(block)][block.channel_unit].sum()))
+                )
         return shapes
 
     def kept_indices(self, keep: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
@@ -77,7 +98,7 @@ class UnitSpace:
         stacked, as Phi-3's gate_up_proj)."""
         kept: dict[tuple[int, str], torch.Tensor] = {}
         for layer in range(self.num_layers):
-            attn, mlp = self.group_of(layer, UnitKind.ATTN), self.group_of(layer, UnitKind.MLP)
+            attn, mlp = self.group_of(layer, UnitKind.ATTN), self.block_group(layer)
             kv_groups = keep[self.slice(attn)].nonzero().flatten()
             kv, q = (
                 _expand(kv_groups, self.head_dim),
@@ -86,6 +107,9 @@ class UnitSpace:
             kept[(layer, "kv")], kept[(layer, "q")] = kv, q
             q_width, kv_width = attn.channel_unit.numel(), attn.count * self.head_dim
             kept[(layer, "qkv")] = torch.cat([q, q_width + kv, q_width + kv_width + kv])
+            if mlp.kind == UnitKind.EXPERT:
+                kept[(layer, "expert")] = keep[self.slice(mlp)].nonzero().flatten()
+                continue
             channels = keep[self.slice(mlp)][mlp.channel_unit].nonzero().flatten()
             kept[(layer, "mlp")] = channels
             kept[(layer, "gate_up")] = torch.cat([channels, mlp.channel_unit.numel() + channels])
@@ -114,7 +138,7 @@ def build_unit_space(model: nn.Module, adapter: FamilyAdapter, mlp_block: int | 
     groups: list[UnitGroup] = []
     for index, (layer, shape) in enumerate(zip(adapter.layers(model), shapes, strict=True)):
         attn_params, channel_params = adapter.unit_params(config, shape)
-        attn_out, mlp_out = adapter.attention_out(layer), adapter.mlp_out(layer)
+        attn_out = adapter.attention_out(layer)
         attn_channels = torch.arange(shape.num_heads * head_dim) // (shape.group_size * head_dim)
         groups.append(
             UnitGroup(
@@ -126,9 +150,30 @@ def build_unit_space(model: nn.Module, adapter: FamilyAdapter, mlp_block: int | 
                 names[attn_out],
             )
         )
+        router = adapter.expert_router(layer)
+        if router is not None:
+            groups.append(
+                _expert_group(index, router, names[router], adapter.expert_norms(layer), channel_params)
+            )
+            continue
+        mlp_out = adapter.mlp_out(layer)
         mlp_channels = channel_groups(shape.intermediate, block)
         widths = torch.bincount(mlp_channels).double()
         groups.append(
             UnitGroup(index, UnitKind.MLP, mlp_out, mlp_channels, widths * channel_params, names[mlp_out])
         )
-    return UnitSpace(groups, len(shapes), head_dim, [s.group_size for s in shapes], block)
+    experts_per_token = adapter.experts_per_token(config)
+    expert_width = shapes[0].intermediate if experts_per_token else 0
+    return UnitSpace(
+        groups, len(shapes), head_dim, [s.group_size for s in shapes], block, experts_per_token, expert_width
+    )
+
+
+def _expert_group(
+    layer: int, router: nn.Module, name: str, norms: torch.Tensor, expert_params: int
+) -> UnitGroup:
+    """A layer's experts as units: one router logit each, `expert_params` weights each (its projections
+    and its router row)."""
+    count = int(norms.numel())
+    params = torch.full((count,), expert_params, dtype=torch.float64)
+    return UnitGroup(layer, UnitKind.EXPERT, router, torch.arange(count), params, name, unit_norms=norms)

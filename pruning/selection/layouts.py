@@ -39,11 +39,21 @@ def within_multiples(rule: KindRule, multiple: int, full: int) -> KindRule:
 
 
 def any_width(space: UnitSpace) -> dict[UnitKind, KindRule]:
-    """The hf layout: any per-layer count, a layer emptied whole included."""
-    return {
-        kind: KindRule(tuple(range(space.group_of(0, kind).count + 1)), shared=False)
-        for kind in (UnitKind.ATTN, UnitKind.MLP)
+    """The hf layout: any per-layer count, a layer emptied whole included; a mixture of experts keeps at
+    least the experts its router picks per token, or none."""
+    rules = {
+        kind: KindRule(tuple(range(space.group_of(0, kind).count + 1)), shared=False) for kind in space.kinds
     }
+    if UnitKind.EXPERT in rules:
+        rules[UnitKind.EXPERT] = expert_rule(space)
+    return rules
+
+
+def expert_rule(space: UnitSpace) -> KindRule:
+    """The expert counts a layer may keep: none (its block removed whole), or from the router's top-k up
+    to all of them (fewer than top-k could not fill the router's picks)."""
+    experts = space.group_of(0, UnitKind.EXPERT).count
+    return KindRule((0, *range(space.experts_per_token, experts + 1)), shared=False)
 
 
 def nemotron_mlp_units_per_step(space: UnitSpace) -> int:
@@ -80,12 +90,11 @@ def job_rules(
         return rules
     if rules is None:  # the hf layout states any per-layer width, a layer emptied whole included
         rules = any_width(space)
-    steps = {
-        UnitKind.ATTN: kv_multiple_of or 1,
-        UnitKind.MLP: _mlp_units_per_multiple(mlp_multiple_of, space),
-    }
+    steps = {UnitKind.ATTN: kv_multiple_of or 1}
+    if UnitKind.MLP in space.kinds:
+        steps[UnitKind.MLP] = _mlp_units_per_multiple(mlp_multiple_of, space)
     return {
-        kind: within_multiples(rule, steps[kind], space.group_of(0, kind).count)
+        kind: within_multiples(rule, steps.get(kind, 1), space.group_of(0, kind).count)
         for kind, rule in rules.items()
     }
 

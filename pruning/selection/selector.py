@@ -25,6 +25,7 @@ class UnitSelector:
     uniform: bool
     allowed_counts: dict[UnitKind, list[int]]
     layout: dict[UnitKind, KindRule] | None = None  # per kind: the counts a layer may keep; None: any
+    removable: torch.Tensor | None = None  # [U] bool, the units of the kinds the job may remove; None: all
 
     def select(
         self, score_per_param: torch.Tensor, alive: torch.Tensor, budget: float, uniform: bool | None = None
@@ -32,6 +33,8 @@ class UnitSelector:
         """Units to remove now: [U] bool, about `budget` parameters, by lowest score per parameter.
         `uniform` overrides the job's widths for this call."""
         space = self.space
+        if self.removable is not None:
+            alive = alive & self.removable
         if self.uniform if uniform is None else uniform:
             return select_uniform(
                 score_per_param, space.params, alive, space.layer, space.kind, budget, self.allowed_counts
@@ -56,7 +59,8 @@ class UnitSelector:
         one whole head step leaves it to a later round instead of skipping it for good. Attention goes
         first: heads are large units, so MLP makes up the difference."""
         params = self.space.params
-        attention, mlp = self.space.kind == UnitKind.ATTN, self.space.kind == UnitKind.MLP
+        attention = self.space.kind == UnitKind.ATTN
+        mlp = ~attention  # MLP channels, or experts
         removed_before = float(params[~alive].sum())
         fraction = (removed_before + budget) / float(params.sum())  # overall, once this call is done
         attention_target = min(attention_ratio * fraction, 1.0) * float(params[attention].sum()) - float(

@@ -18,9 +18,11 @@ from transformers import (
     Gemma3ForCausalLM,
     LlamaForCausalLM,
     MistralForCausalLM,
+    MixtralForCausalLM,
     Phi3ForCausalLM,
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
+    Qwen3MoeForCausalLM,
     RobertaModel,
 )
 
@@ -92,8 +94,11 @@ def shrink_layers(model: nn.Module, config: Any) -> None:
             layer.self_attn = EmptyAttention(config, index, head_dim)
         else:
             _shrink_attention(layer.self_attn, config, heads, kv_heads, head_dim)
-        if inter == 0:
+        experts = widths.get("num_experts")  # a mixture-of-experts layer's
+        if inter == 0 or experts == 0:
             layer.mlp = EmptyMLP(config)
+        elif experts is not None:
+            _shrink_experts(layer.mlp, experts)
         else:
             _shrink_mlp(layer.mlp, hidden, inter)
 
@@ -112,6 +117,17 @@ def _shrink_attention(attn: Any, config: Any, heads: int, kv_heads: int, head_di
         attn.v_proj = _resize(attn.v_proj, hidden, kv_heads * head_dim)
     attn.o_proj = _resize(attn.o_proj, heads * head_dim, hidden)
     attn.num_key_value_groups = heads // kv_heads
+
+
+def _shrink_experts(block: Any, count: int) -> None:
+    """A mixture of experts (transformers 5's router and 3D expert tensors) down to `count` experts."""
+    gate, experts = block.gate, block.experts
+    gate.weight = nn.Parameter(gate.weight.new_empty(count, gate.weight.shape[1]))
+    gate.num_experts = experts.num_experts = count
+    experts.gate_up_proj = nn.Parameter(
+        experts.gate_up_proj.new_empty(count, *experts.gate_up_proj.shape[1:])
+    )
+    experts.down_proj = nn.Parameter(experts.down_proj.new_empty(count, *experts.down_proj.shape[1:]))
 
 
 def _shrink_mlp(mlp: Any, hidden: int, inter: int) -> None:
@@ -201,6 +217,18 @@ class FwdPrunedPhi3ForCausalLM(Phi3ForCausalLM):
         shrink_layers(self, config)
 
 
+class FwdPrunedQwen3MoeForCausalLM(Qwen3MoeForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
+class FwdPrunedMixtralForCausalLM(MixtralForCausalLM):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        shrink_layers(self, config)
+
+
 # model_type -> class name, used by the exporter to write `auto_map`
 PRUNED_CLASSES = {
     "llama": "FwdPrunedLlamaForCausalLM",
@@ -209,6 +237,8 @@ PRUNED_CLASSES = {
     "qwen3": "FwdPrunedQwen3ForCausalLM",
     "gemma3_text": "FwdPrunedGemma3ForCausalLM",
     "phi3": "FwdPrunedPhi3ForCausalLM",
+    "qwen3_moe": "FwdPrunedQwen3MoeForCausalLM",
+    "mixtral": "FwdPrunedMixtralForCausalLM",
     "bert": "FwdPrunedBertModel",
     "roberta": "FwdPrunedRobertaModel",
 }

@@ -101,7 +101,9 @@ def one_round(
     remove a slice of the budget. `prior` [U] is the activation prior with the alive units. Each of
     `stops` (smaller targets, ascending) the slice reaches is taken off the list and snapshotted."""
     space = ctx.space
-    candidates = state.keep.nonzero().flatten()  # [A]
+    removable = ctx.selector.removable
+    # sub-models drop only units the job may remove: the others' estimates would not be used
+    candidates = (state.keep if removable is None else state.keep & removable).nonzero().flatten()  # [A]
     probs = drop_probabilities(
         prior[candidates] / space.params[candidates], opts.drop_fraction, opts.prior_bias
     )

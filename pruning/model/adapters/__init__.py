@@ -7,6 +7,7 @@ from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.adapters.bert import BertAdapter
 from pruning.model.adapters.gemma import Gemma3Adapter
 from pruning.model.adapters.llama import LlamaAdapter, MistralAdapter
+from pruning.model.adapters.moe import MixtralAdapter, Qwen3MoeAdapter
 from pruning.model.adapters.phi3 import Phi3Adapter
 from pruning.model.adapters.qwen import Qwen2Adapter, Qwen3Adapter
 from pruning.spec import SUPPORTED_MODEL_TYPES
@@ -21,6 +22,8 @@ _ADAPTERS: dict[str, FamilyAdapter] = {
         BertAdapter(),
         Gemma3Adapter(),
         Phi3Adapter(),
+        Qwen3MoeAdapter(),
+        MixtralAdapter(),
     )
 }
 
