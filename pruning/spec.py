@@ -447,9 +447,10 @@ def refuse_unexportable(model_type: str, settings: PruneSettings) -> None:
     widths = GGUF_MODEL_TYPES.get(model_type)
     if widths is None:
         families = ", ".join(GGUF_MODEL_TYPES)
+        why = "an encoder" if SUPPORTED_MODEL_TYPES.get(model_type) == "bert" else "not one of them"
         raise UnsupportedModelError(
-            f"export_format gguf writes {families} models in llama.cpp's architectures; a {model_type} "
-            "checkpoint has none it can be written in (encoders are not llama.cpp text generators)"
+            f"export_format gguf writes {families} models in llama.cpp's architectures; {model_type} is "
+            f"{why}: use export_format hf"
         )
     if widths == "uniform" and not settings.uniform:
         raise UnsupportedModelError(
