@@ -85,3 +85,13 @@ def test_int8_scoring_on_cpu(phi3: Path, calibration_file: Path, tmp_path: Path)
     with torch.no_grad():
         logits = load_pruned(tmp_path / "int8", dtype=torch.float32)(ids).logits
     assert torch.allclose(logits, masked, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "phi3", "qwen3_moe", "mixtral"])
+def test_gguf_export_refused_before_any_work(model_type: str) -> None:
+    """llama.cpp's architectures for these families are not written: the hf export is."""
+    from pruning.errors import UnsupportedModelError
+    from pruning.spec import PruneSettings, refuse_unexportable
+
+    with pytest.raises(UnsupportedModelError, match=f"export_format gguf writes .*{model_type}"):
+        refuse_unexportable(model_type, PruneSettings(sparsity=0.2, export_format="gguf"))
