@@ -51,19 +51,19 @@ def score_step(
             },
         }
     )
-    report = prune(spec)
-    scoring_s = report.stage_s["scoring"]
+    report = json.loads(prune(spec).to_json())  # the report as its JSON file holds it
+    scoring_s = report["stage_s"]["scoring"]
     return {
         "status": "ok",
         "precision": precision,
         "scoring_s": scoring_s,
-        "scoring_tokens": report.forward_tokens_by_stage["scoring"],
-        "scoring_tokens_per_s": round(report.forward_tokens_by_stage["scoring"] / scoring_s, 1),
+        "scoring_tokens": report["forward_tokens_by_stage"]["scoring"],
+        "scoring_tokens_per_s": round(report["forward_tokens_by_stage"]["scoring"] / scoring_s, 1),
         "peak_gpu_bytes": max(report.get("peak_gpu_bytes", {}).values(), default=None),
-        "load_s": report.stage_s["load"],
-        "perplexity": report.perplexity,
-        "importance": [unit.importance for unit in report.units],
-        "kept": [unit.kept for unit in report.units],
+        "load_s": report["stage_s"]["load"],
+        "perplexity": report["perplexity"],
+        "importance": [unit["importance"] for unit in report["units"]],
+        "kept": [unit["kept"] for unit in report["units"]],
     }
 
 

@@ -16,6 +16,7 @@ rate over the bf16 matmul rate measured by `bench.peak_flops` (int8 against that
 from __future__ import annotations
 
 import gc
+import json
 import math
 import threading
 import time
@@ -147,7 +148,7 @@ def probe(model_dir: Path, precision: str, device: str, data_path: Path, options
     }
 
 
-def progress_printer(label: str, sampler: DeviceMemorySampler) -> Callable[[dict[str, Any]], None]:
+def progress_printer(label: str, sampler: DeviceMemorySampler) -> Callable[[Any], None]:
     """prune's event sink: logs the plan, stages and progress, and names the memory sampler's stage."""
     last_print = [0.0]
 
@@ -224,7 +225,7 @@ def prune_step(
     )
     sampler = DeviceMemorySampler(device)
     with sampler.running():
-        report = prune(spec, progress_printer(label, sampler))
+        report = json.loads(prune(spec, progress_printer(label, sampler)).to_json())
     return summarise(report, found, sampler.peak, shape_name, peak_flops)
 
 
@@ -236,28 +237,28 @@ def summarise(
     peak_flops: float | None,
 ) -> dict[str, Any]:
     """The benchmark's view of one prune report."""
-    scoring_s = report.stage_s["scoring"]
-    scoring_tokens = report.forward_tokens_by_stage["scoring"]
+    scoring_s = report["stage_s"]["scoring"]
+    scoring_tokens = report["forward_tokens_by_stage"]["scoring"]
     tokens_per_s = scoring_tokens / scoring_s
     flop_params = matmul_params(SHAPES[shape_name])
     gpu = report.get("peak_gpu_bytes", {})
     return {
         "status": "ok",
-        "total_s": report.total_s,
-        "stage_s": report.stage_s,
+        "total_s": report["total_s"],
+        "stage_s": report["stage_s"],
         "peak_gpu_bytes": gpu,
         "peak_gpu_bytes_max": max(gpu.values(), default=None),
         "peak_gpu_reserved_bytes": report.get("peak_gpu_reserved_bytes", {}),
         "device_used_bytes": device_used,
         "device_used_bytes_max": max(device_used.values(), default=None),
-        "peak_host_rss_bytes": report.peak_host_rss_bytes,
-        "peak_host_rss_bytes_max": max(report.peak_host_rss_bytes.values()),
+        "peak_host_rss_bytes": report["peak_host_rss_bytes"],
+        "peak_host_rss_bytes_max": max(report["peak_host_rss_bytes"].values()),
         # RSS counts the mapped shards' pages; the anonymous part is what the process holds itself
         "peak_host_anon_bytes": report.get("peak_host_anon_bytes", {}),
         "host_anon_at_start_bytes": report.get("host_anon_at_start_bytes", {}),
         "export_host_anon_growth_bytes": report.get("host_anon_growth_bytes", {}).get("export"),
-        "forward_tokens": report.forward_tokens,
-        "forward_passes": report.forward_passes,
+        "forward_tokens": report["forward_tokens"],
+        "forward_passes": report["forward_passes"],
         "scoring_tokens": scoring_tokens,
         "scoring_tokens_per_s": round(tokens_per_s, 1),
         "flop_params": flop_params,
@@ -265,14 +266,14 @@ def summarise(
         "batched_vs_single_ratio": found["batched_vs_single"]["ratio"] if found else None,
         "batched_vs_single": found.get("batched_vs_single"),
         "probe": {k: v for k, v in found.items() if k != "batched_vs_single"},
-        "options": report.settings["options"],
+        "options": report["settings"]["options"],
         "budget": report.get("budget"),
-        "num_samples": report.settings["num_samples"],
+        "num_samples": report["settings"]["num_samples"],
         "compensation": report.get("compensation"),
         "method_details": {k: v for k, v in report.get("method_details", {}).items() if k != "rounds"},
-        "params": report.params,
-        "sparsity": report.sparsity,
-        "layers_after": report.layers[0],
+        "params": report["params"],
+        "sparsity": report["sparsity"],
+        "layers_after": report["layers"][0],
         "perplexity": report.get("perplexity"),
-        "out_dir": report.out_dir,
+        "out_dir": report["out_dir"],
     }

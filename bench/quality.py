@@ -77,7 +77,9 @@ def minilm_inputs(shared_dir: Path, work: Path) -> dict[str, Any]:
 MODELS = {"pycoder": pycoder_inputs, "smollm2": smollm2_inputs, "minilm": minilm_inputs}
 
 
-def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+def run_one(
+    config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any], far: FarText | None = None
+) -> dict[str, Any]:
     from pruning import prune
 
     options = (
@@ -92,8 +94,10 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
         start = time.perf_counter()
         report = prune(out_dir=Path(out), options=options, **settings)
         wall = time.perf_counter() - start
-    metric = "perplexity" if "perplexity" in report else "embedding_cosine"
-    figure = report[metric]
+        # the exported checkpoint, loaded by transformers' own loader, on text further from calibration
+        far_figures = far.of_checkpoint(Path(out), inputs["model"]) if far is not None else {}
+    metric, figure = report.quality_figure, report.quality
+    recovery = report.recovery
     return {
         **config,
         "options": options,
@@ -106,9 +110,10 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
         "params_after": report.params.total_after,
         "wall_s": wall,
         "total_s": report.total_s,
-        "budget": report.budget,
+        "budget": report.budget.model_dump(),
         "options_used": report.settings["options"],
         "peak_host_rss_bytes": max(report.peak_host_rss_bytes.values()),
+        "peak_host_rss_bytes_by_stage": report.peak_host_rss_bytes,
         "peak_host_anon_bytes": max(report.peak_host_anon_bytes.values(), default=None),
         "peak_gpu_bytes": max(report.peak_gpu_bytes.values(), default=None),
         "stage_s": report.stage_s,
@@ -120,7 +125,63 @@ def run_one(config: dict[str, Any], common: dict[str, Any], inputs: dict[str, An
             for key in ("split_search", "split_search_s")
             if key in report.method_details
         },
+        **far_figures,
+        **(recovery_figures(recovery, metric, figure.before) if recovery is not None else {}),
     }
+
+
+def recovery_figures(recovery: Any, metric: str, dense: float) -> dict[str, Any]:
+    """What a row keeps of the recovery: the figure before it (what the job gives without recovery), its
+    cost and its judgment."""
+    before = recovery.quality_before[metric]
+    return {
+        "before_recovery": before,
+        "ratio_before_recovery": before / dense,
+        "recovery": recovery.model_dump(exclude={"quality_before"}),
+    }
+
+
+class FarText:
+    """Perplexity on text further from the calibration set than its dev split (the Python documentation's
+    prose and examples, `pydoc_data.topics`), of the dense model once and of each exported checkpoint,
+    each loaded by transformers' own `from_pretrained` (remote code where its widths need it)."""
+
+    def __init__(self, sequences: int = 32, seq_len: int = 256) -> None:
+        from pydoc_data.topics import topics
+
+        self.text = "\n\n".join(topics[key] for key in sorted(topics))
+        self.sequences, self.seq_len = sequences, seq_len
+        self._dense: dict[str, float] = {}
+
+    def ids(self, model_dir: Path) -> Any:
+        from transformers import AutoTokenizer
+
+        from pruning.model.data import document_pieces, pack_tokens
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return pack_tokens(document_pieces(self.text), tokenizer, self.seq_len, limit=self.sequences)
+
+    def perplexity(self, model_dir: Path) -> float:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=True)
+        ids = self.ids(model_dir)
+        losses = []
+        with torch.no_grad():
+            for batch in ids.split(4):
+                losses.append(float(model(batch, labels=batch).loss) * batch.shape[0])
+        return math.exp(sum(losses) / ids.shape[0])
+
+    def of_checkpoint(self, out: Path, dense_dir: str) -> dict[str, float]:
+        if dense_dir not in self._dense:
+            self._dense[dense_dir] = self.perplexity(Path(dense_dir))
+        pruned = self.perplexity(out)
+        return {
+            "far_dense": self._dense[dense_dir],
+            "far_value": pruned,
+            "far_ratio": pruned / self._dense[dense_dir],
+        }
 
 
 # --widths names: per-layer widths free (global), the same in every layer (uniform), or per-layer widths
@@ -206,6 +267,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def report_row(r: dict[str, Any]) -> None:
+    recovered = f", before recovery {r['ratio_before_recovery']:.3f}x" if "ratio_before_recovery" in r else ""
+    far = f", far text {r['far_ratio']:.3f}x" if "far_ratio" in r else ""
+    print(
+        f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} "
+        f"{r.get('export_format', 'hf')} comp={r['compensation']} recover={r.get('recover', 'none')} "
+        f"{r.get('options')}: {r['metric']} {r['value']:.4f} ({r['ratio']:.3f}x{recovered}{far}) "
+        f"in {r['wall_s']:.1f}s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -232,6 +305,18 @@ def main() -> None:
     parser.add_argument(
         "--sparsities", help="pycoder's (default 0.2,0.35,0.5; 0.2,0.5 in --sweep); MiniLM is pruned to 0.3"
     )
+    parser.add_argument(
+        "--recover",
+        default="none",
+        help="recovery settings to compare, comma-separated: none, distill, zo (each a job of its own)",
+    )
+    parser.add_argument(
+        "--zo-equal-time",
+        action="store_true",
+        help="after each distill row, the same job with zo for as long as distill's recovery took",
+    )
+    parser.add_argument("--recover-tokens", type=int, help="tokens each recovery trains on")
+    parser.add_argument("--far", action="store_true", help="also perplexity on far text (see FarText)")
     parser.add_argument("--models", default="pycoder,minilm")
     parser.add_argument("--methods", default="random,wanda-sp,flap,bonsai")
     parser.add_argument("--shared", type=Path, default=SHARED)
@@ -247,6 +332,8 @@ def main() -> None:
         common["num_samples"] = args.num_samples
     if args.compensation_ridge:
         common["compensation_ridge"] = args.compensation_ridge
+    if args.recover_tokens:
+        common["recover_tokens"] = args.recover_tokens
     if args.sweep:
         configs = sweep_grid(
             args.models.split(",")[0],
@@ -273,22 +360,22 @@ def main() -> None:
             )
             if c["method"] in wanted
         ]
+        configs = [{**c, "recover": r} for c in configs for r in args.recover.split(",")]
     slug = device.replace(" ", "-").lower()
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         inputs = {name: MODELS[name](args.shared, Path(work)) for name in {c["model"] for c in configs}}
+        far = FarText() if args.far else None
         for config in configs:
-            rows.append(run_one(config, common, inputs[config["model"]]))
-            r = rows[-1]
-            print(
-                f"  {r['model']} {r['method']} s={r['sparsity']} uniform={r['uniform']} "
-                f"{r.get('export_format', 'hf')} "
-                f"comp={r['compensation']} {r.get('options')}: {r['metric']} {r['value']:.4f} "
-                f"({r['ratio']:.3f}x) in {r['wall_s']:.1f}s",
-                flush=True,
-            )
+            rows.append(run_one(config, common, inputs[config["model"]], far))
+            report_row(rows[-1])
+            if args.zo_equal_time and config.get("recover") == "distill" and "recovery" in rows[-1]:
+                seconds = rows[-1]["recovery"]["seconds"]
+                zo = {**config, "recover": "zo", "recover_time": seconds, "recover_tokens": 1 << 30}
+                rows.append(run_one(zo, common, inputs[config["model"]], far))
+                report_row(rows[-1])
             # rewritten after every row: a run cut short still leaves what it measured
             out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
     print_table(rows)

@@ -35,7 +35,7 @@ import torch
 from bench.quality import REPO, SHARED, budget, pycoder_inputs
 from pruning.engine import stages
 from pruning.methods import MethodContext
-from pruning.methods.bonsai.method import (
+from pruning.methods.bonsai.split_search import (
     attention_fractions,
     held_out_loss,
     held_out_split,
@@ -220,7 +220,7 @@ def main() -> None:
             compare(
                 ctx,
                 result,
-                run.data.evaluation,
+                run.subject.data.evaluation,
                 [f for f in args.families.split(",") if f],
                 BonsaiOptions.model_validate(spec.options).split_candidates,
                 rows,

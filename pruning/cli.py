@@ -26,6 +26,9 @@ def add_prune_command(subparsers: Any) -> None:
         type=Path,
         help="held-out text for perplexity (default: the sequences of --data after the calibration ones)",
     )
+    parser.add_argument(
+        "--recovery-data", type=Path, help="text the recovery trains on (default: the calibration file's)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -38,6 +41,7 @@ def spec_from_args(args: argparse.Namespace) -> PruneSpec:
         model=args.model,
         data=args.data,
         eval_data=args.eval_data,
+        recovery_data=args.recovery_data,
         out_dir=args.out,
         device=args.device,
         **settings_given(args.settings_source, args),

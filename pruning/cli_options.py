@@ -22,6 +22,7 @@ NAMED_METAVARS = {
     "sparsity": "FRACTION[,FRACTION...]",
     "time_limit": "DURATION",
     "max_time": "DURATION",
+    "recover_time": "DURATION",
     "options": "KEY=VALUE",
 }
 

@@ -100,6 +100,13 @@ class BonsaiOptions(MethodOptions):
     samples_per_round: int = Field(
         512, ge=4, le=16384, description="sub-models evaluated per round (antithetic pairs)"
     )
+    samples_per_unit: float | None = Field(
+        None,
+        gt=0.0,
+        le=8.0,
+        description="sub-models per round at least this many times the model's prunable units (the "
+        "standard and thorough budgets grow with the model; the engine scores at most 16384 a round)",
+    )
     drop_fraction: float = Field(
         0.2, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
     )
@@ -160,8 +167,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "prior_sequences": 16,
         "split_candidates": 0,
     },
-    "standard": {},
-    "thorough": {"samples_per_round": 1024},
+    "standard": {"samples_per_unit": 0.5},
+    "thorough": {"samples_per_round": 1024, "samples_per_unit": 1.0},
 }
 
 
@@ -312,6 +319,12 @@ class PruneSettings(BaseModel):
         description="tokens the recovery trains on (default: the budget's); with a time limit it also "
         "stops when the job's time is up",
     )
+    recover_time: Duration | None = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="stop the recovery's training after this long (e.g. 10m), whatever its tokens",
+    )
     recover_rank: int = Field(16, ge=1, le=1024, description="rank of the recovery's adapters")
     recover_lr: float | None = Field(
         None,
@@ -341,7 +354,7 @@ class PruneSettings(BaseModel):
     @field_validator("sparsity")
     @classmethod
     def _distinct_sizes(cls, sparsity: float | list[float]) -> float | list[float]:
-        """Several sizes ascending; a list of one is the single size it names (today's job and layout)."""
+        """Several sizes ascending; a list of one is the single size it names (a single-size job's layout)."""
         if isinstance(sparsity, float):
             return sparsity
         if len(set(sparsity)) != len(sparsity):
@@ -411,6 +424,8 @@ class PruneSettings(BaseModel):
     def method_options(self, budget: str | None = None) -> MethodOptions:
         """The method's options: those given, over `budget`'s (bonsai's named budgets) over the defaults."""
         preset = BUDGETS[budget] if self.method == "bonsai" and budget not in (None, "auto") else {}
+        if "samples_per_round" in self.options:  # an explicit count is the count, whatever the model
+            preset = {k: v for k, v in preset.items() if k != "samples_per_unit"}
         return METHOD_OPTIONS[self.method].model_validate({**preset, **self.options})
 
     def settings_only(self) -> dict[str, Any]:

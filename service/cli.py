@@ -231,6 +231,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 request[name] = getattr(args, name)
         if args.eval_data:
             request["eval_file"] = client.upload(args.eval_data)["id"]
+        if args.recovery_data:
+            request["recovery_file"] = client.upload(args.recovery_data)["id"]
         job = client.submit(idempotency_key=args.idempotency_key or str(uuid.uuid4()), **request)
         print(job["id"])
         if not (args.wait or args.download):
@@ -321,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--data", required=True, type=Path, help="calibration .jsonl (text field) or .txt")
     submit.add_argument("--eval-data", type=Path, help="held-out text for perplexity")
+    submit.add_argument("--recovery-data", type=Path, help="text the recovery trains on")
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument(

@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         data = local_input(args, inputs.data)  # the calibration file, on this worker
         eval_data = local_input(args, inputs.eval_data)  # held-out file
+        recovery_data = local_input(args, inputs.recovery_data)  # what the recovery trains on
         spec = JobCreate.model_validate(job.request).to_spec(
-            model_dir, data, eval_data, args.out_dir, args.device
+            model_dir, data, eval_data, args.out_dir, args.device, recovery_data
         )
         from pruning import prune
 

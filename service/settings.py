@@ -52,6 +52,7 @@ LIMITS_ENV = "FWDPRUNE_JOB_LIMITS__"
 OPTION_LIMITS = (
     "rounds",
     "samples_per_round",
+    "samples_per_unit",
     "scoring_sequences",
     "masks_per_forward",
     "split_candidates",
@@ -75,6 +76,9 @@ class JobLimits(BaseModel):
     gpus: int = Field(8, ge=1, le=64, description="GPUs one job may ask for")
     rounds: int = Field(16, ge=1, le=64, description="bonsai rounds")
     samples_per_round: int = Field(4096, ge=4, le=16384, description="bonsai sub-models per round")
+    samples_per_unit: float = Field(
+        2.0, gt=0.0, le=8.0, description="bonsai sub-models per round per prunable unit of the model"
+    )
     scoring_sequences: int = Field(64, ge=1, le=4096, description="sequences each sub-model is scored on")
     masks_per_forward: int = Field(64, ge=1, le=1024, description="sub-models per forward pass (memory)")
     split_candidates: int = Field(16, ge=0, le=64, description="split-search candidates (a refit each)")

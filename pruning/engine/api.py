@@ -10,7 +10,7 @@ across all the GPUs (`pruning.runtime.devices`), the others leaving at once.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, overload
 
 from pruning.engine import stages
 from pruning.engine.placement import job_gpus, layout
@@ -18,9 +18,25 @@ from pruning.engine.run import Run
 from pruning.errors import UsageError
 from pruning.events import EventSink, silent
 from pruning.model.loading import resolve_device
-from pruning.report import JobResult
+from pruning.report import JobResult, PruneReport, SizesSummary
 from pruning.runtime.distributed import World, launched_world, start_ranks
 from pruning.spec import PruneSpec
+
+
+@overload
+def prune(
+    spec: None = None, on_event: EventSink | None = None, *, sparsity: float, **fields: Any
+) -> PruneReport: ...
+
+
+@overload
+def prune(
+    spec: None = None, on_event: EventSink | None = None, *, sparsity: list[float], **fields: Any
+) -> SizesSummary: ...
+
+
+@overload
+def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fields: Any) -> JobResult: ...
 
 
 def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fields: Any) -> JobResult:

@@ -20,7 +20,11 @@ def plan_job(run: Run) -> float:
     tokens_per_s = monitor.forward_tokens["evaluate_dense"] / max(monitor.stage_s["evaluate_dense"], 1e-9)
     calibration = run.subject.data.calibration
     work = run.method.planned_work(
-        int(calibration.shape[0]), spec.seq_len, refit=run.compensator.name == "ls", replicas=run.world.size
+        int(calibration.shape[0]),
+        spec.seq_len,
+        refit=run.compensator.name == "ls",
+        replicas=run.world.size,
+        units=run.space.size,
     )
     fitting = {"ls": LS_FIT_FORWARDS, "bias": 1.0}.get(run.compensator.name, 0.0) * float(calibration.numel())
     recovery = recovery_work(run)
@@ -29,6 +33,8 @@ def plan_job(run: Run) -> float:
         for stage, tokens in {**work, "compensate": fitting, "recover": recovery}.items()
         if tokens
     }
+    if spec.recover_time is not None and "recover" in seconds:  # training stops then, judgments aside
+        seconds["recover"] = min(seconds["recover"], spec.recover_time + monitor.stage_s["evaluate_dense"])
     seconds["evaluate_pruned"] = monitor.stage_s["evaluate_dense"]
     seconds["export"] = monitor.stage_s["load"]  # reads the same shards, writes less
     for stage in PER_SIZE & set(seconds):

@@ -101,7 +101,7 @@ def build_report(run: Run, result: MethodResult, pruned: Quality) -> PruneReport
         forward_passes=counter.passes,
         forward_tokens=counter.tokens,
         method_details={**result.details, "compensation": compensation},
-        recovery=run.recovery,
+        recovery=run.recovered.record if run.recovered is not None else None,
         units=unit_records(space, keep, result.importance),
         experts=expert_records(run, keep, result.importance),
     )

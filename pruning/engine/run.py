@@ -20,8 +20,7 @@ from pruning.model.adapters import FamilyAdapter
 from pruning.model.data import CalibrationSet
 from pruning.model.loading import LoadedModel
 from pruning.model.units import UnitSpace
-from pruning.recovery.deltas import WeightDeltas
-from pruning.report import RecoveryRecord
+from pruning.recovery.recover import Recovered
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
 from pruning.spec import PruneSpec
@@ -85,8 +84,7 @@ class Run:
     dense: Quality  # the dense model's quality (rank 0's; NaN on the others)
     planned_s: float = 0.0  # the whole job's expected duration once the dense model was measured
     world: World = field(default_factory=World)  # the ranks scoring with a replica each; rank 0 does the rest
-    deltas: WeightDeltas | None = None  # the recovery's merged adapters, once it kept them
-    recovery: RecoveryRecord | None = None  # what the recovery did, when the job asked for one
+    recovered: Recovered | None = None  # what the recovery did and kept, when the job asked for one
 
     @property
     def space(self) -> UnitSpace:
@@ -107,12 +105,12 @@ class Run:
             yield
 
     @contextmanager
-    def recovered(self) -> Iterator[None]:
+    def recovery_installed(self) -> Iterator[None]:
         """The recovery's merged adapters hooked onto the model for the duration, if it kept any."""
-        if self.deltas is None:
+        if self.recovered is None or self.recovered.deltas is None:
             yield
             return
-        with self.deltas.installed():
+        with self.recovered.deltas.installed():
             yield
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,10 +46,7 @@ from pruning.model.loading import (
 )
 from pruning.model.masking import UnitMasks
 from pruning.model.units import build_unit_space
-from pruning.recovery.deltas import WeightDeltas
-from pruning.recovery.objective import DistillationLoss
-from pruning.recovery.recover import RecoverySettings, merge, target_modules
-from pruning.recovery.recover import recover as recover_adapters
+from pruning.recovery.recover import RecoverySettings, recover_model
 from pruning.report import PruneReport, SizeEntry, SizesSummary
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
@@ -187,53 +185,62 @@ def recover(run: Run, keep: torch.Tensor) -> None:
     if spec.recover == "none":
         return
     progress = run.instruments.progress
+    settings = RecoverySettings(
+        method=spec.recover,
+        tokens=spec.recovery_tokens(run.budget),
+        rank=spec.recover_rank,
+        lr=spec.recover_lr,
+        lm_weight=spec.recover_lm_weight,
+        batch_sequences=max(1, TOKENS_PER_STEP // spec.seq_len),
+        seed=spec.seed,
+    )
     with run.instruments.stage("recover"):
-        settings = RecoverySettings(
-            method=spec.recover,
-            tokens=spec.recovery_tokens(run.budget),
-            rank=spec.recover_rank,
-            lr=spec.recover_lr,
-            lm_weight=spec.recover_lm_weight,
-            batch_sequences=max(1, TOKENS_PER_STEP // spec.seq_len),
-            seed=spec.seed,
-        )
-        loss = DistillationLoss(
-            subject.loaded.model,
+        run.recovered = recover_model(
+            subject.loaded,
             subject.adapter,
-            run.probe.masks,
-            subject.loaded.device,
-            spec.recover_lm_weight,
-        )
-        targets = target_modules(subject.loaded.model, subject.adapter, run.space, keep)
-        adapters, run.recovery = recover_adapters(
             run.probe,
-            loss,
-            targets,
             keep,
-            recovery_text(run, settings.tokens),
             settings,
+            recovery_text(run, settings.tokens),
+            subject.data.evaluation,
+            stored_weight=_weights_as_compensated(run),
             on_step=lambda done, steps: progress.advance(done / steps, step=done, steps=steps),
-            stop=lambda: (progress.time_left_before("recover") or 1.0) <= 0.0,
+            stop=recovery_stop(run),
         )
-        # the evaluation text's figures before recovery: what the job would report without it
-        before = run.probe.quality(keep, run.subject.data.evaluation)
-        assert run.recovery is not None
-        run.recovery = run.recovery.model_copy(update={"quality_before": before})
-        if adapters is not None:
-            run.deltas = WeightDeltas(run.probe.masks)
-            checkpoint = run.probe.weights.checkpoint
-            refitted = run.compensator.export_changes(checkpoint).tensors
-
-            def stored_weight(name: str) -> torch.Tensor:
-                stored = stored_name(checkpoint, f"{name}.weight")
-                return refitted[stored] if stored in refitted else checkpoint.get(stored)
-
-            merge(adapters, run.deltas, subject.adapter, run.space.kept_indices(keep), stored_weight)
-    if run.recovery is not None and run.recovery.rolled_back:
+    record = run.recovered.record
+    if record.rolled_back:
         run.instruments.warn(
-            f"recovery made the held-out loss worse ({run.recovery.judge_loss_before:.4f} -> "
-            f"{run.recovery.judge_loss_after:.4f}): rolled back, the checkpoint is the compensated one"
+            f"recovery made the held-out loss worse ({record.judge_loss_before:.4f} -> "
+            f"{record.judge_loss_after:.4f}): rolled back, the checkpoint is the compensated one"
         )
+
+
+def _weights_as_compensated(run: Run) -> Callable[[str], torch.Tensor]:
+    """name -> the weight of that module as the export would write it without recovery: the checkpoint's,
+    or the compensation's refit of it."""
+    checkpoint = run.probe.weights.checkpoint
+    refitted = run.compensator.export_changes(checkpoint).tensors
+
+    def stored_weight(name: str) -> torch.Tensor:
+        stored = stored_name(checkpoint, f"{name}.weight")
+        return refitted[stored] if stored in refitted else checkpoint.get(stored)
+
+    return stored_weight
+
+
+def recovery_stop(run: Run) -> Callable[[], bool]:
+    """Whether the recovery must stop training now: its own time is up (`recover_time`), or the job's
+    deadline leaves no more than the stages after it need."""
+    progress, began = run.instruments.progress, time.perf_counter()
+    limit = run.spec.recover_time
+
+    def stop() -> bool:
+        if limit is not None and time.perf_counter() - began >= limit:
+            return True
+        left = progress.time_left_before("recover")
+        return left is not None and left <= 0.0
+
+    return stop
 
 
 def recovery_text(run: Run, tokens: int) -> torch.Tensor:
@@ -253,7 +260,7 @@ def recovery_text(run: Run, tokens: int) -> torch.Tensor:
 def evaluate(run: Run, keep: torch.Tensor) -> Quality:
     """The pruned, compensated (and recovered) model measured as the dense one was (hooks installed)."""
     data = run.subject.data
-    with run.instruments.stage("evaluate_pruned"), run.recovered():
+    with run.instruments.stage("evaluate_pruned"), run.recovery_installed():
         run.instruments.progress.expect_tokens(data.evaluation.numel() + loss_sequences(data).numel())
         pruned = measure(run.probe, data, keep)
     for name, value in pruned.figures.items():
@@ -266,8 +273,8 @@ def export(run: Run, keep: torch.Tensor) -> None:
     subject, out_dir = run.subject, Path(run.spec.out_dir)
     checkpoint = run.probe.weights.checkpoint
     changes = run.compensator.export_changes(checkpoint)
-    if run.deltas is not None:  # the recovery's changes on top of the compensation's
-        run.deltas.apply_to(changes.tensors, lambda name: _stored(checkpoint, name))
+    if run.recovered is not None and run.recovered.deltas is not None:  # on top of the compensation's
+        run.recovered.deltas.apply_to(changes.tensors, lambda name: _stored(checkpoint, name))
     with run.instruments.stage("export"):
         if run.spec.export_format == "nemotron-nas":
             export_nemotron(
@@ -313,7 +320,7 @@ def at_size(run: Run, sparsity: float) -> Run:
     out_dir = Path(run.spec.out_dir) / size_dir_name(sparsity)
     run.compensator.clear()  # the previous size's fit must not carry over, nor its recovery
     sized = run.spec.model_copy(update={"sparsity": sparsity, "out_dir": out_dir})
-    return replace(run, spec=sized, deltas=None, recovery=None)
+    return replace(run, spec=sized, recovered=None)
 
 
 def finish_size(run: Run, finish: SizeResult) -> SizeEntry:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pruning.report import PruneReport
+from pruning.report import LayerWidths, PruneReport
 
 CARD_NAME = "README.md"
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
@@ -54,10 +54,16 @@ def base_model_id(model: str) -> str:
 
 def layout(report: PruneReport) -> str:
     """How the checkpoint states its widths: `stock`, `remote-code` or `nemotron-nas`."""
-    if report.settings.get("export_format") == "nemotron-nas":
+    return layout_of(report.settings.get("export_format", "hf"), report.uniform, report.layers)
+
+
+def layout_of(export_format: str, uniform: bool, layers: list[LayerWidths]) -> str:
+    """`nemotron-nas` for that format; `stock` where a uniform job kept the same widths in every layer
+    (a layer emptied whole breaks that); else `remote-code`."""
+    if export_format == "nemotron-nas":
         return "nemotron-nas"
-    widths = {(la.num_attention_heads, la.num_key_value_heads, la.intermediate_size) for la in report.layers}
-    return "stock" if report.uniform and len(widths) == 1 else "remote-code"
+    widths = {(la.num_attention_heads, la.num_key_value_heads, la.intermediate_size) for la in layers}
+    return "stock" if uniform and len(widths) == 1 else "remote-code"
 
 
 def how_to_load(report: PruneReport, auto_class: str) -> str:
@@ -84,6 +90,25 @@ def how_to_load(report: PruneReport, auto_class: str) -> str:
         "Per-layer widths (recorded in `config.json`), loaded through `modeling_fwdprune.py` beside the "
         f"weights, or with `pruning.load_pruned`:\n\n{code}"
     )
+
+
+def how_to_run_gguf(report: PruneReport) -> list[str]:
+    """The card's llama.cpp and ollama section, where the export wrote a GGUF file beside the weights."""
+    if report.settings.get("export_format") != "gguf":
+        return []
+    return [
+        "## Run it in llama.cpp / ollama",
+        "",
+        f"`model.gguf` is the same model for llama.cpp ({report.settings.get('gguf_type', 'f16')} matrices), "
+        "which runs it as it is:",
+        "",
+        "```sh\nllama-cli -m model.gguf\n```",
+        "",
+        "ollama runs it through the `Modelfile` beside it (`FROM ./model.gguf` and the chat template):",
+        "",
+        "```sh\nollama create pruned -f Modelfile\nollama run pruned\n```",
+        "",
+    ]
 
 
 def quality_table(report: PruneReport) -> str:
@@ -115,6 +140,8 @@ def model_card(report: PruneReport, base: dict[str, Any], auto_class: str) -> st
         "library_name": "transformers",
         "tags": ["pruned", "structured-pruning", "fwdprune", report.method],
     }
+    if report.settings.get("export_format") == "gguf":
+        metadata["tags"].append("gguf")
     for key in ("language", "license_name", "license_link", "pipeline_tag"):
         if key in base:
             metadata[key] = base[key]
@@ -144,6 +171,7 @@ def model_card(report: PruneReport, base: dict[str, Any], auto_class: str) -> st
         "## How to load",
         "",
         how_to_load(report, auto_class),
+        *how_to_run_gguf(report),
         "Every setting, the kept units per layer and each unit's importance are in `pruning_report.json`.",
         "",
     ]

@@ -71,9 +71,12 @@ class PruningMethod:
         needs, run when its turn comes). By default each size is a run of its own."""
         return [_bound(self.run, replace(ctx, target_params=target)) for target in targets]
 
-    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
+    def planned_work(
+        self, sequences: int, seq_len: int, refit: bool, replicas: int = 1, units: int = 0
+    ) -> dict[str, float]:
         """Forward-token equivalents of the method's work by stage (`scoring`, `search`) for `sequences`
         calibration sequences of `seq_len` tokens, `refit` telling whether a least-squares refit follows,
-        as one replica's time: the work the method shares across `replicas` counts once per replica.
+        as one replica's time: the work the method shares across `replicas` counts once per replica;
+        `units`: the model's prunable units.
         By default one pass over the calibration set (the statistics most methods gather)."""
         return {"scoring": float(sequences * seq_len)}

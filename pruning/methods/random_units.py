@@ -11,7 +11,9 @@ from pruning.methods.scored_once import ScoredOnce
 class RandomUnits(ScoredOnce):
     name = "random"
 
-    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
+    def planned_work(
+        self, sequences: int, seq_len: int, refit: bool, replicas: int = 1, units: int = 0
+    ) -> dict[str, float]:
         return {"scoring": 0.0}  # no forward pass
 
     def scores(self, ctx: MethodContext) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch import nn
 
 from pruning.measure.probe import CalibrationProbe
 from pruning.model.adapters import FamilyAdapter, UnitKind
+from pruning.model.loading import LoadedModel
 from pruning.model.units import UnitSpace
 from pruning.recovery.deltas import ModuleDelta, WeightDeltas
 from pruning.recovery.low_rank import LowRankAdapters
@@ -78,7 +79,43 @@ def kept_part(
     return (index, None) if rule.dim == 0 else (None, index)
 
 
-def recover(
+@dataclass
+class Recovered:
+    """What one recovery did (`record`), and the weight changes it left, None when rolled back."""
+
+    record: RecoveryRecord
+    deltas: WeightDeltas | None
+
+
+def recover_model(
+    loaded: LoadedModel,
+    adapter: FamilyAdapter,
+    probe: CalibrationProbe,
+    keep: torch.Tensor,
+    settings: RecoverySettings,
+    sequences: torch.Tensor,
+    evaluation: torch.Tensor,
+    stored_weight: Callable[[str], torch.Tensor],
+    on_step: Callable[[int, int], None],
+    stop: Callable[[], bool],
+) -> Recovered:
+    """The whole recovery of the model pruned to `keep` (hooks installed): adapters on its kept linear
+    maps trained over `sequences`, judged on their held-out tail, merged into rounded weight changes
+    (`stored_weight(name)`: the weight the export would write without them) or rolled back. The record
+    carries the `evaluation` figures before the recovery, what the job would report without it."""
+    model = loaded.model
+    loss = DistillationLoss(model, adapter, probe.masks, loaded.device, settings.lm_weight)
+    targets = target_modules(model, adapter, probe.space, keep)
+    adapters, record = train_and_judge(probe, loss, targets, keep, sequences, settings, on_step, stop)
+    record = record.model_copy(update={"quality_before": probe.quality(keep, evaluation)})
+    if adapters is None:
+        return Recovered(record, None)
+    deltas = WeightDeltas(probe.masks)
+    merge(adapters, deltas, adapter, probe.space.kept_indices(keep), stored_weight)
+    return Recovered(record, deltas)
+
+
+def train_and_judge(
     probe: CalibrationProbe,
     loss: DistillationLoss,
     targets: dict[str, nn.Module],

@@ -50,7 +50,7 @@ def plan_layout(
     """The layout of a model of `model_bytes` on `gpus` GPUs with `free_bytes` free each: a replica per
     GPU when every one holds the model with `margin` of it to spare for scoring; else the model spread
     across them, each GPU taking weights up to its free memory less the same margin; refused when even
-    all of them together cannot hold it. One GPU is today's single-device job, whatever its memory."""
+    all of them together cannot hold it. One GPU is the single-device job, whatever its memory."""
     if gpus == 1:
         return Layout()
     free = free_bytes[:gpus]

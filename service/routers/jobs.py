@@ -15,6 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.responses import FileResponse, StreamingResponse
 
 from pruning.errors import FwdpruneError
+from pruning.spec import read_model_type, refuse_unexportable
 from service.artifacts import stream_tar
 from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
@@ -71,12 +72,15 @@ def to_public(row: JobRow) -> JobPublic:
 
 def _check_model(body: JobCreate, settings: Settings) -> None:
     """Refuse a model name that could name a path; with `check_models_on_submit` (API and worker share
-    the models), also one this host cannot resolve or the engine does not support. The worker that runs
-    the job resolves the name again, on its own disks."""
+    the models), also one this host cannot resolve, the engine does not support or cannot write in the
+    asked export format. The worker that runs the job resolves the name again, on its own disks."""
     try:
         model_name_parts(body.model)
         if settings.check_models_on_submit:
-            resolve_checkpoint(body.model, body.revision, settings.models_dir, settings.hf_cache_dir)
+            model_dir = resolve_checkpoint(
+                body.model, body.revision, settings.models_dir, settings.hf_cache_dir
+            )
+            refuse_unexportable(read_model_type(model_dir), body)
     except FwdpruneError as err:
         raise unprocessable(["body", "model"], str(err), err.code) from err
 
@@ -110,7 +114,7 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
     """The job's model by name and where its files are; the settings were validated with the body."""
     _check_model(body, settings)
     paths: dict[str, str] = {}
-    for field in ("calibration_file", "eval_file"):
+    for field in ("calibration_file", "eval_file", "recovery_file"):
         file_id = getattr(body, field)
         if file_id is None:
             continue
@@ -123,6 +127,7 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
         revision=body.revision,
         data=paths["calibration_file"],
         eval_data=paths.get("eval_file"),
+        recovery_data=paths.get("recovery_file"),
     )
 
 

@@ -25,6 +25,7 @@ class JobInputs(BaseModel):
     revision: str | None = None  # the Hub revision to resolve it at
     data: str  # the calibration file's storage key (files/<id><suffix>)
     eval_data: str | None = None
+    recovery_data: str | None = None
 
 
 class JobCreate(PruneSettings):
@@ -44,6 +45,9 @@ class JobCreate(PruneSettings):
     )
     calibration_file: str = Field(min_length=1, max_length=64, description="id of an uploaded file")
     eval_file: str | None = Field(default=None, max_length=64, description="id of an uploaded held-out file")
+    recovery_file: str | None = Field(
+        default=None, max_length=64, description="id of an uploaded file the recovery trains on"
+    )
     min_gpu_memory_gib: float | None = Field(
         default=None,
         gt=0,
@@ -70,7 +74,13 @@ class JobCreate(PruneSettings):
         return value
 
     def to_spec(
-        self, model_dir: Path, data: Path, eval_data: Path | None, out_dir: Path, device: Device
+        self,
+        model_dir: Path,
+        data: Path,
+        eval_data: Path | None,
+        out_dir: Path,
+        device: Device,
+        recovery_data: Path | None = None,
     ) -> PruneSpec:
         """The engine's request for this job: its settings, with the worker's local paths and device."""
         return PruneSpec(
@@ -78,6 +88,7 @@ class JobCreate(PruneSettings):
             model=str(model_dir),
             data=data,
             eval_data=eval_data,
+            recovery_data=recovery_data,
             out_dir=out_dir,
             device=device,
         )

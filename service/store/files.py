@@ -83,6 +83,7 @@ class FileQueries(StoreBase):
         reads = or_(
             JobRow.request["calibration_file"].as_string() == file_id,
             JobRow.request["eval_file"].as_string() == file_id,
+            JobRow.request["recovery_file"].as_string() == file_id,
         )
         query = select(JobRow.id).where(JobRow.status.in_(UNFINISHED), reads).limit(1)
         return s.execute(query).first() is not None

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pruning.report import PruneReport
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -49,16 +51,16 @@ def test_prune_prints_the_summary_table(tiny_llama: Path, calibration_file: Path
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "[fwdprune] load" in result.stderr and "[fwdprune] done" in result.stderr
-    report = json.loads((out / "pruning_report.json").read_text())
+    report = PruneReport.read(out / "pruning_report.json")
     assert report.settings["options"]["rounds"] == 2 and report.settings["options"]["masks_per_forward"] == 8
     lines = result.stdout.splitlines()
     assert re.match(r"\s+before\s+after\s*$", lines[0])
     rows = {re.split(r"\s{2,}", line.strip())[0]: line.split()[-2:] for line in lines[1:5]}
     params = report.params
-    assert rows["parameters (total)"] == [f"{params['total_before']:,}", f"{params['total_after']:,}"]
+    assert rows["parameters (total)"] == [f"{params.total_before:,}", f"{params.total_after:,}"]
     assert rows["parameters (prunable)"] == [
-        f"{params['prunable_before']:,}",
-        f"{params['prunable_after']:,}",
+        f"{params.prunable_before:,}",
+        f"{params.prunable_after:,}",
     ]
     ppl = report.perplexity
     before, after = (float(x) for x in rows["perplexity (held-out)"])
@@ -66,12 +68,11 @@ def test_prune_prints_the_summary_table(tiny_llama: Path, calibration_file: Path
     loss = next(v for k, v in rows.items() if k.startswith("calibration loss"))
     assert float(loss[0]) == pytest.approx(report.calibration_loss.before, abs=1e-4)
     assert (
-        f"sparsity: target 0.300, achieved {report['sparsity']['achieved']:.4f} | method bonsai | fp32 on cpu"
+        f"sparsity: target 0.300, achieved {report.sparsity.achieved:.4f} | method bonsai | fp32 on cpu"
         in lines[5]
     )
     widths = ", ".join(
-        f"{la['num_key_value_heads']}/{la['num_attention_heads']}/{la['intermediate_size']}"
-        for la in report.layers
+        f"{la.num_key_value_heads}/{la.num_attention_heads}/{la.intermediate_size}" for la in report.layers
     )
     assert lines[6] == f"kept per layer (kv groups / heads / MLP channels): {widths}"
     assert lines[7] == f"report: {out / 'pruning_report.json'}"

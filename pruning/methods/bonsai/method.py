@@ -11,7 +11,7 @@ import torch
 
 from pruning.compensation.least_squares import LS_FIT_FORWARDS
 from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
-from pruning.methods.bonsai.rounds import Snapshot, run_rounds
+from pruning.methods.bonsai.rounds import Snapshot, run_rounds, sub_models_per_round
 from pruning.methods.bonsai.split_search import held_out_split, search_split
 from pruning.spec import BonsaiOptions
 
@@ -20,13 +20,16 @@ class Bonsai(PruningMethod):
     name = "bonsai"
     options: BonsaiOptions
 
-    def planned_work(self, sequences: int, seq_len: int, refit: bool, replicas: int = 1) -> dict[str, float]:
+    def planned_work(
+        self, sequences: int, seq_len: int, refit: bool, replicas: int = 1, units: int = 0
+    ) -> dict[str, float]:
         """Forward-token equivalents: the rounds (a prior pass and the sub-models each, these shared
         across the replicas) and the search."""
         opts = self.options
         per_sub_model = min(opts.scoring_sequences, sequences) * seq_len
         prior = min(opts.prior_sequences or sequences, sequences) * seq_len
-        rounds = opts.rounds * (prior + opts.samples_per_round * per_sub_model / replicas)
+        sub_models = sub_models_per_round(opts, units)
+        rounds = opts.rounds * (prior + sub_models * per_sub_model / replicas)
         if opts.kind_split != "search":
             return {"scoring": rounds}
         fit, held_out = held_out_split(torch.arange(sequences))

@@ -8,6 +8,7 @@ rank) and the removal (the job's selection rules, rank 0's on every rank).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from pruning.methods.base import MethodContext
-from pruning.methods.bonsai.pacing import RoundPacer
+from pruning.methods.bonsai.pacing import MAX_SUB_MODELS, RoundPacer
 from pruning.methods.bonsai.regression import drop_probabilities, regressed_importance
 from pruning.methods.bonsai.sub_models import RoundScorer
 from pruning.spec import BonsaiOptions
@@ -60,7 +61,7 @@ def run_rounds(ctx: MethodContext, opts: BonsaiOptions, stops: list[float]) -> R
         importance=torch.zeros(ctx.space.size, dtype=torch.float64),
         generator=torch.Generator().manual_seed(ctx.seed),
     )
-    pacer = RoundPacer(ctx.progress, opts.rounds, opts.samples_per_round)
+    pacer = RoundPacer(ctx.progress, opts.rounds, sub_models_per_round(opts, ctx.space.size))
     scorer = RoundScorer(ctx.probe, ctx.world, pacer, ctx.progress, opts.masks_per_forward, opts.rounds)
     batches = scoring_batches(ctx.probe.calibration, opts.scoring_sequences)
     dense_prior = activation_prior(ctx, opts, state.keep, pacer)  # [U] all alive: round one's prior
@@ -72,6 +73,15 @@ def run_rounds(ctx: MethodContext, opts: BonsaiOptions, stops: list[float]) -> R
         pacer.pace.overhead_s = time.perf_counter() - began - (pacer.pace.forward_s - forwards)
     snapshots.append(Snapshot(state.keep, state.importance, state.history))
     return RoundsOutcome(state, snapshots, dense_prior)
+
+
+def sub_models_per_round(opts: BonsaiOptions, units: int) -> int:
+    """Sub-models each round scores without a time limit: `samples_per_round`, or `samples_per_unit`
+    times the prunable units where that is more (even: antithetic pairs; at most MAX_SUB_MODELS)."""
+    count = opts.samples_per_round
+    if opts.samples_per_unit is not None:
+        count = max(count, math.ceil(opts.samples_per_unit * units))
+    return min(count + count % 2, MAX_SUB_MODELS)
 
 
 def activation_prior(

@@ -330,6 +330,34 @@ def test_modelfile_carries_a_chatml_template(global_llama: Path) -> None:
     (global_llama / "chat_template.jinja").unlink()
 
 
+def test_a_gguf_job_writes_the_file_beside_the_checkpoint_and_says_how_to_run_it(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    from pruning import prune
+
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "out",
+        sparsity=0.3,
+        method="random",
+        export_format="gguf",
+        gguf_type="q8_0",
+        seq_len=32,
+        num_samples=8,
+        eval_samples=4,
+        precision="fp32",
+        device="cpu",
+    )
+    out = tmp_path / "out"
+    assert (out / "config.json").is_file() and (out / "Modelfile").read_text().startswith("FROM ./model.gguf")
+    reader = gguf.GGUFReader(out / "model.gguf")
+    assert field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert field(reader, "deci.attention.head_count_kv") == [la.num_key_value_heads for la in report.layers]
+    card = (out / "README.md").read_text()
+    assert "llama-cli -m model.gguf" in card and "ollama create pruned -f Modelfile" in card
+
+
 # -- with a llama.cpp build ----------------------------------------------------------------------
 
 LLAMA_CPP = llama_cpp_bin_dir()

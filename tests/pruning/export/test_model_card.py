@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from pruning import prune
-from pruning.export.model_card import CARD_NAME, FRONT_MATTER, base_model_id, layout
+from pruning.export.model_card import CARD_NAME, FRONT_MATTER, base_model_id, layout_of
+from pruning.report import LayerWidths, PruneReport
 
 BASE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# A tiny Llama\n"
 
@@ -27,7 +28,7 @@ def licensed_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -
     return model
 
 
-def pruned(model: Path, data: Path, out: Path, uniform: bool) -> tuple[str, dict[str, Any]]:
+def pruned(model: Path, data: Path, out: Path, uniform: bool) -> tuple[str, PruneReport]:
     report = prune(
         model=str(model),
         data=data,
@@ -62,11 +63,11 @@ def test_every_checkpoint_carries_its_card(
     assert metadata["license"] == "apache-2.0" and metadata["language"] == ["en"]
     assert {"pruned", "fwdprune", "random"} <= set(metadata["tags"])
     digest = hashlib.sha256(calibration_file.read_bytes()).hexdigest()
-    assert report.calibration_data == {"file": "calib.jsonl", "sha256": digest}
+    assert (report.calibration_data.file, report.calibration_data.sha256) == ("calib.jsonl", digest)
     assert f"`calib.jsonl` (sha256 `{digest}`)" in card
     before, after = report.perplexity.before, report.perplexity.after
     assert f"| {before:.4g} | {after:.4g} | {after / before:.3f}× |" in card
-    assert f"{report['params']['total_after']:,} parameters" in card
+    assert f"{report.params.total_after:,} parameters" in card
     assert ("trust_remote_code=True" in card) is not uniform
     assert "AutoModelForCausalLM.from_pretrained" in card
     # the card the checkpoint's folder holds is its own, not the base model's
@@ -98,12 +99,10 @@ def test_base_model_is_named_without_a_server_path(model: str, expected: str) ->
 
 
 def test_layout_follows_the_export() -> None:
-    layer = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64}
-    narrower = {**layer, "intermediate_size": 32}
-    hf: dict[str, Any] = {"export_format": "hf"}
-    assert layout({"settings": hf, "uniform": True, "layers": [layer, layer]}) == "stock"
-    assert layout({"settings": hf, "uniform": False, "layers": [layer, narrower]}) == "remote-code"
+    layer = LayerWidths(layer=0, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
+    narrower = layer.model_copy(update={"layer": 1, "intermediate_size": 32})
+    assert layout_of("hf", True, [layer, layer]) == "stock"
+    assert layout_of("hf", False, [layer, narrower]) == "remote-code"
     # a uniform job whose layers still differ (a layer lost its MLP whole) needs the remote code
-    assert layout({"settings": hf, "uniform": True, "layers": [layer, narrower]}) == "remote-code"
-    nemotron = {"export_format": "nemotron-nas"}
-    assert layout({"settings": nemotron, "uniform": False, "layers": [layer]}) == "nemotron-nas"
+    assert layout_of("hf", True, [layer, narrower]) == "remote-code"
+    assert layout_of("nemotron-nas", False, [layer]) == "nemotron-nas"

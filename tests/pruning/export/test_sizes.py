@@ -13,6 +13,7 @@ import torch
 
 from pruning import PruneSpec, load_pruned
 from pruning.export.sizes import curve_table, write_pictures
+from pruning.report import PruneReport, SizesSummary
 from service.artifacts import describe
 from tests.pruning.engine.test_api import BONSAI, compact_perplexity, keep_of, run
 
@@ -20,23 +21,23 @@ SIZES = [0.2, 0.35, 0.5]
 
 
 class SizesJob(NamedTuple):
-    summary: dict[str, Any]
+    summary: SizesSummary
     out: Path
-    events: list[dict[str, Any]]
-    single: dict[str, Any]  # the same job at the largest size alone
+    events: list[Any]
+    single: PruneReport  # the same job at the largest size alone
 
 
 @pytest.fixture(scope="module")
 def sizes_job(tiny_llama: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory) -> SizesJob:
     root = tmp_path_factory.mktemp("sizes")
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     summary = run(tiny_llama, calibration_file, root / "sizes", on_event=events.append, sparsity=SIZES)
     single = run(tiny_llama, calibration_file, root / "single", sparsity=0.5)
     return SizesJob(summary, root / "sizes", events, single)
 
 
-def reports_of(job: SizesJob) -> list[dict[str, Any]]:
-    return [json.loads((job.out / f"sparsity-{s:g}" / "pruning_report.json").read_text()) for s in SIZES]
+def reports_of(job: SizesJob) -> list[PruneReport]:
+    return [PruneReport.read(job.out / f"sparsity-{s:g}" / "pruning_report.json") for s in SIZES]
 
 
 def test_one_checkpoint_per_size(sizes_job: SizesJob, calibration_file: Path) -> None:
@@ -53,14 +54,18 @@ def test_one_checkpoint_per_size(sizes_job: SizesJob, calibration_file: Path) ->
 
 def test_summary_curve(sizes_job: SizesJob) -> None:
     summary = sizes_job.summary
-    assert json.loads((sizes_job.out / "summary.json").read_text()) == summary
+    assert json.loads((sizes_job.out / "summary.json").read_text()) == json.loads(summary.to_json())
     assert [size.sparsity for size in summary.sizes] == SIZES
     reports = reports_of(sizes_job)
     for size, report in zip(summary.sizes, reports, strict=True):
         assert size.achieved == report.sparsity.achieved
         assert size.params_after == report.params.total_after
-        assert size.perplexity == {k: report.perplexity[k] for k in ("before", "after")}
-        assert size.seconds > 0 and size.dir == f"sparsity-{size['sparsity']:g}"
+        assert report.perplexity is not None and size.perplexity is not None
+        assert (size.perplexity.before, size.perplexity.after) == (
+            report.perplexity.before,
+            report.perplexity.after,
+        )
+        assert size.seconds > 0 and size.dir == f"sparsity-{size.sparsity:g}"
     params = [size.params_after for size in summary.sizes]
     assert params == sorted(params, reverse=True)
     assert all((sizes_job.out / name).stat().st_size > 0 for name in ("curve.png", "layers.png"))
@@ -75,8 +80,8 @@ def test_cost_against_the_largest_alone(sizes_job: SizesJob) -> None:
     evaluation and export. Printed for the record (pytest -s)."""
     tokens, single = sizes_job.summary.forward_tokens, sizes_job.single.forward_tokens
     print(
-        f"3 sizes: {tokens} forward tokens, {sizes_job.summary['total_s']:.2f} s; "
-        f"0.5 alone: {single} tokens, {sizes_job.single['total_s']:.2f} s; ratio {tokens / single:.2f}"
+        f"3 sizes: {tokens} forward tokens, {sizes_job.summary.total_s:.2f} s; "
+        f"0.5 alone: {single} tokens, {sizes_job.single.total_s:.2f} s; ratio {tokens / single:.2f}"
     )
     assert tokens <= 1.5 * single
 
@@ -86,7 +91,7 @@ def test_largest_size_quality_as_alone(sizes_job: SizesJob) -> None:
     # two steps removes what one would: the same units, hence the same perplexity
     largest = reports_of(sizes_job)[-1]
     assert torch.equal(keep_of(largest), keep_of(sizes_job.single))
-    assert largest["perplexity"]["after"] == pytest.approx(sizes_job.single.perplexity.after, rel=0.02)
+    assert largest.perplexity.after == pytest.approx(sizes_job.single.perplexity.after, rel=0.02)
 
 
 def test_smaller_size_close_to_alone(sizes_job: SizesJob, tiny_llama: Path, calibration_file: Path) -> None:
@@ -94,7 +99,7 @@ def test_smaller_size_close_to_alone(sizes_job: SizesJob, tiny_llama: Path, cali
     # saw fewer re-estimates, so only the quality is compared, and loosely on this tiny random model
     alone = run(tiny_llama, calibration_file, sizes_job.out.parent / "alone-0.2", sparsity=0.2)
     snapshot = reports_of(sizes_job)[0]
-    assert snapshot["perplexity"]["after"] <= alone["perplexity"]["after"] * 1.05
+    assert snapshot.perplexity.after <= alone.perplexity.after * 1.05
 
 
 def test_boundary_sizes_keep_the_same_units(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
@@ -103,9 +108,9 @@ def test_boundary_sizes_keep_the_same_units(tiny_llama: Path, calibration_file: 
     options = {**BONSAI, "kind_split": "importance"}
     summary = run(tiny_llama, calibration_file, tmp_path / "two", sparsity=[0.25, 0.5], options=options)
     single = run(tiny_llama, calibration_file, tmp_path / "one", sparsity=0.5, options=options)
-    largest = json.loads((tmp_path / "two" / "sparsity-0.5" / "pruning_report.json").read_text())
+    largest = PruneReport.read(tmp_path / "two" / "sparsity-0.5" / "pruning_report.json")
     assert torch.equal(keep_of(largest), keep_of(single))
-    assert largest["method_details"]["rounds"] == single.method_details["rounds"]
+    assert largest.method_details["rounds"] == single.method_details["rounds"]
     assert summary.sizes[0].achieved == pytest.approx(0.25, abs=0.07)
 
 
@@ -115,15 +120,15 @@ def test_scored_once_methods_select_per_size(
 ) -> None:
     run(tiny_llama, calibration_file, tmp_path / "two", method=method, sparsity=[0.3, 0.5])
     single = run(tiny_llama, calibration_file, tmp_path / "one", method=method, sparsity=0.5)
-    largest = json.loads((tmp_path / "two" / "sparsity-0.5" / "pruning_report.json").read_text())
+    largest = PruneReport.read(tmp_path / "two" / "sparsity-0.5" / "pruning_report.json")
     assert torch.equal(keep_of(largest), keep_of(single))
-    scoring = largest["forward_tokens_by_stage"]["scoring"]
+    scoring = largest.forward_tokens_by_stage["scoring"]
     assert scoring <= single.forward_tokens_by_stage["scoring"]  # scored once for both sizes
 
 
 def test_single_size_layout_unchanged(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:
     report = run(tiny_llama, calibration_file, tmp_path / "one", method="random", sparsity=[0.3])
-    assert report.sparsity.target == 0.3 and "sizes" not in report
+    assert isinstance(report, PruneReport) and report.sparsity.target == 0.3
     assert (tmp_path / "one" / "pruning_report.json").is_file()
     assert not (tmp_path / "one" / "summary.json").exists()
     assert (tmp_path / "one" / "curve.png").is_file()  # one point
@@ -138,7 +143,7 @@ def test_sizes_published_as_artifacts(sizes_job: SizesJob) -> None:
 
 def test_pictures_skipped_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     assert write_pictures([], "perplexity", tmp_path, events.append) == []
     assert events[0]["type"] == "warning" and "matplotlib" in events[0]["message"]
 

@@ -102,7 +102,7 @@ def test_a_recovery_that_helps_is_kept_and_exported_exactly(
 ) -> None:
     """With the next-token loss weighted in, the adapters lower the held-out loss on this repetitive
     text: they are kept, and the compact checkpoint computes the reported perplexity."""
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     report = prune(
         model=str(tiny_llama),
         data=calibration_file,
@@ -144,7 +144,7 @@ def test_a_recovery_that_hurts_is_rolled_back(
         model=str(tiny_llama), data=calibration_file, sparsity=0.4, options=BONSAI, **SMALL
     )
     plain = prune(out_dir=tmp_path / "plain", **common)
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     report = prune(
         out_dir=tmp_path / "hurt",
         recover=method,

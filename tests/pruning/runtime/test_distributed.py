@@ -49,7 +49,7 @@ def test_two_ranks_prune_exactly_as_one_process(
     tiny_llama: Path, calibration_file: Path, tmp_path: Path
 ) -> None:
     one = prune(spec(tiny_llama, calibration_file, tmp_path / "one"))
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     two = prune_replicated(spec(tiny_llama, calibration_file, tmp_path / "two"), 2, events.append)
     importance = torch.tensor([u.importance for u in one.units], dtype=torch.float64)
     assert torch.equal(torch.tensor([u.importance for u in two.units], dtype=torch.float64), importance)
@@ -99,7 +99,7 @@ def scored_shares(world: World, emit: Any, model_dir: Path, per_forward: int) ->
 
 @pytest.mark.timeout(120)
 def test_a_rank_scores_its_share_as_one_process_scores_those_sub_models(tiny_llama: Path) -> None:
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     ranks = start_ranks(scored_shares, (tiny_llama, 4), 2, "cpu", events.append)
     assert events == [{"type": "metric", "name": "rank", "value": 0}]  # rank 0's alone
     assert torch.equal(ranks["large"], torch.arange(2**15, dtype=torch.float64))
@@ -215,5 +215,5 @@ def test_a_method_that_shares_no_scoring_runs_on_rank_0_alone(
 ) -> None:
     job = spec(tiny_llama, calibration_file, tmp_path / "o", method="wanda-sp", options={})
     alone, single = prune_replicated(job, 2), prune(job.model_copy(update={"out_dir": tmp_path / "one"}))
-    assert alone["replicas"] == 1
-    assert [u.kept for u in alone["units"]] == [u.kept for u in single.units]
+    assert alone.replicas == 1
+    assert [u.kept for u in alone.units] == [u.kept for u in single.units]

@@ -9,8 +9,8 @@ import pytest
 from pruning.runtime.progress import JobProgress
 
 
-def tracker(min_interval_s: float = 0.0) -> tuple[JobProgress, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
+def tracker(min_interval_s: float = 0.0) -> tuple[JobProgress, list[Any]]:
+    events: list[Any] = []
     return JobProgress(events.append, min_interval_s=min_interval_s), events
 
 

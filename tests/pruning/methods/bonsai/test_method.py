@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pruning import prune
+from pruning.methods.bonsai.rounds import sub_models_per_round
 from pruning.methods.bonsai.split_search import (
     attention_fractions,
     held_out_split,
@@ -17,6 +18,7 @@ from pruning.methods.bonsai.split_search import (
 )
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitGroup, UnitSpace
+from pruning.spec import BonsaiOptions, PruneSpec
 
 SMALL: dict[str, Any] = dict(
     seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4
@@ -36,8 +38,8 @@ def test_proportional_split_takes_the_same_fraction_of_each_kind(
         options={**OPTIONS, "kind_split": "proportional"},
         **SMALL,
     )
-    attention_unit = max(u["params"] for u in report.units if u.kind == "attn") / sum(
-        u["params"] for u in report.units if u.kind == "attn"
+    attention_unit = max(u.params for u in report.units if u.kind == "attn") / sum(
+        u.params for u in report.units if u.kind == "attn"
     )
     assert len(report.method_details["rounds"]) == 3
     assert report.sparsity.achieved == pytest.approx(0.4, abs=report.sparsity.max_unit_fraction)
@@ -154,3 +156,22 @@ def test_removed_attention_fraction_counts_attention_weights_only() -> None:
     keep = torch.tensor([False, True, False, False, True, True])  # one head, two MLP units gone
     assert removed_attention_fraction(space, keep) == 0.5
     assert removed_attention_fraction(space, torch.ones(6, dtype=torch.bool)) == 0.0
+
+
+def test_the_standard_and_thorough_budgets_grow_with_the_model() -> None:
+    job = PruneSpec(model="m", data=Path("d.jsonl"), out_dir=Path("o"), sparsity=0.3)
+
+    def options(budget: str, spec: PruneSpec = job) -> BonsaiOptions:
+        chosen = spec.method_options(budget)
+        assert isinstance(chosen, BonsaiOptions)
+        return chosen
+
+    # SmolLM2-135M has 1,530 units: the standard budget scores half as many sub-models a round
+    assert sub_models_per_round(options("standard"), 1530) == 766
+    assert sub_models_per_round(options("standard"), 600) == 512  # never fewer than its count
+    assert sub_models_per_round(options("thorough"), 1530) == 1530
+    assert sub_models_per_round(options("fast"), 1530) == options("fast").samples_per_round
+    assert sub_models_per_round(options("standard"), 10**6) == 16384
+    # an explicit count is the count: the budget's scaling gives way to it
+    explicit = job.model_copy(update={"options": {"samples_per_round": 64}})
+    assert sub_models_per_round(options("standard", explicit), 1530) == 64

@@ -11,12 +11,12 @@ from pruning.methods.bonsai.pacing import MIN_SUB_MODELS, RoundPacer, ScoringPac
 from pruning.runtime.progress import JobProgress
 
 
-def tracker(min_interval_s: float = 0.0) -> tuple[JobProgress, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
+def tracker(min_interval_s: float = 0.0) -> tuple[JobProgress, list[Any]]:
+    events: list[Any] = []
     return JobProgress(events.append, min_interval_s=min_interval_s), events
 
 
-def paced(limit_s: float, after_s: float) -> tuple[JobProgress, list[dict[str, Any]]]:
+def paced(limit_s: float, after_s: float) -> tuple[JobProgress, list[Any]]:
     """A tracker with `after_s` planned after the rounds and a deadline `limit_s` from its start."""
     progress, events = tracker()
     progress.set_plan({"scoring": 0.0, "search": 0.75 * after_s, "compensate": 0.25 * after_s})
