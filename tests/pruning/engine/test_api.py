@@ -341,3 +341,19 @@ def test_widths_are_chosen_in_the_multiples_asked_for(
     assert report.sparsity.achieved > 0.3  # the budget is still met, in coarser steps
     got = compact_perplexity(tmp_path / "o", calibration_file)
     assert got == pytest.approx(report.perplexity.after, rel=1e-5)  # the export is still exact
+
+
+def test_bf16_mixed_scores_sub_models_in_bf16_and_measures_in_fp32(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    """The sub-models' losses come from bf16 forwards, so the importances move a little, but they rank
+    the units as fp32's do; the evaluations and fits are fp32's exactly."""
+    fp32 = run(tiny_llama, calibration_file, tmp_path / "fp32", compensate="none")
+    mixed = run(tiny_llama, calibration_file, tmp_path / "mixed", compensate="none", precision="bf16-mixed")
+    assert mixed.precision == "bf16-mixed"
+    assert mixed.perplexity.before == fp32.perplexity.before
+    first = torch.tensor([u.importance for u in fp32.units])
+    second = torch.tensor([u.importance for u in mixed.units])
+    assert not torch.equal(first, second)
+    ranks = [values.argsort().argsort().double() for values in (first, second)]
+    assert float(torch.corrcoef(torch.stack(ranks))[0, 1]) > 0.9  # Spearman's rank correlation

@@ -130,3 +130,23 @@ def test_checkpoint_reader_is_sharded_and_finds_names(tiny_llama: Path) -> None:
     assert reader.get("model.layers.1.mlp.down_proj.weight").shape == (64, 96)
     names = [name for shard in reader.shards for name, _ in reader.shard_tensors(shard)]
     assert sorted(names) == sorted(reader.weight_map)
+
+
+def test_a_cpu_without_bf16_flags_scores_in_fp32(tmp_path: Path) -> None:
+    from pruning.model.loading import cpu_computes_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert cpu_computes_bf16(cpuinfo) is False
+    assert cpu_computes_bf16(tmp_path / "missing") is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    # the flags make it a candidate; a timed matmul decides (a VM may report what it does not run)
+    assert isinstance(cpu_computes_bf16(cpuinfo), bool)
+
+
+def test_auto_precision_on_a_cpu_follows_what_it_computes_natively() -> None:
+    from pruning.model.loading import cpu_computes_bf16, resolve_precision, scoring_autocast
+
+    expected = "bf16-mixed" if cpu_computes_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert scoring_autocast("bf16-mixed") == torch.bfloat16 and scoring_autocast("fp32") is None
