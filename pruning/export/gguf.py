@@ -15,7 +15,7 @@ is written:
   is written as its "linear attention" (heads, no KV heads) with a zero output matrix: it adds nothing.
 - no MLP: feed_forward_length 0 skips the rest of the layer, the residual add of its attention included
   (and in the last layer the choice of output rows), so 0 is written only for a layer that has no
-  attention either, is not the last and has no MLP output bias. Any other layer without an MLP gets
+  attention either (or layer 0's zero one), is not the last and has no MLP output bias. Any other layer without an MLP gets
   ZERO_MLP_WIDTH channels of zero weights, which add exactly its down projection's bias, if it has one.
 Query and key rows are reordered for the architectures whose rope rotates adjacent channel pairs (llama,
 deci); transformers rotates the two halves of each head.
@@ -175,8 +175,9 @@ def deci_layout(shapes: list[LayerShape], reader: CheckpointReader) -> Layout:
             zero_attention.add(layer)
         heads.append(shape.num_heads if has_attention else most_heads if layer == 0 else 0)
         down_bias = reader.find(f"layers.{layer}.mlp.down_proj.bias") is not None
+        # skipping the rest of the layer loses nothing where its attention is none (or zero)
         skips_whole = not has_attention and layer != len(shapes) - 1 and not down_bias
-        if shape.intermediate == 0 and (layer in zero_attention or not skips_whole):
+        if shape.intermediate == 0 and not skips_whole:
             zero_mlp.add(layer)
             widths[layer] = ZERO_MLP_WIDTH
     kv_counts = [shape.num_kv_heads for shape in shapes]
@@ -379,7 +380,7 @@ def write_hyperparameters(
     if gguf_type == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_block_count(len(layout.head_counts))
-    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_context_length(context_length(config))
     writer.add_embedding_length(config["hidden_size"])
     writer.add_feed_forward_length(widths(layout.mlp_widths))
     writer.add_head_count(widths(layout.head_counts))
@@ -391,6 +392,13 @@ def write_hyperparameters(
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     _write_rope(writer, rope_parameters(config))
+
+
+def context_length(config: dict[str, Any]) -> int:
+    """The context the model computes in llama.cpp as in transformers: a sliding window, where one is on
+    (Mistral's), bounds it, since llama.cpp's llama attends over the whole context."""
+    window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+    return int(min(config["max_position_embeddings"], window or config["max_position_embeddings"]))
 
 
 def _write_rope(writer: gguf.GGUFWriter, rope: dict[str, Any]) -> None:

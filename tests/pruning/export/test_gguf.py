@@ -265,6 +265,13 @@ def test_qwen3_is_written_with_uniform_widths_only(tmp_path: Path) -> None:
         export.export_gguf(per_layer, tmp_path / "x.gguf", adapter_for("qwen3"), "f16", "tiny")
 
 
+def test_a_sliding_window_bounds_the_context_llama_cpp_is_told() -> None:
+    assert export.context_length({"max_position_embeddings": 512, "sliding_window": 64}) == 64
+    assert export.context_length({"max_position_embeddings": 512, "sliding_window": None}) == 512
+    qwen2 = {"max_position_embeddings": 512, "sliding_window": 64, "use_sliding_window": False}
+    assert export.context_length(qwen2) == 512
+
+
 def test_submit_refuses_what_gguf_cannot_hold() -> None:
     gguf_job = PruneSettings(sparsity=0.3, export_format="gguf")
     refuse_unexportable("llama", gguf_job)
