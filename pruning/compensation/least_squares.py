@@ -60,6 +60,11 @@ class LeastSquaresRefit(Compensator):
         progress: Callable[[float], None] | None = None,
     ) -> None:
         sequential_refits(self.probe, self.layers, keep, self.corrections, self.ridge, sequences, progress)
+        # fitted under inference mode: copies a later training (recovery) can differentiate through
+        self.corrections.refits = {
+            group: Refit(refit.columns.clone(), refit.delta.clone())
+            for group, refit in self.corrections.refits.items()
+        }
 
     def export_changes(self, checkpoint: CheckpointReader) -> ExportChanges:
         return ExportChanges(

@@ -52,17 +52,16 @@ def distill(
 ) -> TrainingLog:
     """`steps` AdamW steps on the gradient of `loss`, one batch [B, T] each."""
     optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
-    log = TrainingLog()
-    for step, ids in zip(range(steps), batches, strict=False):
+
+    def step(ids: torch.Tensor, lr: float) -> float:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, peak_lr)
-        log.losses.append(loss.backward(ids))
+            group["lr"] = lr
+        value = loss.backward(ids)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _count(log, ids, on_step)
-        if stop():
-            break
-    return log
+        return value
+
+    return _train(step, batches, steps, peak_lr, on_step, stop)
 
 
 def zeroth_order(
@@ -77,23 +76,41 @@ def zeroth_order(
 ) -> TrainingLog:
     """`steps` SPSA steps: ĝ = (L(θ + εz) − L(θ − εz)) / 2ε along one Gaussian direction z per step,
     θ ← θ − lr · ĝ · z. The dense teacher's hidden states are computed once per batch."""
-    log = TrainingLog()
     seeds = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for step, ids in zip(range(steps), batches, strict=False):
-            direction = int(torch.randint(0, 2**62, (1,), generator=seeds))
-            teacher = loss.teacher_hidden(ids.to(loss.device))
-            _move(params, direction, ZO_EPSILON)
-            plus = loss.value(ids, teacher)
-            _move(params, direction, -2 * ZO_EPSILON)
-            minus = loss.value(ids, teacher)
-            _move(params, direction, ZO_EPSILON)  # back to θ
-            projected = (plus - minus) / (2 * ZO_EPSILON)
-            _move(params, direction, -learning_rate(step, steps, peak_lr) * projected)
-            log.losses.append(0.5 * (plus + minus))
-            _count(log, ids, on_step)
-            if stop():
-                break
+
+    @torch.no_grad()
+    def step(ids: torch.Tensor, lr: float) -> float:
+        direction = int(torch.randint(0, 2**62, (1,), generator=seeds))
+        teacher = loss.teacher_hidden(ids.to(loss.device))
+        _move(params, direction, ZO_EPSILON)
+        plus = loss.value(ids, teacher)
+        _move(params, direction, -2 * ZO_EPSILON)
+        minus = loss.value(ids, teacher)
+        _move(params, direction, ZO_EPSILON)  # back to θ
+        _move(params, direction, -lr * (plus - minus) / (2 * ZO_EPSILON))
+        return 0.5 * (plus + minus)
+
+    return _train(step, batches, steps, peak_lr, on_step, stop)
+
+
+def _train(
+    step: Callable[[torch.Tensor, float], float],
+    batches: Iterable[torch.Tensor],
+    steps: int,
+    peak_lr: float,
+    on_step: Callable[[int], None],
+    stop: Callable[[], bool],
+) -> TrainingLog:
+    """`steps` calls of `step(batch, learning rate)`, one batch each, the rate on the schedule; stops early
+    when `stop()` says so."""
+    log = TrainingLog()
+    for index, ids in zip(range(steps), batches, strict=False):
+        log.losses.append(step(ids, learning_rate(index, steps, peak_lr)))
+        log.steps += 1
+        log.tokens += ids.numel()
+        on_step(log.steps)
+        if stop():
+            break
     return log
 
 
@@ -103,12 +120,6 @@ def _move(params: list[nn.Parameter], seed: int, scale: float) -> None:
     for param in params:
         noise = torch.randn(param.shape, generator=generator, device=param.device, dtype=param.dtype)
         param.add_(noise, alpha=scale)
-
-
-def _count(log: TrainingLog, ids: torch.Tensor, on_step: Callable[[int], None]) -> None:
-    log.steps += 1
-    log.tokens += ids.numel()
-    on_step(log.steps)
 
 
 def cycle(sequences: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:

@@ -193,3 +193,29 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 17 / 18))
     )
     assert all(a >= b for a, b in zip(rates[1:], rates[2:], strict=False))
+
+
+def test_recovery_trains_through_the_least_squares_refit(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    """The refit's corrections are fitted under inference mode; the recovery's backward runs through
+    them all the same, and the compact checkpoint computes the reported perplexity."""
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        sparsity=0.4,
+        method="wanda-sp",
+        compensate="ls",
+        recover="distill",
+        recover_tokens=32 * 64,
+        recover_lm_weight=1.0,
+        recover_lr=1e-2,
+        **SMALL,
+    )
+    assert report.compensation == "ls" and report.recovery is not None
+    compact = load_pruned(tmp_path / "o", dtype=torch.float32)
+    data = load_calibration(AutoTokenizer.from_pretrained(tmp_path / "o"), calibration_file, 32, 8, 4)
+    with torch.no_grad():
+        loss = compact(data.evaluation, labels=data.evaluation).loss
+    assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)
