@@ -85,7 +85,7 @@ class DistillationLoss:
             for rows in self.chunks(ids):
                 loss = self.chunk_loss(leaf, teacher, ids, rows) / _positions(ids)
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             hidden.backward(leaf.grad)
         return total
 
