@@ -4,11 +4,13 @@ routing-frequency baseline (the least-routed experts removed).
 
 The models are `bench.train_small`'s (trained on webcode-calib.jsonl, cached); each job calibrates on 64
 sequences of 256 tokens of webcode-calib.jsonl and reports perplexity on 64 of webcode-dev.jsonl, fp32 on
-the CPU, `compensate: auto`. bonsai runs at `--budget` (fast: the CPU default) with free per-layer widths,
-wanda-sp with uniform ones (its own rule); the sizes of one method share one scoring (a multi-size job).
-The experts rows remove a quarter of every layer's experts in total and nothing else (`unit_kinds:
-[expert]`); the baseline routes the calibration set through the dense model, counts each expert's share of
-the tokens and removes the least-routed, under the same selection rules and compensation.
+the CPU, without compensation unless `--compensate` asks for it (an `ls` refit costs several forward
+passes for each candidate the split search judges). bonsai runs at `--budget` (fast: the CPU default)
+with free per-layer widths, wanda-sp with uniform ones (its own rule); the sizes of one method share one
+scoring (a multi-size job). The experts rows remove a quarter of every layer's experts in total and
+nothing else (`unit_kinds: [expert]`); the baseline routes the calibration set through the dense model,
+counts each expert's share of the tokens and removes the least-routed, under the same selection rules
+and compensation.
 
     python -m bench.families                       # every family, 20 / 35 / 50%, the experts rows
     python -m bench.families --families qwen3_moe --sparsities 0.2
@@ -35,7 +37,7 @@ EXPERT_FRACTION = 0.25
 METHODS = {"bonsai": False, "wanda-sp": True}  # method -> uniform widths
 
 
-def job_fields(family: str, shared: Path, budget: str) -> dict[str, Any]:
+def job_fields(family: str, shared: Path, budget: str, compensate: str) -> dict[str, Any]:
     return {
         "model": str(materialize(family, shared)),
         "data": shared / "data" / "webcode-calib.jsonl",
@@ -46,7 +48,7 @@ def job_fields(family: str, shared: Path, budget: str) -> dict[str, Any]:
         "precision": "fp32",
         "device": "cpu",
         "budget": budget,
-        "compensate": "auto",
+        "compensate": compensate,
     }
 
 
@@ -179,6 +181,7 @@ def main() -> None:
     parser.add_argument("--sparsities", default="0.2,0.35,0.5")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--budget", default="fast")
+    parser.add_argument("--compensate", default="none", help="none (the default here), bias, ls or auto")
     parser.add_argument("--no-experts", action="store_true", help="skip the experts-only rows")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--threads", type=int, default=2)
@@ -189,7 +192,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     trained: dict[str, Any] = {}
     for family in args.families.split(","):
-        fields = job_fields(family, args.shared, args.budget)
+        fields = job_fields(family, args.shared, args.budget, args.compensate)
         trained[family] = json.loads((Path(fields["model"]) / "train_log.json").read_text())
         for method in args.methods.split(","):
             rows += method_rows(family, method, sparsities, fields)
@@ -200,9 +203,25 @@ def main() -> None:
             rows.append(routing_baseline_row(family, fields, sparsity))
             print(json.dumps(rows[-2:]), flush=True)
     print_table(rows, sparsities)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"budget": args.budget, "threads": args.threads, "models": trained, "rows": rows}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    settings = {"budget": args.budget, "compensate": args.compensate, "threads": args.threads}
+    write_results(args.out, settings, trained, rows)
+
+
+def write_results(
+    out: Path, settings: dict[str, Any], trained: dict[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    """Write the rows to `out`, replacing the rows an earlier run wrote there for the same families (run
+    with the same settings) and keeping the others'."""
+    result: dict[str, Any] = {**settings, "models": {}, "rows": []}
+    if out.is_file():
+        earlier = json.loads(out.read_text())
+        if all(earlier.get(key) == value for key, value in settings.items()):
+            result["models"] = {k: v for k, v in earlier["models"].items() if k not in trained}
+            result["rows"] = [r for r in earlier["rows"] if r["family"] not in trained]
+    result["models"].update(trained)
+    result["rows"] += rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

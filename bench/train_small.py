@@ -1,7 +1,7 @@
 """Small models of the families no package ships weights for, trained here on the webcode task, so the
 families benchmark (`bench.families`) prunes learned weights rather than random ones.
 
-Each family's model (6 layers, hidden 256, pycoder-28m's 8192-token tokenizer) is trained from scratch
+Each family's model (4 layers, hidden 192, pycoder-28m's 8192-token tokenizer) is trained from scratch
 on `webcode-calib.jsonl` in 256-token sequences for a fixed budget of CPU time (the process's, over all
 its threads, so a machine shared with other work trains the same model, only later; AdamW, the learning
 rate warmed up and then cosine-decayed over that budget), and saved with its tokenizer under
@@ -27,13 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SEQ_LEN = 256
 BATCH = 8
-PEAK_LR = 1e-3
+PEAK_LR = 2e-3
 WARMUP = 0.05  # fraction of the budget spent warming the learning rate up
 
 COMMON: dict[str, Any] = dict(
     vocab_size=8192,
-    hidden_size=256,
-    num_hidden_layers=6,
+    hidden_size=192,
+    num_hidden_layers=4,
     max_position_embeddings=1024,
     bos_token_id=0,
     eos_token_id=0,
@@ -41,31 +41,31 @@ COMMON: dict[str, Any] = dict(
 )
 FAMILIES: dict[str, dict[str, Any]] = {
     # Gemma 3's shape in small: one KV group per layer, q/k norms, sliding and global layers (5:1 in the
-    # real models, 2:1 here), a query scalar apart from the head size, tied embeddings
+    # real models, 1:1 here), a query scalar apart from the head size, tied embeddings
     "gemma3_text": dict(
         num_attention_heads=4,
         num_key_value_heads=1,
-        head_dim=64,
-        intermediate_size=1024,
+        head_dim=48,
+        intermediate_size=768,
         sliding_window=64,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
-        query_pre_attn_scalar=64,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        query_pre_attn_scalar=48,
         tie_word_embeddings=True,
     ),
     # Phi-3's: fused qkv and gate/up projections, multi-head attention (as in Phi-3-mini)
     "phi3": dict(
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        intermediate_size=1024,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        intermediate_size=768,
         tie_word_embeddings=False,
     ),
     # Qwen3-MoE's: 8 experts, 2 routed per token, normalized top-k weights, a load-balancing loss
     "qwen3_moe": dict(
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=64,
-        intermediate_size=1024,
-        moe_intermediate_size=256,
+        head_dim=48,
+        intermediate_size=768,
+        moe_intermediate_size=192,
         num_experts=8,
         num_experts_per_tok=2,
         norm_topk_prob=True,

@@ -90,10 +90,11 @@ def prune_tiny(source: Path, data: Path, out: Path, **overrides: Any) -> Any:
     return prune(model=str(source), data=data, out_dir=out, **fields)
 
 
-def compact_perplexity(out: Path, data: Path) -> float:
-    """Perplexity of the exported checkpoint on the report's held-out sequences, from plain logits."""
+def compact_perplexity(out: Path, data: Path, num_samples: int = SMALL["num_samples"]) -> float:
+    """Perplexity of the exported checkpoint on the report's held-out sequences (those after the job's
+    `num_samples` calibration ones), from plain logits."""
     model = load_pruned(out, dtype=torch.float32)
-    ids = load_calibration(AutoTokenizer.from_pretrained(out), data, 32, 8, 4).evaluation
+    ids = load_calibration(AutoTokenizer.from_pretrained(out), data, 32, num_samples, 4).evaluation
     with torch.no_grad():
         logits = model(ids).logits[:, :-1].float()
     nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")

@@ -231,3 +231,16 @@ def test_unit_kinds_the_model_lacks_refused(
 
     with pytest.raises(UsageError, match="names no kind of unit this model has"):
         prune_tiny(tiny_models["llama"], calibration_file, tmp_path / "o", unit_kinds=["expert"])
+
+
+def test_ls_refit_of_attention_in_a_mixture_of_experts(
+    tiny_models: dict[str, Path], calibration_file: Path, tmp_path: Path
+) -> None:
+    """The refit corrects the attention output projections; the experts (no projection of the units'
+    outputs to refit) keep the choice, and the export computes what the report measured."""
+    out = tmp_path / "out"
+    report = prune_tiny(
+        tiny_models["qwen3_moe"], calibration_file, out, sparsity=0.4, compensate="ls", num_samples=48
+    )
+    assert report.compensation == "ls"
+    assert compact_perplexity(out, calibration_file, 48) == pytest.approx(report.perplexity.after, rel=1e-5)
