@@ -6,7 +6,6 @@ the exported model as transformers scores the checkpoint."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from bench.llamacpp import hf_perplexity, llama_cpp_bin_dir, llama_perplexity, llama_tokenize
+from bench.smollm2 import NAME, default_cache
 from pruning.errors import UnsupportedModelError, UsageError
 from pruning.export import gguf as export
 from pruning.export.hf import export_pruned, load_pruned
@@ -31,7 +31,7 @@ from tests.tiny import CORPUS, make_tiny_causal_lm
 
 CPU = torch.device("cpu")
 HIDDEN, HEAD_DIM, INTERMEDIATE, LAYERS = 64, 16, 96, 5
-SMOLLM2_DIR = Path.home() / ".cache" / "fwdprune" / "smollm2-135m-instruct"
+SMOLLM2_DIR = default_cache() / NAME
 
 
 def removed_blocks_keep(space: UnitSpace) -> torch.Tensor:
@@ -383,21 +383,30 @@ TEXTS = [
 
 @needs_llama_cpp
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "keep_of", "uniform"),
+    [
+        ("llama", removed_blocks_keep, False),  # deci, every kind of removed block
+        ("qwen2", removed_blocks_keep, False),  # deci with q/k/v biases
+        ("qwen3", uniform_keep, True),  # qwen3, q/k norms, fewer query heads
+    ],
+)
 def test_llama_cpp_scores_the_file_as_transformers_scores_the_checkpoint(
-    global_llama: Path, tmp_path: Path
+    family: str, keep_of: Any, uniform: bool, tmp_path: Path
 ) -> None:
+    """The same token chunks, the second half of each scored (llama-perplexity's protocol)."""
+    checkpoint = pruned_checkpoint(tmp_path, family, keep_of, uniform)
     text = "\n".join(CORPUS * 40)
     (tmp_path / "text.txt").write_text(text)
-    ids = AutoTokenizer.from_pretrained(global_llama).encode(text)
-    expected = hf_perplexity(load_pruned(global_llama, dtype=torch.float32).eval(), ids, 64, 8)
+    ids = AutoTokenizer.from_pretrained(checkpoint).encode(text)
+    expected = hf_perplexity(load_pruned(checkpoint, dtype=torch.float32).eval(), ids, 64, 8)
     assert LLAMA_CPP is not None
     for gguf_type in ("f32", "f16"):
-        write(global_llama, gguf_type)
+        write(checkpoint, gguf_type, family)
         measured = llama_perplexity(
-            LLAMA_CPP, global_llama / f"model-{gguf_type}.gguf", tmp_path / "text.txt", 64, 8
+            LLAMA_CPP, checkpoint / f"model-{gguf_type}.gguf", tmp_path / "text.txt", 64, 8
         )
         assert measured == pytest.approx(expected, rel=0.01), gguf_type
-    assert math.isfinite(expected)
 
 
 @pytest.fixture(scope="module")
