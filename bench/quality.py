@@ -79,8 +79,11 @@ MODELS = {"pycoder": pycoder_inputs, "smollm2": smollm2_inputs, "minilm": minilm
 
 def run_one(
     config: dict[str, Any], common: dict[str, Any], inputs: dict[str, Any], far: FarText | None = None
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """The rows of one job: one, or one per size where `config` asks for several sparsities (a method
+    that scores once selects each size from the same scores, as separate jobs would)."""
     from pruning import prune
+    from pruning.report import PruneReport, SizesSummary
 
     options = (
         {**common.get("options", {}), **config.get("options", {})} if config["method"] == "bonsai" else {}
@@ -90,12 +93,26 @@ def run_one(
         **inputs,
         **{k: v for k, v in config.items() if k not in ("options", "model")},
     }
+    rows = []
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        report = prune(out_dir=Path(out), options=options, **settings)
+        result = prune(out_dir=Path(out), options=options, **settings)
         wall = time.perf_counter() - start
-        # the exported checkpoint, loaded by transformers' own loader, on text further from calibration
-        far_figures = far.of_checkpoint(Path(out), inputs["model"]) if far is not None else {}
+        sizes = [s.dir for s in result.sizes] if isinstance(result, SizesSummary) else [""]
+        for size in sizes:
+            folder = Path(out) / size
+            report = PruneReport.read(folder / "pruning_report.json")
+            # the exported checkpoint, loaded by transformers' own loader, on text further from calibration
+            far_figures = far.of_checkpoint(folder, inputs["model"]) if far is not None else {}
+            row = report_row(report, {**config, "sparsity": report.sparsity.target}, options, far_figures)
+            rows.append({**row, "wall_s": wall, "job_sizes": len(sizes)})
+    return rows
+
+
+def report_row(
+    report: Any, config: dict[str, Any], options: dict[str, Any], far_figures: dict[str, float]
+) -> dict[str, Any]:
+    """The benchmark's view of one size's report."""
     metric, figure = report.quality_figure, report.quality
     recovery = report.recovery
     return {
@@ -108,7 +125,6 @@ def run_one(
         "achieved": report.sparsity.achieved,
         "compensation": report.compensation,
         "params_after": report.params.total_after,
-        "wall_s": wall,
         "total_s": report.total_s,
         "budget": report.budget.model_dump(),
         "options_used": report.settings["options"],
@@ -248,26 +264,46 @@ def sweep_grid(
     return grid
 
 
+def together(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The configs of a method that scores once (every method but bonsai) merged across sparsities into
+    one job each, asking for every size; bonsai's stay one job per sparsity."""
+    merged: dict[str, dict[str, Any]] = {}
+    kept = []
+    for config in configs:
+        if config["method"] == "bonsai":
+            kept.append(config)
+            continue
+        key = json.dumps({k: v for k, v in config.items() if k != "sparsity"}, sort_keys=True)
+        if key in merged:
+            merged[key]["sparsity"].append(config["sparsity"])
+        else:
+            merged[key] = {**config, "sparsity": [config["sparsity"]]}
+            kept.append(merged[key])
+    return kept
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'model':<8} {'method':<9} {'spars':>5} {'unif':>5} {'prec':>5} {'comp':>4} {'options':<34} "
-        f"{'metric':<10} {'value':>8} {'/ dense':>7} {'achieved':>8} {'scoring s':>9} {'fwd tokens':>11}"
+        f"{'model':<8} {'method':<9} {'spars':>5} {'unif':>5} {'prec':>10} {'comp':>4} {'recover':>7} "
+        f"{'options':<34} {'metric':<6} {'value':>9} {'/ dense':>8} {'w/o rec':>8} {'far':>8} "
+        f"{'achieved':>8} {'job s':>7} {'peak GB':>7}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         opts = ",".join(f"{k}={v}" for k, v in r.get("options", {}).items() if r["method"] == "bonsai")[:34]
         metric = "ppl" if r["metric"] == "perplexity" else "cosine"
+        before = f"{r['ratio_before_recovery']:.3f}" if "ratio_before_recovery" in r else "-"
+        far = f"{r['far_ratio']:.3f}" if "far_ratio" in r else "-"
         print(
             f"{r['model']:<8} {r['method']:<9} {r['sparsity']:>5.2f} {str(r['uniform']):>5} "
-            f"{r['precision']:>5} "
-            f"{r['compensation']:>4} {opts:<34} {metric:<10} "
-            f"{r['value']:>8.3f} {r['ratio']:>7.3f} {r['achieved']:>8.4f} {r['scoring_s']:>9.1f} "
-            f"{r['forward_tokens']:>11,}"
+            f"{r.get('precision', 'auto'):>10} {r['compensation']:>4} {r.get('recover', 'none'):>7} "
+            f"{opts:<34} {metric:<6} {r['value']:>9.3f} {r['ratio']:>8.3f} {before:>8} {far:>8} "
+            f"{r['achieved']:>8.4f} {r['total_s']:>7.0f} {r['peak_host_rss_bytes'] / 1e9:>7.2f}"
         )
 
 
-def report_row(r: dict[str, Any]) -> None:
+def print_row(r: dict[str, Any]) -> None:
     recovered = f", before recovery {r['ratio_before_recovery']:.3f}x" if "ratio_before_recovery" in r else ""
     far = f", far text {r['far_ratio']:.3f}x" if "far_ratio" in r else ""
     print(
@@ -313,7 +349,12 @@ def main() -> None:
     parser.add_argument(
         "--zo-equal-time",
         action="store_true",
-        help="after each distill row, the same job with zo for as long as distill's recovery took",
+        help="after each bonsai distill row, the same job with zo for as long as distill's recovery took",
+    )
+    parser.add_argument(
+        "--sizes-together",
+        action="store_true",
+        help="a method that scores once prunes every sparsity in one job (a checkpoint per size)",
     )
     parser.add_argument("--recover-tokens", type=int, help="tokens each recovery trains on")
     parser.add_argument("--far", action="store_true", help="also perplexity on far text (see FarText)")
@@ -361,6 +402,8 @@ def main() -> None:
             if c["method"] in wanted
         ]
         configs = [{**c, "recover": r} for c in configs for r in args.recover.split(",")]
+        if args.sizes_together:
+            configs = together(configs)
     slug = device.replace(" ", "-").lower()
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -369,13 +412,16 @@ def main() -> None:
         inputs = {name: MODELS[name](args.shared, Path(work)) for name in {c["model"] for c in configs}}
         far = FarText() if args.far else None
         for config in configs:
-            rows.append(run_one(config, common, inputs[config["model"]], far))
-            report_row(rows[-1])
-            if args.zo_equal_time and config.get("recover") == "distill" and "recovery" in rows[-1]:
-                seconds = rows[-1]["recovery"]["seconds"]
+            done = run_one(config, common, inputs[config["model"]], far)
+            rows += done
+            for row in done:
+                print_row(row)
+            equal_time = args.zo_equal_time and config["method"] == "bonsai"
+            if equal_time and config.get("recover") == "distill" and "recovery" in done[-1]:
+                seconds = done[-1]["recovery"]["seconds"]
                 zo = {**config, "recover": "zo", "recover_time": seconds, "recover_tokens": 1 << 30}
-                rows.append(run_one(zo, common, inputs[config["model"]], far))
-                report_row(rows[-1])
+                rows += run_one(zo, common, inputs[config["model"]], far)
+                print_row(rows[-1])
             # rewritten after every row: a run cut short still leaves what it measured
             out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
     print_table(rows)
