@@ -15,8 +15,9 @@ is written:
   is written as its "linear attention" (heads, no KV heads) with a zero output matrix: it adds nothing.
 - no MLP: feed_forward_length 0 skips the rest of the layer, the residual add of its attention included
   (and in the last layer the choice of output rows), so 0 is written only for a layer that has no
-  attention either (or layer 0's zero one), is not the last and has no MLP output bias. Any other layer without an MLP gets
-  ZERO_MLP_WIDTH channels of zero weights, which add exactly its down projection's bias, if it has one.
+  attention either (or layer 0's zero one), is not the last and has no MLP output bias. Any other layer
+  without an MLP gets ZERO_MLP_WIDTH channels of zero weights, which add exactly its down projection's
+  bias, if it has one.
 Query and key rows are reordered for the architectures whose rope rotates adjacent channel pairs (llama,
 deci); transformers rotates the two halves of each head.
 """

@@ -58,10 +58,17 @@ def test_merged_adapters_export_exactly_what_the_masked_model_computes(tmp_path:
             b.copy_(0.05 * torch.randn(b.shape, generator=generator))
     deltas = WeightDeltas(masks)
     reader = CheckpointReader(checkpoint)
-    stored = {name: reader.find(f"{name}.weight") for name in targets}
-    merge(adapters, deltas, adapter, space.kept_indices(keep), lambda name: reader.get(stored[name]))
+
+    def stored(name: str) -> str:  # the checkpoint's own name of a parameter
+        found = reader.find(name)
+        assert found is not None, name
+        return found
+
+    merge(
+        adapters, deltas, adapter, space.kept_indices(keep), lambda name: reader.get(stored(f"{name}.weight"))
+    )
     tensors: dict[str, torch.Tensor] = {}
-    deltas.apply_to(tensors, lambda name: (reader.find(name), reader.get(reader.find(name))))
+    deltas.apply_to(tensors, lambda name: (stored(name), reader.get(stored(name))))
     export_pruned(checkpoint, tmp_path / "out", adapter, space, keep, uniform=False, replacements=tensors)
 
     ids = torch.randint(0, 320, (3, 12), generator=torch.Generator().manual_seed(1))
