@@ -104,6 +104,8 @@ class CalibrationProbe:
 
     def sub_model_losses(self, keeps: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         """[R] mean loss on `batch` [B, T] of each of the R sub-models `keeps` [R, U], in one forward."""
+        if keeps.shape[0] == 0:  # a rank whose share of a step's sub-models ran out runs no forward
+            return torch.zeros(0, dtype=torch.float64)
         self.masks.set(keeps)
         return self.objective.replica_losses(batch, keeps.shape[0])
 

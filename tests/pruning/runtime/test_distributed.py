@@ -114,6 +114,17 @@ def test_a_rank_scores_its_share_as_one_process_scores_those_sub_models(tiny_lla
     assert len(set(ranks["gathered"].tolist())) == 6  # the sub-models really differ
 
 
+@pytest.mark.timeout(120)
+def test_a_rank_whose_share_runs_out_runs_no_forward_and_gathers_the_step(tiny_llama: Path) -> None:
+    ranks = start_ranks(scored_shares, (tiny_llama, 6), 2, "cpu", lambda event: None)
+    probe, keep, drops, batch = share_problem(tiny_llama)
+    with probe.masks.installed():  # one forward holds the step's 6 sub-models: rank 1 has none
+        whole = sub_model_losses(probe, keep, keep.nonzero().flatten(), drops, batch)
+    assert [share.shape[0] for share in ranks["shares"]] == [6, 0]
+    assert ranks["shares"][1].dtype == whole.dtype == torch.float64
+    assert torch.equal(ranks["gathered"], whole)
+
+
 @pytest.mark.timeout(180)
 def test_a_time_limited_job_on_two_ranks_sizes_its_rounds_once_for_all(
     tiny_llama: Path, calibration_file: Path, tmp_path: Path
