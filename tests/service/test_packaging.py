@@ -20,6 +20,7 @@ ENGINE = {
     "tokenizers",
     "numpy",
     "psutil",
+    "gguf",
 }
 
 # Run in a fresh interpreter: a meta-path finder makes every engine package look uninstalled.
