@@ -60,6 +60,7 @@ SAMPLES: list[dict[str, Any]] = [
         "mlp_block": None,
         "mlp_multiple_of": None,
         "kv_multiple_of": None,
+        "unit_kinds": ["mlp"],
         "objective": "lm",
         "compensate": "bias",
         "compensation_ridge": 2.0,
