@@ -172,8 +172,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Tokens the recovery stage trains on, by budget (recover_tokens overrides): on a CPU `fast` gives
-# recovery about as long as the rest of the job (docs/quality.md, "Recovery").
+# Tokens the recovery stage trains on, by budget (recover_tokens overrides): on a CPU `fast`'s keep a job
+# with recovery within about twice the job without it (docs/quality.md, "Recovery").
 RECOVERY_TOKENS: dict[str, int] = {"fast": 1 << 16, "standard": 1 << 20, "thorough": 1 << 22}
 
 
