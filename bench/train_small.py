@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -77,7 +78,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("FWDPRUNE_MODEL_CACHE") or Path.home() / ".cache" / "fwdprune") / "trained"
+    return smollm2.default_cache() / "trained"
 
 
 def token_sequences(tokenizer: Any, path: Path) -> Any:
