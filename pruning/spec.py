@@ -223,10 +223,11 @@ class PruneSettings(BaseModel):
     method: Method = Field("bonsai", description="how units are scored")
     precision: Precision = Field(
         "auto",
-        description="weights while scoring; auto: int8 (bitsandbytes) on CUDA, on a CPU bf16-mixed where it "
-        "computes bf16 natively (AMX or AVX-512 BF16), else fp32; bf16-mixed: fp32 weights, the sub-models "
-        "scored in bf16, statistics, fits and evaluations in fp32; int8-weight-only and fp8 (rowwise, "
-        "CUDA 8.9+) need torchao (the export is always the original precision)",
+        description="weights while scoring; auto: int8 (bitsandbytes) on CUDA, fp32 on a CPU; bf16-mixed: "
+        "fp32 weights, the sub-models, the ls fits' layer passes and the recovery's training under bf16 "
+        "autocast (fast where the CPU has AMX), the regression, moments, solves and evaluations in fp32; "
+        "int8-weight-only and fp8 (rowwise, CUDA 8.9+) need torchao (the export is always the original "
+        "precision)",
     )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
     export_format: ExportFormat = Field(

@@ -178,18 +178,35 @@ def sequential_refits(
     if not pruned_layers:
         return
     streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
-    for index in range(pruned_layers[0], len(layers)):
+    with probe.objective.scoring_precision():  # the layers' forwards; moments and solves stay fp32
+        _refit_from(streams, probe, layers, pruned_layers[0], keep, corrections, ridge, progress)
+
+
+def _refit_from(
+    streams: _LayerStreams,
+    probe: CalibrationProbe,
+    layers: list[nn.Module],
+    first: int,
+    keep: torch.Tensor,
+    corrections: OutputCorrections,
+    ridge: float,
+    progress: Callable[[float], None] | None,
+) -> None:
+    """`sequential_refits` from layer `first` on, the streams at its input."""
+    space = probe.space
+    for index in range(first, len(layers)):
         groups = [g for g in refitted_groups(space.groups) if g.layer == index]  # attention, then MLP
         for group in groups:
             kept = keep[space.slice(group)][group.channel_unit]  # [C]
             gram, cross = streams.paired_moments(layers[index], group.module, kept, last=group is groups[-1])
             weight = probe.weights.of(group)
-            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), weight, kept, ridge)
-            delta = as_exported(delta, weight.double(), probe.weights.stored_dtype(group))
+            with torch.autocast(weight.device.type, enabled=False):
+                delta = ridge_reconstruction(gram.cpu(), cross.cpu(), weight, kept, ridge)
+                delta = as_exported(delta, weight.double(), probe.weights.stored_dtype(group))
             corrections.refits[group] = Refit.of(delta, kept)
         streams.advance(layers[index])
         if progress is not None:
-            progress((index + 1 - pruned_layers[0]) / (len(layers) - pruned_layers[0]))
+            progress((index + 1 - first) / (len(layers) - first))
 
 
 class _Reached(Exception):
@@ -230,7 +247,7 @@ class _LayerStreams:
 
         handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            with probe.masks.suspended():
+            with probe.masks.suspended(), probe.objective.scoring_precision():
                 for batch in probe.batches(sequences):
                     with suppress(_Reached):
                         probe.objective.run(batch)
@@ -263,8 +280,9 @@ class _LayerStreams:
                 dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
             pruned = _input_of(module, self._run, layer, batch, False)
             pruned = pruned[:, kept.to(pruned.device)]  # [tokens, K]
-            gram = gram + pruned.T @ pruned
-            cross = cross + pruned.T @ dense
+            with torch.autocast(pruned.device.type, enabled=False):  # fp32 moments under bf16 forwards
+                gram = gram + pruned.T @ pruned
+                cross = cross + pruned.T @ dense
         assert isinstance(gram, torch.Tensor) and isinstance(cross, torch.Tensor)
         self._dense_advanced = last
         return gram, cross

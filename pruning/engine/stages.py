@@ -39,6 +39,7 @@ from pruning.model.checkpoint import CheckpointReader
 from pruning.model.data import load_calibration, load_training_text
 from pruning.model.loading import (
     LoadedModel,
+    cpu_computes_bf16,
     load_model,
     resolve_device,
     resolve_model_dir,
@@ -82,6 +83,8 @@ def prepare(
     with instruments.stage("load"):
         loaded = load_model(model_dir, spec.precision, world.device, adapter.auto_class(), max_memory)
         _warm_up(loaded)
+        if loaded.precision == "bf16-mixed" and loaded.device.type == "cpu" and not cpu_computes_bf16():
+            instruments.warn("this CPU emulates bf16: bf16-mixed runs slower here than fp32 would")
     with instruments.stage("data"):
         data = load_calibration(
             loaded.tokenizer,

@@ -54,7 +54,7 @@ class Objective:
         scoring_dtype: torch.dtype | None = None,
     ) -> None:
         self.model, self.adapter, self.device, self.masks = model, adapter, device, masks
-        # sub-models are scored under autocast to this dtype (bf16-mixed); everything else as loaded
+        # sub-models (and the ls fits' layer passes) run under autocast to this dtype (bf16-mixed)
         self.scoring_dtype = scoring_dtype
         self.counter = ForwardCounter()
         self._reference: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
@@ -96,8 +96,8 @@ class Objective:
         return losses.view(replicas, -1).mean(1).double().cpu()
 
     def scoring_precision(self) -> AbstractContextManager[Any]:
-        """Autocast to `scoring_dtype` for the sub-models' forwards: only their ranking is asked of them,
-        which bf16 keeps, while the regression, fits and evaluations need fp32."""
+        """Autocast to `scoring_dtype` for the sub-models' forwards (and the `ls` fits' layer passes),
+        while the regression, the fits' moments and solves, and the evaluations stay fp32."""
         if self.scoring_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.scoring_dtype)

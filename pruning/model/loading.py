@@ -45,13 +45,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: int8 on CUDA (the memory-lean path); on a CPU, bf16-mixed where it computes bf16
-    natively, else fp32 (emulated bf16 matmuls are slower than fp32 ones)."""
+    """`auto`: int8 on CUDA (the memory-lean path), fp32 on a CPU: sub-models scored in bf16, even where
+    the CPU computes it natively, ranked SmolLM2-135M's units worse than fp32 did (docs/quality.md,
+    "bf16 on a CPU"), so bf16-mixed is asked for, not chosen."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "int8"
-    return "bf16-mixed" if cpu_computes_bf16() else "fp32"
+    return "int8" if device.type == "cuda" else "fp32"
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -88,7 +87,8 @@ def matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 8) -> flo
 
 
 def scoring_autocast(precision: str) -> torch.dtype | None:
-    """The dtype sub-models are scored in under autocast: bf16 for bf16-mixed, None (as loaded) else."""
+    """The dtype of the passes bf16-mixed runs under autocast (the sub-models' forwards, the `ls` fits'
+    layer passes, the recovery's training): bf16 for bf16-mixed, None (as loaded) else."""
     return torch.bfloat16 if precision == "bf16-mixed" else None
 
 

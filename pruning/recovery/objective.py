@@ -3,6 +3,9 @@ pruned one's, per token, optionally plus the next-token loss. The dense teacher 
 weights with the masks suspended (no unit removed, no correction or adapter added), so one copy of the
 weights serves both.
 
+Under `bf16-mixed` the forwards (teacher's and student's, LM head included) run under bf16 autocast, where
+the CPU or GPU computes bf16 faster; the adapters, their gradients and the loss stay in fp32.
+
 Logits are never materialised for a whole batch: hidden states go through the LM head in row chunks, and
 the student's gradient flows back through the final hidden states once, after every chunk has added its
 part (`backward`), so a 128k vocabulary costs one chunk of logits at a time.
@@ -10,6 +13,7 @@ part (`backward`), so a 128k vocabulary costs one chunk of logits at a time.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,10 @@ import torch.nn.functional as F
 from pruning.model.adapters import FamilyAdapter
 from pruning.model.masking import UnitMasks
 
-LOGITS_CHUNK_BYTES = 256 * 2**20
+# float32 logits of one chunk of rows: the KL holds about seven tensors of that size at once (both
+# log-softmaxes, the teacher's probabilities, their difference, the product, the gradient), so chunks
+# of a sequence or so keep them small beside the activations the backward pass keeps
+LOGITS_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -31,10 +38,17 @@ class DistillationLoss:
     masks: UnitMasks
     device: torch.device
     lm_weight: float = 0.0
+    autocast: torch.dtype | None = None  # the forwards' dtype under autocast (bf16-mixed); None: as loaded
+
+    def precision(self) -> AbstractContextManager[Any]:
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T, D] final hidden states of the model as hooked now (grad as the caller's mode)."""
-        return self.adapter.backbone(self.model)(input_ids=ids, use_cache=False).last_hidden_state
+        with self.precision():
+            return self.adapter.backbone(self.model)(input_ids=ids, use_cache=False).last_hidden_state
 
     def teacher_hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T, D] the dense model's final hidden states: masks, corrections and adapters stand down."""
@@ -52,8 +66,10 @@ class DistillationLoss:
     ) -> torch.Tensor:
         """Summed loss over the next-token positions of rows `rows`: student, teacher [B, T, D]."""
         head = self.adapter.lm_head(self.model)
-        pruned = F.log_softmax(head(student[rows, :-1]).float(), dim=-1)  # [c, T-1, V]
-        with torch.no_grad():
+        with self.precision():
+            student_logits = head(student[rows, :-1])
+        pruned = F.log_softmax(student_logits.float(), dim=-1)  # [c, T-1, V]
+        with torch.no_grad(), self.precision():
             dense = F.log_softmax(head(teacher[rows, :-1]).float(), dim=-1)
         loss = (dense.exp() * (dense - pruned)).sum()
         if self.lm_weight:

@@ -12,7 +12,7 @@ from torch import nn
 
 from pruning.measure.probe import CalibrationProbe
 from pruning.model.adapters import FamilyAdapter, UnitKind
-from pruning.model.loading import LoadedModel
+from pruning.model.loading import LoadedModel, scoring_autocast
 from pruning.model.units import UnitSpace
 from pruning.recovery.deltas import ModuleDelta, WeightDeltas
 from pruning.recovery.low_rank import LowRankAdapters
@@ -104,7 +104,9 @@ def recover_model(
     (`stored_weight(name)`: the weight the export would write without them) or rolled back. The record
     carries the `evaluation` figures before the recovery, what the job would report without it."""
     model = loaded.model
-    loss = DistillationLoss(model, adapter, probe.masks, loaded.device, settings.lm_weight)
+    loss = DistillationLoss(
+        model, adapter, probe.masks, loaded.device, settings.lm_weight, scoring_autocast(loaded.precision)
+    )
     targets = target_modules(model, adapter, probe.space, keep)
     adapters, record = train_and_judge(probe, loss, targets, keep, sequences, settings, on_step, stop)
     record = record.model_copy(update={"quality_before": probe.quality(keep, evaluation)})

@@ -20,7 +20,7 @@ BYTES_PER_PARAM: dict[str, tuple[int, int]] = {
     "int8": (1, 2),
     "int8-weight-only": (1, 2),
     "fp8": (1, 2),
-    "bf16-mixed": (4, 4),  # fp32 weights; only the sub-models' activations are bf16
+    "bf16-mixed": (4, 4),  # fp32 weights; bf16 activations under autocast
     "bf16": (2, 2),
     "fp16": (2, 2),
     "fp32": (4, 4),

@@ -18,7 +18,10 @@ from pruning.compensation.corrections import OutputCorrections
 from pruning.compensation.least_squares import sequential_refits
 from pruning.compensation.obs import structured_obs_removals
 from pruning.compensation.reconstruction import ridge_reconstruction
+from pruning.measure.objectives import make_objective
+from pruning.measure.probe import CalibrationProbe, OutputWeights
 from pruning.model.adapters.base import UnitKind
+from pruning.model.checkpoint import CheckpointReader
 from pruning.model.data import load_calibration
 from pruning.model.masking import UnitMasks
 from tests.pruning.conftest import ProbeFactory
@@ -159,6 +162,39 @@ def test_sequential_refits_bring_the_pruned_model_toward_the_dense_one(
     error_before = float((uncorrected - dense).pow(2).mean())
     error_after = float((corrected - dense).pow(2).mean())
     assert error_after < 0.8 * error_before  # random weights hold little redundancy; real models gain more
+
+
+def test_under_bf16_mixed_the_refit_runs_layers_in_bf16_and_solves_in_fp32(
+    tiny_llama: Path, llama_fp32: TinyModel, llama_ids: torch.Tensor
+) -> None:
+    """bf16-mixed: the fit's layer passes run under bf16 autocast, its moments and solves in fp32, so its
+    refits are the fp32 fit's to bf16's precision."""
+    model, adapter, space = llama_fp32
+    keep = torch.rand(space.size, generator=torch.Generator().manual_seed(1)) > 0.3
+    refits = {}
+    for dtype in (None, torch.bfloat16):
+        masks = UnitMasks(space)
+        corrections = OutputCorrections(masks)
+        objective = make_objective("lm", model, adapter, torch.device("cpu"), masks, dtype)
+        probe = CalibrationProbe(
+            objective, masks, OutputWeights(CheckpointReader(tiny_llama)), llama_ids, batch_size=3
+        )
+        seen: list[torch.dtype] = []
+        up = adapter.layers(model)[-1].mlp.up_proj
+        handle = up.register_forward_hook(lambda m, a, out, seen=seen: seen.append(out.dtype))
+        with masks.installed(), corrections.installed():
+            sequential_refits(probe, adapter.layers(model), keep, corrections, ridge=0.01)
+        handle.remove()
+        assert set(seen) == {dtype or torch.float32}
+        refits[dtype] = corrections.refits
+    assert refits[torch.bfloat16].keys() == refits[None].keys()
+    difference, size = 0.0, 0.0
+    for group, exact in refits[None].items():
+        mixed = refits[torch.bfloat16][group]
+        assert mixed.delta.dtype == torch.float32 and torch.equal(mixed.columns, exact.columns)
+        difference += float((mixed.delta - exact.delta).pow(2).sum())
+        size += float(exact.delta.pow(2).sum())
+    assert size > 0 and math.sqrt(difference / size) < 0.05
 
 
 def test_bonsai_ls_refit_exported_exactly(tiny_llama: Path, calibration_file: Path, tmp_path: Path) -> None:

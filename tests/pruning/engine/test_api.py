@@ -357,3 +357,22 @@ def test_bf16_mixed_scores_sub_models_in_bf16_and_measures_in_fp32(
     assert not torch.equal(first, second)
     ranks = [values.argsort().argsort().double() for values in (first, second)]
     assert float(torch.corrcoef(torch.stack(ranks))[0, 1]) > 0.9  # Spearman's rank correlation
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_mixed_on_a_cpu_that_emulates_bf16_warns(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(pruning.engine.stages, "cpu_computes_bf16", lambda: native)
+    events: list[Any] = []
+    report = run(
+        tiny_llama,
+        calibration_file,
+        tmp_path / "o",
+        on_event=events.append,
+        method="wanda-sp",
+        precision="bf16-mixed",
+    )
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert report.precision == "bf16-mixed"
+    assert any("emulates bf16" in w for w in warnings) is not native

@@ -132,7 +132,7 @@ def test_checkpoint_reader_is_sharded_and_finds_names(tiny_llama: Path) -> None:
     assert sorted(names) == sorted(reader.weight_map)
 
 
-def test_a_cpu_without_bf16_flags_scores_in_fp32(tmp_path: Path) -> None:
+def test_a_cpu_without_bf16_flags_does_not_compute_bf16_natively(tmp_path: Path) -> None:
     from pruning.model.loading import cpu_computes_bf16
 
     cpuinfo = tmp_path / "cpuinfo"
@@ -144,9 +144,9 @@ def test_a_cpu_without_bf16_flags_scores_in_fp32(tmp_path: Path) -> None:
     assert isinstance(cpu_computes_bf16(cpuinfo), bool)
 
 
-def test_auto_precision_on_a_cpu_follows_what_it_computes_natively() -> None:
-    from pruning.model.loading import cpu_computes_bf16, resolve_precision, scoring_autocast
+def test_auto_precision_is_fp32_on_a_cpu_and_bf16_mixed_is_asked_for() -> None:
+    from pruning.model.loading import resolve_precision, scoring_autocast
 
-    expected = "bf16-mixed" if cpu_computes_bf16() else "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"
     assert scoring_autocast("bf16-mixed") == torch.bfloat16 and scoring_autocast("fp32") is None

@@ -24,6 +24,7 @@ from pruning.model.masking import UnitMasks
 from pruning.model.units import build_unit_space
 from pruning.recovery.deltas import WeightDeltas
 from pruning.recovery.low_rank import LowRankAdapters
+from pruning.recovery.objective import DistillationLoss
 from pruning.recovery.recover import judge_split, merge, target_modules
 from pruning.recovery.training import learning_rate
 from tests.tiny import make_tiny_causal_lm
@@ -226,3 +227,65 @@ def test_recovery_trains_through_the_least_squares_refit(
     with torch.no_grad():
         loss = compact(data.evaluation, labels=data.evaluation).loss
     assert math.exp(float(loss)) == pytest.approx(report.perplexity.after, rel=1e-5)
+
+
+def test_bf16_mixed_trains_in_bf16_with_fp32_adapters_and_loss(tmp_path: Path) -> None:
+    """Under bf16-mixed the linear maps compute in bf16 (autocast) while the adapters and their gradients
+    stay fp32, and the loss is the fp32 one to bf16's precision."""
+    loaded = load_model(make_tiny_causal_lm(tmp_path / "m", "llama"), "fp32", CPU)
+    adapter = adapter_for("llama")
+    space = build_unit_space(loaded.model, adapter, None)
+    masks = UnitMasks(space)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    keep[: space.size // 3] = False
+    masks.set(keep.double())
+    targets = target_modules(loaded.model, adapter, space, keep)
+    adapters = LowRankAdapters(targets, masks, rank=2, alpha=4.0)
+    for b in adapters.b.values():
+        torch.nn.init.normal_(b, std=0.05, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(0))
+    dtypes: list[torch.dtype] = []
+    probe = next(iter(targets.values())).register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    with adapters.installed():
+        fp32 = DistillationLoss(loaded.model, adapter, masks, CPU).value(ids)
+        assert dtypes and set(dtypes) == {torch.float32}
+        dtypes.clear()
+        mixed = DistillationLoss(loaded.model, adapter, masks, CPU, autocast=torch.bfloat16)
+        value = mixed.backward(ids)
+    probe.remove()
+    assert set(dtypes) == {torch.bfloat16}
+    assert fp32 > 0 and value == pytest.approx(fp32, rel=0.05)
+    grads = [p.grad for p in adapters.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
+
+
+def test_the_loss_and_its_gradient_do_not_depend_on_the_logits_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pruning.recovery.objective as objective
+
+    loaded = load_model(make_tiny_causal_lm(tmp_path / "m", "llama"), "fp32", CPU)
+    adapter = adapter_for("llama")
+    space = build_unit_space(loaded.model, adapter, None)
+    masks = UnitMasks(space)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    keep[::4] = False
+    masks.set(keep.double())
+    adapters = LowRankAdapters(target_modules(loaded.model, adapter, space, keep), masks, rank=2, alpha=4.0)
+    for b in adapters.b.values():
+        torch.nn.init.normal_(b, std=0.05, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 320, (3, 16), generator=torch.Generator().manual_seed(0))
+    loss = DistillationLoss(loaded.model, adapter, masks, CPU, lm_weight=0.5)
+    figures = []
+    for chunk_bytes in (1, 1 << 30):  # a row per chunk; every row in one
+        monkeypatch.setattr(objective, "LOGITS_CHUNK_BYTES", chunk_bytes)
+        assert len(loss.chunks(ids)) == (3 if chunk_bytes == 1 else 1)
+        adapters.zero_grad()
+        with adapters.installed():
+            value = loss.backward(ids)
+        figures.append((value, [p.grad.clone() for p in adapters.parameters() if p.grad is not None]))
+    (one, grads_one), (all_rows, grads_all) = figures
+    assert one == pytest.approx(all_rows, rel=1e-6) and one > 0
+    assert len(grads_one) == len(grads_all) > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads_one, grads_all, strict=True))
