@@ -63,8 +63,9 @@ def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) 
                 began = time.perf_counter()
                 parts = []
                 for start in range(0, sub_models, PER_FORWARD):
-                    masks.set(keeps[start : start + PER_FORWARD])
-                    parts.append(objective.replica_losses(ids, keeps[start : start + PER_FORWARD].shape[0]))
+                    forward = keeps[start : start + PER_FORWARD]  # [≤ PER_FORWARD, U]
+                    masks.set(forward)
+                    parts.append(objective.replica_losses(ids, forward.shape[0]))
                 seconds[name] += time.perf_counter() - began
                 losses[name] = torch.cat(parts)  # [sub_models]
     fp32, bf16 = losses["fp32"], losses["bf16"]
@@ -94,7 +95,6 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     for name in args.models.split(","):
         inputs = MODELS[name](args.shared, Path("."))

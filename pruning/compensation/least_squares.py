@@ -10,7 +10,7 @@ refitting after each of bonsai's rounds as well cost 1.5x the scoring time and d
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from typing import Any
 
 import torch
@@ -178,35 +178,18 @@ def sequential_refits(
     if not pruned_layers:
         return
     streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
-    with probe.objective.scoring_precision():  # the layers' forwards; moments and solves stay fp32
-        _refit_from(streams, probe, layers, pruned_layers[0], keep, corrections, ridge, progress)
-
-
-def _refit_from(
-    streams: _LayerStreams,
-    probe: CalibrationProbe,
-    layers: list[nn.Module],
-    first: int,
-    keep: torch.Tensor,
-    corrections: OutputCorrections,
-    ridge: float,
-    progress: Callable[[float], None] | None,
-) -> None:
-    """`sequential_refits` from layer `first` on, the streams at its input."""
-    space = probe.space
-    for index in range(first, len(layers)):
+    for index in range(pruned_layers[0], len(layers)):
         groups = [g for g in refitted_groups(space.groups) if g.layer == index]  # attention, then MLP
         for group in groups:
             kept = keep[space.slice(group)][group.channel_unit]  # [C]
             gram, cross = streams.paired_moments(layers[index], group.module, kept, last=group is groups[-1])
             weight = probe.weights.of(group)
-            with torch.autocast(weight.device.type, enabled=False):
-                delta = ridge_reconstruction(gram.cpu(), cross.cpu(), weight, kept, ridge)
-                delta = as_exported(delta, weight.double(), probe.weights.stored_dtype(group))
+            delta = ridge_reconstruction(gram.cpu(), cross.cpu(), weight, kept, ridge)
+            delta = as_exported(delta, weight.double(), probe.weights.stored_dtype(group))
             corrections.refits[group] = Refit.of(delta, kept)
         streams.advance(layers[index])
         if progress is not None:
-            progress((index + 1 - first) / (len(layers) - first))
+            progress((index + 1 - pruned_layers[0]) / (len(layers) - pruned_layers[0]))
 
 
 class _Reached(Exception):
@@ -224,8 +207,12 @@ class _LayerStreams:
         keep: torch.Tensor,
         hidden: list[torch.Tensor],
         extra: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        precision: Callable[[], AbstractContextManager[Any]],
     ) -> None:
         self.masks, self.extra = masks, extra
+        # the layers run as the sub-models are scored (bf16 autocast under bf16-mixed); the moments taken
+        # from their inputs, and the solves, stay fp32
+        self.precision = precision
         self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
         self._dense_advanced = False  # the dense stream went through the current layer already
         masks.set(keep.double())
@@ -253,15 +240,16 @@ class _LayerStreams:
                         probe.objective.run(batch)
         finally:
             handle.remove()
-        return cls(probe.masks, keep, hidden, extra)
+        return cls(probe.masks, keep, hidden, extra, probe.objective.scoring_precision)
 
     def _run(self, layer: nn.Module, batch: int, dense: bool) -> torch.Tensor:
         args, kwargs = self.extra[batch]
-        if dense:
-            with self.masks.suspended():  # also stands the corrections down
-                out = layer(self.dense[batch], *args, **kwargs)
-        else:
-            out = layer(self.pruned[batch], *args, **kwargs)
+        with self.precision():
+            if dense:
+                with self.masks.suspended():  # also stands the corrections down
+                    out = layer(self.dense[batch], *args, **kwargs)
+            else:
+                out = layer(self.pruned[batch], *args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def paired_moments(
@@ -280,9 +268,8 @@ class _LayerStreams:
                 dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
             pruned = _input_of(module, self._run, layer, batch, False)
             pruned = pruned[:, kept.to(pruned.device)]  # [tokens, K]
-            with torch.autocast(pruned.device.type, enabled=False):  # fp32 moments under bf16 forwards
-                gram = gram + pruned.T @ pruned
-                cross = cross + pruned.T @ dense
+            gram = gram + pruned.T @ pruned
+            cross = cross + pruned.T @ dense
         assert isinstance(gram, torch.Tensor) and isinstance(cross, torch.Tensor)
         self._dense_advanced = last
         return gram, cross

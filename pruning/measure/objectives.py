@@ -98,9 +98,7 @@ class Objective:
     def scoring_precision(self) -> AbstractContextManager[Any]:
         """Autocast to `scoring_dtype` for the sub-models' forwards (and the `ls` fits' layer passes),
         while the regression, the fits' moments and solves, and the evaluations stay fp32."""
-        if self.scoring_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.scoring_dtype)
+        return autocast_to(self.device, self.scoring_dtype)
 
     def mean_loss(self, ids: torch.Tensor, batch_size: int) -> float:
         """Mean loss over all sequences of ids [N, T], `batch_size` sequences at a time."""
@@ -199,6 +197,13 @@ class EmbeddingDistillation(Objective):
             [1.0 - self.sequence_losses(b, self.reference(b)) for b in _batches(ids, batch_size)]
         )
         return {"embedding_cosine": float(cosines.mean()), "embedding_cosine_min": float(cosines.min())}
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """Autocast to `dtype` on `device`'s type, or nothing where `dtype` is None (run as loaded)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def make_objective(

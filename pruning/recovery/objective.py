@@ -13,13 +13,14 @@ part (`backward`), so a 128k vocabulary costs one chunk of logits at a time.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pruning.measure.objectives import autocast_to
 from pruning.model.adapters import FamilyAdapter
 from pruning.model.masking import UnitMasks
 
@@ -41,9 +42,7 @@ class DistillationLoss:
     autocast: torch.dtype | None = None  # the forwards' dtype under autocast (bf16-mixed); None: as loaded
 
     def precision(self) -> AbstractContextManager[Any]:
-        if self.autocast is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+        return autocast_to(self.device, self.autocast)
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T, D] final hidden states of the model as hooked now (grad as the caller's mode)."""
