@@ -9,16 +9,24 @@ the CPU or GPU computes bf16 faster; the adapters, their gradients and the loss 
 Logits are never materialised for a whole batch: hidden states go through the LM head in row chunks, and
 the student's gradient flows back through the final hidden states once, after every chunk has added its
 part (`backward`), so a 128k vocabulary costs one chunk of logits at a time.
+
+The student's blocks run checkpointed while it trains: each keeps only its input for the backward pass
+and runs again inside it, so a step holds one block's activations instead of every block's (the masks',
+corrections' and adapters' hooks included) for one more forward pass of the student.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import functools
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pruning.measure.objectives import autocast_to
 from pruning.model.adapters import FamilyAdapter
@@ -40,6 +48,7 @@ class DistillationLoss:
     device: torch.device
     lm_weight: float = 0.0
     autocast: torch.dtype | None = None  # the forwards' dtype under autocast (bf16-mixed); None: as loaded
+    checkpointed: bool = True  # the student's blocks recompute their activations in the backward pass
 
     def precision(self) -> AbstractContextManager[Any]:
         return autocast_to(self.device, self.autocast)
@@ -93,7 +102,8 @@ class DistillationLoss:
         parameters; returns the loss."""
         ids = ids.to(self.device)
         teacher = self.teacher_hidden(ids)
-        with torch.enable_grad():
+        layers = self.adapter.layers(self.model) if self.checkpointed else []
+        with torch.enable_grad(), checkpointed(layers):
             hidden = self.hidden(ids)
             leaf = hidden.detach().requires_grad_(True)  # the chunks' gradients gather here
             total = 0.0
@@ -103,6 +113,24 @@ class DistillationLoss:
                 total += float(loss.detach())
             hidden.backward(leaf.grad)
         return total
+
+
+@contextmanager
+def checkpointed(layers: list[nn.Module]) -> Iterator[None]:
+    """While open, each of `layers` saves only its inputs for the backward pass and recomputes its
+    activations there (non-reentrant checkpointing: its hooks run again, to the same effect). A forward
+    already set on the instance (accelerate's device hooks set one) is wrapped and put back after."""
+    own = [vars(layer).get("forward") for layer in layers]
+    try:
+        for layer in layers:
+            layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+        yield
+    finally:
+        for layer, forward in zip(layers, own, strict=True):
+            if forward is None:
+                vars(layer).pop("forward", None)  # back to the class's forward
+            else:
+                layer.forward = forward
 
 
 def _positions(ids: torch.Tensor) -> int:

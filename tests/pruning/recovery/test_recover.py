@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from pruning import load_pruned, prune
-from pruning.compensation.corrections import OutputCorrections
+from pruning.compensation.corrections import OutputCorrections, Refit
 from pruning.export.hf import export_pruned
 from pruning.model.adapters import UnitKind, adapter_for
 from pruning.model.checkpoint import CheckpointReader
@@ -289,3 +289,59 @@ def test_the_loss_and_its_gradient_do_not_depend_on_the_logits_chunks(
     assert one == pytest.approx(all_rows, rel=1e-6) and one > 0
     assert len(grads_one) == len(grads_all) > 0
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads_one, grads_all, strict=True))
+
+
+def test_checkpointed_blocks_give_the_same_loss_and_gradient_and_keep_less_for_the_backward(
+    tmp_path: Path,
+) -> None:
+    """The student's blocks recomputed in the backward pass (masks, a refit and adapters hooked in):
+    the loss and every adapter's gradient as without checkpointing, a fraction of the activations kept
+    for the backward pass, and the blocks' forward as it was afterwards."""
+    loaded = load_model(make_tiny_causal_lm(tmp_path / "m", "llama", layers=4), "fp32", CPU)
+    adapter = adapter_for("llama")
+    space = build_unit_space(loaded.model, adapter, None)
+    masks = UnitMasks(space)
+    keep = torch.ones(space.size, dtype=torch.bool)
+    keep[1::3] = False
+    corrections = OutputCorrections(masks)
+    group = space.groups[-1]  # a refit of one output projection, read through its kept columns
+    weight: torch.Tensor = group.module.weight  # type: ignore[assignment]
+    out_features, channels = weight.shape
+    change = 0.01 * torch.randn(out_features, channels, generator=torch.Generator().manual_seed(2))
+    kept_channels = group.channel_unit % 2 == 0
+    assert 0 < int(kept_channels.sum()) < channels
+    corrections.refits[group] = Refit.of(change, kept_channels)
+    adapters = LowRankAdapters(target_modules(loaded.model, adapter, space, keep), masks, rank=2, alpha=4.0)
+    for b in adapters.b.values():
+        torch.nn.init.normal_(b, std=0.05, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(0))
+    layers = adapter.layers(loaded.model)
+    marked = layers[1].forward  # an instance's own forward (as accelerate's device hooks set) is kept
+    layers[1].forward = marked
+    figures = []
+    for checkpointed in (False, True):
+        saved: list[int] = []
+        adapters.zero_grad()
+        loss = DistillationLoss(loaded.model, adapter, masks, CPU, checkpointed=checkpointed)
+        with masks.installed(), corrections.installed(), adapters.installed():
+            masks.set(keep.double())
+            with torch.autograd.graph.saved_tensors_hooks(_counted_into(saved), lambda tensor: tensor):
+                value = loss.backward(ids)
+        grads = [p.grad.clone() for p in adapters.parameters() if p.grad is not None]
+        figures.append((value, grads, sum(saved)))
+    (plain, plain_grads, plain_saved), (value, grads, kept) = figures
+    assert value == pytest.approx(plain, rel=1e-6) and value > 0
+    assert len(grads) == len(plain_grads) == 2 * len(adapters.a)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads, plain_grads, strict=True))
+    assert kept * 3 < plain_saved  # the blocks' inputs, not their internals
+    assert "forward" not in vars(layers[0]) and vars(layers[1])["forward"] is marked
+
+
+def _counted_into(sizes: list[int]) -> Any:
+    """A saved-tensor pack hook that notes each tensor's element count in `sizes` and keeps it as is."""
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        sizes.append(tensor.numel())
+        return tensor
+
+    return pack
