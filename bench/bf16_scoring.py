@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,21 @@ def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="pycoder,smollm2")
+Score = Callable[[str, Path, int, int, int], dict[str, Any]]  # (model dir, data, sub-models, repeats, seed)
+
+
+def scoring_bench(
+    doc: str, models: str, out: Path, score: Score, line: Callable[[str, dict[str, Any]], str], **device: Any
+) -> None:
+    """The command line of a sub-model scoring benchmark: `score` each model of `--models` (default
+    `models`), print `line` of each row, write the rows and the CPU (with `device`) to `--out`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--models", default=models)
     parser.add_argument("--sub-models", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared", type=Path, default=SHARED)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "bf16-scoring-cpu.json")
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
     import torch
 
@@ -103,19 +111,24 @@ def main() -> None:
             **score(inputs["model"], inputs["data"], args.sub_models, args.repeats, args.seed),
         }
         rows.append(row)
-        print(
-            f"{name:8} units {row['units']:5}  tok/s fp32 {row['tokens_per_s_fp32']:8.1f}  "
-            f"bf16 {row['tokens_per_s_bf16']:8.1f}  ({row['speedup']:.2f}x)  "
-            f"loss spread {row['loss_spread_fp32']:.3f}  bf16-fp32 {row['difference_mean']:+.4f} "
-            f"± {row['difference_spread']:.4f}  corr {row['correlation']:.5f}"
-        )
-    device = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cpu_computes_bf16": cpu_computes_bf16(),
-    }
-    args.out.write_text(json.dumps({"device": device, "rows": rows}, indent=1) + "\n")
+        print(line(name, row))
+    cpu = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), **device}
+    args.out.write_text(json.dumps({"device": cpu, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
+
+
+def describe(name: str, row: dict[str, Any]) -> str:
+    return (
+        f"{name:8} units {row['units']:5}  tok/s fp32 {row['tokens_per_s_fp32']:8.1f}  "
+        f"bf16 {row['tokens_per_s_bf16']:8.1f}  ({row['speedup']:.2f}x)  "
+        f"loss spread {row['loss_spread_fp32']:.3f}  bf16-fp32 {row['difference_mean']:+.4f} "
+        f"± {row['difference_spread']:.4f}  corr {row['correlation']:.5f}"
+    )
+
+
+def main() -> None:
+    out = REPO / "bench" / "results" / "bf16-scoring-cpu.json"
+    scoring_bench(__doc__, "pycoder,smollm2", out, score, describe, cpu_computes_bf16=cpu_computes_bf16())
 
 
 if __name__ == "__main__":

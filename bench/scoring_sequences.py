@@ -13,14 +13,12 @@ Prints a table and writes bench/results/scoring-sequences-cpu.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.quality import MODELS, REPO, SHARED
+from bench.bf16_scoring import scoring_bench
+from bench.quality import REPO
 
 DROP = 0.2  # bonsai's default drop_fraction
 PER_FORWARD = 8  # bonsai's default masks_per_forward
@@ -71,34 +69,18 @@ def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) 
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="smollm2")
-    parser.add_argument("--sub-models", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shared", type=Path, default=SHARED)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scoring-sequences-cpu.json")
-    args = parser.parse_args()
-    import torch
+def describe(name: str, row: dict[str, Any]) -> str:
+    return (
+        f"{name:8} units {row['units']:5}  tok/s on 2 sequences {row['tokens_per_s_2']:8.1f}  "
+        f"on 1 {row['tokens_per_s_1']:8.1f}  s per sub-model {row['s_per_sub_model_2']:.3f} / "
+        f"{row['s_per_sub_model_1']:.3f}  the same tokens on 1 sequence take "
+        f"{row['equal_tokens_time_ratio']:.2f}x the time"
+    )
 
-    rows = []
-    for name in args.models.split(","):
-        inputs = MODELS[name](args.shared, Path("."))
-        row = {
-            "model": name,
-            **score(inputs["model"], inputs["data"], args.sub_models, args.repeats, args.seed),
-        }
-        rows.append(row)
-        print(
-            f"{name:8} units {row['units']:5}  tok/s on 2 sequences {row['tokens_per_s_2']:8.1f}  "
-            f"on 1 {row['tokens_per_s_1']:8.1f}  s per sub-model {row['s_per_sub_model_2']:.3f} / "
-            f"{row['s_per_sub_model_1']:.3f}  the same tokens on 1 sequence take "
-            f"{row['equal_tokens_time_ratio']:.2f}x the time"
-        )
-    device = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    args.out.write_text(json.dumps({"device": device, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+
+def main() -> None:
+    out = REPO / "bench" / "results" / "scoring-sequences-cpu.json"
+    scoring_bench(__doc__, "smollm2", out, score, describe)
 
 
 if __name__ == "__main__":
