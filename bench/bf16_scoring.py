@@ -18,6 +18,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,21 @@ PER_FORWARD = 8  # bonsai's default masks_per_forward
 SEQUENCES = 2  # the fast budget's scoring_sequences
 
 
-def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) -> dict[str, Any]:
+@dataclass
+class Scoring:
+    """A model loaded in fp32 on the CPU with its unit masks, SEQUENCES calibration sequences and random
+    sub-models (keep-masks), as the sub-model scoring benchmarks use them."""
+
+    model: Any
+    adapter: Any
+    masks: Any  # UnitMasks
+    ids: Any  # [SEQUENCES, 256] token ids
+    keeps: Any  # [sub_models, U] 1.0 where a sub-model keeps a unit
+
+
+def scoring(model_dir: str, data: Path, sub_models: int, seed: int) -> Scoring:
     import torch
 
-    from pruning.measure.objectives import make_objective
     from pruning.model.adapters import adapter_for
     from pruning.model.data import load_calibration
     from pruning.model.loading import load_model
@@ -40,17 +52,26 @@ def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) 
     from pruning.model.units import build_unit_space
     from pruning.spec import read_model_type
 
-    cpu = torch.device("cpu")
     adapter = adapter_for(read_model_type(Path(model_dir)))
-    loaded = load_model(Path(model_dir), "fp32", cpu, adapter.auto_class())
+    loaded = load_model(Path(model_dir), "fp32", torch.device("cpu"), adapter.auto_class())
     ids = load_calibration(loaded.tokenizer, data, 256, SEQUENCES, 0).calibration  # [2, 256]
     space = build_unit_space(loaded.model, adapter, None)
-    masks = UnitMasks(space)
     keeps = (
         torch.rand(sub_models, space.size, generator=torch.Generator().manual_seed(seed)) > DROP
     ).double()
+    return Scoring(loaded.model, adapter, UnitMasks(space), ids, keeps)
+
+
+def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    from pruning.measure.objectives import make_objective
+
+    cpu = torch.device("cpu")
+    setup = scoring(model_dir, data, sub_models, seed)
+    masks, ids, keeps, space = setup.masks, setup.ids, setup.keeps, setup.masks.space
     objectives = {
-        name: make_objective("lm", loaded.model, adapter, cpu, masks, dtype)
+        name: make_objective("lm", setup.model, setup.adapter, cpu, masks, dtype)
         for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))
     }
     losses: dict[str, torch.Tensor] = {}

@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bf16_scoring import scoring_bench
+from bench.bf16_scoring import PER_FORWARD, scoring, scoring_bench
 from bench.quality import REPO
 
-DROP = 0.2  # bonsai's default drop_fraction
-PER_FORWARD = 8  # bonsai's default masks_per_forward
 SEQUENCES = (2, 1)  # the fast budget's scoring_sequences, and one
 
 
@@ -29,23 +27,10 @@ def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) 
     import torch
 
     from pruning.measure.objectives import make_objective
-    from pruning.model.adapters import adapter_for
-    from pruning.model.data import load_calibration
-    from pruning.model.loading import load_model
-    from pruning.model.masking import UnitMasks
-    from pruning.model.units import build_unit_space
-    from pruning.spec import read_model_type
 
-    cpu = torch.device("cpu")
-    adapter = adapter_for(read_model_type(Path(model_dir)))
-    loaded = load_model(Path(model_dir), "fp32", cpu, adapter.auto_class())
-    ids = load_calibration(loaded.tokenizer, data, 256, max(SEQUENCES), 0).calibration  # [2, 256]
-    space = build_unit_space(loaded.model, adapter, None)
-    masks = UnitMasks(space)
-    keeps = (
-        torch.rand(sub_models, space.size, generator=torch.Generator().manual_seed(seed)) > DROP
-    ).double()  # [sub_models, U]
-    objective = make_objective("lm", loaded.model, adapter, cpu, masks, None)
+    setup = scoring(model_dir, data, sub_models, seed)  # SEQUENCES[0] sequences
+    masks, ids, keeps = setup.masks, setup.ids, setup.keeps
+    objective = make_objective("lm", setup.model, setup.adapter, torch.device("cpu"), masks, None)
     seconds = dict.fromkeys(SEQUENCES, 0.0)
     with masks.installed():
         for count in SEQUENCES:  # warm-up
@@ -60,7 +45,7 @@ def score(model_dir: str, data: Path, sub_models: int, repeats: int, seed: int) 
                     objective.replica_losses(ids[:count], forward.shape[0])
                 seconds[count] += time.perf_counter() - began
     scored = repeats * sub_models
-    row: dict[str, Any] = {"units": space.size, "sub_models": sub_models, "repeats": repeats}
+    row: dict[str, Any] = {"units": masks.space.size, "sub_models": sub_models, "repeats": repeats}
     for count in SEQUENCES:
         row[f"tokens_per_s_{count}"] = round(scored * count * ids.shape[1] / seconds[count], 1)
         row[f"s_per_sub_model_{count}"] = round(seconds[count] / scored, 4)
