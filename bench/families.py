@@ -37,7 +37,10 @@ EXPERT_FRACTION = 0.25
 METHODS = {"bonsai": False, "wanda-sp": True}  # method -> uniform widths
 
 
-def job_fields(family: str, shared: Path, budget: str, compensate: str) -> dict[str, Any]:
+def job_fields(
+    family: str, shared: Path, budget: str, compensate: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The fields every job of `family` shares; `options` are bonsai's, over the budget's."""
     return {
         "model": str(materialize(family, shared)),
         "data": shared / "data" / "webcode-calib.jsonl",
@@ -49,6 +52,7 @@ def job_fields(family: str, shared: Path, budget: str, compensate: str) -> dict[
         "device": "cpu",
         "budget": budget,
         "compensate": compensate,
+        "options": options,
     }
 
 
@@ -61,6 +65,8 @@ def method_rows(
 
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
+        if method != "bonsai":
+            fields = {**fields, "options": {}}  # bonsai's options; the baselines take none
         summary = prune(**fields, sparsity=sparsities, method=method, uniform=METHODS[method], out_dir=out)
         elapsed = time.perf_counter() - began
         rows = []
@@ -123,7 +129,13 @@ def routing_baseline_row(family: str, fields: dict[str, Any], sparsity: float) -
 
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        spec = PruneSpec(**fields, sparsity=sparsity, unit_kinds=["expert"], method="random", out_dir=out)
+        spec = PruneSpec(
+            **{**fields, "options": {}},
+            sparsity=sparsity,
+            unit_kinds=["expert"],
+            method="random",
+            out_dir=out,
+        )
         run = stages.prepare(spec, lambda event: None)
         space = run.space
         with run.installed():
@@ -181,6 +193,7 @@ def main() -> None:
     parser.add_argument("--sparsities", default="0.2,0.35,0.5")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--budget", default="fast")
+    parser.add_argument("--options", type=json.loads, default={}, help="JSON dict of bonsai options")
     parser.add_argument("--compensate", default="none", help="none (the default here), bias, ls or auto")
     parser.add_argument("--no-experts", action="store_true", help="skip the experts-only rows")
     parser.add_argument("--shared", type=Path, default=SHARED)
@@ -192,7 +205,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     trained: dict[str, Any] = {}
     for family in args.families.split(","):
-        fields = job_fields(family, args.shared, args.budget, args.compensate)
+        fields = job_fields(family, args.shared, args.budget, args.compensate, args.options)
         trained[family] = json.loads((Path(fields["model"]) / "train_log.json").read_text())
         for method in args.methods.split(","):
             rows += method_rows(family, method, sparsities, fields)
@@ -203,7 +216,12 @@ def main() -> None:
             rows.append(routing_baseline_row(family, fields, sparsity))
             print(json.dumps(rows[-2:]), flush=True)
     print_table(rows, sparsities)
-    settings = {"budget": args.budget, "compensate": args.compensate, "threads": args.threads}
+    settings = {
+        "budget": args.budget,
+        "options": args.options,
+        "compensate": args.compensate,
+        "threads": args.threads,
+    }
     write_results(args.out, settings, trained, rows)
 
 

@@ -221,9 +221,11 @@ PRUNE_SETTINGS: dict[str, Any] = {
 }
 
 
-def pruned_checkpoints(model_dir: Path, name: str, cache: Path) -> dict[float, Path]:
-    """One checkpoint per size, pruned in one job the first time and kept under `cache`/pruned/."""
-    out = cache / "pruned" / f"{name}-bonsai-global-fast"
+def pruned_checkpoints(model_dir: Path, name: str, cache: Path, options: dict[str, Any]) -> dict[float, Path]:
+    """One checkpoint per size, pruned in one job the first time and kept under `cache`/pruned/;
+    `options` are bonsai's, over the fast budget's."""
+    named = "".join(f"-{key}-{value}" for key, value in sorted(options.items()))
+    out = cache / "pruned" / f"{name}-bonsai-global-fast{named}"
     sizes = {size: out / f"sparsity-{size}" for size in SIZES}
     if all((path / "config.json").is_file() for path in sizes.values()):
         return sizes
@@ -235,6 +237,7 @@ def pruned_checkpoints(model_dir: Path, name: str, cache: Path) -> dict[float, P
         eval_data=SHARED / "data" / "webcode-dev.jsonl",
         out_dir=out,
         sparsity=list(SIZES),
+        options=options,
         **PRUNE_SETTINGS,
     )
     return sizes
@@ -397,12 +400,13 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true", help="build llama.cpp and print its bin dir")
     parser.add_argument("--prune-only", choices=["smollm2", "pycoder"], help="prune one model's sizes")
     parser.add_argument("--models", default="smollm2,pycoder", help="which models to measure")
+    parser.add_argument("--options", type=json.loads, default={}, help="JSON dict of bonsai options")
     args = parser.parse_args()
     if args.prune_only:
         from bench.smollm2 import materialize
 
         model = materialize(args.cache) if args.prune_only == "smollm2" else SHARED / "models" / "pycoder-28m"
-        print(pruned_checkpoints(model, args.prune_only, args.cache))
+        print(pruned_checkpoints(model, args.prune_only, args.cache, args.options))
         return
     bin_dir = build_llama_cpp(args.cache)
     if args.build_only:
@@ -412,7 +416,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         for name, model_dir in models(args.cache, args.models.split(",")).items():
-            sizes = pruned_checkpoints(model_dir, name, args.cache)
+            sizes = pruned_checkpoints(model_dir, name, args.cache, args.options)
             variants = {"dense": model_dir, **{f"{size:g}": path for size, path in sizes.items()}}
             rows += measure_model(name, variants, bin_dir, Path(work))
     out = REPO / "bench" / "results" / "llamacpp-cpu.json"
@@ -433,7 +437,7 @@ def main() -> None:
             "llama_bench": f"-p 256 -n 64 -r {REPETITIONS} at {SPEED_THREADS} threads, {ROUNDS} runs in "
             "opposite orders",
         },
-        "prune_settings": {**PRUNE_SETTINGS, "sparsity": list(SIZES)},
+        "prune_settings": {**PRUNE_SETTINGS, "options": args.options, "sparsity": list(SIZES)},
         "rows": rows,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")

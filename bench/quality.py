@@ -328,6 +328,12 @@ def main() -> None:
     parser.add_argument("--compensation-ridge", type=float, help="ls ridge (default: the engine's)")
     parser.add_argument("--sweep", action="store_true", help="bonsai option grid instead of the method table")
     parser.add_argument("--variants", type=json.loads, help="JSON list of bonsai option dicts for --sweep")
+    parser.add_argument(
+        "--options",
+        type=json.loads,
+        default={},
+        help="JSON dict of bonsai options over the budget's, every job",
+    )
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
         "--compensations", help="compensate settings to compare (default none,ls; auto in --sweep)"
@@ -369,6 +375,7 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     common = budget(args.reduced, args.budget, args.time_limit)
+    common["options"] = {**common["options"], **args.options}
     if args.num_samples:
         common["num_samples"] = args.num_samples
     if args.compensation_ridge:

@@ -155,15 +155,17 @@ class BonsaiOptions(MethodOptions):
 
 
 # Named scoring budgets: bonsai options that differ from BonsaiOptions' defaults (`standard`). Scoring
-# tokens = rounds x samples_per_round x scoring_sequences x seq_len: at seq_len 256, fast 49k (the prior
-# measured on 16 sequences, and a search among the rounds' split, the prior's pick and the refit-aware
-# choice only: each candidate costs a least-squares fit), standard 5.2M, thorough 10.5M. README ("Budgets")
-# has their cost and quality; explicit options override them.
+# tokens = rounds x samples_per_round x scoring_sequences x seq_len: at seq_len 256, fast 49k over 192
+# sub-models (the prior measured on 16 sequences, and a search among the rounds' split, the prior's pick
+# and the refit-aware choice only: each candidate costs a least-squares fit), standard 5.2M, thorough
+# 10.5M. README ("Budgets") has their cost and quality; explicit options override them.
 BUDGETS: dict[str, dict[str, Any]] = {
+    # one sequence per sub-model: what a round's sequences share drops out of the regression, so the
+    # same forward tokens buy twice the sub-models (docs/quality.md, "Twice the sub-models")
     "fast": {
         "rounds": 3,
-        "samples_per_round": 32,
-        "scoring_sequences": 2,
+        "samples_per_round": 64,
+        "scoring_sequences": 1,
         "prior_sequences": 16,
         "split_candidates": 0,
     },
