@@ -37,10 +37,7 @@ EXPERT_FRACTION = 0.25
 METHODS = {"bonsai": False, "wanda-sp": True}  # method -> uniform widths
 
 
-def job_fields(
-    family: str, shared: Path, budget: str, compensate: str, options: dict[str, Any]
-) -> dict[str, Any]:
-    """The fields every job of `family` shares; `options` are bonsai's, over the budget's."""
+def job_fields(family: str, shared: Path, budget: str, compensate: str) -> dict[str, Any]:
     return {
         "model": str(materialize(family, shared)),
         "data": shared / "data" / "webcode-calib.jsonl",
@@ -52,22 +49,26 @@ def job_fields(
         "device": "cpu",
         "budget": budget,
         "compensate": compensate,
-        "options": options,
     }
 
 
 def method_rows(
-    family: str, method: str, sparsities: list[float], fields: dict[str, Any]
+    family: str, method: str, sparsities: list[float], fields: dict[str, Any], options: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """One multi-size job of `method`: a row per size."""
+    """One multi-size job of `method` with its `options`: a row per size."""
     from pruning import prune
     from pruning.report import PruneReport
 
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        if method != "bonsai":
-            fields = {**fields, "options": {}}  # bonsai's options; the baselines take none
-        summary = prune(**fields, sparsity=sparsities, method=method, uniform=METHODS[method], out_dir=out)
+        summary = prune(
+            **fields,
+            sparsity=sparsities,
+            method=method,
+            uniform=METHODS[method],
+            options=options,
+            out_dir=out,
+        )
         elapsed = time.perf_counter() - began
         rows = []
         for entry in summary.sizes:  # type: ignore[union-attr]
@@ -106,13 +107,15 @@ def expert_sparsity(model: str) -> float:
     return EXPERT_FRACTION * experts / (experts + shape.num_kv_heads * attention)
 
 
-def bonsai_experts_row(family: str, fields: dict[str, Any], sparsity: float) -> dict[str, Any]:
+def bonsai_experts_row(
+    family: str, fields: dict[str, Any], sparsity: float, options: dict[str, Any]
+) -> dict[str, Any]:
     from pruning import prune
     from pruning.report import PruneReport
 
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        report = prune(**fields, sparsity=sparsity, unit_kinds=["expert"], out_dir=out)
+        report = prune(**fields, sparsity=sparsity, unit_kinds=["expert"], options=options, out_dir=out)
         assert isinstance(report, PruneReport)  # one size
         result = row(family, "bonsai, experts only", "global", report, time.perf_counter() - began)
     return result | {"experts_removed": sum(not e.kept for e in report.experts or [])}
@@ -129,13 +132,7 @@ def routing_baseline_row(family: str, fields: dict[str, Any], sparsity: float) -
 
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        spec = PruneSpec(
-            **{**fields, "options": {}},
-            sparsity=sparsity,
-            unit_kinds=["expert"],
-            method="random",
-            out_dir=out,
-        )
+        spec = PruneSpec(**fields, sparsity=sparsity, unit_kinds=["expert"], method="random", out_dir=out)
         run = stages.prepare(spec, lambda event: None)
         space = run.space
         with run.installed():
@@ -205,14 +202,15 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     trained: dict[str, Any] = {}
     for family in args.families.split(","):
-        fields = job_fields(family, args.shared, args.budget, args.compensate, args.options)
+        fields = job_fields(family, args.shared, args.budget, args.compensate)
         trained[family] = json.loads((Path(fields["model"]) / "train_log.json").read_text())
         for method in args.methods.split(","):
-            rows += method_rows(family, method, sparsities, fields)
+            options = args.options if method == "bonsai" else {}  # the baselines take none
+            rows += method_rows(family, method, sparsities, fields, options)
             print(json.dumps(rows[-1]), flush=True)
         if family in ("qwen3_moe",) and not args.no_experts:
             sparsity = expert_sparsity(fields["model"])
-            rows.append(bonsai_experts_row(family, fields, sparsity))
+            rows.append(bonsai_experts_row(family, fields, sparsity, args.options))
             rows.append(routing_baseline_row(family, fields, sparsity))
             print(json.dumps(rows[-2:]), flush=True)
     print_table(rows, sparsities)
