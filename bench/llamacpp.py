@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.host import cpu_flags, describe
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -47,16 +49,6 @@ X86_FEATURES = {
 
 def default_cache() -> Path:
     return Path(os.environ.get("FWDPRUNE_LLAMA_CPP_CACHE") or Path.home() / ".cache" / "fwdprune")
-
-
-def cpu_flags() -> set[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return set()
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def cmake_options(flags: set[str]) -> list[str]:
@@ -382,18 +374,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def host() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=default_cache(), help="where llama.cpp is built")
@@ -412,7 +392,7 @@ def main() -> None:
     if args.build_only:
         print(bin_dir)
         return
-    started = host()
+    started = describe()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         for name, model_dir in models(args.cache, args.models.split(",")).items():
@@ -428,7 +408,7 @@ def main() -> None:
         "llama_cpp": LLAMA_CPP_SDIST,
         "cmake_options": cmake_options(cpu_flags()),
         "host_at_start": started,
-        "host_at_end": host(),
+        "host_at_end": describe(),
         "protocol": {
             "text": "webcode-dev.jsonl, documents one blank line apart",
             "n_ctx": N_CTX,

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.host import describe
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -415,6 +417,7 @@ def main() -> None:
     out = args.out or REPO / "bench" / "results" / f"quality{'-sweep' if args.sweep else ''}-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    host = {**describe(), "threads": torch.get_num_threads()}  # the load average: what ran beside it
     with tempfile.TemporaryDirectory() as work:
         inputs = {name: MODELS[name](args.shared, Path(work)) for name in {c["model"] for c in configs}}
         far = FarText() if args.far else None
@@ -430,7 +433,9 @@ def main() -> None:
                 rows += run_one(zo, common, inputs[config["model"]], far)
                 print_row(rows[-1])
             # rewritten after every row: a run cut short still leaves what it measured
-            out.write_text(json.dumps({"device": device, "budget": common, "rows": rows}, indent=2) + "\n")
+            out.write_text(
+                json.dumps({"device": device, "host": host, "budget": common, "rows": rows}, indent=2) + "\n"
+            )
     print_table(rows)
     print(f"wrote {out}")
     if any(not math.isfinite(r["value"]) for r in rows):
