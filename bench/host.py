@@ -28,13 +28,17 @@ def cpu_fields(cpuinfo: Path = CPUINFO) -> dict[str, str]:
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    return set(cpu_fields(cpuinfo).get("flags", "").split())
+    return _flags(cpu_fields(cpuinfo))
+
+
+def _flags(fields: dict[str, str]) -> set[str]:
+    return set(fields.get("flags", "").split())
 
 
 def describe(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
     """The CPU (name, x86 family and model, its matmul extensions), the cores and the load at this moment."""
     fields = cpu_fields(cpuinfo)
-    flags = set(fields.get("flags", "").split())
+    flags = _flags(fields)  # from the same read as the other fields
     return {
         "cpu": fields.get("model name", "unknown"),
         "cpu_family": fields.get("cpu family"),
