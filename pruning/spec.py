@@ -9,7 +9,6 @@ anything touches a GPU, so this module must stay importable without torch or tra
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from pruning.checkpoint_config import quoted, read_config
 from pruning.errors import UnsupportedModelError
 
 Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
@@ -480,18 +480,20 @@ def refuse_unexportable(model_type: str, settings: PruneSettings) -> None:
 
 
 def read_model_type(model_dir: Path) -> str:
-    """The checkpoint's `model_type`, refusing unsupported ones with the list of supported ones."""
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise UnsupportedModelError(f"{model_dir.name} has no config.json")
-    try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnsupportedModelError(f"{model_dir.name}/config.json is not valid JSON: {err}") from err
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    """The checkpoint's `model_type`, its config.json read by `read_config` (anything but a JSON object
+    is refused), refusing unsupported ones with the list of supported ones."""
+    return model_type_of(read_config(model_dir))
+
+
+def model_type_of(config: dict[str, Any]) -> str:
+    """The `model_type` of a checkpoint's config, refusing unsupported ones with the list of supported
+    ones."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
-        reason = f" ({REFUSED_MODEL_TYPES[model_type]})" if model_type in REFUSED_MODEL_TYPES else ""
+        refused = REFUSED_MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+        reason = f" ({refused})" if refused else ""
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported{reason}; supported model types: {supported}"
+            f"model_type {quoted(model_type)} is not supported{reason}; supported model types: {supported}"
         )
-    return str(model_type)
+    return model_type

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pruning.cli import main
 from pruning.report import PruneReport
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,3 +134,33 @@ def test_unsupported_model_and_bad_option_exit_2(calibration_file: Path, tmp_pat
     )
     assert result.returncode == 2 and "error: invalid settings" in result.stderr
     assert "no_such_option" in result.stderr and "Traceback" not in result.stderr
+
+
+DEEP = 200_000
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        b"[1, 2]",
+        b'"llama"',
+        b"null",
+        b'{"model_type": ["llama"]}',
+        b'{"model_type": {"llama": 1}}',
+        b'{"model_type": "llama", "x": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+        b'{"model_type": "llama", "hidden_size": ' + b"9" * 10_000 + b"}",
+    ],
+    ids=["list", "string", "null", "type-list", "type-object", "deep", "huge-integer"],
+)
+def test_a_malformed_config_exits_2_with_one_line(
+    config: bytes, calibration_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_bytes(config)
+    args = ["--data", str(calibration_file), "--sparsity", "0.3", "--out", str(tmp_path / "out")]
+    code = main(["prune", "--model", str(tmp_path / "model"), *args, "--device", "cpu", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert "config.json" in captured.err or "model_type" in captured.err
+

@@ -3,6 +3,7 @@ JSON body, and nothing in a message tells the caller where the server keeps its 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -185,3 +186,58 @@ def test_a_submit_racing_the_delete_of_its_file_never_leaves_a_job_without_its_f
             assert (store.get_job(job_id) is not None) == (store.get_file(file_id, None) is not None)
     finally:
         store.close()
+
+
+# -- a model folder is input too: its config.json may be anything -----------------------------------
+
+DEEP = 200_000  # past any recursion limit
+MALFORMED_CONFIGS: dict[str, bytes] = {
+    "a-list": b"[1, 2]",
+    "a-string": b'"llama"',
+    "null": b"null",
+    "a-number": b"7",
+    "empty": b"",
+    "not-json": b'{"model_type": "llama",',
+    "not-utf8": b'{"model_type": "\xff"}',
+    "type-a-list": b'{"model_type": ["llama"]}',
+    "type-an-object": b'{"model_type": {"llama": 1}}',
+    "type-null": b'{"model_type": null}',
+    "type-a-long-string": b'{"model_type": "' + b"x" * 100_000 + b'"}',
+    "deep-lists": b'{"model_type": "llama", "x": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+    "deep-objects": b'{"a": ' * DEEP + b"1" + b"}" * DEEP,
+    "huge-integer": b'{"model_type": "llama", "hidden_size": ' + b"9" * 10_000 + b"}",
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hostile-models")
+    for name, content in MALFORMED_CONFIGS.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_bytes(content)
+    (root / "config-a-folder" / "config.json").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def hostile_client(tmp_path: Path, hostile_models: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        data_dir=tmp_path / "data", models_dir=hostile_models, api_keys=[KEY_A], embedded_worker=False
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("model", [*sorted(MALFORMED_CONFIGS), "config-a-folder"])
+def test_a_malformed_config_is_a_422_naming_the_model(
+    hostile_client: TestClient, hostile_models: Path, model: str
+) -> None:
+    code, body = submit(
+        hostile_client, json.dumps({"model": model, "calibration_file": "f", "sparsity": 0.2})
+    )
+    assert code == 422, body
+    assert isinstance(body, dict)
+    (error,) = body["detail"]
+    assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
+    assert "config.json" in error["msg"] or "model_type" in error["msg"]
+    assert "\n" not in error["msg"] and len(error["msg"]) < 400 and str(hostile_models) not in error["msg"]
