@@ -19,6 +19,18 @@ from pruning.errors import UnsupportedModelError
 MAX_CONFIG_BYTES = 1 << 24  # a config.json is a few KiB; one naming a classifier's labels, some MiB
 MAX_DEPTH = 32  # levels of nesting: a real config has three or four; transformers copies it recursively
 SHOWN_CHARS = 60  # of a value quoted back in a message
+MAX_SIZE = (1 << 31) - 1  # past any model's width, count or vocabulary, and what 32-bit indices hold
+# the widths and counts the engine builds a model's units from: each a whole number of at least 1
+SIZES = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "intermediate_size",
+    "moe_intermediate_size",
+    "vocab_size",
+)
+OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")  # null or absent: the family's own rule
+EXPERT_COUNTS = ("num_experts", "num_local_experts")  # transformers writes either name
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -50,6 +62,59 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     if _deeper_than(config, MAX_DEPTH):
         raise UnsupportedModelError(f"{name} nests deeper than {MAX_DEPTH} levels")
     return config
+
+
+def check_sizes(config: dict[str, Any], experts: bool) -> None:
+    """Refuse sizes no model has, before any work: widths and counts that are not whole numbers of at
+    least 1 (zero heads, a negative width, "64"), query heads that KV heads do not divide, a hidden size
+    that the heads do not divide where no head_dim states the head size, and with `experts` (a mixture of
+    experts) more experts routed per token than a layer has. Each is an UnsupportedModelError naming the
+    field; a field the config leaves out keeps the family's default, which transformers fills in."""
+    for field in SIZES:
+        if field in config:
+            _whole(config, field)
+    for field in OPTIONAL_SIZES:
+        if config.get(field) is not None:
+            _whole(config, field)
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if heads is not None and kv is not None and heads % kv:
+        raise UnsupportedModelError(
+            f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+        )
+    hidden = config.get("hidden_size")
+    if config.get("head_dim") is None and hidden is not None and heads is not None and hidden % heads:
+        raise UnsupportedModelError(
+            f"config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}, and no "
+            "head_dim states the head size"
+        )
+    for field in ("dtype", "torch_dtype"):
+        if not isinstance(config.get(field), str | None):
+            raise UnsupportedModelError(f"config.json: {field} must be a name such as bfloat16")
+    if experts:
+        _check_experts(config)
+
+
+def _check_experts(config: dict[str, Any]) -> None:
+    routed = _whole(config, "num_experts_per_tok") if "num_experts_per_tok" in config else None
+    for field in EXPERT_COUNTS:
+        if field not in config:
+            continue
+        count = _whole(config, field)
+        if routed is not None and routed > count:
+            raise UnsupportedModelError(
+                f"config.json: num_experts_per_tok {routed} is more than the {count} experts of a layer "
+                f"({field})"
+            )
+
+
+def _whole(config: dict[str, Any], field: str) -> int:
+    """config[field], refused unless a whole number from 1 to MAX_SIZE (a boolean is not one)."""
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+        raise UnsupportedModelError(
+            f"config.json: {field} must be a whole number from 1 to {MAX_SIZE}; it is {quoted(value)}"
+        )
+    return value
 
 
 def quoted(value: object) -> str:

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from pruning.checkpoint_config import quoted, read_config
+from pruning.checkpoint_config import check_sizes, quoted, read_config
 from pruning.errors import UnsupportedModelError
 
 Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
@@ -79,6 +79,7 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "qwen3_moe": "qwen3_moe",
     "mixtral": "mixtral",
 }
+MIXTURE_OF_EXPERTS_FAMILIES = ("qwen3_moe", "mixtral")
 # model types refused with a reason of their own (beside the list of supported ones)
 REFUSED_MODEL_TYPES: dict[str, str] = {
     "gemma3": "a gemma3 checkpoint nests its text model beside a vision tower; fwdprune prunes text-only "
@@ -482,12 +483,12 @@ def refuse_unexportable(model_type: str, settings: PruneSettings) -> None:
 def read_model_type(model_dir: Path) -> str:
     """The checkpoint's `model_type`, its config.json read by `read_config` (anything but a JSON object
     is refused), refusing unsupported ones with the list of supported ones."""
-    return model_type_of(read_config(model_dir))
+    return checked_model_type(read_config(model_dir))
 
 
-def model_type_of(config: dict[str, Any]) -> str:
-    """The `model_type` of a checkpoint's config, refusing unsupported ones with the list of supported
-    ones."""
+def checked_model_type(config: dict[str, Any]) -> str:
+    """The `model_type` of a checkpoint's config, refusing an unsupported one (with the list of supported
+    ones) and sizes no model of its family has (`check_sizes`)."""
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
@@ -496,4 +497,5 @@ def model_type_of(config: dict[str, Any]) -> str:
         raise UnsupportedModelError(
             f"model_type {quoted(model_type)} is not supported{reason}; supported model types: {supported}"
         )
+    check_sizes(config, experts=SUPPORTED_MODEL_TYPES[model_type] in MIXTURE_OF_EXPERTS_FAMILIES)
     return model_type

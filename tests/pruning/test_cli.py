@@ -149,8 +149,10 @@ DEEP = 200_000
         b'{"model_type": {"llama": 1}}',
         b'{"model_type": "llama", "x": ' + b"[" * DEEP + b"]" * DEEP + b"}",
         b'{"model_type": "llama", "hidden_size": ' + b"9" * 10_000 + b"}",
+        b'{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 0}',
+        b'{"model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 5}',
     ],
-    ids=["list", "string", "null", "type-list", "type-object", "deep", "huge-integer"],
+    ids=["list", "string", "null", "type-list", "type-object", "deep", "huge-integer", "zero-heads", "top-k"],
 )
 def test_a_malformed_config_exits_2_with_one_line(
     config: bytes, calibration_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

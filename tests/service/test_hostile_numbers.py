@@ -4,6 +4,7 @@ that fails later."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +90,92 @@ def test_a_method_option_past_its_bound_is_a_422_naming_it(client: TestClient) -
     assert (
         detail[0]["msg"] == "Value error, bonsai option ridge: Input should be less than or equal to 1000000"
     )
+
+
+# -- a model's config.json: sizes no model has are refused at submit --------------------------------
+
+LLAMA: dict[str, object] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "vocab_size": 320,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+}
+MIXTRAL = {**LLAMA, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2}
+QWEN3_MOE = {
+    **LLAMA,
+    "model_type": "qwen3_moe",
+    "num_local_experts": 6,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+}
+HOSTILE_SIZES: dict[str, tuple[dict[str, object], dict[str, object], str]] = {
+    "zero-heads": (LLAMA, {"num_attention_heads": 0}, "num_attention_heads"),
+    "zero-kv-heads": (LLAMA, {"num_key_value_heads": 0}, "num_key_value_heads"),
+    "kv-heads-not-dividing": (LLAMA, {"num_key_value_heads": 3}, "num_key_value_heads"),
+    "more-kv-than-query-heads": (LLAMA, {"num_key_value_heads": 8}, "num_key_value_heads"),
+    "negative-hidden": (LLAMA, {"hidden_size": -64}, "hidden_size"),
+    "negative-mlp": (LLAMA, {"intermediate_size": -96}, "intermediate_size"),
+    "zero-layers": (LLAMA, {"num_hidden_layers": 0}, "num_hidden_layers"),
+    "zero-vocabulary": (LLAMA, {"vocab_size": 0}, "vocab_size"),
+    "negative-head-dim": (LLAMA, {"head_dim": -16}, "head_dim"),
+    "hidden-not-whole-heads": (LLAMA, {"hidden_size": 66, "head_dim": None}, "hidden_size"),
+    "a-string-width": (LLAMA, {"intermediate_size": "96"}, "intermediate_size"),
+    "a-float-width": (LLAMA, {"intermediate_size": 96.5}, "intermediate_size"),
+    "a-boolean-count": (LLAMA, {"num_hidden_layers": True}, "num_hidden_layers"),
+    "a-huge-width": (LLAMA, {"hidden_size": 2**70}, "hidden_size"),
+    "a-list-dtype": (LLAMA, {"dtype": ["float32"]}, "dtype"),
+    "mixtral-top-k-past-experts": (MIXTRAL, {"num_experts_per_tok": 5}, "num_experts_per_tok"),
+    "mixtral-no-experts": (MIXTRAL, {"num_local_experts": 0}, "num_local_experts"),
+    "qwen3-moe-top-k-past-experts": (QWEN3_MOE, {"num_experts_per_tok": 7}, "num_experts_per_tok"),
+    "qwen3-moe-zero-top-k": (QWEN3_MOE, {"num_experts_per_tok": 0}, "num_experts_per_tok"),
+    "qwen3-moe-negative-expert-width": (QWEN3_MOE, {"moe_intermediate_size": -32}, "moe_intermediate_size"),
+}
+
+
+@pytest.fixture(scope="module")
+def config_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir of config.json files alone: the API reads no more of a model at submit."""
+    root = tmp_path_factory.mktemp("config-models")
+    models = {"llama": LLAMA, "mixtral": MIXTRAL, "qwen3-moe": QWEN3_MOE}
+    models |= {name: {**base, **changes} for name, (base, changes, _) in HOSTILE_SIZES.items()}
+    for name, config in models.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.fixture
+def config_client(tmp_path: Path, config_models: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        data_dir=tmp_path / "data", models_dir=config_models, api_keys=[KEY_A], embedded_worker=False
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def submit_model(client: TestClient, model: str, **fields: object) -> tuple[int, list[dict[str, object]]]:
+    body = {"model": model, "calibration_file": "file_x", "sparsity": 0.2, **fields}
+    response = client.post("/v1/jobs", json=body, headers=AUTH)
+    return response.status_code, response.json()["detail"]
+
+
+@pytest.mark.parametrize("model", ["llama", "mixtral", "qwen3-moe"])
+def test_a_sound_config_passes_the_model_check(config_client: TestClient, model: str) -> None:
+    code, detail = submit_model(config_client, model)
+    assert code == 422 and [error["loc"] for error in detail] == [["body", "calibration_file"]], detail
+
+
+@pytest.mark.parametrize("model", sorted(HOSTILE_SIZES))
+def test_sizes_no_model_has_are_an_unsupported_model_at_submit(config_client: TestClient, model: str) -> None:
+    code, detail = submit_model(config_client, model)
+    assert code == 422, detail
+    (error,) = detail
+    assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
+    assert HOSTILE_SIZES[model][2] in str(error["msg"]), error
