@@ -31,6 +31,22 @@ SIZES = (
 )
 OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")  # null or absent: the family's own rule
 EXPERT_COUNTS = ("num_experts", "num_local_experts")  # transformers writes either name
+# what a GGUF file states in 32-bit fields: counts and lengths as uint32, reals as float32
+MAX_UINT32, MAX_FLOAT32 = (1 << 32) - 1, 3.4028234663852886e38
+GGUF_SIZES = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
+# the rope kinds `pruning.export.gguf` writes, and the settings each reads
+GGUF_ROPE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": (
+        "rope_theta",
+        "factor",
+        "original_max_position_embeddings",
+        "low_freq_factor",
+        "high_freq_factor",
+    ),
+}
+GGUF_32_BITS = " (export_format gguf writes it in 32 bits)"
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -107,12 +123,70 @@ def _check_experts(config: dict[str, Any]) -> None:
             )
 
 
-def _whole(config: dict[str, Any], field: str) -> int:
-    """config[field], refused unless a whole number from 1 to MAX_SIZE (a boolean is not one)."""
-    value = config[field]
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+def check_gguf_fields(config: dict[str, Any]) -> None:
+    """Refuse, before any work, a config lacking what `pruning.export.gguf` writes into the file's
+    header: the widths and counts, a context length and a sliding window that fit its 32-bit fields, the
+    norm's epsilon, and rope settings of a kind it writes (default, linear, llama3) with every number
+    that kind reads. Each is an UnsupportedModelError naming the field."""
+    for field in (*GGUF_SIZES, "max_position_embeddings", "rms_norm_eps"):
+        if field not in config:
+            raise UnsupportedModelError(f"export_format gguf needs config.json's {field}; it has none")
+    for field in GGUF_SIZES:
+        _whole(config, field)
+    _whole(config, "max_position_embeddings", MAX_UINT32, GGUF_32_BITS)
+    if config.get("sliding_window") is not None:
+        _whole(config, "sliding_window", MAX_UINT32, GGUF_32_BITS)
+    _positive_real(config, "rms_norm_eps", "config.json")
+    rope = _rope_settings(config)
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if not isinstance(kind, str) or kind not in GGUF_ROPE_SETTINGS:
+        kinds = ", ".join(GGUF_ROPE_SETTINGS)
+        raise UnsupportedModelError(f"export_format gguf writes {kinds} rope; this model's is {quoted(kind)}")
+    for field in GGUF_ROPE_SETTINGS[kind]:
+        if field not in rope:
+            raise UnsupportedModelError(
+                f"export_format gguf needs {field} in the model's {kind} rope settings"
+            )
+    for field in ("rope_theta", *GGUF_ROPE_SETTINGS[kind]):
+        if field in rope:
+            _positive_real(rope, field, "config.json's rope settings")
+    if kind == "llama3" and rope["low_freq_factor"] == rope["high_freq_factor"]:
         raise UnsupportedModelError(
-            f"config.json: {field} must be a whole number from 1 to {MAX_SIZE}; it is {quoted(value)}"
+            "export_format gguf needs the llama3 rope's low_freq_factor and high_freq_factor to differ"
+        )
+
+
+def _rope_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The rope settings as `pruning.export.gguf.rope_parameters` reads them: a transformers 5 config's
+    `rope_parameters`, else an older one's `rope_scaling` and `rope_theta` (default 10000)."""
+    if config.get("rope_parameters"):
+        rope = config["rope_parameters"]
+        if not isinstance(rope, dict):
+            raise UnsupportedModelError("config.json: rope_parameters must be an object")
+        return rope
+    scaling = config.get("rope_scaling")
+    if not isinstance(scaling, dict | None):
+        raise UnsupportedModelError("config.json: rope_scaling must be an object or null")
+    return {**(scaling or {}), "rope_theta": config.get("rope_theta", 10000.0)}
+
+
+def _positive_real(settings: dict[str, Any], field: str, where: str) -> float:
+    """settings[field], refused unless a positive number a 32-bit float holds (not NaN, infinite or a
+    boolean)."""
+    value = settings[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_FLOAT32:
+        raise UnsupportedModelError(
+            f"{where}: {field} must be a positive number within a 32-bit float's range; it is {quoted(value)}"
+        )
+    return float(value)
+
+
+def _whole(config: dict[str, Any], field: str, maximum: int = MAX_SIZE, why: str = "") -> int:
+    """config[field], refused unless a whole number from 1 to `maximum` (a boolean is not one)."""
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise UnsupportedModelError(
+            f"config.json: {field} must be a whole number from 1 to {maximum}{why}; it is {quoted(value)}"
         )
     return value
 

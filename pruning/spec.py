@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from pruning.checkpoint_config import check_sizes, quoted, read_config
-from pruning.errors import UnsupportedModelError
+from pruning.checkpoint_config import check_gguf_fields, check_sizes, quoted, read_config
+from pruning.errors import UnsupportedModelError, UsageError
 
 Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -459,8 +459,19 @@ class PruneSpec(PruneSettings):
 GGUF_MODEL_TYPES: dict[str, str] = {"llama": "any", "mistral": "any", "qwen2": "any", "qwen3": "uniform"}
 
 
-def refuse_unexportable(model_type: str, settings: PruneSettings) -> None:
-    """Refuse, before any work, an export format the checkpoint's family cannot be written in."""
+# NVIDIA's Nemotron-NAS (DeciLM) layout, as `pruning.export.nemotron` writes it: a Llama's, with MLP
+# widths stated in multiples of 256 (that module's MODEL_TYPES and FFN_WIDTH_MULTIPLE)
+NEMOTRON_MODEL_TYPES = ("llama",)
+NEMOTRON_FFN_MULTIPLE = 256
+
+
+def refuse_unexportable(
+    model_type: str, settings: PruneSettings, config: dict[str, Any] | None = None
+) -> None:
+    """Refuse, before any work, an export format the checkpoint's family cannot be written in; given the
+    checkpoint's `config`, also one whose config lacks what the format writes."""
+    if settings.export_format == "nemotron-nas":
+        refuse_inexpressible_in_nemotron({**(config or {}), "model_type": model_type}, config is not None)
     if settings.export_format != "gguf":
         return
     widths = GGUF_MODEL_TYPES.get(model_type)
@@ -478,6 +489,38 @@ def refuse_unexportable(model_type: str, settings: PruneSettings) -> None:
         )
     if model_type == "qwen3" and settings.compensate == "bias":
         raise UnsupportedModelError("llama.cpp's qwen3 holds no output-projection bias; use compensate ls")
+    if config is not None:
+        check_gguf_fields(config)
+
+
+def refuse_inexpressible_in_nemotron(config: dict[str, Any], widths: bool = True) -> None:
+    """Refuse a model the Nemotron-NAS layout cannot hold: not a Llama, or (with `widths`) an MLP
+    narrower than the narrowest width `ffn_mult` states (every layer would lose its MLP). The refusal of
+    `pruning.export.nemotron.refuse_inexpressible_model`, torch-free, so that the API makes it at submit."""
+    model_type = config.get("model_type")
+    if model_type not in NEMOTRON_MODEL_TYPES:
+        raise UsageError(f"export_format nemotron-nas is for Llama models; this one is {quoted(model_type)}")
+    if not widths:
+        return
+    width = config.get("intermediate_size")
+    if not isinstance(width, int):
+        raise UsageError("export_format nemotron-nas needs config.json's intermediate_size; it has none")
+    if width < NEMOTRON_FFN_MULTIPLE:
+        raise UsageError(
+            f"export_format nemotron-nas states MLP widths in multiples of {NEMOTRON_FFN_MULTIPLE}; this "
+            f"model's intermediate_size {width} is narrower than one"
+        )
+
+
+def check_checkpoint(model_dir: Path, settings: PruneSettings) -> str:
+    """The checkpoint's `model_type`, once its config.json is read (`read_config`) and checked: a
+    supported family with sizes a model has (`checked_model_type`), which the asked export format can
+    write (`refuse_unexportable`). What the API checks at submit, and the engine before it loads
+    anything."""
+    config = read_config(model_dir)
+    model_type = checked_model_type(config)
+    refuse_unexportable(model_type, settings, config)
+    return model_type
 
 
 def read_model_type(model_dir: Path) -> str:

@@ -17,10 +17,10 @@ from pruning.engine.placement import job_gpus, layout
 from pruning.engine.run import Run
 from pruning.errors import UsageError
 from pruning.events import EventSink, silent
-from pruning.model.loading import resolve_device
+from pruning.model.loading import resolve_device, resolve_model_dir
 from pruning.report import JobResult, PruneReport, SizesSummary
 from pruning.runtime.distributed import World, launched_world, start_ranks
-from pruning.spec import PruneSpec
+from pruning.spec import PruneSpec, check_checkpoint
 
 
 @overload
@@ -53,6 +53,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     events and returns the report, the others return None once the scoring ends.
     """
     spec = spec or PruneSpec(**fields)
+    check_checkpoint(resolve_model_dir(spec.model), spec)  # what its config.json rules out, before any work
     emit = on_event or silent
     launched = launched_world(resolve_device(spec.device).type)
     if launched is not None:

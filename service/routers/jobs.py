@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.responses import FileResponse, StreamingResponse
 
 from pruning.errors import FwdpruneError
-from pruning.spec import read_model_type, refuse_unexportable
+from pruning.spec import check_checkpoint
 from service.artifacts import stream_tar
 from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
@@ -72,15 +72,16 @@ def to_public(row: JobRow) -> JobPublic:
 
 def _check_model(body: JobCreate, settings: Settings) -> None:
     """Refuse a model name that could name a path; with `check_models_on_submit` (API and worker share
-    the models), also one this host cannot resolve, the engine does not support or cannot write in the
-    asked export format. The worker that runs the job resolves the name again, on its own disks."""
+    the models), also one this host cannot resolve, whose config.json the engine cannot use, or that it
+    cannot write in the asked export format. The worker that runs the job resolves the name again, on
+    its own disks."""
     try:
         model_name_parts(body.model)
         if settings.check_models_on_submit:
             model_dir = resolve_checkpoint(
                 body.model, body.revision, settings.models_dir, settings.hf_cache_dir
             )
-            refuse_unexportable(read_model_type(model_dir), body)
+            check_checkpoint(model_dir, body)
     except FwdpruneError as err:
         raise unprocessable(["body", "model"], str(err), err.code) from err
 

@@ -139,12 +139,58 @@ HOSTILE_SIZES: dict[str, tuple[dict[str, object], dict[str, object], str]] = {
 }
 
 
+WIDE_LLAMA = {**LLAMA, "intermediate_size": 512}  # wide enough for the Nemotron-NAS layout
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "original_max_position_embeddings": 8192,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+}
+# changes to a sound Llama config (None: the field left out) that leave GGUF's header nothing to write
+HOSTILE_GGUF: dict[str, tuple[dict[str, object], str]] = {
+    "negative-context": ({"max_position_embeddings": -1}, "max_position_embeddings"),
+    "huge-context": ({"max_position_embeddings": 2**70}, "max_position_embeddings"),
+    "context-past-32-bits": ({"max_position_embeddings": 2**32}, "max_position_embeddings"),
+    "no-context": ({"max_position_embeddings": None}, "max_position_embeddings"),
+    "negative-window": ({"sliding_window": -4}, "sliding_window"),
+    "no-norm-epsilon": ({"rms_norm_eps": None}, "rms_norm_eps"),
+    "negative-norm-epsilon": ({"rms_norm_eps": -1e-6}, "rms_norm_eps"),
+    "rope-a-list": ({"rope_parameters": [1]}, "rope_parameters"),
+    "rope-kind-a-list": ({"rope_parameters": {"rope_type": ["llama3"]}}, "rope"),
+    "rope-kind-unwritten": ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    "rope-theta-negative": ({"rope_parameters": {"rope_type": "default", "rope_theta": -1}}, "rope_theta"),
+    "llama3-rope-without-its-factors": (
+        {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+        "original_max_position_embeddings",
+    ),
+    "llama3-rope-without-theta": (
+        {"rope_parameters": {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}},
+        "rope_theta",
+    ),
+    "llama3-rope-equal-factors": (
+        {"rope_parameters": {**LLAMA3_ROPE, "high_freq_factor": 1.0}},
+        "freq_factor",
+    ),
+    "linear-rope-without-factor": ({"rope_parameters": None, "rope_scaling": {"type": "linear"}}, "factor"),
+    "linear-rope-huge-factor": ({"rope_parameters": {"rope_type": "linear", "factor": 1e39}}, "factor"),
+}
+
+
+def _changed(config: dict[str, object], changes: dict[str, object]) -> dict[str, object]:
+    changed = {**config, **changes}
+    return {key: value for key, value in changed.items() if value is not None or key == "rope_parameters"}
+
+
 @pytest.fixture(scope="module")
 def config_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir of config.json files alone: the API reads no more of a model at submit."""
     root = tmp_path_factory.mktemp("config-models")
     models = {"llama": LLAMA, "mixtral": MIXTRAL, "qwen3-moe": QWEN3_MOE}
     models |= {name: {**base, **changes} for name, (base, changes, _) in HOSTILE_SIZES.items()}
+    models |= {"llama-wide": WIDE_LLAMA, "phi3": {**LLAMA, "model_type": "phi3"}}
+    models |= {f"gguf-{name}": _changed(WIDE_LLAMA, changes) for name, (changes, _) in HOSTILE_GGUF.items()}
     for name, config in models.items():
         (root / name).mkdir()
         (root / name / "config.json").write_text(json.dumps(config))
@@ -179,3 +225,34 @@ def test_sizes_no_model_has_are_an_unsupported_model_at_submit(config_client: Te
     (error,) = detail
     assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
     assert HOSTILE_SIZES[model][2] in str(error["msg"]), error
+
+
+@pytest.mark.parametrize("model", ["mixtral", "qwen3-moe", "phi3", "llama"])
+def test_nemotron_nas_is_refused_at_submit_for_a_model_it_cannot_hold(
+    config_client: TestClient, model: str
+) -> None:
+    code, detail = submit_model(config_client, model, export_format="nemotron-nas")
+    assert code == 422, detail
+    (error,) = detail
+    assert error["loc"] == ["body", "model"] and error["type"] == "invalid_request", error
+    # the tiny llama's MLP (96 channels) is narrower than the narrowest width the layout states
+    assert ("narrower than one" if model == "llama" else "is for Llama models") in str(error["msg"]), error
+    code, detail = submit_model(config_client, "llama-wide", export_format="nemotron-nas")
+    assert code == 422 and [error["loc"] for error in detail] == [["body", "calibration_file"]], detail
+
+
+def test_a_sound_llama_config_passes_the_gguf_check(config_client: TestClient) -> None:
+    code, detail = submit_model(config_client, "llama-wide", export_format="gguf")
+    assert code == 422 and [error["loc"] for error in detail] == [["body", "calibration_file"]], detail
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_GGUF))
+def test_a_config_gguf_cannot_write_is_refused_at_submit(config_client: TestClient, name: str) -> None:
+    code, detail = submit_model(config_client, f"gguf-{name}", export_format="gguf")
+    assert code == 422, detail
+    (error,) = detail
+    assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
+    assert HOSTILE_GGUF[name][1] in str(error["msg"]) and "\n" not in str(error["msg"]), error
+    # the hf export writes the config as it is: the same model is accepted for it
+    code, detail = submit_model(config_client, f"gguf-{name}", export_format="hf")
+    assert [error["loc"] for error in detail] == [["body", "calibration_file"]], detail

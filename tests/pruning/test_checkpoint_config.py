@@ -1,0 +1,107 @@
+"""What a checkpoint's config.json rules out is refused before any work: by the API at submit
+(tests/service/test_hostile_*.py) and by the engine before it loads the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pruning.engine.stages
+from pruning import prune
+from pruning.errors import UnsupportedModelError, UsageError
+from pruning.export import nemotron
+from pruning.spec import (
+    NEMOTRON_FFN_MULTIPLE,
+    NEMOTRON_MODEL_TYPES,
+    PruneSettings,
+    refuse_inexpressible_in_nemotron,
+    refuse_unexportable,
+)
+
+LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 512}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        LLAMA,
+        {**LLAMA, "intermediate_size": 96},
+        {**LLAMA, "intermediate_size": 256},
+        {**LLAMA, "model_type": "mixtral"},
+        {**LLAMA, "model_type": "phi3"},
+        {**LLAMA, "model_type": "qwen2"},
+    ],
+)
+def test_nemotron_nas_is_refused_at_submit_as_its_export_refuses_it(config: dict[str, Any]) -> None:
+    """The API's torch-free refusal is the export's own: the same models, the same error and message."""
+    assert (NEMOTRON_MODEL_TYPES, NEMOTRON_FFN_MULTIPLE) == (
+        nemotron.MODEL_TYPES,
+        nemotron.FFN_WIDTH_MULTIPLE,
+    )
+    outcomes: list[str | None] = []
+    for refuse in (refuse_inexpressible_in_nemotron, nemotron.refuse_inexpressible_model):
+        try:
+            refuse(config)
+            outcomes.append(None)
+        except UsageError as err:
+            outcomes.append(str(err))
+    assert outcomes[0] == outcomes[1]
+    settings = PruneSettings(sparsity=0.3, export_format="nemotron-nas")
+    if outcomes[0] is None:
+        refuse_unexportable(config["model_type"], settings, config)
+    else:
+        with pytest.raises(UsageError, match=outcomes[0]):
+            refuse_unexportable(config["model_type"], settings, config)
+
+
+def _with_config(model: Path, out: Path, **changes: Any) -> Path:
+    shutil.copytree(model, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, **changes}))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields", "error", "message"),
+    [
+        ({"max_position_embeddings": -1}, {"export_format": "gguf"}, UnsupportedModelError, "max_position"),
+        (
+            {"max_position_embeddings": 2**70},
+            {"export_format": "gguf"},
+            UnsupportedModelError,
+            "max_position",
+        ),
+        (
+            {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+            {"export_format": "gguf"},
+            UnsupportedModelError,
+            "original_max_position_embeddings",
+        ),
+        ({"num_experts_per_tok": 9}, {}, UnsupportedModelError, "num_experts_per_tok"),
+        ({"num_attention_heads": 0}, {}, UnsupportedModelError, "num_attention_heads"),
+    ],
+    ids=["gguf-negative-context", "gguf-huge-context", "gguf-rope-keys", "mixtral-top-k", "zero-heads"],
+)
+def test_the_engine_refuses_what_the_config_rules_out_before_loading(
+    tiny_models: dict[str, Path],
+    calibration_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+    fields: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(pruning.engine.stages, "load_model", fail)
+    family = "mixtral" if "num_experts_per_tok" in changes else "llama"
+    model = _with_config(tiny_models[family], tmp_path / "model", **changes)
+    with pytest.raises(error, match=message):
+        prune(model=str(model), data=calibration_file, sparsity=0.3, out_dir=tmp_path / "out", **fields)
+    assert not (tmp_path / "out").exists()
