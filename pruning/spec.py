@@ -458,6 +458,18 @@ class PruneSpec(PruneSettings):
 # or per layer in `deci`), or uniform only (Qwen3's q/k norms exist in llama.cpp's `qwen3` alone)
 GGUF_MODEL_TYPES: dict[str, str] = {"llama": "any", "mistral": "any", "qwen2": "any", "qwen3": "uniform"}
 
+    @model_validator(mode="after")
+    def _recovery_data_for_a_recovery(self) -> PruneSpec:
+        if self.recovery_data is not None and self.recover == "none":
+            raise ValueError(RECOVERY_TEXT_WITHOUT_RECOVERY.format(field="recovery_data"))
+        return self
+
+
+RECOVERY_TEXT_WITHOUT_RECOVERY = (
+    "{field} is text for the recovery to train on, and recover is none: set recover to a recovery method, "
+    "or leave {field} out"
+)
+
 
 # NVIDIA's Nemotron-NAS (DeciLM) layout, as `pruning.export.nemotron` writes it: a Llama's, with MLP
 # widths stated in multiples of 256 (that module's MODEL_TYPES and FFN_WIDTH_MULTIPLE)

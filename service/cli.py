@@ -20,6 +20,7 @@ from typing import Any
 from pruning.cli import add_prune_command
 from pruning.cli_options import add_settings_options, settings_given
 from pruning.errors import EXIT_USER_ERROR
+from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY
 
 SERVE_FLAGS = {
     "host": "HOST",
@@ -222,6 +223,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValidationError as err:
         print(f"error: invalid settings\n{err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args.recovery_data and settings.get("recover", "none") == "none":
+        print(f"error: {RECOVERY_TEXT_WITHOUT_RECOVERY.format(field='--recovery-data')}", file=sys.stderr)
         return EXIT_USER_ERROR
     with _client(args) as client:
         data = client.upload(args.data)

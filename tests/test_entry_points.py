@@ -197,3 +197,15 @@ def test_help_names_each_value_as_a_person_writes_it(
         )
         if option not in text
     ] == []
+
+
+def test_submit_refuses_recovery_data_without_a_recovery_before_any_upload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
+    argv = ["submit", "--model", "tiny", "--data", str(tmp_path / "d.jsonl"), "--sparsity", "0.3"]
+    url = ["--url", "http://127.0.0.1:9"]  # nothing listens there: an upload would fail
+    assert main([*argv, "--recovery-data", str(tmp_path / "d.jsonl"), *url]) == 2
+    assert "--recovery-data is text for the recovery to train on" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.responses import FileResponse, StreamingResponse
 
 from pruning.errors import FwdpruneError
-from pruning.spec import check_checkpoint
+from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY, check_checkpoint
 from service.artifacts import stream_tar
 from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
@@ -114,6 +114,9 @@ def _within_the_servers_time(body: JobCreate, settings: Settings) -> JobCreate:
 def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, store: Store) -> JobInputs:
     """The job's model by name and where its files are; the settings were validated with the body."""
     _check_model(body, settings)
+    if body.recovery_file is not None and body.recover == "none":  # never read: refused, not ignored
+        message = RECOVERY_TEXT_WITHOUT_RECOVERY.format(field="recovery_file")
+        raise unprocessable(["body", "recovery_file"], message)
     paths: dict[str, str] = {}
     for field in ("calibration_file", "eval_file", "recovery_file"):
         file_id = getattr(body, field)

@@ -166,3 +166,13 @@ def test_a_malformed_config_exits_2_with_one_line(
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
     assert "config.json" in captured.err or "model_type" in captured.err
 
+
+def test_recovery_data_without_a_recovery_exits_2(
+    calibration_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--data", str(calibration_file), "--recovery-data", str(calibration_file), "--sparsity", "0.3"]
+    code = main(["prune", "--model", str(tmp_path / "no-model"), *args, "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert (
+        "recovery_data is text for the recovery to train on, and recover is none" in capsys.readouterr().err
+    )

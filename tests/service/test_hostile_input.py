@@ -241,3 +241,14 @@ def test_a_malformed_config_is_a_422_naming_the_model(
     assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
     assert "config.json" in error["msg"] or "model_type" in error["msg"]
     assert "\n" not in error["msg"] and len(error["msg"]) < 400 and str(hostile_models) not in error["msg"]
+
+
+def test_a_recovery_file_without_a_recovery_is_refused(client: TestClient) -> None:
+    body = {"model": "tiny-llama", "calibration_file": "file_x", "sparsity": 0.2, "recovery_file": "file_r"}
+    code, detail = submit(client, json.dumps(body))
+    assert code == 422 and isinstance(detail, dict)
+    (error,) = detail["detail"]
+    assert error["loc"] == ["body", "recovery_file"] and "recover is none" in error["msg"], error
+    code, detail = submit(client, json.dumps({**body, "recover": "distill"}))  # asked for: read
+    assert code == 422 and isinstance(detail, dict)
+    assert [error["loc"] for error in detail["detail"]] == [["body", "calibration_file"]]
