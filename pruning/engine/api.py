@@ -17,6 +17,7 @@ from pruning.engine.placement import job_gpus, layout
 from pruning.engine.run import Run
 from pruning.errors import UsageError
 from pruning.events import EventSink, silent
+from pruning.model.data import MIN_TRAINING_SEQUENCES
 from pruning.model.loading import resolve_device, resolve_model_dir
 from pruning.report import JobResult, PruneReport, SizesSummary
 from pruning.runtime.distributed import World, launched_world, start_ranks
@@ -61,7 +62,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     gpus = job_gpus(spec)
     if gpus > 1:
         return prune_replicated(spec, gpus, emit)
-    result = _job(stages.prepare(spec, emit))
+    result = _job(_prepared(spec, emit))
     assert result is not None, "a single process is rank 0"
     return result
 
@@ -93,7 +94,20 @@ def _rank(world: World, emit: EventSink, spec: PruneSpec) -> JobResult | None:
         return None
     if placed.replicas < world.size:  # rank 0 alone: its GPU, or the model spread over every rank's
         world = World(device=world.device)
-    return _job(stages.prepare(spec, emit, world, placed.max_memory))
+    return _job(_prepared(spec, emit, world, placed.max_memory))
+
+
+def _prepared(
+    spec: PruneSpec, emit: EventSink, world: World | None = None, max_memory: dict[int, int] | None = None
+) -> Run:
+    """`stages.prepare`, then a refusal of text too short for the recovery now rather than after the
+    scoring: the recovery file is read as far as its first MIN_TRAINING_SEQUENCES sequences (the
+    calibration file, the default, holds the job's calibration sequences, enough whenever they are)."""
+    run = stages.prepare(spec, emit, world, max_memory)
+    own_text = spec.recovery_data is not None or spec.num_samples < MIN_TRAINING_SEQUENCES
+    if spec.recover != "none" and own_text and run.world.leader:
+        stages.recovery_text(run, tokens=1)  # its first sequences; DataError when it has too few
+    return run
 
 
 def _job(run: Run) -> JobResult | None:

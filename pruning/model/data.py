@@ -27,6 +27,7 @@ SEAM_CHARS = 1 << 10  # a piece ends at the last whitespace within this many cha
 BATCH_CHARS, BATCH_PIECES = 1 << 18, 512
 READ_BYTES = 1 << 20
 MAX_LINE_BYTES = 1 << 26  # a .jsonl record longer than this is refused rather than read whole
+MIN_TRAINING_SEQUENCES = 2  # what a recovery trains on: one sequence at least, and one to judge it
 
 Piece = tuple[str, bool]  # text, and whether it ends its document (an EOS follows)
 
@@ -219,11 +220,19 @@ def load_training_text(
 ) -> torch.Tensor:
     """Up to `sequences` [n, seq_len] token sequences of `data` to train on, leaving out the sequences
     `held_out` (what the job evaluates on, when it comes from the same file); fewer when the file holds
-    fewer (the trainer cycles through them)."""
+    fewer (the trainer cycles through them), but never fewer than MIN_TRAINING_SEQUENCES: a DataError
+    says the file is too short."""
     skipped = len(held_out) if held_out is not None else 0
     packed = pack_tokens(read_pieces(data), tokenizer, seq_len, limit=sequences + skipped)
     if held_out is not None:
         keep = torch.ones(packed.shape[0], dtype=torch.bool)
         keep[held_out.start : held_out.stop] = False
         packed = packed[keep]
+    if packed.shape[0] < MIN_TRAINING_SEQUENCES:
+        besides = f" besides the {skipped} held out" if skipped else ""
+        raise DataError(
+            f"{Path(data).name} gives {packed.shape[0]} sequences of {seq_len} tokens to train on{besides}; "
+            f"the recovery needs at least {MIN_TRAINING_SEQUENCES}: one to train on, one to judge it. "
+            "Send more text, or lower --seq-len."
+        )
     return packed[:sequences]

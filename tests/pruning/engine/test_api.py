@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import pruning.engine.stages
 from pruning import PruneSpec, load_pruned, prune
-from pruning.errors import UnsupportedModelError
+from pruning.errors import DataError, UnsupportedModelError
 from pruning.methods import METHODS
 from pruning.model.data import load_calibration
 from pruning.model.masking import UnitMasks
@@ -376,3 +376,22 @@ def test_bf16_mixed_on_a_cpu_that_emulates_bf16_warns(
     warnings = [e["message"] for e in events if e["type"] == "warning"]
     assert report.precision == "bf16-mixed"
     assert any("emulates bf16" in w for w in warnings) is not native
+
+
+def test_recovery_text_too_short_fails_the_job_before_scoring(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "def add(a, b): return a + b"}) + "\n")
+    events: list[Any] = []
+    with pytest.raises(DataError, match="short.jsonl gives 0 sequences of 32 tokens to train on"):
+        run(
+            tiny_llama,
+            calibration_file,
+            tmp_path / "out",
+            events.append,
+            recover="distill",
+            recovery_data=short,
+        )
+    stages = [event["stage"] for event in events if event["type"] == "stage"]
+    assert "data" in stages and "scoring" not in stages, stages

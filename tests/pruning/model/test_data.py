@@ -6,7 +6,15 @@ from transformers import AutoTokenizer
 
 from pruning.errors import DataError
 from pruning.model import data as data_module
-from pruning.model.data import PIECE_CHARS, Piece, document_pieces, load_calibration, pack_tokens, read_pieces
+from pruning.model.data import (
+    PIECE_CHARS,
+    Piece,
+    document_pieces,
+    load_calibration,
+    load_training_text,
+    pack_tokens,
+    read_pieces,
+)
 
 
 class WordTokenizer:
@@ -202,3 +210,16 @@ def test_a_record_longer_than_the_line_limit_is_refused_unread(
     path.write_text('{"text": "a"}\n{"text": "' + "b " * 100 + '"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="long-line.jsonl line 2: longer than 100 bytes"):
         load_calibration(WordTokenizer(), path, seq_len=2, num_samples=50, eval_samples=1)
+
+
+def test_training_text_of_fewer_than_two_sequences_is_a_data_error(tmp_path: Path) -> None:
+    """A recovery trains on one sequence at least and is judged on another."""
+    path = tmp_path / "recovery.txt"
+    path.write_text("a b c d e f g h i j", encoding="utf-8")  # 10 words + EOS: 2 sequences of 5, 1 of 8
+    assert load_training_text(WordTokenizer(), path, seq_len=5, sequences=4).shape == (2, 5)
+    with pytest.raises(
+        DataError, match="recovery.txt gives 1 sequences of 8 tokens to train on; the recovery"
+    ):
+        load_training_text(WordTokenizer(), path, seq_len=8, sequences=4)
+    with pytest.raises(DataError, match="gives 1 sequences of 5 tokens to train on besides the 1 held out"):
+        load_training_text(WordTokenizer(), path, seq_len=5, sequences=4, held_out=range(0, 1))
