@@ -38,7 +38,8 @@ class ModelNotFoundError(FwdpruneError):
 
 
 class UnsupportedModelError(FwdpruneError):
-    """The checkpoint's architecture has no adapter, or the checkpoint cannot be pruned again."""
+    """The checkpoint's architecture has no adapter, the checkpoint cannot be pruned again, or its files
+    cannot be read safely (a weight file named anywhere but directly inside the model folder)."""
 
     code = "unsupported_model"
 

@@ -10,7 +10,9 @@ Its config (`model_type: nemotron-nas`) describes each layer in `block_configs`;
   MLP width is not one (pycoder-28m's 1408) keeps at most the largest multiple below it in every layer.
 Tensors keep Llama's names; a removed block has none, not even its norm (the engines build no module for
 it, so a stray tensor would fail their load). `pruning.selection.layouts.nemotron_rules` is that layout in the
-selector's terms.
+selector's terms. The only code written beside the weights is fwdprune's own `modeling_decilm.py` (the
+layout's modeling code, vendored in `pruning.export.remote_code`), the only code config.json's `auto_map`
+names; nothing of the input's code travels (`pruning.export.hf`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 
 from pruning.errors import UsageError
-from pruning.export.hf import copy_side_files, write_weights
+from pruning.export.hf import FOREIGN_CONFIG_KEYS, copy_side_files, without_foreign_code, write_weights
 from pruning.export.remote_code import modeling_decilm
 from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.checkpoint import CheckpointReader
@@ -68,7 +70,8 @@ def export_nemotron(
     original = json.loads((model_dir / "config.json").read_text())
     refuse_inexpressible_model(original)
     shapes = space.kept_shapes(keep)
-    config = decilm_config({**original, **(config_updates or {})}, shapes)  # checks the widths first
+    own = without_foreign_code(original, FOREIGN_CONFIG_KEYS)  # the input's code is never named
+    config = decilm_config({**own, **(config_updates or {})}, shapes)  # checks the widths first
     removed = _removed_blocks(shapes)
     _refuse_removed_biases(set(CheckpointReader(model_dir).weight_map) | set(replacements or {}), removed)
     out_dir.mkdir(parents=True, exist_ok=True)

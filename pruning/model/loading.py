@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pruning.errors import ModelNotFoundError, UsageError
+from pruning.model.checkpoint import check_checkpoint_files
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -157,6 +158,7 @@ def load_model(
     """Load for inference, on `device`, or with `max_memory` (bytes per GPU index) spread across those
     GPUs (`pruning.runtime.devices`; inputs then go to `device`, the first). int8 quantizes linear layers with
     bitsandbytes as they are read; the torchao formats quantize the decoder's linear layers once loaded."""
+    check_checkpoint_files(model_dir)  # a shard index naming files outside the folder is refused unread
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     auto_class = auto_class or AutoModelForCausalLM

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 
 from pruning.cli import main
 from pruning.report import PruneReport
+from tests.hostile import assert_no_foreign_code, foreign_code_model, hostile_index_model, sha256, victim_file
+from tests.tiny import make_tiny_causal_lm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,6 +169,79 @@ def test_a_malformed_config_exits_2_with_one_line(
     assert code == 2 and captured.out == ""
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
     assert "config.json" in captured.err or "model_type" in captured.err
+
+
+def test_a_shard_index_naming_a_file_outside_the_model_exits_2_and_touches_nothing(
+    calibration_file: Path, tmp_path: Path
+) -> None:
+    victim = victim_file(
+        tmp_path / "elsewhere", make_tiny_causal_lm(tmp_path / "like", max_shard_size="10MB")
+    )
+    before = sha256(victim)
+    model = hostile_index_model(tmp_path / "evil", str(victim))
+    result = fwdprune(
+        "prune",
+        "--model",
+        str(model),
+        "--data",
+        str(calibration_file),
+        "--sparsity",
+        "0.3",
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--quiet",
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [
+        f"error: model.safetensors.index.json names {str(victim)!r}, which is not a plain .safetensors file "
+        "name in the model folder; refused"
+    ], result.stderr
+    assert result.stdout == ""
+    assert sha256(victim) == before
+
+
+def test_prune_ships_none_of_the_models_code_and_writes_files_0644(
+    calibration_file: Path, tmp_path: Path
+) -> None:
+    model = foreign_code_model(tmp_path / "model")
+    out = tmp_path / "out"
+    old = os.umask(0o022)  # the CLI's process inherits it
+    try:
+        result = fwdprune(
+            "prune",
+            "--model",
+            str(model),
+            "--data",
+            str(calibration_file),
+            "--sparsity",
+            "0.3",
+            "--uniform",
+            "--out",
+            str(out),
+            "--seq-len",
+            "32",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--num-samples",
+            "8",
+            "--eval-samples",
+            "4",
+            "--options",
+            "rounds=1,samples_per_round=8,scoring_sequences=2,masks_per_forward=8",
+            "--quiet",
+        )
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert_no_foreign_code(out, model)
+    written = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in written)
+    assert written == dict.fromkeys(written, 0o644)
 
 
 def test_recovery_data_without_a_recovery_exits_2(

@@ -4,10 +4,13 @@ JSON body, and nothing in a message tells the caller where the server keeps its 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,7 +20,10 @@ from service.errors import redact_paths
 from service.main import create_app
 from service.settings import Settings, hash_key
 from service.store import FileGone, Store
-from tests.service.conftest import KEY_A
+from tests.hostile import assert_no_foreign_code, foreign_code_model, hostile_index_model, sha256, victim_file
+from tests.service.conftest import KEY_A, Server, upload, wait_for
+from tests.service.conftest import submit as submit_job
+from tests.tiny import make_tiny_causal_lm
 
 
 @pytest.fixture
@@ -241,6 +247,68 @@ def test_a_malformed_config_is_a_422_naming_the_model(
     assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
     assert "config.json" in error["msg"] or "model_type" in error["msg"]
     assert "\n" not in error["msg"] and len(error["msg"]) < 400 and str(hostile_models) not in error["msg"]
+
+
+class HostileCheckpoints(NamedTuple):
+    server: Server
+    victim: Path
+    victim_sha256: str
+    foreign: Path
+
+
+@pytest.fixture(scope="module")
+def hostile_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileCheckpoints]:
+    """A server whose models dir holds a model whose shard index names a file outside it (another
+    model's shard, by absolute path) and a model shipping code of its own."""
+    root = tmp_path_factory.mktemp("hostile")
+    victim = victim_file(root / "elsewhere", make_tiny_causal_lm(root / "like", max_shard_size="10MB"))
+    hostile_index_model(root / "models" / "evil-index", str(victim))
+    foreign = foreign_code_model(root / "models" / "foreign-code")
+    (root / "server").mkdir()
+    old = os.umask(0o022)  # the server, its worker and its jobs inherit it
+    try:
+        server = Server(root / "server" / "data", root / "models").start()
+    finally:
+        os.umask(old)
+    yield HostileCheckpoints(server, victim, sha256(victim), foreign)
+    server.stop()
+
+
+def test_a_shard_index_naming_a_file_outside_the_model_fails_the_job_and_touches_nothing(
+    hostile_checkpoints: HostileCheckpoints, calibration: Path
+) -> None:
+    with hostile_checkpoints.server.client() as client:
+        job = submit_job(client, upload(client, calibration), model="evil-index")
+        done = wait_for(client, job["id"], ("succeeded", "failed", "cancelled"))
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "unsupported_model"
+        message = done["error"]["message"]
+        assert "model.safetensors.index.json names" in message and "not a plain .safetensors file" in message
+        assert str(hostile_checkpoints.victim.parent) not in message  # no server path
+        assert client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"] == []
+    assert sha256(hostile_checkpoints.victim) == hostile_checkpoints.victim_sha256
+
+
+def test_a_models_own_code_never_reaches_the_published_checkpoint(
+    hostile_checkpoints: HostileCheckpoints, calibration: Path, tmp_path: Path
+) -> None:
+    server = hostile_checkpoints.server
+    with server.client() as client:
+        job = submit_job(client, upload(client, calibration), model="foreign-code", uniform=True)
+        done = wait_for(client, job["id"], ("succeeded", "failed", "cancelled"))
+        assert done["status"] == "succeeded", done
+        artifacts = client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
+        names = {artifact["name"] for artifact in artifacts}
+        assert not {name for name in names if name.endswith(".py")}, names
+        download = tmp_path / "checkpoint"
+        download.mkdir()
+        for name in names:
+            (download / name).write_bytes(client.get(f"/v1/jobs/{job['id']}/artifacts/{name}").content)
+    assert_no_foreign_code(download, hostile_checkpoints.foreign)
+    published = server.data_dir / "jobs" / job["id"]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in published.iterdir() if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes) and set(modes) >= names
+    assert modes == dict.fromkeys(modes, 0o644)
 
 
 def test_a_recovery_file_without_a_recovery_is_refused(client: TestClient) -> None:

@@ -135,9 +135,11 @@ def test_compact_model_matches_masked_model(
         layer_attn = compact.model.layers[1 if not uniform else 0].self_attn
         assert layer_attn.o_proj.weight.shape == (64, shapes[1 if not uniform else 0].num_heads * 16)
 
-    # shards keep the input's names, the index points into them, the tokenizer travels unchanged
-    shard_names = sorted(p.name for p in source.glob("*.safetensors"))
-    assert len(shard_names) > 1
+    # shards keep the input's grouping under the export's own names, the index points into them, the
+    # tokenizer travels unchanged
+    count = len(list(source.glob("*.safetensors")))
+    assert count > 1
+    shard_names = [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
     assert sorted(p.name for p in out.glob("*.safetensors")) == shard_names
     index = json.loads((out / "model.safetensors.index.json").read_text())
     for shard in shard_names:
@@ -199,8 +201,9 @@ def test_export_holds_about_half_a_shard_not_the_whole_shard(tmp_path: Path) -> 
 
 
 def test_only_the_checkpoints_side_files_travel(tmp_path: Path) -> None:
-    """A Llama-3.x-style directory: its tokenizer, generation config, chat template, remote code and license
-    travel; `original/` (a second copy of the weights), weights in other formats and other folders do not."""
+    """A Llama-3.x-style directory: its tokenizer, generation config, chat template and license travel;
+    its code, `original/` (a second copy of the weights), weights in other formats and other folders do
+    not."""
     source, out = tmp_path / "model", tmp_path / "out"
     travel = [
         "generation_config.json",
@@ -211,13 +214,17 @@ def test_only_the_checkpoints_side_files_travel(tmp_path: Path) -> None:
         "vocab.json",
         "merges.txt",
         "chat_template.jinja",
-        "configuration_custom.py",
-        "modeling_custom.py",
         "LICENSE",
         "USE_POLICY.md",
     ]
     stay = [
         "config.json",  # rewritten by the export
+        "configuration_custom.py",  # code: only fwdprune's own ships
+        "modeling_custom.py",
+        "tokenization_custom.py",
+        "tokenizer_custom.py",
+        "tokenizer_custom.pyc",
+        "modeling_fwdprune.py",
         "model.safetensors.index.json",
         "model-00001-of-00002.safetensors",
         "README.md",  # the export writes its own model card
@@ -245,3 +252,27 @@ def test_only_the_checkpoints_side_files_travel(tmp_path: Path) -> None:
     assert copied == sorted([*travel, "config.json"])
     assert all((out / name).read_bytes() == name.encode() for name in travel)
     assert (out / "config.json").read_text() == "{}"
+
+
+def test_json_side_files_travel_without_the_code_they_name(tmp_path: Path) -> None:
+    """`auto_map` (a module beside the weights or in another Hub repo) and `custom_pipelines` leave every
+    JSON side file, however the key is spelled in JSON; a file naming no code travels byte for byte."""
+    source, out = tmp_path / "model", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    plain = '{"eos_token": "</s>",   "model_max_length": 2048}\n'
+    (source / "special_tokens_map.json").write_text(plain)
+    (source / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "X", "auto_map": {"AutoTokenizer": ["evil/repo--tok.Evil", None]}})
+    )
+    (source / "generation_config.json").write_text(
+        '{"\\u0061uto_map": {"AutoConfig": "c.C"}, "do_sample": true}'
+    )
+    (source / "chat_template.json").write_text(
+        json.dumps({"custom_pipelines": {}, "chat_template": "{{ x }}"})
+    )
+    copy_side_files(source, out)
+    assert (out / "special_tokens_map.json").read_text() == plain
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {"tokenizer_class": "X"}
+    assert json.loads((out / "generation_config.json").read_text()) == {"do_sample": True}
+    assert json.loads((out / "chat_template.json").read_text()) == {"chat_template": "{{ x }}"}
