@@ -41,6 +41,7 @@ log = logging.getLogger("fwdprune.jobs")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
 GIB = 1 << 30
 QUEUE_FULL_RETRY_AFTER_S = 60
+FILE_FIELDS = ("calibration_file", "eval_file", "recovery_file")  # a job's uploaded files
 
 
 def _gib_in_bytes(gib: float | None) -> int | None:
@@ -118,7 +119,7 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
         message = RECOVERY_TEXT_WITHOUT_RECOVERY.format(field="recovery_file")
         raise unprocessable(["body", "recovery_file"], message)
     paths: dict[str, str] = {}
-    for field in ("calibration_file", "eval_file", "recovery_file"):
+    for field in FILE_FIELDS:
         file_id = getattr(body, field)
         if file_id is None:
             continue
@@ -157,6 +158,16 @@ def create_job(
     request_hash = hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
     ).hexdigest()
+    if idempotency_key is not None:
+        # a retry gets the job as it was made, its model, files and limits not checked again: a file it
+        # named may have been deleted since it finished
+        try:
+            replayed = store.replayed_job(principal.owner, idempotency_key, request_hash)
+        except IdempotencyConflict as err:
+            raise _idempotency_conflict() from err
+        if replayed is not None:
+            response.status_code = status.HTTP_200_OK
+            return to_public(replayed)
     _check_limits(body, settings)
     body = _within_the_servers_time(body, settings)
     request = body.model_dump(mode="json")
@@ -177,7 +188,7 @@ def create_job(
         gpus=body.gpus or 0,  # 0: one GPU where the worker has any, else the CPU
         min_gpu_memory_bytes=_gib_in_bytes(body.min_gpu_memory_gib),
     )
-    file_ids = [file_id for file_id in (body.calibration_file, body.eval_file) if file_id is not None]
+    file_ids = [getattr(body, field) for field in FILE_FIELDS if getattr(body, field) is not None]
     try:
         job, created = store.create_job(row, file_ids, max_queued=settings.max_queued_jobs_per_key)
     except QueueFull as err:  # waiting is the remedy: a queued job of the key's starts soon enough
@@ -187,18 +198,21 @@ def create_job(
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
         ) from err
     except FileGone as err:
-        field = "calibration_file" if str(err) == body.calibration_file else "eval_file"
+        field = next(field for field in FILE_FIELDS if getattr(body, field) == str(err))
         raise unprocessable(
             ["body", field], f"file {str(err)!r} was deleted while the job was being created"
         ) from err
     except IdempotencyConflict as err:
-        raise unprocessable(
-            ["header", "idempotency-key"],
-            "this Idempotency-Key was already used with a different request body",
-        ) from err
+        raise _idempotency_conflict() from err
     if not created:
         response.status_code = status.HTTP_200_OK
     return to_public(job)
+
+
+def _idempotency_conflict() -> HTTPException:
+    return unprocessable(
+        ["header", "idempotency-key"], "this Idempotency-Key was already used with a different request body"
+    )
 
 
 @router.get("", response_model=JobList)

@@ -74,6 +74,14 @@ class JobQueries(StoreBase):
             return _same_request(existing, row), False
         return row, True
 
+    def replayed_job(self, owner: str, key: str, request_hash: str) -> JobRow | None:
+        """The job already made with this Idempotency-Key (None: none was); IdempotencyConflict if it was
+        made from a different request."""
+        existing = self._by_idempotency_key(owner, key)
+        if existing is not None and existing.request_hash != request_hash:
+            raise IdempotencyConflict
+        return existing
+
     @staticmethod
     def _queued(s: Session, owner: str) -> int:
         query = (

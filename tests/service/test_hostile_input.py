@@ -320,3 +320,62 @@ def test_a_recovery_file_without_a_recovery_is_refused(client: TestClient) -> No
     code, detail = submit(client, json.dumps({**body, "recover": "distill"}))  # asked for: read
     assert code == 422 and isinstance(detail, dict)
     assert [error["loc"] for error in detail["detail"]] == [["body", "calibration_file"]]
+
+
+@pytest.fixture
+def idle_client(tmp_path: Path, models_dir: Path) -> Iterator[TestClient]:
+    """The API alone: no worker takes its jobs."""
+    settings = Settings(
+        data_dir=tmp_path / "data", models_dir=models_dir, api_keys=[KEY_A], embedded_worker=False
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_a_replayed_submit_gets_its_job_even_once_its_file_is_deleted(
+    idle_client: TestClient, calibration: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    uploaded = idle_client.post(
+        "/v1/files", files={"file": ("c.jsonl", calibration.read_bytes())}, headers=auth
+    )
+    body = {"model": "tiny-llama", "calibration_file": uploaded.json()["id"], "sparsity": 0.2}
+    keyed = {**auth, "Idempotency-Key": "submit-1"}
+    first = idle_client.post("/v1/jobs", json=body, headers=keyed)
+    assert first.status_code == 201, first.text
+    job_id = first.json()["id"]
+    assert idle_client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).json()["status"] == "cancelled"
+    assert idle_client.delete(f"/v1/files/{body['calibration_file']}", headers=auth).status_code == 204
+    again = idle_client.post("/v1/jobs", json=body, headers=keyed)
+    assert again.status_code == 200 and again.json()["id"] == job_id, again.text
+    other = idle_client.post("/v1/jobs", json={**body, "sparsity": 0.3}, headers=keyed)
+    assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
+def test_a_recovery_file_deleted_while_its_job_is_created_is_refused(
+    idle_client: TestClient, calibration: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    files = [
+        idle_client.post("/v1/files", files={"file": ("c.jsonl", calibration.read_bytes())}, headers=auth)
+        for _ in range(2)
+    ]
+    calibration_id, recovery_id = (str(file.json()["id"]) for file in files)
+    store = idle_client.app.state.store  # type: ignore[attr-defined]
+    looked_up = store.get_file
+
+    def deleted_once_looked_up(file_id: str, owner: str | None) -> FileRow | None:
+        row = looked_up(file_id, owner)
+        if file_id == recovery_id:  # the delete comes between the submit's checks and its insert
+            assert store.delete_file(file_id)
+        return row  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "get_file", deleted_once_looked_up)
+    body = {"model": "tiny-llama", "calibration_file": calibration_id, "sparsity": 0.2}
+    response = idle_client.post(
+        "/v1/jobs", json={**body, "recover": "distill", "recovery_file": recovery_id}, headers=auth
+    )
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "recovery_file"] and "was deleted" in error["msg"], error
+    assert idle_client.get("/v1/jobs", headers=auth).json()["data"] == []
