@@ -453,11 +453,6 @@ class PruneSpec(PruneSettings):
     out_dir: Path = Field(description="where the compact checkpoint and its report are written")
     device: Device = Field("auto", description="auto: CUDA when available, else the CPU")
 
-
-# model_type -> the widths the GGUF export writes for it in a llama.cpp architecture: any (Llama's own,
-# or per layer in `deci`), or uniform only (Qwen3's q/k norms exist in llama.cpp's `qwen3` alone)
-GGUF_MODEL_TYPES: dict[str, str] = {"llama": "any", "mistral": "any", "qwen2": "any", "qwen3": "uniform"}
-
     @model_validator(mode="after")
     def _recovery_data_for_a_recovery(self) -> PruneSpec:
         if self.recovery_data is not None and self.recover == "none":
@@ -469,6 +464,11 @@ RECOVERY_TEXT_WITHOUT_RECOVERY = (
     "{field} is text for the recovery to train on, and recover is none: set recover to a recovery method, "
     "or leave {field} out"
 )
+
+
+# model_type -> the widths the GGUF export writes for it in a llama.cpp architecture: any (Llama's own,
+# or per layer in `deci`), or uniform only (Qwen3's q/k norms exist in llama.cpp's `qwen3` alone)
+GGUF_MODEL_TYPES: dict[str, str] = {"llama": "any", "mistral": "any", "qwen2": "any", "qwen3": "uniform"}
 
 
 # NVIDIA's Nemotron-NAS (DeciLM) layout, as `pruning.export.nemotron` writes it: a Llama's, with MLP
