@@ -31,10 +31,13 @@ from pruning.export.remote_code import modeling_decilm
 from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.units import UnitSpace
+from pruning.spec import NEMOTRON_MODEL_TYPES, refuse_inexpressible_in_nemotron
 
 FORMAT = "nemotron-nas"
-MODEL_TYPES = ("llama",)  # the layout is a Llama's
+MODEL_TYPES = NEMOTRON_MODEL_TYPES  # the layout is a Llama's
 FFN_WIDTH_MULTIPLE = modeling_decilm.FFN_WIDTH_MULTIPLE
+# the models the layout cannot hold, refused before any work (torch-free, so the API refuses them at submit)
+refuse_inexpressible_model = refuse_inexpressible_in_nemotron
 MODELING_FILE = "modeling_decilm.py"
 # tensors of a removed block: its module and the norm in front of it; group 1 is the layer index
 BLOCK_TENSORS = {
@@ -42,19 +45,6 @@ BLOCK_TENSORS = {
     UnitKind.MLP: re.compile(r"layers\.(\d+)\.(mlp\.|post_attention_layernorm\.)"),
 }
 OUTPUT_BIASES = ("o_proj.bias", "down_proj.bias")
-
-
-def refuse_inexpressible_model(config: dict[str, Any]) -> None:
-    """Refuse, before any work, a model the layout cannot hold: not a Llama, or an MLP narrower than the
-    narrowest width `ffn_mult` states (every layer would lose its MLP)."""
-    model_type = config.get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise UsageError(f"export_format {FORMAT} is for Llama models; this one is {model_type!r}")
-    if config["intermediate_size"] < FFN_WIDTH_MULTIPLE:
-        raise UsageError(
-            f"export_format {FORMAT} states MLP widths in multiples of {FFN_WIDTH_MULTIPLE}; this model's "
-            f"intermediate_size {config['intermediate_size']} is narrower than one"
-        )
 
 
 def export_nemotron(
