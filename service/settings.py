@@ -196,7 +196,22 @@ class Settings(BaseSettings):
         gt=0,
         le=30 * 24 * 3600,
         description="the longest a job may run (seconds, or 90m, 6h): a job asking for a longer time_limit "
-        "is refused at submit",
+        "is refused at submit, and a job process still running its time bound plus job_grace_s after it "
+        "started is killed (time_limit_exceeded)",
+    )
+    job_grace_s: Duration | None = Field(
+        default=None,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="workers: how long past its time bound (its time_limit or max_time, at most "
+        "max_job_seconds) a job process may run before it is killed; default: a tenth of the bound, at "
+        "least a minute",
+    )
+    max_job_memory_bytes: int | None = Field(
+        default=None,
+        ge=1 << 20,
+        description="workers: the most resident memory one job's processes may hold together before they "
+        "are killed (memory_limit_exceeded); default: 80% of the host's memory divided by the worker's slots",
     )
     job_limits: JobLimits = Field(
         default_factory=JobLimits, description="upper bounds on the settings that size a job's work"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, overload
 
+from pruning.checkpoint_files import check_weights
 from pruning.engine import stages
 from pruning.engine.placement import job_gpus, layout
 from pruning.engine.run import Run
@@ -54,7 +55,9 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     events and returns the report, the others return None once the scoring ends.
     """
     spec = spec or PruneSpec(**fields)
-    check_checkpoint(resolve_model_dir(spec.model), spec)  # what its config.json rules out, before any work
+    model_dir = resolve_model_dir(spec.model)
+    check_checkpoint(model_dir, spec)  # what its config.json rules out, before any work
+    check_weights(model_dir)  # and sizes it states that its weights do not have: nothing is built from them
     emit = on_event or silent
     launched = launched_world(resolve_device(spec.device).type)
     if launched is not None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
+from pruning.checkpoint_files import check_weights
 from pruning.errors import FwdpruneError
 from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY, check_checkpoint
 from service.artifacts import stream_tar
@@ -73,9 +74,9 @@ def to_public(row: JobRow) -> JobPublic:
 
 def _check_model(body: JobCreate, settings: Settings) -> None:
     """Refuse a model name that could name a path; with `check_models_on_submit` (API and worker share
-    the models), also one this host cannot resolve, whose config.json the engine cannot use, or that it
-    cannot write in the asked export format. The worker that runs the job resolves the name again, on
-    its own disks."""
+    the models), also one this host cannot resolve, whose config.json the engine cannot use or states
+    sizes its weights do not have, or that it cannot write in the asked export format. The worker that
+    runs the job resolves the name again, on its own disks."""
     try:
         model_name_parts(body.model)
         if settings.check_models_on_submit:
@@ -83,6 +84,7 @@ def _check_model(body: JobCreate, settings: Settings) -> None:
                 body.model, body.revision, settings.models_dir, settings.hf_cache_dir
             )
             check_checkpoint(model_dir, body)
+            check_weights(model_dir)  # the sizes config.json states, against the weights' headers
     except FwdpruneError as err:
         raise unprocessable(["body", "model"], str(err), err.code) from err
 

@@ -6,8 +6,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +55,13 @@ class Running:
     # the store's record decides, in the sweep); either way the uploads are not the worker's to delete
     published: bool = False
     committing: bool = False
+    # the hard limits (`service.worker.limits`): when the process started (monotonic), the job's time
+    # bound, the seconds after which it is killed (the bound plus the grace), and, once the watchdog
+    # killed it, the failure it ends with (code, message)
+    started: float = field(default_factory=time.monotonic)
+    time_cap_s: float | None = None
+    deadline_s: float | None = None
+    limit_hit: tuple[str, str] | None = None
 
     @property
     def result_path(self) -> Path:

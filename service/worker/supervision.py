@@ -39,6 +39,7 @@ from service.settings import Settings
 from service.storage import open_storage
 from service.store import Claim, FreeGpu, Store
 from service.worker.inventory import gpus_now, own_gpus
+from service.worker.limits import Watchdog, grace_s, memory_limit_bytes, time_cap_s
 from service.worker.process import (
     TMP_PREFIX,
     Running,
@@ -80,10 +81,19 @@ class Worker:
         self.parent_pid: int | None = None  # embedded mode: stop when the server process is gone
         self._call = StoreCall(settings)
         self.publisher = Publisher(self.store, self.storage, settings.jobs_dir, self._call)
+        self.memory_limit = memory_limit_bytes(settings.max_job_memory_bytes, self.slots)
+        self.watchdog = Watchdog(
+            lambda: list(self.running.values()),
+            self.memory_limit,
+            max(0.1, min(settings.poll_interval_s, 0.5)),
+            self.stop_event,
+            time.monotonic,
+        )
 
     # lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> None:
         failures = 0
+        self.watchdog.start()  # the hard limits on job processes, checked apart from this loop
         try:
             while not self.stop_event.is_set():
                 try:
@@ -194,13 +204,14 @@ class Worker:
             if gpu["uuid"] not in held
         ]
 
-    def claim(self) -> tuple[str, Claim, tuple[str, ...]] | None:
-        """The next queued job that fits our free GPUs, now ours under a new attempt number, and the
-        UUIDs of the GPUs it runs on."""
+    def claim(self) -> tuple[str, Claim, tuple[str, ...], float] | None:
+        """The next queued job that fits our free GPUs, now ours under a new attempt number, the UUIDs
+        of the GPUs it runs on, and the seconds it may run before its grace (`limits.time_cap_s`)."""
         claimed = self._call(self.store.claim_job, self.id, self.free_gpus(), gpu_worker=bool(self.gpus))
         if claimed is None:
             return None
-        return claimed.job.id, Claim(self.id, claimed.job.attempts), claimed.gpus
+        cap = time_cap_s(claimed.job.request or {}, self.settings.max_job_seconds)
+        return claimed.job.id, Claim(self.id, claimed.job.attempts), claimed.gpus, cap
 
     def runner_command(self, job_id: str, claim: Claim, tmp_dir: Path) -> list[str]:
         """The job process's argv: nothing secret, since every user of the host can read it (`ps`); the
@@ -248,7 +259,11 @@ class Worker:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         return env
 
-    def start(self, job_id: str, claim: Claim, gpus: tuple[str, ...] = ()) -> None:
+    def start(
+        self, job_id: str, claim: Claim, gpus: tuple[str, ...] = (), time_cap: float | None = None
+    ) -> None:
+        """Start the job's process; it is killed once it has run `time_cap` (default: this worker's
+        FWDPRUNE_MAX_JOB_SECONDS) plus the grace, or its memory passes the bound (`limits.Watchdog`)."""
         tmp_dir = self.settings.jobs_dir / tmp_dir_name(job_id, claim.attempt)
         try:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -269,6 +284,8 @@ class Worker:
             preexec_fn=parent_death_signal(signal.SIGKILL),
         )
         running = Running(job_id, claim, gpus, proc, tmp_dir, log_file)
+        running.time_cap_s = self.settings.max_job_seconds if time_cap is None else time_cap
+        running.deadline_s = running.time_cap_s + grace_s(running.time_cap_s, self.settings.job_grace_s)
         self.running[job_id] = running
         if not self._call(self.store.set_pid, job_id, proc.pid, claim):
             self._abandon(running, "the job was taken from this worker before its process started")
@@ -314,6 +331,11 @@ class Worker:
         claim = running.claim
         if job.status == "cancelling" or running.term_sent_at is not None:
             self._call(self.store.finish_job, job.id, "cancelled", claim=claim)
+        elif running.limit_hit is not None:  # the watchdog killed it: past its time or memory bound
+            code, message = running.limit_hit
+            self._call(
+                self.store.finish_job, job.id, "failed", error_code=code, error_message=message, claim=claim
+            )
         elif running.shutdown:
             self._call(self.store.requeue, job.id, "worker shut down; job requeued", claim)
         else:

@@ -83,8 +83,19 @@ def _with_config(model: Path, out: Path, **changes: Any) -> Path:
         ),
         ({"num_experts_per_tok": 9}, {}, UnsupportedModelError, "num_experts_per_tok"),
         ({"num_attention_heads": 0}, {}, UnsupportedModelError, "num_attention_heads"),
+        # sizes the weights do not have: read from the safetensors headers, nothing built from them
+        ({"num_hidden_layers": 10**6}, {}, UnsupportedModelError, "num_hidden_layers 1000000"),
+        ({"vocab_size": 321}, {}, UnsupportedModelError, "vocab_size 321"),
     ],
-    ids=["gguf-negative-context", "gguf-huge-context", "gguf-rope-keys", "mixtral-top-k", "zero-heads"],
+    ids=[
+        "gguf-negative-context",
+        "gguf-huge-context",
+        "gguf-rope-keys",
+        "mixtral-top-k",
+        "zero-heads",
+        "a-million-layers",
+        "a-vocabulary-the-embedding-lacks",
+    ],
 )
 def test_the_engine_refuses_what_the_config_rules_out_before_loading(
     tiny_models: dict[str, Path],

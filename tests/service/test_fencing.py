@@ -171,7 +171,8 @@ def test_worker_paused_right_after_claiming_never_runs_the_job_twice(
     job_id = _queue(store)
     a.beat()
     claimed = a.claim()  # A claims, then pauses before starting the job process
-    assert claimed == (job_id, Claim(a.id, 1), ())  # no GPU here: the job runs on the CPU
+    # no GPU here: the job runs on the CPU, for as long as the worker's FWDPRUNE_MAX_JOB_SECONDS allows
+    assert claimed == (job_id, Claim(a.id, 1), (), a.settings.max_job_seconds)
     _age(store, a.id)
     b.mode = "hold"
     b.tick()  # reaps, requeues and claims the job as attempt 2

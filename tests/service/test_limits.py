@@ -3,6 +3,8 @@ is a 422 at submit that names the field and the setting, before it is queued."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,23 @@ def test_a_time_limit_longer_than_max_time_is_refused() -> None:
     assert PruneSettings(sparsity=0.2, time_limit="1h", max_time="2h").time_bound_s == 3600
     assert PruneSettings(sparsity=0.2, max_time="2h").time_bound_s == 7200
     assert PruneSettings(sparsity=0.2).time_bound_s is None
+
+
+def test_a_config_stating_sizes_its_weights_lack_is_refused_at_submit(
+    tmp_path: Path, models_dir: Path, calibration: Path
+) -> None:
+    """A config.json stating a million layers beside the weights of two is refused before anything is
+    queued or built (read from the safetensors headers, torch-free): an unsupported_model 422."""
+    lying = shutil.copytree(models_dir / "tiny-llama", tmp_path / "models" / "tiny-llama")
+    config = json.loads((lying / "config.json").read_text())
+    (lying / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**6}))
+    settings = Settings(
+        data_dir=tmp_path / "data", models_dir=tmp_path / "models", api_keys=[KEY_A], embedded_worker=False
+    )
+    with TestClient(create_app(settings)) as client:
+        code, body = submit(client, calibration)
+        assert code == 422, body
+        (error,) = body["detail"]
+        assert error["loc"] == ["body", "model"] and error["type"] == "unsupported_model", error
+        assert "num_hidden_layers 1000000" in error["msg"] and "numbered 0-1" in error["msg"], error
+        assert client.get("/v1/jobs", headers=AUTH).json()["data"] == []
