@@ -16,9 +16,39 @@ from fastapi.responses import JSONResponse
 _SERVER_PATH = re.compile(r"(?<![\w.~:/])/(?:[\w.@+-]+/)+([\w.@+-]+)")
 
 
+# what a store error carries (SQLAlchemy's statement, its parameters and a link; PostgreSQL's quoted line)
+_SQL = re.compile(r"\[SQL: .*?\](?=\s*(?:\[parameters|\(Background|\n|\Z))", re.S)
+_PARAMETERS = re.compile(r"\[parameters: .*?\](?=\s*(?:\(Background|\n|\Z))", re.S)
+_BACKGROUND = re.compile(r"\(Background on this error at: [^)]*\)")
+_SQL_LINE = re.compile(r"^\s*LINE \d+: .*\n?(?:^\s*\^\s*$\n?)?", re.M)
+# where a job ran: worker ids (wrk_<host>_<pid>_<suffix>), database URLs, addresses, a server's name
+_WORKER_ID = re.compile(r"(?<![\w.-])wrk_[\w.-]+")
+_DATABASE_URL = re.compile(r"\b(?:sqlite|postgres(?:ql)?|mysql)(?:\+\w+)?://\S+", re.I)
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+_SERVER_NAME = re.compile(r'\b(server at|host) "[^"]*"')
+
+
 def redact_paths(message: str | None) -> str | None:
     """`message` with every absolute path cut to its last component (`/srv/data/jobs/x/out` -> `out`)."""
     return None if message is None else _SERVER_PATH.sub(r"\1", message)
+
+
+def public_message(message: str | None, hosts: tuple[str, ...] = ()) -> str | None:
+    """`message` as a job's owner may read it: no SQL (nor its parameters), no worker id, host name
+    (`hosts`, and any a database error quotes), address, database URL or server path."""
+    if message is None:
+        return None
+    for pattern in (_SQL, _PARAMETERS, _BACKGROUND, _SQL_LINE):
+        message = pattern.sub("", message)
+    message = _WORKER_ID.sub("a worker", message)
+    message = _DATABASE_URL.sub("the database", message)
+    message = _SERVER_NAME.sub(r"\1 a host", message)
+    message = _IPV4.sub("a host", message)
+    for host in hosts:
+        if len(host) >= 2:  # a one-letter name would cut words apart
+            message = re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", "a host", message)
+    message = redact_paths(message) or ""
+    return "\n".join(line.rstrip() for line in message.strip().splitlines())
 
 
 def _finite(value: Any) -> Any:

@@ -7,6 +7,10 @@ worker never hashes a checkpoint itself) to a result file the worker reads.
 The process lives only as long as its claim: it dies with its worker (the parent-death signal, and a
 watchdog for the moment before that was set), and it stops itself as soon as the store says the job is no
 longer held by its worker and attempt (reaped, and maybe handed to another worker).
+
+A store that fails its writes (locked, full, unreachable) is retried for the store retry window; past
+it, the process ends with a verdict (and exit status EX_TEMPFAIL) that asks its worker to requeue the
+job: the infrastructure failed, not the job. No verdict carries a store error's SQL.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import traceback
 from pathlib import Path, PurePosixPath
 from typing import Any, get_args, overload
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pruning.errors import FwdpruneError, failure_code
 from pruning.events import Event
 from pruning.runtime.procs import parent_death_signal
@@ -33,8 +39,12 @@ from service.modelref import resolve_checkpoint
 from service.schemas.jobs import JobCreate, JobInputs
 from service.storage import Storage, attempt_prefix, storage_from_url
 from service.store import Claim, Store
+from service.store.retry import STORE_ERRORS, StoreUnavailable, retry_store, store_failure
 
 EXIT_NOT_OWNER = 4  # the job was taken from this process's worker; it stopped without a verdict
+# the store outlasted the retry window: the job ended for the infrastructure, and goes back to the queue
+EXIT_STORE_UNAVAILABLE = os.EX_TEMPFAIL
+STORE_RETRY_WINDOW_S = 120.0
 WATCH_PARENT_S = 0.5
 WATCH_CLAIM_S = 5.0
 
@@ -86,12 +96,24 @@ class JobEvents:
 
     With a claim, every write is fenced by it, and a write the store refuses means the job was taken
     from this process's worker: the process stops.
+
+    A store that fails (locked by another process, its disk full, its connection lost) is waited out:
+    every event but progress is retried with backoff for `retry_window_s`, then StoreUnavailable ends
+    the job, for its worker to give back to the queue. A progress update is tried once and dropped if
+    the store fails it: the next one says more.
     """
 
     def __init__(
-        self, store: Store, job_id: str, min_interval_s: float = 1.0, claim: Claim | None = None
+        self,
+        store: Store,
+        job_id: str,
+        min_interval_s: float = 1.0,
+        claim: Claim | None = None,
+        retry_window_s: float = STORE_RETRY_WINDOW_S,
     ) -> None:
         self.store, self.job_id, self.min_interval_s, self.claim = store, job_id, min_interval_s, claim
+        self.retry_window_s = retry_window_s
+        self.unavailable: StoreUnavailable | None = None  # set when the store outlasted the window
         self._last_saved = 0.0
         self._last_round: object = None
 
@@ -102,11 +124,24 @@ class JobEvents:
         now = time.monotonic()
         boundary = event.get("round") != self._last_round or event.get("fraction") == 1.0
         if boundary or now - self._last_saved >= self.min_interval_s:
-            self._record(event)
+            try:
+                self._owned(self.store.record_event(self.job_id, event, claim=self.claim))
+            except STORE_ERRORS:
+                return  # dropped; not marked saved, so the next one is written even inside the interval
             self._last_saved, self._last_round = now, event.get("round")
 
     def _record(self, event: Event) -> None:
-        if not self.store.record_event(self.job_id, event, claim=self.claim) and self.claim is not None:
+        try:
+            written = retry_store(
+                self.retry_window_s, self.store.record_event, self.job_id, event, claim=self.claim
+            )
+        except StoreUnavailable as err:
+            self.unavailable = err  # the engine may wrap what its sink raised: the runner asks here
+            raise
+        self._owned(written)
+
+    def _owned(self, written: bool) -> None:
+        if not written and self.claim is not None:
             stop_self(f"job {self.job_id} is no longer held by this worker")
 
 
@@ -170,17 +205,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-model-download", action="store_true", help="fetch a Hub model missing from the cache"
     )
+    parser.add_argument(
+        "--store-retry-window-s",
+        type=float,
+        default=STORE_RETRY_WINDOW_S,
+        help="how long a failing store is retried before the job goes back to the queue",
+    )
+    parser.add_argument(
+        "--store-busy-timeout-s", type=float, default=30.0, help="SQLite: one statement's wait for a lock"
+    )
     args = parser.parse_args(argv)
 
     die_with_worker(args.worker_pid or os.getppid())
     claim = Claim(args.worker_id, args.attempt) if args.worker_id and args.attempt else None
-    store = Store(database_url(), migrate=False)
-    job = store.get_job(args.job_id)
+    store = Store(database_url(), migrate=False, busy_timeout_s=args.store_busy_timeout_s)
+    try:
+        job = retry_store(args.store_retry_window_s, store.get_job, args.job_id)
+    except StoreUnavailable as err:
+        traceback.print_exc()
+        write_result(args.result, unavailable_result(err))
+        return EXIT_STORE_UNAVAILABLE
     if job is None:
         print(f"job {args.job_id} not found", file=sys.stderr)
         return 2
     if claim is not None:
         watch_claim(store, job.id, claim)
+    events = JobEvents(store, job.id, claim=claim, retry_window_s=args.store_retry_window_s)
     try:
         inputs = JobInputs.model_validate(job.resolved)
         model_dir = resolve_checkpoint(  # the model, as a directory on this worker
@@ -194,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         from pruning import prune
 
-        report = prune(spec, on_event=JobEvents(store, job.id, claim=claim))
+        report = prune(spec, on_event=events)
         # checksums and uploads here, not in the worker: a large checkpoint must not stall its heartbeats
         result: dict[str, Any] = {
             "ok": True,
@@ -204,13 +254,34 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except Exception as err:
         traceback.print_exc()
-        result = {"ok": False, "code": failure_code(err), "message": f"{type(err).__name__}: {err}"}
-        code = 3 if isinstance(err, FwdpruneError) else 1
-    tmp = args.result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    tmp.rename(args.result)  # the worker never sees a half-written verdict
+        result, code = failure_result(err, events.unavailable)
+    write_result(args.result, result)
     store.close()
     return code
+
+
+def failure_result(err: Exception, unavailable: StoreUnavailable | None = None) -> tuple[dict[str, Any], int]:
+    """The verdict and exit status of a job that raised `err`. A store that outlasted the retry window
+    (`unavailable`, or `err` itself) is the infrastructure's failure: a verdict that asks the worker to
+    requeue the job. Any other store error fails the job without its SQL (which names the worker);
+    the job's own errors fail it with their message."""
+    if isinstance(err, StoreUnavailable) or unavailable is not None:
+        return unavailable_result(unavailable or err), EXIT_STORE_UNAVAILABLE
+    if isinstance(err, SQLAlchemyError):
+        message = f"the job store failed a request: {store_failure(err)}"
+        return {"ok": False, "code": "internal_error", "message": message}, 1
+    result = {"ok": False, "code": failure_code(err), "message": f"{type(err).__name__}: {err}"}
+    return result, 3 if isinstance(err, FwdpruneError) else 1
+
+
+def unavailable_result(err: Exception) -> dict[str, Any]:
+    return {"ok": False, "store_unavailable": True, "code": "internal_error", "message": str(err)}
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    tmp.rename(path)  # the worker never sees a half-written verdict
 
 
 if __name__ == "__main__":

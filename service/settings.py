@@ -181,6 +181,12 @@ class Settings(BaseSettings):
     store_busy_timeout_s: float = Field(
         default=30.0, gt=0, description="SQLite: how long one statement waits for another writer's lock"
     )
+    store_retry_window_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long a job process retries (with backoff) a store write the job cannot go "
+        "without before it gives the job back to the queue; progress updates are dropped instead",
+    )
     check_models_on_submit: bool = Field(
         default=True,
         description="resolve a job's model when it is submitted and refuse one this host cannot find or "

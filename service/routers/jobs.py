@@ -21,7 +21,7 @@ from service.artifacts import stream_tar
 from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
 from service.downloads import object_head, object_response, presigned_redirect
-from service.errors import redact_paths
+from service.errors import public_message
 from service.modelref import model_name_parts, resolve_checkpoint
 from service.schemas.events import EventList, EventPublic, shown_to_owner
 from service.schemas.jobs import (
@@ -65,7 +65,7 @@ def to_public(row: JobRow) -> JobPublic:
             "request": row.request,
             "metrics": row.metrics,
             "metadata": row.metadata_ or {},
-            "error": {"code": row.error_code, "message": redact_paths(row.error_message)}
+            "error": {"code": row.error_code, "message": public_message(row.error_message)}
             if row.error_code
             else None,
         }
@@ -277,13 +277,14 @@ def job_events(
 
 
 def _redacted(data: dict[str, Any]) -> dict[str, Any]:
-    """An event's data with server paths cut from its messages (warnings, and a failure's error)."""
+    """An event's data with what names the servers (SQL, worker ids, hosts, paths) cut from its messages
+    (warnings, and a failure's error)."""
     cleaned = dict(data)
     if isinstance(cleaned.get("message"), str):
-        cleaned["message"] = redact_paths(cleaned["message"])
+        cleaned["message"] = public_message(cleaned["message"])
     error = cleaned.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        cleaned["error"] = {**error, "message": redact_paths(error["message"])}
+        cleaned["error"] = {**error, "message": public_message(error["message"])}
     return cleaned
 
 

@@ -92,6 +92,16 @@ class Running:
         )
 
 
+# the job runner's exit status when the store outlasted its retry window (sysexits' EX_TEMPFAIL)
+EXIT_STORE_UNAVAILABLE = os.EX_TEMPFAIL
+
+
+def store_was_unavailable(result: Mapping[str, Any], rc: int) -> bool:
+    """Whether a job process ended because the store failed it for its whole retry window (its verdict
+    says so, or, where it could not even write one, its exit status): the infrastructure's failure."""
+    return bool(result.get("store_unavailable")) or (not result and rc == EXIT_STORE_UNAVAILABLE)
+
+
 def failure(result: Mapping[str, Any], rc: int, log_tail: str) -> tuple[str, str | None]:
     """(error code, message) of a job process that did not succeed: its own verdict if it wrote one,
     else what its exit status says."""

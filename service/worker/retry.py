@@ -7,17 +7,15 @@ import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from service.settings import Settings
+from service.store.retry import STORE_ERRORS
 
 log = logging.getLogger("fwdprune.worker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-STORE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 
 class StoreCall:

@@ -35,6 +35,7 @@ from typing import Any
 
 from pruning.runtime.procs import parent_death_signal
 from service.db import DATABASE_URL_ENV, WorkerRow
+from service.errors import public_message
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import Claim, FreeGpu, Store
@@ -45,6 +46,7 @@ from service.worker.process import (
     Running,
     failure,
     parse_tmp_dir_name,
+    store_was_unavailable,
     tmp_dir_name,
     without_secrets,
 )
@@ -54,6 +56,8 @@ from service.worker.retry import StoreCall
 log = logging.getLogger("fwdprune.worker")
 
 MAX_TICK_BACKOFF_S = 30.0
+# a job whose process outlasted the store's retry window is requeued until it has had this many attempts
+STORE_OUTAGE_ATTEMPTS = 5
 
 
 class Worker:
@@ -236,6 +240,10 @@ class Worker:
             str(os.getpid()),
             "--storage-url",  # where the job's files are and its outputs go; credentials stay in env
             self.storage.url,
+            "--store-retry-window-s",
+            str(self.settings.store_retry_window_s),
+            "--store-busy-timeout-s",
+            str(self.settings.store_busy_timeout_s),
             *self._model_options(),
         ]
 
@@ -350,13 +358,40 @@ class Worker:
         if rc == 0 and result.get("ok"):
             self.publisher.publish(running, result)
             return
+        if store_was_unavailable(result, rc):
+            self._store_outage(running, result.get("message"))
+            return
         code, message = failure(result, rc, running.log_tail())
+        # the whole message for the operator; the job's owner gets it without SQL, worker id or host
+        log.warning(
+            "job %s (attempt %d) failed: %s: %s", running.job_id, running.claim.attempt, code, message
+        )
         self._call(
             self.store.finish_job,
             running.job_id,
             "failed",
             error_code=code,
-            error_message=message,
+            error_message=public_message(message, hosts=(socket.gethostname(),)),
+            claim=running.claim,
+        )
+
+    def _store_outage(self, running: Running, message: str | None) -> None:
+        """The job process gave up on a store that failed it for the whole retry window: not the job's
+        failure, so it goes back to the queue, until it has had STORE_OUTAGE_ATTEMPTS attempts (a store
+        that fails only the job's process must not keep it going round for ever)."""
+        attempt = running.claim.attempt
+        log.warning("job %s (attempt %d): the store failed its process: %s", running.job_id, attempt, message)
+        outage = f"the job store could not take the job's writes for {self.settings.store_retry_window_s:g}s"
+        if attempt < STORE_OUTAGE_ATTEMPTS:
+            reason = f"{outage}; requeued after attempt {attempt} of {STORE_OUTAGE_ATTEMPTS}"
+            self._call(self.store.requeue, running.job_id, reason, running.claim)
+            return
+        self._call(
+            self.store.finish_job,
+            running.job_id,
+            "failed",
+            error_code="internal_error",
+            error_message=f"{outage}, in attempt {attempt} of {STORE_OUTAGE_ATTEMPTS}",
             claim=running.claim,
         )
 
