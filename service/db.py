@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     JSON,
@@ -109,11 +111,31 @@ class WorkerRow(Base):
     info: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for any other database, or an in-memory one."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else Path(database)
+
+
+def make_engine(url: str, busy_timeout_s: float = 30.0, *, create: bool = False) -> Engine:
+    """The engine of the store at `url`. A SQLite file is opened, never created (`mode=rw`), unless
+    `create` (the migrations, which make it): a database whose directory went away (unmounted, say) is
+    an error, not a new empty file on whatever filesystem is left under its path."""
     if url.startswith("sqlite"):
         # Several processes (API, worker, job runners) share the file: WAL lets readers and one writer
         # proceed together, and the busy timeout turns lock contention into waiting instead of errors.
-        engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
+        path = sqlite_file(url)
+        if path is None or create:
+            engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
+        else:
+            uri = f"file:{quote(str(path))}?mode=rw"
+
+            def connect() -> sqlite3.Connection:
+                return sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, check_same_thread=False)
+
+            engine = create_engine(url, creator=connect)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -166,8 +188,8 @@ def migration_lock(url: str) -> Iterator[None]:
         finally:
             engine.dispose()
         return
-    database = make_url(url).database if url.startswith("sqlite") else None
-    if not database or database == ":memory:":
+    database = sqlite_file(url)
+    if database is None:
         yield  # an in-memory SQLite database belongs to one process
         return
     # flock on a file next to the database: released by the kernel even if this process is killed

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
+from service.datadir import DataDirs
 from service.errors import storage_unavailable, validation_error
 from service.guard import DOCS_ASSETS, RequestGuard
 from service.metrics import RequestMetrics, ServiceMetrics
@@ -21,7 +22,8 @@ from service.store import Store
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     settings.check_serve()  # fail closed before anything listens
     storage = open_storage(settings)
-    settings.ensure_dirs()
+    settings.ensure_dirs()  # the only place the API makes its directories
+    data_dirs = DataDirs.at_start((settings.data_dir, settings.files_dir, settings.jobs_dir))
     owned = store is None
     store = store or Store(settings.db_url)
 
@@ -42,6 +44,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.storage = storage
+    app.state.data_dirs = data_dirs
     app.state.key_hashes = settings.key_hashes()
     app.state.metrics = ServiceMetrics(store, settings.heartbeat_timeout_s)
     # the last added runs first: metrics see every answer, the guard's 401 and 413 refusals included

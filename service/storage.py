@@ -184,7 +184,7 @@ class LocalStorage(Storage):
 
     def put_file(self, source: Path, key: str, sha256: str) -> None:
         dest = self.local_path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folders(dest.parent)
         try:
             os.replace(source, dest)  # the bytes do not move, so there is nothing in transit to verify
         except OSError as err:
@@ -222,6 +222,23 @@ class LocalStorage(Storage):
         if not folder.is_dir():
             return []
         return sorted(f"{prefix}/{path.relative_to(folder).as_posix()}" for path in regular_files(folder))
+
+    def _make_folders(self, folder: Path) -> None:
+        """Make `folder` and those between it and the root, one at a time. The root itself is made at
+        setup only (`Settings.ensure_dirs`): one that went away (an unmounted data directory) is an
+        error, never made again on whatever filesystem is left under its path."""
+        root = self.root.resolve()
+        missing = []
+        while folder != root and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        try:
+            if not root.is_dir():
+                raise FileNotFoundError(root)
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)  # never parents=True: that would make the root again
+        except FileNotFoundError as err:
+            raise StorageError("the storage directory is gone") from err
 
     def _existing(self, key: str) -> Path:
         path = self.local_path(key)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 SUFFIXES = (".jsonl", ".txt")
+UPLOAD_TMP_PREFIX = ".upload-"  # an upload on its way to disk, in the files directory
 CHUNK = 1 << 20
 FIELD = "file"
 # control (Cc), format (Cf: bidi overrides, zero-width joiners) and surrogate (Cs) characters

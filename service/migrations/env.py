@@ -11,7 +11,7 @@ url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
 if not url:
     raise RuntimeError("no database URL given to the migrations")
 
-engine = make_engine(url)
+engine = make_engine(url, create=True)  # the one step that may create a SQLite database
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
     with context.begin_transaction():

@@ -25,7 +25,7 @@ from service.schemas.files import FileList, FilePublic
 from service.settings import Settings
 from service.storage import Storage, StorageError, file_key
 from service.store import StoredBytesExceeded
-from service.uploads import MultipartUpload, UploadInvalid, UploadSink, UploadTooLarge
+from service.uploads import UPLOAD_TMP_PREFIX, MultipartUpload, UploadInvalid, UploadSink, UploadTooLarge
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 log = logging.getLogger("fwdprune.files")
@@ -142,8 +142,10 @@ async def store_upload(
 ) -> tuple[UploadSink, str]:
     """Stream the form's file to a temporary file in the files directory, then put it to storage; only a
     whole, valid file of at most `room` bytes gets a key there. Its key is returned."""
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=settings.files_dir, prefix=".upload-")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=settings.files_dir, prefix=UPLOAD_TMP_PREFIX)
+    except FileNotFoundError as err:  # made at setup, gone since (an unmounted data directory): never remade
+        raise StorageError("the server's upload directory is gone") from err
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -7,6 +7,7 @@ that (worker ids, job counts, the metrics themselves) is shown to admin keys onl
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -15,16 +16,19 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
 from service.auth import authenticate
+from service.datadir import DataDirs
 from service.deps import SettingsDep, StoreDep, bearer
 from service.metrics import CONTENT_TYPE, ServiceMetrics
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("fwdprune.health")
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 class Health(BaseModel):
     status: str
     store: bool | None = None
+    data_dir: bool | None = None
     workers: int | None = None
     worker_ids: list[str] | None = None
     jobs: dict[str, int] | None = None
@@ -53,7 +57,12 @@ def healthz() -> Health:
 def readyz(
     request: Request, response: Response, settings: SettingsDep, store: StoreDep, credentials: CredentialsDep
 ) -> Health:
-    """Ready when the store answers and a worker sent a heartbeat recently (by the database's clock)."""
+    """Ready when the data directory is the one found at start and takes writes, the store answers
+    (SQLite: from the file it opened), and a worker sent a heartbeat recently (by the database's clock)."""
+    data_dirs: DataDirs = request.app.state.data_dirs
+    problem = data_dirs.problem()
+    if problem is not None:
+        log.warning("not ready: %s", problem)
     reachable = store.ping()
     live = []
     if reachable:
@@ -61,11 +70,12 @@ def readyz(
             live = list(store.live_workers(settings.heartbeat_timeout_s))
         except Exception:  # reachable a moment ago, failing now: not ready either way
             reachable = False
-    ready = reachable and bool(live)
+    ready = problem is None and reachable and bool(live)
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     health = Health(status="ready" if ready else "unavailable")
     if _may_see_details(request, credentials):
+        health.data_dir = problem is None
         health.store = reachable
         health.workers = len(live)
         health.worker_ids = sorted(w.id for w in live)

@@ -4,14 +4,16 @@ and the claim that fences a worker's changes."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from sqlalchemy import ColumnElement, Float, literal_column, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import JobRow, make_engine, upgrade
+from service.db import JobRow, make_engine, sqlite_file, upgrade
 
 ACTIVE = ("running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -70,6 +72,15 @@ def visible_to(row: Row | None, owner: str | None) -> Row | None:
     return row
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 class StoreBase:
     """The database a store talks to; each concern of the store adds its queries to this."""
 
@@ -80,6 +91,10 @@ class StoreBase:
         self.engine: Engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.now: ColumnElement[float] = db_clock(url)
+        # SQLite: the file this store opened, so `ping` notices when its path names another file (or
+        # none): connections already open keep reading the old one, unmounted or deleted as it may be
+        self._file = sqlite_file(url)
+        self._identity = None if self._file is None else file_identity(self._file)
 
     @property
     def postgresql(self) -> bool:
@@ -92,9 +107,16 @@ class StoreBase:
         self.engine.dispose()
 
     def ping(self) -> bool:
+        """Whether the store answers, with its schema; for SQLite, also that the file at its path is
+        still the one it opened."""
+        if self._file is not None:
+            identity = file_identity(self._file)
+            if identity is None or identity != (self._identity or identity):
+                return False
+            self._identity = identity
         try:
             with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+                conn.execute(select(JobRow.seq).limit(1))
             return True
         except Exception:
             return False

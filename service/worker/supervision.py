@@ -275,7 +275,7 @@ class Worker:
         tmp_dir = self.settings.jobs_dir / tmp_dir_name(job_id, claim.attempt)
         try:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            tmp_dir.mkdir(parents=True)
+            tmp_dir.mkdir()  # the jobs directory is made at setup only: one that went away is an error
             log_file = (tmp_dir / "job.log").open("wb")
         except OSError:
             shutil.rmtree(tmp_dir, ignore_errors=True)
