@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from service.datadir import DataDirs
 from service.errors import storage_unavailable, validation_error
 from service.guard import DOCS_ASSETS, RequestGuard
+from service.leftovers import sweep_every, sweep_quietly
 from service.metrics import RequestMetrics, ServiceMetrics
 from service.routers import docs, files, health, jobs
 from service.settings import Settings
@@ -29,9 +33,17 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owned:
-            store.close()
+        # what interrupted uploads left: swept before the first request, then every interval
+        await run_in_threadpool(sweep_quietly, settings, store, storage)
+        sweeps = asyncio.create_task(sweep_every(settings, store, storage))
+        try:
+            yield
+        finally:
+            sweeps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeps
+            if owned:
+                store.close()
 
     app = FastAPI(
         title="fwdprune",

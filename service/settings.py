@@ -187,6 +187,15 @@ class Settings(BaseSettings):
         description="how long a job process retries (with backoff) a store write the job cannot go "
         "without before it gives the job back to the queue; progress updates are dropped instead",
     )
+    sweep_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often the API removes what interrupted uploads left"
+    )
+    sweep_grace_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="how long a leftover upload (a temporary file, a stored file no row names) is left "
+        "alone before a sweep removes it; an upload in flight is never that old",
+    )
     check_models_on_submit: bool = Field(
         default=True,
         description="resolve a job's model when it is submitted and refuse one this host cannot find or "

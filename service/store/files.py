@@ -49,6 +49,11 @@ class FileQueries(StoreBase):
         query = select(func.coalesce(func.sum(FileRow.bytes), 0)).where(FileRow.owner == owner)
         return int(s.execute(query).scalar_one())
 
+    def file_paths(self) -> set[str]:
+        """The storage key (or, for a file from before keys, the path) of every file a row names."""
+        with self.session() as s:
+            return set(s.scalars(select(FileRow.path)).all())
+
     def get_file(self, file_id: str, owner: str | None) -> FileRow | None:
         with self.session() as s:
             row = s.get(FileRow, file_id)
