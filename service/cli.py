@@ -113,8 +113,7 @@ class WorkerSupervisor:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from service.connections import serve
     from service.main import create_app
     from service.settings import Settings, SettingsError
 
@@ -132,11 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         supervisor = WorkerSupervisor()
         supervisor.start()
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+        # bounded connections, each with a bounded time to send a request's head (service.connections)
+        return serve(app, settings, args.log_level)
     finally:
         if supervisor is not None:
             supervisor.stop(settings.cancel_grace_s + 10)
-    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

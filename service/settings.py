@@ -125,6 +125,24 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="open HTTP connections the API keeps at once; one more is answered 503 and closed at "
+        "once; default: a quarter of the process's open-file limit (RLIMIT_NOFILE), at most 10000",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a connection may take to send a request's head (line and headers), from "
+        "its opening (or its previous response plus keep_alive_timeout_s), before it is closed",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="how long an idle connection is kept open between requests"
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="largest request head (line and headers) the API reads"
+    )
     data_dir: Path = Path(".fwdprune-data")
     models_dir: Path = Path("models")
     hf_cache_dir: Path | None = Field(
