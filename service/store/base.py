@@ -47,7 +47,9 @@ def fence(claim: Claim | None) -> tuple[ColumnElement[bool], ...]:
 
 
 def db_clock(url: str) -> ColumnElement[float]:
-    """The database server's time in epoch seconds, as an SQL expression (one clock for every host)."""
+    """The database's time in epoch seconds, as an SQL expression: on PostgreSQL the server's clock, one for
+    every host; on SQLite, which has no server, the clock of the process that runs the statement (leases
+    allow for that: `service.store.workers`)."""
     if url.startswith("sqlite"):
         # julianday('now') works on every SQLite; unixepoch('subsec') needs 3.42
         return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)

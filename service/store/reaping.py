@@ -1,8 +1,11 @@
 """Reaping: jobs whose worker stopped heartbeating are requeued, failed or cancelled, and what may still
 be published is told apart from what never can.
 
-Heartbeats and the reaper read the database's clock, never a worker's, so clock skew between hosts cannot
-make a live worker look dead.
+Heartbeats and the reaper read the store's clock: on PostgreSQL the database server's, one for every host;
+on SQLite (which has no server) each process's own, so heartbeats are stamped with the latest stamp when
+that is ahead of the process's clock (`WorkerQueries._lease_now`). Either way clock skew cannot make a
+live worker look dead; on SQLite it can delay the reaping of a dead one by the lead of the clock furthest
+ahead.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Orphan:
 
 class ReapQueries(StoreBase):
     def _worker_alive(self, timeout_s: float) -> ColumnElement[bool]:
-        """SQL: the job's worker has a heartbeat younger than `timeout_s` by the database's clock."""
+        """SQL: the job's worker has a heartbeat younger than `timeout_s` by the store's clock."""
         return exists().where(
             WorkerRow.id == JobRow.worker_id, WorkerRow.heartbeat_at >= self.now - timeout_s
         )

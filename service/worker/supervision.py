@@ -56,6 +56,8 @@ from service.worker.retry import StoreCall
 log = logging.getLogger("fwdprune.worker")
 
 MAX_TICK_BACKOFF_S = 30.0
+SKEW_WARN_S = 5.0  # a heartbeat stamp this far ahead of this worker's clock: another clock leads its own
+SKEW_NOTICE_EVERY_S = 600.0
 # a job whose process outlasted the store's retry window is requeued until it has had this many attempts
 STORE_OUTAGE_ATTEMPTS = 5
 
@@ -81,6 +83,7 @@ class Worker:
         self.stop_event = threading.Event()
         self._next_beat = 0.0
         self._started = time.time()
+        self._skew_noticed = -SKEW_NOTICE_EVERY_S
         self._swept = False
         self.parent_pid: int | None = None  # embedded mode: stop when the server process is gone
         self._call = StoreCall(settings)
@@ -147,7 +150,23 @@ class Worker:
             heartbeat_at=0.0,  # the store stamps the database's time
             info=info,
         )
-        self._call(self.store.heartbeat, row)
+        self._report_skew(self._call(self.store.heartbeat, row))
+
+    def _report_skew(self, lag_s: float) -> None:
+        """Say (at most every SKEW_NOTICE_EVERY_S) that this worker's clock lags another's: on SQLite
+        leases follow the clock furthest ahead, so no live worker is reaped, but a dead one is reaped up
+        to that lead late."""
+        now = time.monotonic()
+        if lag_s < SKEW_WARN_S or now - self._skew_noticed < SKEW_NOTICE_EVERY_S:
+            return
+        self._skew_noticed = now
+        log.warning(
+            "this worker's clock is %.0f s behind the latest heartbeat in the store (another worker's clock "
+            "is ahead): leases follow the clock furthest ahead, so a worker that dies is reaped up to %.0f s "
+            "late; synchronise the clocks (NTP)",
+            lag_s,
+            lag_s,
+        )
 
     def give_back_strays(self) -> None:
         """Requeue jobs the store says we hold but we run no process for (a start that failed halfway)."""
