@@ -115,8 +115,12 @@ class RecoveryRecord(Record):
     rolled_back: bool
     # the job's quality figures on its evaluation text before the recovery (the report's own are after)
     quality_before: dict[str, float] = {}
-    first_loss: float  # the training loss of the first and last steps
-    last_loss: float
+    first_loss: float  # the training loss of the first and last steps (local: each window's held-out
+    last_loss: float  # error relative to its target, before and after its fit, averaged over windows)
+    windows: int = 0  # local: blocks fitted, and those whose fit was kept
+    windows_kept: int = 0
+    # local,distill: each part's own record, in the order they ran (this record sums them up)
+    parts: list[RecoveryRecord] = []
 
 
 class PruneReport(Record):

@@ -33,7 +33,7 @@ Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
 Budget = Literal["auto", "fast", "standard", "thorough"]
-Recovery = Literal["none", "distill", "zo"]
+Recovery = Literal["none", "distill", "zo", "local", "local,distill"]
 ExportFormat = Literal["hf", "nemotron-nas", "gguf"]
 GgufType = Literal["f32", "f16", "bf16", "q8_0"]
 
@@ -311,10 +311,13 @@ class PruneSettings(BaseModel):
     )
     recover: Recovery = Field(
         "none",
-        description="after compensation, train low-rank adapters on the kept linear maps to match the dense "
-        "model's next-token distribution (the dense teacher is the same loaded weights with the masks off), "
-        "merged into the exported weights: distill with gradients, zo with zeroth-order (two forward "
-        "passes a step, no backward: the memory of scoring); rolled back if it makes held-out loss worse",
+        description="after compensation, fit the kept weights toward the dense model, merged into the "
+        "exported weights: local refits each block, in forward order, to reproduce the dense block's output "
+        "from the pruned model's own input (one block in memory at a time, no LM head); distill trains "
+        "low-rank adapters on the kept linear maps toward the dense model's next-token distribution (the "
+        "dense teacher is the same loaded weights with the masks off), zo the same with zeroth-order steps "
+        "(two forward passes a step, no backward: the memory of scoring); local,distill runs local, then "
+        "distill on top; each is rolled back if it makes held-out loss worse",
     )
     recover_tokens: int | None = Field(
         None,
@@ -335,7 +338,7 @@ class PruneSettings(BaseModel):
         gt=0.0,
         le=1.0,
         description="recovery's peak learning rate (warm-up, then cosine decay); default 1e-3 for "
-        "distill, 5e-5 for zo",
+        "local and distill, 5e-5 for zo",
     )
     recover_lm_weight: float = Field(
         0.0,

@@ -10,8 +10,6 @@ refitting after each of bonsai's rounds as well cost 1.5x the scoring time and d
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,9 +19,9 @@ from pruning.compensation.corrections import OutputCorrections, Refit, as_export
 from pruning.compensation.obs import structured_obs_removals
 from pruning.compensation.reconstruction import ridge_reconstruction
 from pruning.measure.probe import CalibrationProbe
+from pruning.measure.streams import LayerStreams
 from pruning.model.adapters.base import FamilyAdapter, UnitKind
 from pruning.model.checkpoint import CheckpointReader
-from pruning.model.masking import UnitMasks
 from pruning.model.units import UnitGroup
 
 # An ls fit runs each decoder layer about four to five times over its sequences (the dense and pruned
@@ -177,7 +175,7 @@ def sequential_refits(
     pruned_layers = [g.layer for g in space.groups if not bool(keep[space.slice(g)].all())]
     if not pruned_layers:
         return
-    streams = _LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
+    streams = LayerStreams.capture(probe, keep, layers[pruned_layers[0]], sequences)
     for index in range(pruned_layers[0], len(layers)):
         groups = [g for g in refitted_groups(space.groups) if g.layer == index]  # attention, then MLP
         for group in groups:
@@ -190,125 +188,3 @@ def sequential_refits(
         streams.advance(layers[index])
         if progress is not None:
             progress((index + 1 - pruned_layers[0]) / (len(layers) - pruned_layers[0]))
-
-
-class _Reached(Exception):
-    """Raised by a capture hook to end a forward pass once the module of interest has its input."""
-
-
-class _LayerStreams:
-    """Each calibration batch's hidden states at the input of one layer, in the dense model and in the
-    pruned, corrected one, with the other arguments the model passed to that layer (position
-    embeddings, attention mask), so that layers can be run one at a time."""
-
-    def __init__(
-        self,
-        masks: UnitMasks,
-        keep: torch.Tensor,
-        hidden: list[torch.Tensor],
-        extra: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        precision: Callable[[], AbstractContextManager[Any]],
-    ) -> None:
-        self.masks, self.extra = masks, extra
-        # the layers run as the sub-models are scored (bf16 autocast under bf16-mixed); the moments taken
-        # from their inputs, and the solves, stay fp32
-        self.precision = precision
-        self.dense, self.pruned = hidden, list(hidden)  # [B, T, D] per batch; equal before any pruned layer
-        self._dense_advanced = False  # the dense stream went through the current layer already
-        masks.set(keep.double())
-
-    @classmethod
-    def capture(
-        cls, probe: CalibrationProbe, keep: torch.Tensor, layer: nn.Module, sequences: torch.Tensor | None
-    ) -> _LayerStreams:
-        """Run each batch of `sequences` up to `layer` (nothing before it is pruned) and keep what the
-        layer is given."""
-        hidden: list[torch.Tensor] = []
-        extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            states = args[0] if args else kwargs.pop("hidden_states")
-            hidden.append(states)
-            extra.append((args[1:], kwargs))
-            raise _Reached
-
-        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            with probe.masks.suspended(), probe.objective.scoring_precision():
-                for batch in probe.batches(sequences):
-                    with suppress(_Reached):
-                        probe.objective.run(batch)
-        finally:
-            handle.remove()
-        return cls(probe.masks, keep, hidden, extra, probe.objective.scoring_precision)
-
-    def _run(self, layer: nn.Module, batch: int, dense: bool) -> torch.Tensor:
-        args, kwargs = self.extra[batch]
-        with self.precision():
-            if dense:
-                with self.masks.suspended():  # also stands the corrections down
-                    out = layer(self.dense[batch], *args, **kwargs)
-            else:
-                out = layer(self.pruned[batch], *args, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
-
-    def paired_moments(
-        self, layer: nn.Module, module: nn.Module, kept: torch.Tensor, last: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """([K, K] X̃_Kᵀ X̃_K, [K, C] X̃_Kᵀ X): X̃ the module's input in the pruned model, X in the dense
-        one, token for token, over every batch. `last`: `module` is the layer's last unit module, so the
-        dense run goes on through the layer and moves the dense stream on (nothing refits it), sparing
-        `advance` a dense pass."""
-        gram: torch.Tensor | int = 0
-        cross: torch.Tensor | int = 0
-        for batch in range(len(self.extra)):
-            if last:
-                dense, self.dense[batch] = _input_and_output(module, self._run, layer, batch, True)
-            else:
-                dense = _input_of(module, self._run, layer, batch, True)  # [tokens, C]
-            pruned = _input_of(module, self._run, layer, batch, False)
-            pruned = pruned[:, kept.to(pruned.device)]  # [tokens, K]
-            gram = gram + pruned.T @ pruned
-            cross = cross + pruned.T @ dense
-        assert isinstance(gram, torch.Tensor) and isinstance(cross, torch.Tensor)
-        self._dense_advanced = last
-        return gram, cross
-
-    def advance(self, layer: nn.Module) -> None:
-        """Move both streams through `layer`, the pruned one with its refits applied."""
-        if not self._dense_advanced:
-            self.dense = [self._run(layer, b, dense=True) for b in range(len(self.extra))]
-        self.pruned = [self._run(layer, b, dense=False) for b in range(len(self.extra))]
-        self._dense_advanced = False
-
-
-def _input_and_output(module: nn.Module, run: Callable[..., Any], *args: Any) -> tuple[torch.Tensor, Any]:
-    """([tokens, C] float32 input of `module`, what `run(*args)` returns), from one whole run."""
-    captured: list[torch.Tensor] = []
-
-    def capture(mod: nn.Module, args: tuple[Any, ...]) -> None:
-        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
-
-    handle = module.register_forward_pre_hook(capture, prepend=True)
-    try:
-        out = run(*args)
-    finally:
-        handle.remove()
-    return captured[0], out
-
-
-def _input_of(module: nn.Module, run: Callable[..., Any], *args: Any) -> torch.Tensor:
-    """[tokens, C] float32 input of `module` during `run(*args)`, which stops there."""
-    captured: list[torch.Tensor] = []
-
-    def capture(mod: nn.Module, args: tuple[Any, ...]) -> None:
-        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
-        raise _Reached
-
-    handle = module.register_forward_pre_hook(capture, prepend=True)  # ahead of the unit mask
-    try:
-        with suppress(_Reached):
-            run(*args)
-    finally:
-        handle.remove()
-    return captured[0]

@@ -7,8 +7,10 @@ from pruning.engine.run import Run
 from pruning.recovery.recover import JUDGE_MAX
 
 # forward-pass equivalents per token the recovery trains on: distill runs the dense teacher, the student
-# and its backward (about two forwards); zo the teacher and the student twice
-RECOVERY_FORWARDS = {"distill": 4.0, "zo": 3.0}
+# and its backward (about two forwards); zo the teacher and the student twice; local each block's forward
+# and backward on the pruned stream (about three forwards of the blocks), then moves the dense and pruned
+# streams of its text on, without the LM head
+RECOVERY_FORWARDS = {"distill": 4.0, "zo": 3.0, "local": 5.0}
 
 # stages a job with several sizes runs once per size
 PER_SIZE = {"search", "compensate", "recover", "evaluate_pruned", "export"}
@@ -61,5 +63,6 @@ def recovery_work(run: Run) -> float:
     spec = run.spec
     if spec.recover == "none":
         return 0.0
-    training = RECOVERY_FORWARDS[spec.recover] * spec.recovery_tokens(run.budget)
+    forwards = sum(RECOVERY_FORWARDS[part] for part in spec.recover.split(","))
+    training = forwards * spec.recovery_tokens(run.budget)
     return training + 2 * JUDGE_MAX * spec.seq_len + float(run.subject.data.evaluation.numel())

@@ -40,7 +40,19 @@ class ModuleDelta:
     ) -> ModuleDelta:
         """From a full-size `change` [out, in] to the stored weight `base` [out, in] (its dtype is the
         export's), kept to `rows` and `columns` and rounded as the export will store base + change."""
-        part, base_part = _kept(change, rows, columns), _kept(base, rows, columns)
+        return cls.rounded_part(kept_block(change, rows, columns), base, rows, columns)
+
+    @classmethod
+    def rounded_part(
+        cls,
+        part: torch.Tensor,
+        base: torch.Tensor,
+        rows: torch.Tensor | None,
+        columns: torch.Tensor | None,
+    ) -> ModuleDelta:
+        """From the change `part` [R, C] of the kept rows and columns of the stored weight `base`
+        [out, in], rounded as the export will store base + change."""
+        base_part = kept_block(base, rows, columns)
         return cls(rows, columns, as_exported(part.double(), base_part.double(), base.dtype).float())
 
     def applied_to(self, weight: torch.Tensor) -> torch.Tensor:
@@ -53,7 +65,8 @@ class ModuleDelta:
         return changed
 
 
-def _kept(weight: torch.Tensor, rows: torch.Tensor | None, columns: torch.Tensor | None) -> torch.Tensor:
+def kept_block(weight: torch.Tensor, rows: torch.Tensor | None, columns: torch.Tensor | None) -> torch.Tensor:
+    """weight[rows][:, columns] (None: every row, or every column)."""
     if rows is not None:
         weight = weight.index_select(0, rows)
     if columns is not None:

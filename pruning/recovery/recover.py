@@ -5,35 +5,40 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from pruning.measure.probe import CalibrationProbe
+from pruning.measure.streams import LayerStreams
 from pruning.model.adapters import FamilyAdapter, UnitKind
 from pruning.model.loading import LoadedModel, scoring_autocast
 from pruning.model.units import UnitSpace
-from pruning.recovery.deltas import ModuleDelta, WeightDeltas
+from pruning.recovery.deltas import ModuleDelta, WeightDeltas, kept_block
+from pruning.recovery.local import WindowLog, WindowSettings, first_fitted_layer, reconstruct, window_targets
 from pruning.recovery.low_rank import LowRankAdapters
 from pruning.recovery.objective import DistillationLoss
-from pruning.recovery.training import TrainingLog, cycle, distill, zeroth_order
+from pruning.recovery.training import TrainingLog, cycle, distill, learning_rate, zeroth_order
 from pruning.report import RecoveryRecord
 
 # held-out sequences the recovery is judged on: this share of its text, at most JUDGE_MAX
 JUDGE_SHARE, JUDGE_MAX = 0.1, 16
-DEFAULT_LR = {"distill": 1e-3, "zo": 5e-5}
+DEFAULT_LR = {"distill": 1e-3, "zo": 5e-5, "local": 1e-3}
 
 
 @dataclass(frozen=True)
 class RecoverySettings:
-    method: str  # "distill" or "zo"
+    method: str  # "distill", "zo" or "local"
     tokens: int
     rank: int
     lr: float | None  # None: the method's default
     lm_weight: float
     batch_sequences: int  # sequences per step
     seed: int
+    # local: the sequences of the training text each block is fitted on, cycled through until `tokens`
+    local_sequences: int = 64
 
     @property
     def peak_lr(self) -> float:
@@ -99,20 +104,87 @@ def recover_model(
     on_step: Callable[[int, int], None],
     stop: Callable[[], bool],
 ) -> Recovered:
-    """The whole recovery of the model pruned to `keep` (hooks installed): adapters on its kept linear
-    maps trained over `sequences`, judged on their held-out tail, merged into rounded weight changes
-    (`stored_weight(name)`: the weight the export would write without them) or rolled back. The record
-    carries the `evaluation` figures before the recovery, what the job would report without it."""
+    """The whole recovery of the model pruned to `keep` (hooks installed): its parts in the order
+    `settings.method` names them ("local,distill": local reconstruction, then adapters trained on top of
+    it), each judged on the held-out tail of `sequences` and rolled back alone when it did not help, its
+    changes merged into rounded weight changes (`stored_weight(name)`: the weight the export would write
+    without any). The record carries the `evaluation` figures before the recovery, what the job would
+    report without it; a recovery of several parts sums them up and lists each."""
+    quality_before = probe.quality(keep, evaluation)
+    methods = settings.method.split(",")
+    records: list[RecoveryRecord] = []
+    deltas: WeightDeltas | None = None
+    for index, method in enumerate(methods):
+
+        def part_step(done: int, steps: int, index: int = index) -> None:
+            on_step(index * steps + done, len(methods) * steps)
+
+        part = replace(settings, method=method)
+        if method == "local":
+            recovered = recover_locally(
+                loaded, adapter, probe, keep, part, sequences, stored_weight, part_step, stop
+            )
+        else:
+            recovered = train_adapters(
+                loaded, adapter, probe, keep, part, sequences, stored_weight, part_step, stop, deltas
+            )
+        records.append(recovered.record)
+        deltas = recovered.deltas or deltas
+    record = records[0] if len(records) == 1 else summed(settings.method, records)
+    return Recovered(record.model_copy(update={"quality_before": quality_before}), deltas)
+
+
+def summed(method: str, parts: list[RecoveryRecord]) -> RecoveryRecord:
+    """One record for a recovery of several `parts`: their tokens, steps and time added up, the held-out
+    loss before the first and after the last one kept, rolled back when every part was."""
+    kept = [part for part in parts if not part.rolled_back]
+    seconds = sum(part.seconds for part in parts)
+    tokens = sum(part.tokens for part in parts)
+    return parts[-1].model_copy(
+        update={
+            "method": method,
+            "tokens": tokens,
+            "steps": sum(part.steps for part in parts),
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+            "judge_loss_before": parts[0].judge_loss_before,
+            "judge_loss_after": kept[-1].judge_loss_after if kept else parts[0].judge_loss_before,
+            "rolled_back": not kept,
+            "first_loss": parts[0].first_loss,
+            "windows": sum(part.windows for part in parts),
+            "windows_kept": sum(part.windows_kept for part in parts),
+            "parts": parts,
+        }
+    )
+
+
+def train_adapters(
+    loaded: LoadedModel,
+    adapter: FamilyAdapter,
+    probe: CalibrationProbe,
+    keep: torch.Tensor,
+    settings: RecoverySettings,
+    sequences: torch.Tensor,
+    stored_weight: Callable[[str], torch.Tensor],
+    on_step: Callable[[int, int], None],
+    stop: Callable[[], bool],
+    prior: WeightDeltas | None = None,
+) -> Recovered:
+    """`distill` or `zo`: adapters on the kept linear maps trained over `sequences` (on top of the
+    `prior` changes of an earlier part, hooked in meanwhile), judged on their held-out tail, merged with
+    `prior` into rounded weight changes or rolled back (the `prior` ones stay)."""
     model = loaded.model
     loss = DistillationLoss(
         model, adapter, probe.masks, loaded.device, settings.lm_weight, scoring_autocast(loaded.precision)
     )
     targets = target_modules(model, adapter, probe.space, keep)
-    adapters, record = train_and_judge(probe, loss, targets, keep, sequences, settings, on_step, stop)
-    record = record.model_copy(update={"quality_before": probe.quality(keep, evaluation)})
+    with prior.installed() if prior is not None else nullcontext():
+        adapters, record = train_and_judge(probe, loss, targets, keep, sequences, settings, on_step, stop)
     if adapters is None:
         return Recovered(record, None)
     deltas = WeightDeltas(probe.masks)
+    if prior is not None:
+        deltas.changes.update(prior.changes)
     merge(adapters, deltas, adapter, probe.space.kept_indices(keep), stored_weight)
     return Recovered(record, deltas)
 
@@ -175,10 +247,89 @@ def merge(
     kept: dict[tuple[int, str], torch.Tensor],
     stored_weight: Callable[[str], torch.Tensor],
 ) -> None:
-    """Each adapter's s·BA into `deltas`, kept to the rows and columns the export keeps and rounded as
-    the export will store the changed weight (`stored_weight(name)`: the weight as the export would
-    write it before the recovery: the checkpoint's, or the compensation's refit of it)."""
+    """Each adapter's s·BA into `deltas`, on top of any change `deltas` holds for its module already (an
+    earlier recovery's), kept to the rows and columns the export keeps and rounded as the export will
+    store the changed weight (`stored_weight(name)`: the weight as the export would write it before any
+    recovery: the checkpoint's, or the compensation's refit of it)."""
     for name, module in adapters.targets.items():
         rows, columns = kept_part(adapter, kept, name)
-        change = ModuleDelta.rounded(adapters.delta(name).cpu(), stored_weight(name), rows, columns)
-        deltas.changes[name] = (module, change)
+        part = kept_block(adapters.delta(name).cpu(), rows, columns)
+        if name in deltas.changes:
+            part = part + deltas.changes[name][1].delta
+        deltas.changes[name] = (module, ModuleDelta.rounded_part(part, stored_weight(name), rows, columns))
+
+
+def recover_locally(
+    loaded: LoadedModel,
+    adapter: FamilyAdapter,
+    probe: CalibrationProbe,
+    keep: torch.Tensor,
+    settings: RecoverySettings,
+    sequences: torch.Tensor,
+    stored_weight: Callable[[str], torch.Tensor],
+    on_step: Callable[[int, int], None],
+    stop: Callable[[], bool],
+) -> Recovered:
+    """Local reconstruction of the model pruned to `keep` (hooks installed): each block fitted to the
+    dense model's output from the pruned model's input over `sequences` (the last of them held out to
+    judge each window and the whole), its kept changes rounded as exported; rolled back whole when the
+    held-out loss did not improve."""
+    model, space = loaded.model, probe.space
+    train, judge = judge_split(sequences)
+    train = train[: settings.local_sequences]
+    targets = target_modules(model, adapter, space, keep)
+    layers = adapter.layers(model)
+    windows = window_targets(model, adapter, targets)
+    first = first_fitted_layer(space, keep, windows)
+    indices = space.kept_indices(keep)
+    parts = {name: kept_part(adapter, indices, name) for name in targets}
+    before = probe.mean_loss(keep, judge)
+    deltas = WeightDeltas(probe.masks)
+    steps = max(1, settings.tokens // (settings.batch_sequences * sequences.shape[1]))
+    total = steps * sum(1 for window in windows[first:] if window)
+    done = 0
+
+    def stepped(tokens: int) -> None:
+        nonlocal done
+        done += 1
+        on_step(done, max(total, 1))
+
+    began = time.perf_counter()
+    log = WindowLog()
+    if first < len(layers):
+        with torch.no_grad():
+            streams = LayerStreams.capture(probe, keep, layers[first], train, settings.batch_sequences)
+            held = LayerStreams.capture(probe, keep, layers[first], judge)
+        window = WindowSettings(steps, settings.peak_lr, settings.seed)
+        log = reconstruct(
+            streams, held, layers[first:], windows[first:], parts, stored_weight, deltas, window,
+            learning_rate, stepped, stop,
+        )  # fmt: skip
+    seconds = time.perf_counter() - began
+    with deltas.installed():
+        after = probe.mean_loss(keep, judge)
+    rolled_back = not after < before
+    record = RecoveryRecord(
+        method="local",
+        tokens=log.tokens,
+        steps=log.steps,
+        seconds=round(seconds, 3),
+        tokens_per_s=round(log.tokens / max(seconds, 1e-9), 1),
+        rank=0,
+        lr=settings.peak_lr,
+        lm_weight=0.0,
+        train_sequences=int(train.shape[0]),
+        judge_sequences=int(judge.shape[0]),
+        judge_loss_before=before,
+        judge_loss_after=after,
+        rolled_back=rolled_back,
+        first_loss=_mean(log.errors_before),
+        last_loss=_mean(log.errors_after),
+        windows=log.windows,
+        windows_kept=log.kept,
+    )
+    return Recovered(record, None if rolled_back else deltas)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

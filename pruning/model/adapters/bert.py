@@ -28,6 +28,17 @@ class BertAdapter(FamilyAdapter):
         SliceRule(re.compile(r"layer\.(\d+)\.output\.dense\.weight$"), "mlp", 1),
     )
     bias_switches = {UnitKind.ATTN: (None, ()), UnitKind.MLP: (None, ())}
+    prunable_linears = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
+
+    def linear_kind(self, path: str) -> UnitKind:
+        return UnitKind.ATTN if path.startswith("attention.") else UnitKind.MLP
 
     def auto_class(self) -> Any:
         from transformers import AutoModel
