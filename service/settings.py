@@ -258,8 +258,8 @@ class Settings(BaseSettings):
     max_stored_bytes_per_key: int = Field(
         default=4 * 1024**3,
         ge=1,
-        description="bytes of uploaded files one API key may keep; an upload past it is refused with 413 "
-        "until the key deletes files",
+        description="bytes of uploaded files and published checkpoints one API key may keep; an upload "
+        "past it, or a new job while they fill it, is refused with 413 until the key deletes files or jobs",
     )
 
     @field_validator("api_keys", "admin_keys", mode="before")

@@ -121,8 +121,9 @@ async def delete_stored(storage: Storage, key: str) -> None:
 def over_quota(settings: Settings) -> HTTPException:
     return HTTPException(
         status.HTTP_413_CONTENT_TOO_LARGE,
-        f"this key's files would hold more than the {settings.max_stored_bytes_per_key} bytes it may keep "
-        "(FWDPRUNE_MAX_STORED_BYTES_PER_KEY); delete files it no longer needs",
+        f"this key's files and published checkpoints would hold more than the "
+        f"{settings.max_stored_bytes_per_key} bytes it may keep (FWDPRUNE_MAX_STORED_BYTES_PER_KEY); "
+        "delete files or jobs it no longer needs",
     )
 
 

@@ -108,6 +108,19 @@ def _check_limits(body: JobCreate, settings: Settings) -> None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
 
 
+def _check_room(owner: str, settings: Settings, store: Store) -> None:
+    """Refuse a job while the key's files and published checkpoints fill its stored-bytes quota: the job
+    would publish more."""
+    limit = settings.max_stored_bytes_per_key
+    if store.stored_bytes(owner) >= limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"this key's files and published checkpoints already hold the {limit} bytes it may keep "
+            "(FWDPRUNE_MAX_STORED_BYTES_PER_KEY), and a job publishes more; delete files or jobs it no "
+            "longer needs",
+        )
+
+
 def _within_the_servers_time(body: JobCreate, settings: Settings) -> JobCreate:
     """The job as it runs: the server's longest job (FWDPRUNE_MAX_JOB_SECONDS) is its max_time unless it
     asks for less, so the engine cuts the work to fit (without stretching it, as time_limit would)."""
@@ -144,6 +157,7 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
     response_model=JobPublic,
     responses={
         200: {"model": JobPublic, "description": "the job already made with this Idempotency-Key"},
+        413: {"description": "the key's files and published checkpoints fill its stored-bytes quota"},
         422: {"description": "invalid request, or one over the server's limits on a job"},
         429: {"description": "the key has as many queued jobs as it may (see Retry-After)"},
     },
@@ -171,6 +185,7 @@ def create_job(
             response.status_code = status.HTTP_200_OK
             return to_public(replayed)
     _check_limits(body, settings)
+    _check_room(principal.owner, settings, store)
     body = _within_the_servers_time(body, settings)
     request = body.model_dump(mode="json")
     inputs = _resolve_inputs(body, principal.owner, settings, store)

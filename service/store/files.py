@@ -1,5 +1,5 @@
-"""Uploaded files: rows naming what storage holds, each key's stored bytes within its quota, and the rule
-that a file an unfinished job reads stays."""
+"""Uploaded files: rows naming what storage holds, each key's stored bytes (its files and its published
+checkpoints) within its quota, and the rule that a file an unfinished job reads stays."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ class FileInUse(Exception):
 
 
 class StoredBytesExceeded(Exception):
-    """The key's files would hold more bytes than it may keep."""
+    """The key's files and published checkpoints would hold more bytes than it may keep."""
 
     def __init__(self, stored: int, limit: int) -> None:
-        super().__init__(f"this key's files hold {stored} bytes of the {limit} it may keep")
+        super().__init__(
+            f"this key's files and published checkpoints hold {stored} bytes of the {limit} it may keep"
+        )
         self.stored, self.limit = stored, limit
 
 
@@ -40,14 +42,25 @@ class FileQueries(StoreBase):
         return row
 
     def stored_bytes(self, owner: str) -> int:
-        """The bytes of every file `owner` keeps."""
+        """The bytes `owner` keeps: its uploaded files and the checkpoints its jobs published."""
         with self.session() as s:
             return self._stored_bytes(s, owner)
 
     @staticmethod
     def _stored_bytes(s: Session, owner: str) -> int:
-        query = select(func.coalesce(func.sum(FileRow.bytes), 0)).where(FileRow.owner == owner)
-        return int(s.execute(query).scalar_one())
+        """Its files' bytes and its succeeded jobs' artifacts' (they stay stored until the job is
+        deleted); the artifact lists are summed here, the same on SQLite and PostgreSQL."""
+        files = select(func.coalesce(func.sum(FileRow.bytes), 0)).where(FileRow.owner == owner)
+        published = select(JobRow.artifacts).where(
+            JobRow.owner == owner, JobRow.status == "succeeded", JobRow.artifacts.is_not(None)
+        )
+        checkpoints = sum(
+            int(artifact.get("bytes") or 0)
+            for artifacts in s.scalars(published)
+            for artifact in artifacts or ()
+            if isinstance(artifact, dict)
+        )
+        return int(s.execute(files).scalar_one()) + checkpoints
 
     def file_paths(self) -> set[str]:
         """The storage key (or, for a file from before keys, the path) of every file a row names."""
@@ -63,13 +76,17 @@ class FileQueries(StoreBase):
         self, owner: str | None, *, limit: int = 50, after: str | None = None
     ) -> tuple[Sequence[FileRow], bool]:
         """Newest first; `after` is the id of the last file of the previous page. Returns (files,
-        has_more)."""
+        has_more). An `after` that names no file of `owner`'s (none at all, or another key's) gives an
+        empty page: another key's id answers as one that names nothing."""
         query = select(FileRow).order_by(FileRow.created_at.desc(), FileRow.id).limit(limit + 1)
         if owner is not None:
             query = query.where(FileRow.owner == owner)
         with self.session() as s:
             if after is not None:
-                cursor = s.execute(select(FileRow.created_at, FileRow.id).where(FileRow.id == after)).first()
+                mine = () if owner is None else (FileRow.owner == owner,)
+                cursor = s.execute(
+                    select(FileRow.created_at, FileRow.id).where(FileRow.id == after, *mine)
+                ).first()
                 if cursor is None:
                     return [], False
                 created_at, file_id = cursor

@@ -103,7 +103,9 @@ class JobQueries(StoreBase):
     def list_jobs(
         self, owner: str | None, *, status: str | None = None, limit: int = 50, after: str | None = None
     ) -> tuple[Sequence[JobRow], bool]:
-        """Newest first; `after` is the id of the last job of the previous page. Returns (jobs, has_more)."""
+        """Newest first; `after` is the id of the last job of the previous page. Returns (jobs, has_more).
+        An `after` that names no job of `owner`'s (none at all, or another key's) gives an empty page:
+        another key's id answers as one that names nothing."""
         query = select(JobRow).order_by(JobRow.seq.desc()).limit(limit + 1)
         if owner is not None:
             query = query.where(JobRow.owner == owner)
@@ -111,7 +113,8 @@ class JobQueries(StoreBase):
             query = query.where(JobRow.status == status)
         with self.session() as s:
             if after is not None:
-                cursor = s.scalars(select(JobRow.seq).where(JobRow.id == after)).first()
+                mine = () if owner is None else (JobRow.owner == owner,)
+                cursor = s.scalars(select(JobRow.seq).where(JobRow.id == after, *mine)).first()
                 if cursor is None:
                     return [], False
                 query = query.where(JobRow.seq < cursor)

@@ -1,5 +1,5 @@
-"""What one API key may hold at once, through the API: queued jobs (429 with Retry-After), stored bytes
-(413), and its files listed a page at a time."""
+"""What one API key may hold at once, through the API: queued jobs (429 with Retry-After), stored bytes,
+its published checkpoints' included (413), and its files and jobs listed a page at a time."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def test_a_key_past_its_stored_bytes_gets_413(client: TestClient) -> None:
     full = upload(client, 1)  # refused before its body is read
     assert full.status_code == 413
     assert full.json()["detail"] == (
-        f"this key's files would hold more than the {10 * len(LINE)} bytes it may keep "
-        "(FWDPRUNE_MAX_STORED_BYTES_PER_KEY); delete files it no longer needs"
+        f"this key's files and published checkpoints would hold more than the {10 * len(LINE)} bytes it "
+        "may keep (FWDPRUNE_MAX_STORED_BYTES_PER_KEY); delete files or jobs it no longer needs"
     )
     assert upload(client, 1, KEY_B).status_code == 201
     files = client.get("/v1/files", headers=auth()).json()["data"]
@@ -95,3 +95,45 @@ def test_files_are_listed_a_page_at_a_time(client: TestClient) -> None:
         "has_more": False,
         "next_after": None,
     }
+
+
+def _publish(client: TestClient, job_id: str, sizes: list[int]) -> None:
+    """The job succeeded and published artifacts of these sizes (as a worker's fenced commit records)."""
+    store = client.app.state.store  # type: ignore[attr-defined]
+    artifacts = [{"name": f"part-{i}.bin", "bytes": n, "sha256": "0" * 64} for i, n in enumerate(sizes)]
+    assert store.finish_job(job_id, "succeeded", artifacts=artifacts, from_statuses=("queued",))
+
+
+def test_published_checkpoints_count_toward_the_stored_bytes(client: TestClient) -> None:
+    file_id = upload(client, 1).json()["id"]
+    body = {"model": "tiny-llama", "calibration_file": file_id, "sparsity": 0.3, **QUICK}
+    job = client.post("/v1/jobs", json=body, headers=auth()).json()
+    _publish(client, job["id"], [5 * len(LINE), 4 * len(LINE)])  # with the upload: the whole quota
+    full = upload(client, 1)
+    assert full.status_code == 413, full.text
+    assert full.json()["detail"] == (
+        f"this key's files and published checkpoints would hold more than the {10 * len(LINE)} bytes it "
+        "may keep (FWDPRUNE_MAX_STORED_BYTES_PER_KEY); delete files or jobs it no longer needs"
+    )
+    refused = client.post("/v1/jobs", json=body, headers=auth())  # a job would publish more
+    assert refused.status_code == 413, refused.text
+    assert "FWDPRUNE_MAX_STORED_BYTES_PER_KEY" in refused.json()["detail"]
+    assert upload(client, 1, KEY_B).status_code == 201  # another key's quota
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=auth()).status_code == 204
+    assert upload(client, 1).status_code == 201  # the checkpoint's bytes are free again
+    assert client.post("/v1/jobs", json=body, headers=auth()).status_code == 201
+
+
+def test_another_keys_id_as_a_cursor_is_an_unknown_one(client: TestClient) -> None:
+    """`after` naming another key's job or file answers as an id that names nothing: no existence oracle."""
+    b_file = upload(client, 1, KEY_B).json()["id"]
+    body = {"model": "tiny-llama", "calibration_file": b_file, "sparsity": 0.3, **QUICK}
+    assert client.post("/v1/jobs", json=body, headers=auth(KEY_B)).status_code == 201
+    a_file = upload(client, 1).json()["id"]  # newer than all of B's
+    a_job = client.post("/v1/jobs", json={**body, "calibration_file": a_file}, headers=auth()).json()["id"]
+    for path, a_id in (("/v1/jobs", a_job), ("/v1/files", a_file)):
+        unknown = client.get(path, params={"after": "job_nothing"}, headers=auth(KEY_B))
+        others = client.get(path, params={"after": a_id}, headers=auth(KEY_B))
+        assert (others.status_code, others.json()) == (unknown.status_code, unknown.json()), path
+        assert others.json() == {"data": [], "has_more": False, "next_after": None}
+        assert len(client.get(path, headers=auth(KEY_B)).json()["data"]) == 1  # B's own, listed

@@ -140,7 +140,9 @@ def test_stored_bytes_per_key_are_bounded(db_url: str) -> None:
         assert sum(isinstance(o, FileRow) for o in outcomes) == 2  # 400 + 2 x 250 of 1000
         refused = [o for o in outcomes if isinstance(o, StoredBytesExceeded)]
         assert (
-            len(refused) == 4 and str(refused[0]) == "this key's files hold 900 bytes of the 1000 it may keep"
+            len(refused) == 4
+            and str(refused[0])
+            == "this key's files and published checkpoints hold 900 bytes of the 1000 it may keep"
         )
         assert store.stored_bytes("alice") == 900 and store.stored_bytes("bob") == 0
         store.add_file(_file("file_bob", 1000, owner="bob"), max_stored_bytes=1000)
