@@ -60,6 +60,17 @@ class Serve:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def descriptors_below(self, count: int, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        while self.descriptors() >= count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -142,8 +153,9 @@ def test_slow_headers_past_the_open_file_limit_lock_nobody_out(
         time.sleep(3)  # the header timeout closes the slow connections: everyone is served again
         status, took = _probe(server.url)
         assert status == 200 and took < 2, (status, took)
-        # every slow connection is closed (a few were still in the listen backlog a moment ago)
-        assert _open_ones(sockets, within_s=15) == []
+        # the slow connections no longer hold the server's descriptors (some of the flood's, refused by
+        # a full listen backlog, are still retrying their handshake: each gets its head's time once in)
+        assert server.descriptors_below(64, within_s=15), server.descriptors()
         log = server.log()
         assert "at most 64 connections (RLIMIT_NOFILE 256)" in log, log[-3000:]
         assert "Too many open files" not in log and "Traceback" not in log, log[-3000:]
