@@ -56,15 +56,27 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     path, name = model_dir / "config.json", f"{model_dir.name}/config.json"
     if not path.is_file():
         raise UnsupportedModelError(f"{model_dir.name} has no config.json")
+    config = read_json(path, name, MAX_CONFIG_BYTES)
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{name} must hold a JSON object; it holds {_kind(config)}")
+    if _deeper_than(config, MAX_DEPTH):
+        raise UnsupportedModelError(f"{name} nests deeper than {MAX_DEPTH} levels")
+    return config
+
+
+def read_json(path: Path, name: str, max_bytes: int) -> Any:
+    """The JSON value in the file at `path` (called `name` in errors). UnsupportedModelError for a file
+    that is unreadable, larger than `max_bytes`, not UTF-8 JSON, nested past the parser's recursion or
+    holding an integer past Python's conversion limit."""
     try:
         with path.open("rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
+            raw = handle.read(max_bytes + 1)
     except OSError as err:
         raise UnsupportedModelError(f"{name} cannot be read ({err.strerror or type(err).__name__})") from err
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise UnsupportedModelError(f"{name} is larger than {MAX_CONFIG_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise UnsupportedModelError(f"{name} is larger than {max_bytes} bytes")
     try:
-        config = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise UnsupportedModelError(f"{name} is not UTF-8 text (byte {err.start}: {err.reason})") from err
     except json.JSONDecodeError as err:
@@ -73,11 +85,6 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise UnsupportedModelError(f"{name} nests deeper than {MAX_DEPTH} levels") from err
     except ValueError as err:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise UnsupportedModelError(f"{name} holds an integer longer than the JSON reader converts") from err
-    if not isinstance(config, dict):
-        raise UnsupportedModelError(f"{name} must hold a JSON object; it holds {_kind(config)}")
-    if _deeper_than(config, MAX_DEPTH):
-        raise UnsupportedModelError(f"{name} nests deeper than {MAX_DEPTH} levels")
-    return config
 
 
 def check_sizes(config: dict[str, Any], experts: bool) -> None:

@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from pruning.checkpoint_config import read_config
+from pruning.checkpoint_config import read_config, read_json
 from pruning.errors import UnsupportedModelError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -66,19 +66,7 @@ def _shown(name: object) -> str:
 def read_shard_index(model_dir: Path, name: str = INDEX_NAME) -> tuple[dict[str, str], dict[str, Any]]:
     """(weight_map, metadata) of the shard index `name` in `model_dir`, every shard name checked with
     `plain_file_name`."""
-    try:
-        with (model_dir / name).open("rb") as handle:
-            raw = handle.read(MAX_INDEX_BYTES + 1)
-    except OSError as err:
-        raise UnsupportedModelError(f"{name} cannot be read ({err.strerror or type(err).__name__})") from err
-    if len(raw) > MAX_INDEX_BYTES:
-        raise UnsupportedModelError(f"{name} is larger than {MAX_INDEX_BYTES} bytes")
-    try:
-        index = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, nested or numbered past the parser
-        raise UnsupportedModelError(
-            f"{name} is not a readable JSON shard index ({type(err).__name__})"
-        ) from err
+    index = read_json(model_dir / name, name, MAX_INDEX_BYTES)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise UnsupportedModelError(f"{name} has no weight_map of tensor names to shard files")
