@@ -35,6 +35,7 @@ UNSAFE_NAME_CHARS = frozenset("/\\:")
 MAX_INDEX_BYTES = 1 << 26  # a shard index maps every tensor to its shard: a few MiB for the largest models
 MAX_HEADER_BYTES = 100_000_000  # what the safetensors library itself reads at most
 SHOWN_CHARS = 200  # of a refused name quoted back in a message
+SEPARATORS = re.compile(r"[/\\]")  # of path components, on any host
 # a transformer block's tensors: `model.layers.3.` (decoders), `encoder.layer.3.` (BERT and RoBERTa)
 LAYER_NAME = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 # the token embedding: `model.embed_tokens.weight`, `bert.embeddings.word_embeddings.weight`
@@ -52,10 +53,19 @@ def plain_file_name(name: object, suffix: str, what: str) -> str:
         or any(char in UNSAFE_NAME_CHARS or ord(char) < 32 or ord(char) == 127 for char in name)
     ):
         raise UnsupportedModelError(
-            f"{what} names {_shown(name)}, which is not a plain {suffix} file name in the model "
+            f"{what} names {_named(name)}, which is not a plain {suffix} file name in the model "
             "folder; refused"
         )
     return name
+
+
+def _named(name: object) -> str:
+    """A refused name as a message quotes it: a path by its last component only (the folders it names
+    are the host's, which a job's owner need not learn from it)."""
+    if isinstance(name, str) and SEPARATORS.search(name):
+        last = SEPARATORS.split(name)[-1]
+        return f"a path ending in {_shown(last)}"
+    return _shown(name)
 
 
 def _shown(name: object) -> str:

@@ -21,7 +21,7 @@ from service.main import create_app
 from service.settings import Settings, hash_key
 from service.store import FileGone, Store
 from tests.hostile import assert_no_foreign_code, foreign_code_model, hostile_index_model, sha256, victim_file
-from tests.service.conftest import KEY_A, Server, upload, wait_for
+from tests.service.conftest import KEY_A, QUICK, Server, upload, wait_for
 from tests.service.conftest import submit as submit_job
 from tests.tiny import make_tiny_causal_lm
 
@@ -274,18 +274,20 @@ def hostile_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ho
     server.stop()
 
 
-def test_a_shard_index_naming_a_file_outside_the_model_fails_the_job_and_touches_nothing(
+def test_a_shard_index_naming_a_file_outside_the_model_is_refused_at_submit_and_touches_nothing(
     hostile_checkpoints: HostileCheckpoints, calibration: Path
 ) -> None:
+    """The weights' headers are read at submit (torch-free), the index's shard names checked first: the
+    request is a 422 naming the model, no job is made, and the file the index names is untouched."""
     with hostile_checkpoints.server.client() as client:
-        job = submit_job(client, upload(client, calibration), model="evil-index")
-        done = wait_for(client, job["id"], ("succeeded", "failed", "cancelled"))
-        assert done["status"] == "failed", done
-        assert done["error"]["code"] == "unsupported_model"
-        message = done["error"]["message"]
+        file_id = upload(client, calibration)
+        body = {"model": "evil-index", "calibration_file": file_id, "sparsity": 0.3, **QUICK}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        message = json.dumps(response.json())
         assert "model.safetensors.index.json names" in message and "not a plain .safetensors file" in message
         assert str(hostile_checkpoints.victim.parent) not in message  # no server path
-        assert client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"] == []
+        assert client.get("/v1/jobs").json()["data"] == []
     assert sha256(hostile_checkpoints.victim) == hostile_checkpoints.victim_sha256
 
 
