@@ -196,8 +196,8 @@ def test_a_shard_index_naming_a_file_outside_the_model_exits_2_and_touches_nothi
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors == [
-        f"error: model.safetensors.index.json names a path ending in {victim.name!r}, which is not a plain .safetensors file "
-        "name in the model folder; refused"
+        f"error: model.safetensors.index.json names a path ending in {victim.name!r}, which is not a "
+        "plain .safetensors file name in the model folder; refused"
     ], result.stderr
     assert result.stdout == ""
     assert sha256(victim) == before
