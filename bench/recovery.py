@@ -3,7 +3,7 @@ pruned model in turn, judged on the dev text and on far text (the exported check
 transformers), with its time and tokens.
 
     python -m bench.recovery --models pycoder --sparsities 0.35 \
-        --variants '[{"recover": "local"}, {"recover": "distill"}, {"recover": "local,distill"}]'
+        --variants '[{"recover": "local"}, {"recover": "distill"}, {"recover": "local+distill"}]'
 
 Every variant starts from the same scored, compensated model, so the rows differ by their recovery alone
 (a job per setting would also differ by its scoring's rounding). Prints a table and writes

@@ -119,7 +119,7 @@ class RecoveryRecord(Record):
     last_loss: float  # error relative to its target, before and after its fit, averaged over windows)
     windows: int = 0  # local: blocks fitted, and those whose fit was kept
     windows_kept: int = 0
-    # local,distill: each part's own record, in the order they ran (this record sums them up)
+    # local+distill: each part's own record, in the order they ran (this record sums them up)
     parts: list[RecoveryRecord] = []
 
 

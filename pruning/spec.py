@@ -33,7 +33,7 @@ Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
 Budget = Literal["auto", "fast", "standard", "thorough"]
-Recovery = Literal["none", "distill", "zo", "local", "local,distill"]
+Recovery = Literal["none", "distill", "zo", "local", "local+distill"]
 ExportFormat = Literal["hf", "nemotron-nas", "gguf"]
 GgufType = Literal["f32", "f16", "bf16", "q8_0"]
 
@@ -316,7 +316,7 @@ class PruneSettings(BaseModel):
         "from the pruned model's own input (one block in memory at a time, no LM head); distill trains "
         "low-rank adapters on the kept linear maps toward the dense model's next-token distribution (the "
         "dense teacher is the same loaded weights with the masks off), zo the same with zeroth-order steps "
-        "(two forward passes a step, no backward: the memory of scoring); local,distill runs local, then "
+        "(two forward passes a step, no backward: the memory of scoring); local+distill runs local, then "
         "distill on top; each is rolled back if it makes held-out loss worse",
     )
     recover_tokens: int | None = Field(

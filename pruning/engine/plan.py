@@ -63,6 +63,6 @@ def recovery_work(run: Run) -> float:
     spec = run.spec
     if spec.recover == "none":
         return 0.0
-    forwards = sum(RECOVERY_FORWARDS[part] for part in spec.recover.split(","))
+    forwards = sum(RECOVERY_FORWARDS[part] for part in spec.recover.split("+"))
     training = forwards * spec.recovery_tokens(run.budget)
     return training + 2 * JUDGE_MAX * spec.seq_len + float(run.subject.data.evaluation.numel())

@@ -105,13 +105,13 @@ def recover_model(
     stop: Callable[[], bool],
 ) -> Recovered:
     """The whole recovery of the model pruned to `keep` (hooks installed): its parts in the order
-    `settings.method` names them ("local,distill": local reconstruction, then adapters trained on top of
+    `settings.method` names them ("local+distill": local reconstruction, then adapters trained on top of
     it), each judged on the held-out tail of `sequences` and rolled back alone when it did not help, its
     changes merged into rounded weight changes (`stored_weight(name)`: the weight the export would write
     without any). The record carries the `evaluation` figures before the recovery, what the job would
     report without it; a recovery of several parts sums them up and lists each."""
     quality_before = probe.quality(keep, evaluation)
-    methods = settings.method.split(",")
+    methods = settings.method.split("+")
     records: list[RecoveryRecord] = []
     deltas: WeightDeltas | None = None
     for index, method in enumerate(methods):
