@@ -196,7 +196,6 @@ def recover(run: Run, keep: torch.Tensor) -> None:
         lm_weight=spec.recover_lm_weight,
         batch_sequences=max(1, TOKENS_PER_STEP // spec.seq_len),
         seed=spec.seed,
-        local_sequences=spec.num_samples,  # as many as the job scores and compensates on
     )
     with run.instruments.stage("recover"):
         run.recovered = recover_model(

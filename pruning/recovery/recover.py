@@ -37,8 +37,6 @@ class RecoverySettings:
     lm_weight: float
     batch_sequences: int  # sequences per step
     seed: int
-    # local: the sequences of the training text each block is fitted on, cycled through until `tokens`
-    local_sequences: int = 64
 
     @property
     def peak_lr(self) -> float:
@@ -276,7 +274,6 @@ def recover_locally(
     held-out loss did not improve."""
     model, space = loaded.model, probe.space
     train, judge = judge_split(sequences)
-    train = train[: settings.local_sequences]
     targets = target_modules(model, adapter, space, keep)
     layers = adapter.layers(model)
     windows = window_targets(model, adapter, targets)

@@ -85,11 +85,10 @@ def test_local_recovery_lowers_held_out_loss_and_reports_its_stage(
     assert recovery is not None and not recovery.rolled_back
     assert recovery.judge_loss_after < recovery.judge_loss_before
     assert report.perplexity is not None and recovery.quality_before["perplexity"] > report.perplexity.after
-    # 8,192 tokens a window in steps of up to 32 sequences of 32 tokens: 8 steps; the text's last 16 of
-    # 256 sequences judge the fits, and each block is fitted on as many as the job calibrates on (8), in
-    # one batch
-    assert (recovery.train_sequences, recovery.judge_sequences) == (8, 16)
-    assert recovery.steps == 8 * recovery.windows and recovery.tokens == 8 * 8 * 32 * recovery.windows
+    # 8,192 tokens: 256 sequences of 32, 16 of them judge the fits and 240 train them in steps of 32
+    # sequences (1,024 tokens), 8 steps a window: one pass over the 8 batches (the last of 16 sequences)
+    assert (recovery.train_sequences, recovery.judge_sequences) == (240, 16)
+    assert recovery.steps == 8 * recovery.windows and recovery.tokens == 240 * 32 * recovery.windows
     assert recovery.rank == 0 and recovery.lr == 1e-3
     assert report.stage_s["recover"] > 0 and "recover" in report.peak_host_rss_bytes
     steps = [e["step"] for e in events if e["type"] == "progress" and e["stage"] == "recover" and "step" in e]
