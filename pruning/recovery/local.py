@@ -156,15 +156,18 @@ def reconstruct(
     on_step: Callable[[int], None],
     stop: Callable[[], bool],
 ) -> WindowLog:
-    """Fit every window from the streams' layer on, in forward order, into `kept` (rounded changes; each
-    window hooked in as soon as it is kept, for the windows after it): `streams` over the training text,
-    `judge` over the held-out text, both captured at `layers[first]` where `first = len(layers) -
-    len(windows)`. Stops fitting when `stop()` says so."""
+    """Fit each of `windows` (the maps of `layers`, block by block, from the block `streams` and `judge`
+    were captured at) in forward order into `kept`: rounded changes, each window's hooked in as soon as
+    it is kept, for the windows after it. `streams` carry the training text, `judge` the held-out text.
+    Stops when `stop()` says so: the windows after it stay as they are, and the streams stay where
+    they are."""
     log = WindowLog()
     with ExitStack() as hooked:
         for layer, window in zip(layers, windows, strict=True):
+            if stop():
+                break
             targets, judge_targets = streams.dense_outputs(layer), judge.dense_outputs(layer)
-            if window and not stop():
+            if window:
                 fitted = WeightDeltas(kept.masks)
                 params = trainable_window(window, parts, fitted)
                 weights = channel_weights(targets)

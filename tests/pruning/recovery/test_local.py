@@ -255,3 +255,39 @@ def test_local_fits_an_encoder_too(tmp_path: Path) -> None:
     assert recovery.judge_loss_after < recovery.judge_loss_before
     assert report.embedding_cosine is not None
     assert report.embedding_cosine.after > recovery.quality_before["embedding_cosine"]
+
+
+def test_local_stops_when_its_time_is_up(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the stage's time is up it fits no more: the window being fitted ends after that step (and is
+    judged and kept as any other), the blocks after it are left as they are, and the checkpoint still
+    computes what the job reports."""
+    import pruning.engine.stages as stages
+
+    asked: list[int] = []
+
+    def stop_after_four_steps(run: Any) -> Any:
+        def stop() -> bool:  # asked before each window and after each step
+            asked.append(1)
+            return len(asked) >= 5
+
+        return stop
+
+    monkeypatch.setattr(stages, "recovery_stop", stop_after_four_steps)
+    report = prune(
+        model=str(tiny_llama),
+        data=calibration_file,
+        out_dir=tmp_path / "o",
+        sparsity=0.4,
+        options=BONSAI,
+        **LOCAL,
+        **SMALL,
+    )
+    recovery = report.recovery
+    assert recovery is not None and (recovery.windows, recovery.steps) == (1, 4)
+    assert len(asked) == 6  # nothing more was asked once the answer was yes
+    assert report.perplexity is not None
+    assert _evaluation_perplexity(tmp_path / "o", calibration_file) == pytest.approx(
+        report.perplexity.after, rel=1e-5
+    )
