@@ -510,8 +510,8 @@ def refuse_unexportable(
 
 def refuse_inexpressible_in_nemotron(config: dict[str, Any], widths: bool = True) -> None:
     """Refuse a model the Nemotron-NAS layout cannot hold: not a Llama, or (with `widths`) an MLP
-    narrower than the narrowest width `ffn_mult` states (every layer would lose its MLP). The refusal of
-    `pruning.export.nemotron.refuse_inexpressible_model`, torch-free, so that the API makes it at submit."""
+    narrower than the narrowest width `ffn_mult` states (every layer would lose its MLP). Torch-free, so
+    that the API makes it at submit; the export (`pruning.export.nemotron`) refuses through it too."""
     model_type = config.get("model_type")
     if model_type not in NEMOTRON_MODEL_TYPES:
         raise UsageError(f"export_format nemotron-nas is for Llama models; this one is {quoted(model_type)}")

@@ -8,7 +8,6 @@ fits, the export slices), so a stage reads as the steps it takes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pruning import events
+from pruning.checkpoint_config import read_config
 from pruning.compensation import choose_compensation, make_compensator
 from pruning.compensation.corrections import stored_name
 from pruning.engine.context import method_context, mlp_block
@@ -28,7 +28,7 @@ from pruning.events import EventSink
 from pruning.export.gguf import export_gguf_beside
 from pruning.export.hf import export_pruned
 from pruning.export.model_card import write_model_card
-from pruning.export.nemotron import export_nemotron, refuse_inexpressible_model
+from pruning.export.nemotron import export_nemotron
 from pruning.export.sizes import size_dir_name, write_pictures
 from pruning.measure.monitor import StageMonitor
 from pruning.measure.objectives import make_objective
@@ -51,7 +51,7 @@ from pruning.recovery.recover import RecoverySettings, recover_model
 from pruning.report import PruneReport, SizeEntry, SizesSummary
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
-from pruning.spec import PruneSpec, read_model_type, refuse_unexportable, resolve_budget
+from pruning.spec import PruneSpec, check_checkpoint, resolve_budget
 
 TOKENS_PER_BATCH = 8192  # tokens per forward pass when no sub-models are replicated
 TOKENS_PER_STEP = 1024  # tokens per recovery step
@@ -65,12 +65,10 @@ def prepare(
     rank other than 0 only scores sub-models, so it measures and plans nothing. `max_memory`: the model
     spread across those GPUs (`pruning.engine.placement.layout`)."""
     model_dir = resolve_model_dir(spec.model)
-    model_type = read_model_type(model_dir)
-    adapter = adapter_for(model_type)  # refuse unsupported families before loading
-    refuse_unexportable(model_type, spec)
+    # refuse unsupported families, sizes no model has and exports the config rules out, before loading
+    model_type = check_checkpoint(model_dir, spec)
+    adapter = adapter_for(model_type)
     _refuse_unsafe_input(model_dir, Path(spec.out_dir))
-    if spec.export_format == "nemotron-nas":
-        refuse_inexpressible_model(json.loads((model_dir / "config.json").read_text()))
     world = world or World(device=resolve_device(spec.device))
     budget = resolve_budget(spec.budget, world.device.type)
     gpus = [torch.device("cuda", index) for index in max_memory] if max_memory is not None else None
@@ -378,7 +376,7 @@ def _warm_up(loaded: LoadedModel) -> None:
 def _refuse_unsafe_input(model_dir: Path, out_dir: Path) -> None:
     if out_dir.resolve() == model_dir.resolve():
         raise UsageError("the output directory must not be the input model's: the export would overwrite it")
-    if "fwdprune_layers" in json.loads((model_dir / "config.json").read_text()):
+    if "fwdprune_layers" in read_config(model_dir):
         raise UnsupportedModelError(
             "this checkpoint has per-layer widths from an earlier global pruning; re-pruning it is not "
             "supported: prune the original model, or an earlier --uniform output"
