@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from pruning.checkpoint_config import check_gguf_fields, check_sizes, quoted, read_config
+from pruning.checkpoint_files import check_weights
 from pruning.errors import UnsupportedModelError, UsageError
 
 Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
@@ -530,11 +531,13 @@ def refuse_inexpressible_in_nemotron(config: dict[str, Any], widths: bool = True
 def check_checkpoint(model_dir: Path, settings: PruneSettings) -> str:
     """The checkpoint's `model_type`, once its config.json is read (`read_config`) and checked: a
     supported family with sizes a model has (`checked_model_type`), which the asked export format can
-    write (`refuse_unexportable`). What the API checks at submit, and the engine before it loads
-    anything."""
+    write (`refuse_unexportable`), and sizes its weights' headers hold too (`check_weights`: nothing is
+    built from a config the weights do not bear out). What the API checks at submit, and the engine
+    before it loads anything."""
     config = read_config(model_dir)
     model_type = checked_model_type(config)
     refuse_unexportable(model_type, settings, config)
+    check_weights(model_dir, config)
     return model_type
 
 

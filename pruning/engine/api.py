@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any, overload
 
-from pruning.checkpoint_files import check_weights
 from pruning.engine import stages
 from pruning.engine.placement import job_gpus, layout
 from pruning.engine.run import Run
@@ -56,8 +55,7 @@ def prune(spec: PruneSpec | None = None, on_event: EventSink | None = None, **fi
     """
     spec = spec or PruneSpec(**fields)
     model_dir = resolve_model_dir(spec.model)
-    check_checkpoint(model_dir, spec)  # what its config.json rules out, before any work
-    check_weights(model_dir)  # and sizes it states that its weights do not have: nothing is built from them
+    check_checkpoint(model_dir, spec)  # what its config.json and weights' headers rule out, before any work
     emit = on_event or silent
     launched = launched_world(resolve_device(spec.device).type)
     if launched is not None:

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from pruning.checkpoint_files import check_weights
 from pruning.errors import FwdpruneError
 from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY, check_checkpoint
 from service.artifacts import stream_tar
@@ -84,7 +83,6 @@ def _check_model(body: JobCreate, settings: Settings) -> None:
                 body.model, body.revision, settings.models_dir, settings.hf_cache_dir
             )
             check_checkpoint(model_dir, body)
-            check_weights(model_dir)  # the sizes config.json states, against the weights' headers
     except FwdpruneError as err:
         raise unprocessable(["body", "model"], str(err), err.code) from err
 
