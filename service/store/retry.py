@@ -4,11 +4,11 @@ clear by itself. One that outlasts the window is the infrastructure's failure, n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,17 +39,17 @@ def store_failure(err: BaseException) -> str:
 
 def retry_store(window_s: float, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`fn(*args, **kwargs)`, tried again with exponential backoff while it fails with a store error, for
-    up to `window_s` seconds; then StoreUnavailable. Any other error is raised at once."""
-    deadline = time.monotonic() + window_s
-    wait = FIRST_WAIT_S
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except STORE_ERRORS as err:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StoreUnavailable(
-                    f"the job store was unavailable for {window_s:g}s: {store_failure(err)}"
-                ) from err
-            time.sleep(min(wait, left))
-            wait = min(wait * 2, MAX_WAIT_S)
+    up to `window_s` seconds (the last wait cut to end at the window); then StoreUnavailable. Any other
+    error is raised at once."""
+    backoff = wait_exponential(multiplier=FIRST_WAIT_S, max=MAX_WAIT_S)
+    retrying = Retrying(
+        retry=retry_if_exception_type(STORE_ERRORS),
+        wait=lambda state: min(backoff(state), max(0.0, window_s - (state.seconds_since_start or 0.0))),
+        stop=stop_after_delay(window_s),
+        reraise=True,
+    )
+    try:
+        return retrying(fn, *args, **kwargs)
+    except STORE_ERRORS as err:
+        message = f"the job store was unavailable for {window_s:g}s: {store_failure(err)}"
+        raise StoreUnavailable(message) from err
