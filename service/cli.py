@@ -267,6 +267,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """The server's models: one line each (its name, family, parameters, and whether jobs can use it)."""
+    with _client(args) as client:
+        models = client.models()
+    if args.json:
+        _print(models)
+        return 0
+    for model in models:
+        name = model["id"] + (f"@{model['revision']}" if model.get("revision") else "")
+        parameters = f"{model['parameters']:,}" if model.get("parameters") is not None else "?"
+        verdict = "supported" if model["supported"] else f"unsupported: {model.get('reason') or ''}"
+        family = model.get("family") or model.get("model_type") or "?"
+        print(f"{name}  {family}  {parameters} parameters  {verdict}")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         print(client.cancel(args.job_id)["status"])
@@ -341,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--status")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(handler=cmd_jobs)
+    models = client_parser("models", "list the models the server can prune (its models dir and HF cache)")
+    models.add_argument("--json", action="store_true", help="the API's listing, as JSON")
+    models.set_defaults(handler=cmd_models)
     cancel = client_parser("cancel", "cancel a job")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_cancel)

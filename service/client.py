@@ -73,6 +73,10 @@ class Client:
     def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
         return self._json(self.http.get(f"/v1/jobs/{job_id}/events", params={"after": after}))  # type: ignore[no-any-return]
 
+    def models(self) -> list[dict[str, Any]]:
+        """The models the server can run jobs on (GET /v1/models)."""
+        return self._json(self.http.get("/v1/models"))["data"]  # type: ignore[no-any-return]
+
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         return self._json(self.http.get(f"/v1/jobs/{job_id}/artifacts"))["data"]  # type: ignore[no-any-return]
 

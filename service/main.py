@@ -17,7 +17,7 @@ from service.errors import storage_unavailable, validation_error
 from service.guard import DOCS_ASSETS, RequestGuard
 from service.leftovers import sweep_every, sweep_quietly
 from service.metrics import RequestMetrics, ServiceMetrics
-from service.routers import docs, files, health, jobs
+from service.routers import docs, files, health, jobs, models
 from service.settings import Settings
 from service.storage import StorageError, open_storage
 from service.store import Store
@@ -64,7 +64,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StorageError, storage_unavailable)
-    for router in (health.router, files.router, jobs.router, docs.router):
+    for router in (health.router, files.router, jobs.router, models.router, docs.router):
         app.include_router(router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=docs.ASSETS_DIR), name=docs.ASSETS_ROUTE)
     return app
