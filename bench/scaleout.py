@@ -181,7 +181,7 @@ def running_worker_pids(database_url: str) -> dict[int, str]:
         with store.session() as s:
             from sqlalchemy import select
 
-            from service.db import JobRow, WorkerRow
+            from service.store.tables import JobRow, WorkerRow
 
             rows = s.execute(
                 select(WorkerRow.pid, JobRow.id)

@@ -8,11 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,77 +41,11 @@ def _apply_env(args: argparse.Namespace) -> None:
         os.environ["FWDPRUNE_INSECURE_NO_AUTH"] = "true"
 
 
-class WorkerSupervisor:
-    """Keeps the embedded `fwdprune worker` running beside the server: restarted, with backoff, if it dies.
-
-    The worker gets SIGTERM when this process dies (parent-death signal), and watches `--parent-pid` as
-    well, so it stops (requeueing its jobs) with the server however the server ends.
-    """
-
-    def __init__(
-        self, first_backoff_s: float = 1.0, max_backoff_s: float = 30.0, healthy_after_s: float = 60.0
-    ):
-        self.first_backoff_s, self.max_backoff_s, self.healthy_after_s = (
-            first_backoff_s,
-            max_backoff_s,
-            healthy_after_s,
-        )
-        self.stopping = threading.Event()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()  # no new worker once stop() has begun
-        self._thread = threading.Thread(target=self._supervise, daemon=True, name="worker-supervisor")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _spawn(self) -> subprocess.Popen[bytes] | None:
-        from pruning.runtime.procs import parent_death_signal
-        from service.worker import without_secrets
-
-        with self._lock:
-            if self.stopping.is_set():
-                return None
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())],
-                env=without_secrets(os.environ),  # the worker serves no requests: it needs no API key
-                preexec_fn=parent_death_signal(signal.SIGTERM),
-            )
-            return self.proc
-
-    def _supervise(self) -> None:
-        backoff = self.first_backoff_s
-        while (proc := self._spawn()) is not None:
-            started = time.monotonic()
-            rc = proc.wait()
-            if self.stopping.is_set():
-                return
-            if time.monotonic() - started >= self.healthy_after_s:
-                backoff = self.first_backoff_s  # it ran fine for a while: this is a new failure
-            print(
-                f"fwdprune serve: worker exited with status {rc}; restarting in {backoff:g}s", file=sys.stderr
-            )
-            if self.stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, self.max_backoff_s)
-
-    def stop(self, timeout_s: float) -> None:
-        with self._lock:
-            self.stopping.set()
-            proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # the worker requeues what it was running, then exits
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.connections import serve
     from service.main import create_app
     from service.settings import Settings, SettingsError
+    from service.worker.embedded import WorkerSupervisor
 
     _apply_env(args)
     settings = Settings()
@@ -153,8 +83,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the store's schema to the current version, then exit (run once before API and workers)."""
-    from service.db import upgrade
     from service.settings import Settings
+    from service.store.engine import upgrade
 
     _apply_env(args)
     settings = Settings()

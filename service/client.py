@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from service.artifact_names import name_problem
+from service.objects.names import name_problem
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 PARTIAL = ".part"  # a download in progress, beside where the artifact goes; resumed with Range
@@ -102,7 +102,7 @@ class Client:
         """Every artifact into `dest`, resuming partial files with Range and verifying sha256.
 
         The listing is the server's word, and checked before anything is written: only safe names
-        (`service.artifact_names`), each written only where the download itself creates files: a file
+        (`service.objects.names`), each written only where the download itself creates files: a file
         already in `dest` is kept when it is the artifact (same sha256) and refused otherwise, never
         overwritten. A body is read up to its listed size and no further. DownloadRefused names the
         artifact refused and why.
@@ -194,7 +194,7 @@ class Planned:
 
 def plan_download(dest: Path, listing: object) -> list[Planned]:
     """The listing's artifacts and their places under `dest`, or DownloadRefused for the first one that
-    is not safe to write: a name `artifact_names` refuses, a size or checksum that is not one, or a name
+    is not safe to write: a name `objects.names` refuses, a size or checksum that is not one, or a name
     that collides with another's file, folder or partial file."""
     if not isinstance(listing, list):
         raise DownloadRefused("*", "the server's artifact listing is not a list")

@@ -8,8 +8,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal, authenticate
+from service.objects.storage import Storage
 from service.settings import Settings
-from service.storage import Storage
 from service.store import Store
 
 

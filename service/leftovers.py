@@ -16,10 +16,10 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
+from service.objects.storage import Storage, StorageError
+from service.objects.uploads import UPLOAD_TMP_PREFIX
 from service.settings import Settings
-from service.storage import Storage, StorageError
 from service.store import Store
-from service.uploads import UPLOAD_TMP_PREFIX
 
 log = logging.getLogger("fwdprune.leftovers")
 

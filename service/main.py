@@ -17,9 +17,10 @@ from service.errors import storage_unavailable, validation_error
 from service.guard import DOCS_ASSETS, RequestGuard
 from service.leftovers import sweep_every, sweep_quietly
 from service.metrics import RequestMetrics, ServiceMetrics
+from service.objects.backends import open_storage
+from service.objects.storage import StorageError
 from service.routers import docs, files, health, jobs, models
 from service.settings import Settings
-from service.storage import StorageError, open_storage
 from service.store import Store
 
 

@@ -19,13 +19,19 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from service.db import FileRow
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
+from service.objects.storage import Storage, StorageError, file_key
+from service.objects.uploads import (
+    UPLOAD_TMP_PREFIX,
+    MultipartUpload,
+    UploadInvalid,
+    UploadSink,
+    UploadTooLarge,
+)
 from service.schemas.files import FileList, FilePublic
 from service.settings import Settings
-from service.storage import Storage, StorageError, file_key
 from service.store import StoredBytesExceeded
-from service.uploads import UPLOAD_TMP_PREFIX, MultipartUpload, UploadInvalid, UploadSink, UploadTooLarge
+from service.store.tables import FileRow
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 log = logging.getLogger("fwdprune.files")

@@ -16,12 +16,12 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from pruning.errors import FwdpruneError
 from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY, check_checkpoint
-from service.artifacts import stream_tar
-from service.db import JobRow
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
-from service.downloads import object_head, object_response, presigned_redirect
 from service.errors import public_message
 from service.modelref import model_name_parts, resolve_checkpoint
+from service.objects.artifacts import stream_tar
+from service.objects.downloads import object_head, object_response, presigned_redirect
+from service.objects.storage import StorageError, artifact_key, job_prefix
 from service.schemas.events import EventList, EventPublic, shown_to_owner
 from service.schemas.jobs import (
     ArtifactList,
@@ -33,15 +33,14 @@ from service.schemas.jobs import (
     JobStatus,
 )
 from service.settings import Settings
-from service.storage import StorageError, artifact_key, job_prefix
 from service.store import ACTIVE, FileGone, IdempotencyConflict, QueueFull, Store
+from service.store.tables import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("fwdprune.jobs")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
 GIB = 1 << 30
 QUEUE_FULL_RETRY_AFTER_S = 60
-FILE_FIELDS = ("calibration_file", "eval_file", "recovery_file")  # a job's uploaded files
 
 
 def _gib_in_bytes(gib: float | None) -> int | None:
@@ -131,22 +130,13 @@ def _resolve_inputs(body: JobCreate, owner: str | None, settings: Settings, stor
     if body.recovery_file is not None and body.recover == "none":  # never read: refused, not ignored
         message = RECOVERY_TEXT_WITHOUT_RECOVERY.format(field="recovery_file")
         raise unprocessable(["body", "recovery_file"], message)
-    paths: dict[str, str] = {}
-    for field in FILE_FIELDS:
-        file_id = getattr(body, field)
-        if file_id is None:
-            continue
+    keys: dict[str, str] = {}
+    for field, file_id in body.file_ids().items():
         row = store.get_file(file_id, owner)
         if row is None:
             raise unprocessable(["body", field], f"file {file_id!r} does not exist")
-        paths[field] = row.path
-    return JobInputs(
-        model=body.model,
-        revision=body.revision,
-        data=paths["calibration_file"],
-        eval_data=paths.get("eval_file"),
-        recovery_data=paths.get("recovery_file"),
-    )
+        keys[JobCreate.FILE_FIELDS[field]] = row.path
+    return JobInputs(model=body.model, revision=body.revision, **keys)
 
 
 @router.post(
@@ -203,9 +193,11 @@ def create_job(
         gpus=body.gpus or 0,  # 0: one GPU where the worker has any, else the CPU
         min_gpu_memory_bytes=_gib_in_bytes(body.min_gpu_memory_gib),
     )
-    file_ids = [getattr(body, field) for field in FILE_FIELDS if getattr(body, field) is not None]
+    file_ids = body.file_ids()
     try:
-        job, created = store.create_job(row, file_ids, max_queued=settings.max_queued_jobs_per_key)
+        job, created = store.create_job(
+            row, list(file_ids.values()), max_queued=settings.max_queued_jobs_per_key
+        )
     except QueueFull as err:  # waiting is the remedy: a queued job of the key's starts soon enough
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -213,7 +205,7 @@ def create_job(
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
         ) from err
     except FileGone as err:
-        field = next(field for field in FILE_FIELDS if getattr(body, field) == str(err))
+        field = next(field for field, file_id in file_ids.items() if file_id == str(err))
         raise unprocessable(
             ["body", field], f"file {str(err)!r} was deleted while the job was being created"
         ) from err

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -43,6 +43,13 @@ class JobCreate(PruneSettings):
         description="a Hub id's git revision: branch, tag or commit (default: main); a model in the "
         "models dir has none",
     )
+    # the fields naming an uploaded file, each with the JobInputs field that holds where it is stored
+    FILE_FIELDS: ClassVar[dict[str, str]] = {
+        "calibration_file": "data",
+        "eval_file": "eval_data",
+        "recovery_file": "recovery_data",
+    }
+
     calibration_file: str = Field(min_length=1, max_length=64, description="id of an uploaded file")
     eval_file: str | None = Field(default=None, max_length=64, description="id of an uploaded held-out file")
     recovery_file: str | None = Field(
@@ -72,6 +79,10 @@ class JobCreate(PruneSettings):
         ):
             raise ValueError("metadata holds at most 32 keys of 64 characters with values of 512 characters")
         return value
+
+    def file_ids(self) -> dict[str, str]:
+        """The uploaded files the job reads: field name to file id, for the fields that name one."""
+        return {field: file_id for field in self.FILE_FIELDS if (file_id := getattr(self, field)) is not None}
 
     def to_spec(
         self,

@@ -13,7 +13,8 @@ from sqlalchemy import ColumnElement, Float, literal_column, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import JobRow, make_engine, sqlite_file, upgrade
+from service.store.engine import make_engine, sqlite_file, upgrade
+from service.store.tables import JobRow
 
 ACTIVE = ("running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
-from service.db import JobRow
 from service.schemas.events import PlacementEvent
 from service.store.base import ACTIVE, StoreBase
+from service.store.tables import JobRow
 from service.store.transitions import transition
 
 

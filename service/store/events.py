@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from pruning.events import Event as EngineEvent
-from service.db import EventRow, JobRow
 from service.schemas.events import JobEvent, StatusEvent
 from service.store.base import ACTIVE, Claim, StoreBase, fence
+from service.store.tables import EventRow, JobRow
 
 PROGRESS_KEYS = ("stage", "round", "rounds", "fraction", "eta_s")
 

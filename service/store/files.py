@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.db import FileRow, JobRow
+from service.schemas.jobs import JobCreate
 from service.store.base import UNFINISHED, StoreBase, lock_owner, visible_to
+from service.store.tables import FileRow, JobRow
 
 
 class FileInUse(Exception):
@@ -102,11 +103,7 @@ class FileQueries(StoreBase):
     @staticmethod
     def _jobs_reading(s: Session, file_id: str) -> bool:
         """Whether an unfinished job names the file, asked in SQL (the request's JSON, read in place)."""
-        reads = or_(
-            JobRow.request["calibration_file"].as_string() == file_id,
-            JobRow.request["eval_file"].as_string() == file_id,
-            JobRow.request["recovery_file"].as_string() == file_id,
-        )
+        reads = or_(*(JobRow.request[field].as_string() == file_id for field in JobCreate.FILE_FIELDS))
         query = select(JobRow.id).where(JobRow.status.in_(UNFINISHED), reads).limit(1)
         return s.execute(query).first() is not None
 

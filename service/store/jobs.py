@@ -11,10 +11,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db import EventRow, FileRow, JobRow
 from service.schemas.events import WarningEvent
 from service.store.base import ACTIVE, TERMINAL, Claim, StoreBase, fence, lock_owner, visible_to
 from service.store.events import event_row, status_event
+from service.store.tables import EventRow, FileRow, JobRow
 from service.store.transitions import back_to_queue, ended, transition
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from service.db import JobRow
 from service.store.base import STATUSES, TERMINAL, StoreBase
+from service.store.tables import JobRow
 
 
 class MetricQueries(StoreBase):

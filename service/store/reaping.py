@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, exists, select
 
-from service.db import JobRow, WorkerRow
 from service.schemas.events import WarningEvent
 from service.store.base import ACTIVE, StoreBase
+from service.store.tables import JobRow, WorkerRow
 from service.store.transitions import back_to_queue, ended, transition
 
 

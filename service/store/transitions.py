@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
-from service.db import JobRow
 from service.schemas.events import PlacementEvent, WarningEvent
 from service.store.events import event_row, status_event
+from service.store.tables import JobRow
 
 
 def transition(

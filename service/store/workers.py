@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.orm import aliased
 
-from service.db import WorkerRow
 from service.store.base import StoreBase
+from service.store.tables import WorkerRow
 
 
 class WorkerQueries(StoreBase):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from service.db import JobRow
 from service.store import ACTIVE, Claim
+from service.store.tables import JobRow
 
 # a job runs user-chosen models and data: it gets no credential of the API
 SECRET_ENV = ("FWDPRUNE_API_KEYS", "FWDPRUNE_ADMIN_KEYS", "FWDPRUNE_API_KEYS_FILE", "FWDPRUNE_TOKEN")

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service.artifact_names import is_safe
-from service.storage import Storage, StorageError, attempt_prefix, stored_attempts
+from service.objects.names import is_safe
+from service.objects.storage import Storage, StorageError, attempt_prefix, stored_attempts
 from service.store import Store
 from service.worker.process import Running
 from service.worker.retry import StoreCall

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from pruning.runtime.procs import parent_death_signal
-from service.db import DATABASE_URL_ENV, WorkerRow
 from service.errors import public_message
+from service.objects.backends import open_storage
 from service.settings import Settings
-from service.storage import open_storage
 from service.store import Claim, FreeGpu, Store
+from service.store.engine import DATABASE_URL_ENV
+from service.store.tables import WorkerRow
 from service.worker.inventory import gpus_now, own_gpus
 from service.worker.limits import Watchdog, grace_s, memory_limit_bytes, time_cap_s
 from service.worker.process import (
@@ -242,7 +243,7 @@ class Worker:
         return [
             sys.executable,
             "-m",
-            "service.job_runner",
+            "service.worker.job_runner",
             "--job-id",
             job_id,
             "--out-dir",

@@ -1,5 +1,5 @@
 """What a checkpoint's config.json rules out is refused before any work: by the API at submit
-(tests/service/test_hostile_*.py) and by the engine before it loads the model."""
+(tests/service/routers/test_hostile_*.py) and by the engine before it loads the model."""
 
 from __future__ import annotations
 

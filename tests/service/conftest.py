@@ -61,7 +61,7 @@ def queue_job(
     store: Any, job_id: str = "job_1", *, gpus: int = 0, min_gib: float | None = None, owner: str = "alice"
 ) -> str:
     """A queued job straight in the store (no API in between), asking for `gpus` of `min_gib` each."""
-    from service.db import JobRow
+    from service.store.tables import JobRow
 
     store.create_job(
         JobRow(

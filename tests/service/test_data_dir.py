@@ -18,8 +18,9 @@ from sqlalchemy.exc import OperationalError
 
 from service import datadir
 from service.main import create_app
+from service.objects.local import LocalStorage
+from service.objects.storage import StorageError
 from service.settings import Settings
-from service.storage import LocalStorage, StorageError
 from service.store import Store
 from service.worker import Worker
 from tests.service.conftest import ADMIN, KEY_A

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.objects.uploads import UploadSink
 from service.settings import Settings
-from service.uploads import UploadSink
 from tests.service.conftest import KEY_A, Server, upload
 
 MiB = 1024 * 1024

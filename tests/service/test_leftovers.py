@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import FileRow
 from service.main import create_app
 from service.settings import Settings
 from service.store import Store
+from service.store.tables import FileRow
 from tests.service.conftest import KEY_A, S3Server
 
 HOUR = 3600.0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.artifacts import stream_tar
-from service.job_runner import JobEvents
 from service.modelref import ModelRefError, resolve_model
-from service.storage import LocalStorage
+from service.objects.artifacts import stream_tar
+from service.objects.local import LocalStorage
+from service.worker.job_runner import JobEvents
 
 
 def test_stream_tar_round_trip(tmp_path: Path) -> None:
@@ -42,8 +42,8 @@ def test_model_refs(tmp_path: Path) -> None:
 def test_progress_events_are_throttled(db_url: str) -> None:
     import time
 
-    from service.db import JobRow
     from service.store import Store
+    from service.store.tables import JobRow
 
     store = Store(db_url)
     store.create_job(

@@ -14,7 +14,7 @@ import torch
 from pruning import PruneSpec, load_pruned
 from pruning.export.sizes import curve_table, write_pictures
 from pruning.report import PruneReport, SizesSummary
-from service.artifacts import describe
+from service.objects.artifacts import describe
 from tests.pruning.engine.test_api import BONSAI, compact_perplexity, keep_of, run
 
 SIZES = [0.2, 0.35, 0.5]

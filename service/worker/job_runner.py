@@ -1,4 +1,5 @@
-"""One job, one process: `python -m service.job_runner ...` runs `pruning.prune` and reports to the store.
+"""One job, one process: `python -m service.worker.job_runner ...` runs `pruning.prune` and reports to
+the store.
 
 This is the only service module that imports torch (through the engine). The worker owns the job's
 status: this process writes progress and events, and its verdict (with the artifacts' checksums, so the
@@ -33,12 +34,13 @@ from pruning.errors import FwdpruneError, failure_code
 from pruning.events import Event
 from pruning.runtime.procs import parent_death_signal
 from pruning.spec import Device
-from service.artifacts import describe, upload_outputs
-from service.db import DATABASE_URL_ENV
 from service.modelref import resolve_checkpoint
+from service.objects.artifacts import describe, upload_outputs
+from service.objects.backends import storage_from_url
+from service.objects.storage import Storage, attempt_prefix
 from service.schemas.jobs import JobCreate, JobInputs
-from service.storage import Storage, attempt_prefix, storage_from_url
 from service.store import Claim, Store
+from service.store.engine import DATABASE_URL_ENV
 from service.store.retry import STORE_ERRORS, StoreUnavailable, retry_store, store_failure
 
 EXIT_NOT_OWNER = 4  # the job was taken from this process's worker; it stopped without a verdict
@@ -189,7 +191,7 @@ def database_url() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.job_runner")
+    parser = argparse.ArgumentParser(prog="python -m service.worker.job_runner")
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--result", required=True, type=Path)

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.artifacts import describe
 from service.client import Client
-from service.db import JobRow
 from service.main import create_app
+from service.objects.artifacts import describe
 from service.settings import Settings, SettingsError, hash_key
 from service.store import Store
+from service.store.tables import JobRow
 from tests.service.conftest import ADMIN, KEY_A, KEY_B, QUICK, REPO
 
 

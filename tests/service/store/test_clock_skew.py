@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import literal, update
 
-from service.db import WorkerRow
 from service.settings import Settings
 from service.store import Store, db_clock
+from service.store.tables import WorkerRow
 from service.worker import Worker
 from tests.service.conftest import queue_job
 

@@ -26,13 +26,13 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from pruning.events import ProgressEvent, StageEvent
-from service.db import JobRow
-from service.job_runner import EXIT_STORE_UNAVAILABLE, JobEvents, failure_result
 from service.main import create_app
 from service.settings import Settings, hash_key
 from service.store import Claim, Store
 from service.store.retry import StoreUnavailable
+from service.store.tables import JobRow
 from service.worker import Worker
+from service.worker.job_runner import EXIT_STORE_UNAVAILABLE, JobEvents, failure_result
 from tests.service.conftest import KEY_A
 from tests.service.conftest import queue_job as _queue
 

@@ -31,7 +31,7 @@ import os, sys
 from service.settings import Settings
 from service.worker import Worker
 
-GUARDED = "from service.job_runner import die_with_worker; die_with_worker(int(sys.argv[1])); "
+GUARDED = "from service.worker.job_runner import die_with_worker; die_with_worker(int(sys.argv[1])); "
 
 class SleepingWorker(Worker):
     def runner_command(self, job_id, claim, tmp_dir):
@@ -111,7 +111,7 @@ def test_job_processes_die_with_a_killed_worker(tmp_path: Path) -> None:
 
 
 def _upgrade(url: str, barrier: Any, results: Any) -> None:
-    from service.db import upgrade
+    from service.store.engine import upgrade
 
     barrier.wait(timeout=30)  # all at once, as API and workers starting together on an empty database
     try:
@@ -222,7 +222,7 @@ def test_the_database_url_reaches_the_job_process_through_its_environment(
         worker.tick()
         pid = worker.running[job_id].proc.pid
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"service.job_runner" in argv and url.encode() not in b" ".join(argv)
+        assert b"service.worker.job_runner" in argv and url.encode() not in b" ".join(argv)
         assert not any(b"hunter2" in arg or b"sqlite" in arg or b"postgresql" in arg for arg in argv)
         assert worker.runner_env(())["FWDPRUNE_DATABASE_URL"] == url
         worker.running[job_id].proc.wait(timeout=120)

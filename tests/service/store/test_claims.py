@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from service.db import JobRow, WorkerRow
 from service.settings import Settings
 from service.store import Claim, FreeGpu, Store, gpus_for
+from service.store.tables import JobRow, WorkerRow
 from service.worker import Worker, own_gpus, visible_gpus
 from tests.service.conftest import queue_job as _queue
 

@@ -9,7 +9,7 @@ from email.utils import formatdate
 from fastapi import HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from service.storage import ObjectMissing, Storage
+from service.objects.storage import ObjectMissing, Storage
 
 OCTETS = "application/octet-stream"
 ONE_RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")  # first-last, first- or -suffix_length

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.uploads import (
+from service.objects.uploads import (
     MultipartUpload,
     TextValidator,
     UploadInvalid,

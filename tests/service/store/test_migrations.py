@@ -7,8 +7,8 @@ import time
 import sqlalchemy as sa
 from alembic import command
 
-from service.db import alembic_config, make_engine
 from service.store import Store
+from service.store.engine import alembic_config, make_engine
 
 OLD_REQUEST = {
     "model": "tiny-llama",

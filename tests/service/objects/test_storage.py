@@ -26,21 +26,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.client import Client
-from service.db import JobRow, WorkerRow
-from service.downloads import requested_range
 from service.main import create_app
+from service.objects.backends import storage_from_url
+from service.objects.downloads import requested_range
+from service.objects.local import LocalStorage
+from service.objects.s3 import S3Storage
+from service.objects.storage import ChecksumMismatch, ObjectMissing, Storage, StorageError, attempt_prefix
 from service.settings import Settings, SettingsError
-from service.storage import (
-    ChecksumMismatch,
-    LocalStorage,
-    ObjectMissing,
-    S3Storage,
-    Storage,
-    StorageError,
-    attempt_prefix,
-    storage_from_url,
-)
 from service.store import Claim, Store
+from service.store.tables import JobRow, WorkerRow
 from service.worker import Worker
 from tests.service.conftest import KEY_A, REPO, S3Server, Server, submit, upload, wait_for
 from tests.service.conftest import queue_job as _queue
@@ -279,7 +273,7 @@ def test_upload_the_store_refuses_is_a_503_without_details(
 # a stand-in job runner that writes a checkpoint naming its attempt and uploads it as the real one does
 FAKE_RUNNER = """
 import argparse, json, pathlib, sys
-from service.job_runner import stage_outputs
+from service.worker.job_runner import stage_outputs
 out, result, job_id, attempt, storage_url = sys.argv[1:]
 out = pathlib.Path(out)
 out.mkdir(parents=True, exist_ok=True)

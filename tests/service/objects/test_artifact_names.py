@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.artifact_names import name_problem
-from service.artifacts import describe
+from service.objects.artifacts import describe
+from service.objects.names import name_problem
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service.artifact_names import is_safe
-from service.storage import CHUNK, Storage, regular_files
+from service.objects.names import is_safe
+from service.objects.storage import CHUNK, Storage, regular_files
 
 
 def sha256_file(path: Path) -> str:
@@ -24,7 +24,7 @@ def sha256_file(path: Path) -> str:
 def describe(directory: Path) -> list[dict[str, Any]]:
     """name/bytes/sha256 of every regular file under an output directory, sorted by name: a checkpoint's
     files by their names, and those of a job of several sizes by their path (`sparsity-0.2/config.json`).
-    Symbolic links, folders reached through one, and files whose path `artifact_names` refuses (hidden
+    Symbolic links, folders reached through one, and files whose path `names` refuses (hidden
     files and folders: `.gitattributes`, `.cache/...`) are never published."""
     named = {path.relative_to(directory).as_posix(): path for path in regular_files(directory)}
     return [

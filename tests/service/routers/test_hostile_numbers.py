@@ -12,8 +12,8 @@ import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from service.downloads import requested_range
 from service.main import create_app
+from service.objects.downloads import requested_range
 from service.settings import Settings
 from tests.service.conftest import KEY_A
 

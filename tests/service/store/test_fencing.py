@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from service.db import JobRow, WorkerRow
 from service.settings import Settings
 from service.store import Claim, Claimed, Store
+from service.store.tables import JobRow, WorkerRow
 from service.worker import Worker
 from tests.service.conftest import queue_job as _queue
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from sqlalchemy import event, update
 
-from service.db import FileRow, JobRow, WorkerRow
 from service.store import IdempotencyConflict, QueueFull, Store, StoredBytesExceeded
+from service.store.tables import FileRow, JobRow, WorkerRow
 
 
 def _job(job_id: str, owner: str = "alice", key: str | None = None, digest: str = "h1") -> JobRow:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from service.db import JobRow
 from service.settings import Settings
 from service.store import Claim, Store
+from service.store.tables import JobRow
 from service.worker import Worker
 from service.worker.limits import grace_s, memory_limit_bytes, session_rss, time_cap_s
 from tests.service.conftest import queue_job

@@ -1,10 +1,11 @@
-"""Alembic environment: online migrations against the URL handed over by service.db.upgrade."""
+"""Alembic environment: online migrations against the URL handed over by service.store.engine.upgrade."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from service.db import Base, make_engine
+from service.store.engine import make_engine
+from service.store.tables import Base
 
 config = context.config
 url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")

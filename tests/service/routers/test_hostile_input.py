@@ -15,11 +15,11 @@ from typing import NamedTuple
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import FileRow, JobRow
 from service.errors import redact_paths
 from service.main import create_app
 from service.settings import Settings, hash_key
 from service.store import FileGone, Store
+from service.store.tables import FileRow, JobRow
 from tests.hostile import assert_no_foreign_code, foreign_code_model, hostile_index_model, sha256, victim_file
 from tests.service.conftest import KEY_A, QUICK, Server, upload, wait_for
 from tests.service.conftest import submit as submit_job

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from service.db import WorkerRow
 from service.main import create_app
 from service.settings import Settings, hash_key
 from service.store import FreeGpu, Store
+from service.store.tables import WorkerRow
 from tests.service.conftest import ADMIN, KEY_A
 from tests.service.conftest import queue_job as _queue
 
