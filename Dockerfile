@@ -69,13 +69,14 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-torch.txt ./
 COPY pruning ./pruning
 COPY service ./service
-# torch first and pinned: the CUDA build that matches the base image, not whatever the resolver picks
+# torch first and pinned (requirements-torch.txt): the CUDA build that matches the base image, not
+# whatever the resolver picks
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip \
-    && pip install "torch==2.13.0" \
+    && pip install -r requirements-torch.txt \
     && pip install ".[worker,postgres]"
 
 USER 10001

@@ -26,7 +26,7 @@ from pruning.model.units import UnitGroup
 
 # An ls fit runs each decoder layer about four to five times over its sequences (the dense and pruned
 # streams, each module's input, then both streams' outputs), without the LM head: its cost in forward
-# passes over the same tokens (docs/performance.md, "Budgets").
+# passes over the same tokens (docs/quality.md, "SmolLM2-135M": where it holds and where it does not).
 LS_FIT_FORWARDS = 4.5
 # float32 input Grams held at once when choosing units for the refit (a 7B layer's: 0.55 GB)
 GRAM_BYTES_PER_PASS = 1 << 30

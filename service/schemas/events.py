@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel
+from typing_extensions import NotRequired
 
 from pruning.events import Event as EngineEvent
 
