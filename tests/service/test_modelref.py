@@ -1,11 +1,15 @@
-"""What a worker downloads from the Hub for a job: the files a checkpoint is loaded from, never the
-repository's weights in other formats or Llama-3.x's second copy under `original/`."""
+"""Model references: a name resolves under the models dir and never outside it; and what a worker
+downloads from the Hub for a job: the files a checkpoint is loaded from, never the repository's weights
+in other formats or Llama-3.x's second copy under `original/`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from huggingface_hub.utils import filter_repo_objects
 
-from service.modelref import FOREIGN_WEIGHTS
+from service.modelref import FOREIGN_WEIGHTS, ModelRefError, resolve_model
 
 # A Llama-3.1-8B-Instruct repository (`original/` and all), with files other repositories hold beside it
 REPOSITORY = [
@@ -58,3 +62,15 @@ def test_a_download_skips_foreign_weights_and_the_original_folder() -> None:
         "chat_template.jinja",
         "modeling_custom.py",
     ]
+
+
+def test_model_refs(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "org" / "m").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (models / "registered").symlink_to(tmp_path / "elsewhere")  # operator-made: allowed
+    assert resolve_model("org/m", models) == (models / "org" / "m").resolve()
+    assert resolve_model("registered", models) == (tmp_path / "elsewhere").resolve()
+    for bad in ("..", "org/..", "/abs", "a\\b", "org//m", ".hidden", ""):
+        with pytest.raises(ModelRefError):
+            resolve_model(bad, models)
