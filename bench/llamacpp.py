@@ -270,7 +270,7 @@ def measure_model(name: str, variants: dict[str, Path], bin_dir: Path, work: Pat
     import torch
     from transformers import AutoTokenizer
 
-    from pruning.export.gguf import export_gguf
+    from pruning.export.gguf.writer import export_gguf
     from pruning.export.hf import load_pruned
     from pruning.model.adapters import adapter_for
 

@@ -186,7 +186,7 @@ def prune_step(
     import torch
 
     from pruning import PruneSpec, prune
-    from pruning.spec import BonsaiOptions
+    from pruning.methods.bonsai.options import BonsaiOptions
 
     label = f"{shape_name}/{precision}"
     found: dict[str, Any] = {}

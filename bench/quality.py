@@ -373,7 +373,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from pruning.methods import METHODS
+    from pruning.methods.registry import METHODS
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     common = budget(args.reduced, args.budget, args.time_limit)

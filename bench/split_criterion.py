@@ -34,7 +34,8 @@ import torch
 
 from bench.quality import REPO, SHARED, budget, pycoder_inputs
 from pruning.engine import stages
-from pruning.methods import MethodContext
+from pruning.methods.base import MethodContext
+from pruning.methods.bonsai.options import BonsaiOptions
 from pruning.methods.bonsai.split_search import (
     attention_fractions,
     held_out_loss,
@@ -42,7 +43,7 @@ from pruning.methods.bonsai.split_search import (
     removed_attention_fraction,
 )
 from pruning.model.adapters.base import UnitKind
-from pruning.spec import BonsaiOptions, PruneSpec
+from pruning.spec import PruneSpec
 
 Candidates = dict[str, torch.Tensor]
 ATTN, MLP = UnitKind.ATTN, UnitKind.MLP

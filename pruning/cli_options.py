@@ -47,7 +47,20 @@ def readable_metavars(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         field = PruneSettings.model_fields.get(action.dest)
         if field is not None and action.metavar is not None:  # flags (--uniform) take no value
-            action.metavar = NAMED_METAVARS.get(action.dest) or metavar_of(action.dest, field.annotation)
+            action.metavar = (
+                NAMED_METAVARS.get(action.dest)
+                or registered_choices(field.json_schema_extra)
+                or metavar_of(action.dest, field.annotation)
+            )
+
+
+def registered_choices(schema_extra: Any) -> str | None:
+    """`{a,b}` for a setting whose choices are a registry's names (its schema's enum, made when asked)."""
+    if not callable(schema_extra):
+        return None
+    schema: dict[str, Any] = {}
+    schema_extra(schema)
+    return "{" + ",".join(schema["enum"]) + "}" if "enum" in schema else None
 
 
 def metavar_of(name: str, annotation: Any) -> str:

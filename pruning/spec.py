@@ -10,6 +10,7 @@ anything touches a GPU, so this module must stay importable without torch or tra
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,18 +25,18 @@ from pydantic import (
     model_validator,
 )
 
-from pruning.checkpoint_config import check_gguf_fields, check_sizes, quoted, read_config
+from pruning.checkpoint_config import read_config
 from pruning.checkpoint_files import check_weights
-from pruning.errors import UnsupportedModelError, UsageError
+from pruning.export.formats import EXPORTERS, exporter_for
+from pruning.families import family_of
+from pruning.methods.registered import METHOD_OPTIONS, MethodOptions, options_for
 
 Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
-Method = Literal["bonsai", "random", "wanda-sp", "flap"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
 Budget = Literal["auto", "fast", "standard", "thorough"]
 Recovery = Literal["none", "distill", "zo", "local", "local+distill"]
-ExportFormat = Literal["hf", "nemotron-nas", "gguf"]
 GgufType = Literal["f32", "f16", "bf16", "q8_0"]
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
@@ -66,116 +67,6 @@ def split_sizes(value: object) -> object:
 Sparsity = Annotated[float, Field(gt=0.0, le=0.9)]
 MAX_SIZES = 16  # each size costs its own search, compensation, evaluation and export
 
-# model_type (config.json) -> family adapter name. Kept here, torch-free, so the API can refuse an
-# unsupported architecture at submit time; pruning.model.adapters holds the adapters themselves.
-SUPPORTED_MODEL_TYPES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "mistral",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
-    "bert": "bert",
-    "roberta": "bert",
-    "gemma3_text": "gemma3",
-    "phi3": "phi3",
-    "qwen3_moe": "qwen3_moe",
-    "mixtral": "mixtral",
-}
-MIXTURE_OF_EXPERTS_FAMILIES = ("qwen3_moe", "mixtral")
-# model types refused with a reason of their own (beside the list of supported ones)
-REFUSED_MODEL_TYPES: dict[str, str] = {
-    "gemma3": "a gemma3 checkpoint nests its text model beside a vision tower; fwdprune prunes text-only "
-    "gemma3_text checkpoints (Gemma 3 270M and 1B are; save a larger one's language model as "
-    "Gemma3ForCausalLM first)",
-}
-
-
-class MethodOptions(BaseModel):
-    """Options shared by every scoring method."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN or infinite option is never meant
-
-
-class BonsaiOptions(MethodOptions):
-    """Perturbative scoring (Dery et al. 2024). docs/quality.md has the measurements behind each default."""
-
-    rounds: int = Field(5, ge=1, le=64, description="pruning rounds; each removes a slice of the budget")
-    samples_per_round: int = Field(
-        512, ge=4, le=16384, description="sub-models evaluated per round (antithetic pairs)"
-    )
-    samples_per_unit: float | None = Field(
-        None,
-        gt=0.0,
-        le=8.0,
-        description="sub-models per round at least this many times the model's prunable units (the "
-        "standard and thorough budgets grow with the model; the engine scores at most 16384 a round)",
-    )
-    drop_fraction: float = Field(
-        0.2, gt=0.0, lt=0.5, description="expected fraction of remaining units dropped per sub-model"
-    )
-    # strong enough for the least-squares refit that follows by default; weaker suits no compensation
-    ridge: float = Field(1.0, gt=0.0, le=1e6, description="strength of the pull toward the activation prior")
-    prior_bias: float = Field(
-        0.0, ge=0.0, le=4.0, description="how strongly sampling favours dropping low-prior units"
-    )
-    # 8 keeps a 7B int8 model's scoring under 10 GiB of GPU memory for little throughput
-    masks_per_forward: int = Field(8, ge=1, le=1024, description="sub-models evaluated per forward pass")
-    scoring_sequences: int = Field(
-        8, ge=1, le=4096, description="calibration sequences each sub-model is scored on"
-    )
-    kind_split: Literal["search", "importance", "proportional"] = Field(
-        "search",
-        description="importance: attention and MLP units compete on one ranking; proportional: each kind "
-        "loses the same fraction of its parameters, units ranked within their kind; search: as importance, "
-        "then the attention/MLP split (and the activation prior's layer-uniform pick) chosen by held-out "
-        "calibration loss after compensation",
-    )
-    split_candidates: int = Field(
-        7,
-        ge=0,
-        le=64,
-        description="search: attention fractions tried besides the rounds' own split and the prior's pick",
-    )
-    refit_aware: bool = Field(
-        True,
-        description="search with ls compensation: also try the best split with each module's units chosen "
-        "for the refit (structured OBS on its input Gram), kept if its held-out loss is lower",
-    )
-    split_finalists: int | None = Field(
-        None,
-        ge=1,
-        le=64,
-        description="search with ls compensation: judge every candidate with a one-shot refit from the "
-        "dense input Grams they share, then only the best this many with the job's sequential refit; "
-        "unset: every candidate with the sequential refit",
-    )
-    prior_sequences: int | None = Field(
-        None,
-        ge=1,
-        le=100000,
-        description="calibration sequences the activation prior is measured on; default: all of them",
-    )
-
-
-# Named scoring budgets: bonsai options that differ from BonsaiOptions' defaults (`standard`). Scoring
-# tokens = rounds x samples_per_round x scoring_sequences x seq_len: at seq_len 256, fast 49k over 192
-# sub-models (the prior measured on 16 sequences, and a search among the rounds' split, the prior's pick
-# and the refit-aware choice only: each candidate costs a least-squares fit), standard 5.2M, thorough
-# 10.5M. README ("Budgets") has their cost and quality; explicit options override them.
-BUDGETS: dict[str, dict[str, Any]] = {
-    # one sequence per sub-model: what a round's sequences share drops out of the regression, so the
-    # same forward tokens buy twice the sub-models (docs/quality.md, "Twice the sub-models")
-    "fast": {
-        "rounds": 3,
-        "samples_per_round": 64,
-        "scoring_sequences": 1,
-        "prior_sequences": 16,
-        "split_candidates": 0,
-    },
-    "standard": {"samples_per_unit": 0.5},
-    "thorough": {"samples_per_round": 1024, "samples_per_unit": 1.0},
-}
-
-
 # Tokens the recovery stage trains on, by budget (recover_tokens overrides): on a CPU `fast`'s keep a job
 # with recovery within about twice the job without it (docs/quality.md, "Recovery").
 RECOVERY_TOKENS: dict[str, int] = {"fast": 1 << 16, "standard": 1 << 20, "thorough": 1 << 22}
@@ -188,24 +79,19 @@ def resolve_budget(asked: str, device_type: str) -> str:
     return "standard" if device_type == "cuda" else "fast"
 
 
-class FlapOptions(MethodOptions):
-    pass
+def choices(registry: Iterable[str]) -> str:
+    """'a', 'b' or 'c': a registry's names as pydantic lists a choice's."""
+    quoted = [f"'{name}'" for name in registry]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-class RandomOptions(MethodOptions):
-    pass
+def one_of(registry: Iterable[str]) -> Callable[[dict[str, Any]], None]:
+    """A field's JSON schema `enum`, the registry's names when the schema is made (registered ones too)."""
 
+    def add_enum(schema: dict[str, Any]) -> None:
+        schema["enum"] = list(registry)
 
-class WandaSpOptions(MethodOptions):
-    pass
-
-
-METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
-    "bonsai": BonsaiOptions,
-    "random": RandomOptions,
-    "wanda-sp": WandaSpOptions,
-    "flap": FlapOptions,
-}
+    return add_enum
 
 
 class PruneSettings(BaseModel):
@@ -224,7 +110,9 @@ class PruneSettings(BaseModel):
         description="fraction of prunable parameters to remove, or a list of fractions: one scoring run, "
         "one checkpoint per size (in sparsity-<fraction>/) and a summary of the size/quality curve"
     )
-    method: Method = Field("bonsai", description="how units are scored")
+    method: str = Field(
+        "bonsai", description="how units are scored", json_schema_extra=one_of(METHOD_OPTIONS)
+    )
     precision: Precision = Field(
         "auto",
         description="weights while scoring; auto: int8 (bitsandbytes) on CUDA, fp32 on a CPU; bf16-mixed: "
@@ -234,13 +122,10 @@ class PruneSettings(BaseModel):
         "precision)",
     )
     uniform: bool = Field(False, description="remove the same number of units from every layer")
-    export_format: ExportFormat = Field(
+    export_format: str = Field(
         "hf",
-        description="hf: the family's own config (stock when widths are uniform); nemotron-nas: Llama "
-        "models only, NVIDIA's DeciLM layout that vLLM, SGLang, TensorRT-LLM and llama.cpp load natively "
-        "(widths limited to what it expresses: the same attention heads in every layer or none, MLP "
-        "widths in multiples of 256); gguf: the hf checkpoint and model.gguf beside it, which llama.cpp, "
-        "ollama and LM Studio load (Llama, Mistral, Qwen2 with any widths, Qwen3 uniform ones)",
+        description="; ".join(f"{name}: {exporter.description}" for name, exporter in EXPORTERS.items()),
+        json_schema_extra=one_of(EXPORTERS),
     )
     gguf_type: GgufType = Field(
         "f16", description="gguf: how the file stores matrices (vectors stay f32); q8_0: 8.5 bits a weight"
@@ -359,6 +244,14 @@ class PruneSettings(BaseModel):
         default_factory=dict, description="method options, e.g. rounds=2 (see METHOD_OPTIONS)"
     )
 
+    @field_validator("method", "export_format")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        registry = METHOD_OPTIONS if info.field_name == "method" else EXPORTERS
+        if name not in registry:
+            raise ValueError(f"Input should be {choices(registry)}")
+        return name
+
     @field_validator("sparsity")
     @classmethod
     def _distinct_sizes(cls, sparsity: float | list[float]) -> float | list[float]:
@@ -385,7 +278,7 @@ class PruneSettings(BaseModel):
         if method is None:  # the method itself is invalid; that error is reported instead
             return options
         try:
-            validated = METHOD_OPTIONS[method].model_validate(options)
+            validated = options_for(method).model_validate(options)
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
@@ -412,17 +305,8 @@ class PruneSettings(BaseModel):
         return self.time_limit if self.time_limit is not None else self.max_time
 
     @model_validator(mode="after")
-    def _gguf_holds_no_bias_shift_of_removed_blocks(self) -> PruneSettings:
-        # llama.cpp's per-layer-width architecture adds no output bias where attention was removed
-        if self.export_format == "gguf" and self.compensate == "bias" and not self.uniform:
-            raise ValueError("export_format gguf carries bias compensation with uniform widths only; use ls")
-        return self
-
-    @model_validator(mode="after")
-    def _nemotron_nas_holds_no_bias_shift(self) -> PruneSettings:
-        # the layout removes whole blocks, which leaves a bias shift nowhere to live
-        if self.export_format == "nemotron-nas" and self.compensate == "bias":
-            raise ValueError("export_format nemotron-nas cannot carry bias compensation; use ls or none")
+    def _carried_by_the_export_format(self) -> PruneSettings:
+        exporter_for(self.export_format).refuse_settings(self)
         return self
 
     def recovery_tokens(self, budget: str) -> int:
@@ -430,11 +314,12 @@ class PruneSettings(BaseModel):
         return self.recover_tokens or RECOVERY_TOKENS.get(budget, RECOVERY_TOKENS["standard"])
 
     def method_options(self, budget: str | None = None) -> MethodOptions:
-        """The method's options: those given, over `budget`'s (bonsai's named budgets) over the defaults."""
-        preset = BUDGETS[budget] if self.method == "bonsai" and budget not in (None, "auto") else {}
+        """The method's options: those given, over `budget`'s (`MethodOptions.budgets`) over the defaults."""
+        options = options_for(self.method)
+        preset = options.budgets.get(budget or "auto", {})
         if "samples_per_round" in self.options:  # an explicit count is the count, whatever the model
             preset = {k: v for k, v in preset.items() if k != "samples_per_unit"}
-        return METHOD_OPTIONS[self.method].model_validate({**preset, **self.options})
+        return options.model_validate({**preset, **self.options})
 
     def settings_only(self) -> dict[str, Any]:
         """The `PruneSettings` fields alone, without what an entry point adds."""
@@ -470,73 +355,15 @@ RECOVERY_TEXT_WITHOUT_RECOVERY = (
 )
 
 
-# model_type -> the widths the GGUF export writes for it in a llama.cpp architecture: any (Llama's own,
-# or per layer in `deci`), or uniform only (Qwen3's q/k norms exist in llama.cpp's `qwen3` alone)
-GGUF_MODEL_TYPES: dict[str, str] = {"llama": "any", "mistral": "any", "qwen2": "any", "qwen3": "uniform"}
-
-
-# NVIDIA's Nemotron-NAS (DeciLM) layout, as `pruning.export.nemotron` writes it: a Llama's, with MLP
-# widths stated in multiples of 256 (that module's MODEL_TYPES and FFN_WIDTH_MULTIPLE)
-NEMOTRON_MODEL_TYPES = ("llama",)
-NEMOTRON_FFN_MULTIPLE = 256
-
-
-def refuse_unexportable(
-    model_type: str, settings: PruneSettings, config: dict[str, Any] | None = None
-) -> None:
-    """Refuse, before any work, an export format the checkpoint's family cannot be written in; given the
-    checkpoint's `config`, also one whose config lacks what the format writes."""
-    if settings.export_format == "nemotron-nas":
-        refuse_inexpressible_in_nemotron({**(config or {}), "model_type": model_type}, config is not None)
-    if settings.export_format != "gguf":
-        return
-    widths = GGUF_MODEL_TYPES.get(model_type)
-    if widths is None:
-        families = ", ".join(GGUF_MODEL_TYPES)
-        why = "an encoder" if SUPPORTED_MODEL_TYPES.get(model_type) == "bert" else "not one of them"
-        raise UnsupportedModelError(
-            f"export_format gguf writes {families} models in llama.cpp's architectures; {model_type} is "
-            f"{why}: use export_format hf"
-        )
-    if widths == "uniform" and not settings.uniform:
-        raise UnsupportedModelError(
-            f"export_format gguf writes {model_type} with uniform widths only: llama.cpp's per-layer-width "
-            f"architecture (deci) has no {model_type} layers (their q/k norms); set uniform"
-        )
-    if model_type == "qwen3" and settings.compensate == "bias":
-        raise UnsupportedModelError("llama.cpp's qwen3 holds no output-projection bias; use compensate ls")
-    if config is not None:
-        check_gguf_fields(config)
-
-
-def refuse_inexpressible_in_nemotron(config: dict[str, Any], widths: bool = True) -> None:
-    """Refuse a model the Nemotron-NAS layout cannot hold: not a Llama, or (with `widths`) an MLP
-    narrower than the narrowest width `ffn_mult` states (every layer would lose its MLP). Torch-free, so
-    that the API makes it at submit; the export (`pruning.export.nemotron`) refuses through it too."""
-    model_type = config.get("model_type")
-    if model_type not in NEMOTRON_MODEL_TYPES:
-        raise UsageError(f"export_format nemotron-nas is for Llama models; this one is {quoted(model_type)}")
-    if not widths:
-        return
-    width = config.get("intermediate_size")
-    if not isinstance(width, int):
-        raise UsageError("export_format nemotron-nas needs config.json's intermediate_size; it has none")
-    if width < NEMOTRON_FFN_MULTIPLE:
-        raise UsageError(
-            f"export_format nemotron-nas states MLP widths in multiples of {NEMOTRON_FFN_MULTIPLE}; this "
-            f"model's intermediate_size {width} is narrower than one"
-        )
-
-
 def check_checkpoint(model_dir: Path, settings: PruneSettings) -> str:
     """The checkpoint's `model_type`, once its config.json is read (`read_config`) and checked: a
     supported family with sizes a model has (`checked_model_type`), which the asked export format can
-    write (`refuse_unexportable`), and sizes its weights' headers hold too (`check_weights`: nothing is
+    write (its exporter's `refuse`), and sizes its weights' headers hold too (`check_weights`: nothing is
     built from a config the weights do not bear out). What the API checks at submit, and the engine
     before it loads anything."""
     config = read_config(model_dir)
     model_type = checked_model_type(config)
-    refuse_unexportable(model_type, settings, config)
+    exporter_for(settings.export_format).refuse(model_type, settings, config)
     check_weights(model_dir, config)
     return model_type
 
@@ -549,14 +376,5 @@ def read_model_type(model_dir: Path) -> str:
 
 def checked_model_type(config: dict[str, Any]) -> str:
     """The `model_type` of a checkpoint's config, refusing an unsupported one (with the list of supported
-    ones) and sizes no model of its family has (`check_sizes`)."""
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
-        refused = REFUSED_MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
-        reason = f" ({refused})" if refused else ""
-        raise UnsupportedModelError(
-            f"model_type {quoted(model_type)} is not supported{reason}; supported model types: {supported}"
-        )
-    check_sizes(config, experts=SUPPORTED_MODEL_TYPES[model_type] in MIXTURE_OF_EXPERTS_FAMILIES)
-    return model_type
+    ones) and sizes no model of its family has (`pruning.families.family_of`)."""
+    return family_of(config).model_type

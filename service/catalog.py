@@ -16,7 +16,8 @@ from pathlib import Path
 from pruning.checkpoint_config import read_config
 from pruning.checkpoint_files import check_weights, read_header, stored_tensors
 from pruning.errors import FwdpruneError
-from pruning.spec import SUPPORTED_MODEL_TYPES, checked_model_type
+from pruning.families import FAMILIES
+from pruning.spec import checked_model_type
 from service.modelref import ModelRefError, model_name_parts
 
 MAX_MODELS = 500  # of each source: a listing stays one page and its header reads stay bounded
@@ -103,7 +104,7 @@ def describe(name: str, folder: Path, source: str, revision: str | None = None) 
         source=source,
         revision=revision,
         model_type=model_type,
-        family=SUPPORTED_MODEL_TYPES.get(model_type or ""),
+        family=FAMILIES[model_type].adapter if model_type in FAMILIES else None,
         parameters=parameters,
         supported=reason is None,
         reason=reason,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pruning.spec import Device, Duration, PruneSettings
+from pruning.methods.bonsai.options import BonsaiOptions
+from pruning.methods.options import field_bounds
+from pruning.spec import MAX_SIZES, Device, Duration, PruneSettings
 
 
 class SettingsError(ValueError):
@@ -61,6 +63,14 @@ OPTION_LIMITS = (
 SETTING_LIMITS = ("seq_len", "num_samples", "eval_samples", "gpus")
 
 
+def job_bounds(name: str) -> dict[str, Any]:
+    return field_bounds(PruneSettings, name)
+
+
+def bonsai_bounds(name: str) -> dict[str, Any]:
+    return field_bounds(BonsaiOptions, name)
+
+
 class JobLimits(BaseModel):
     """The largest job this server takes: upper bounds on every setting that sizes a job's work, checked
     when it is submitted. The engine's own bounds are what a library user may ask; these are the
@@ -69,20 +79,35 @@ class JobLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sizes: int = Field(8, ge=1, le=16, description="sparsities in one job: each is its own search and export")
-    seq_len: int = Field(4096, ge=8, le=8192, description="tokens per calibration sequence")
-    num_samples: int = Field(2048, ge=1, le=100000, description="calibration sequences")
-    eval_samples: int = Field(512, ge=1, le=100000, description="held-out sequences")
-    gpus: int = Field(8, ge=1, le=64, description="GPUs one job may ask for")
-    rounds: int = Field(16, ge=1, le=64, description="bonsai rounds")
-    samples_per_round: int = Field(4096, ge=4, le=16384, description="bonsai sub-models per round")
-    samples_per_unit: float = Field(
-        2.0, gt=0.0, le=8.0, description="bonsai sub-models per round per prunable unit of the model"
+    # each bound is the engine's own (`PruneSettings`, `BonsaiOptions`): a limit is a default within it
+    sizes: int = Field(
+        8, ge=1, le=MAX_SIZES, description="sparsities in one job: each is its own search and export"
     )
-    scoring_sequences: int = Field(64, ge=1, le=4096, description="sequences each sub-model is scored on")
-    masks_per_forward: int = Field(64, ge=1, le=1024, description="sub-models per forward pass (memory)")
-    split_candidates: int = Field(16, ge=0, le=64, description="split-search candidates (a refit each)")
-    prior_sequences: int = Field(4096, ge=1, le=100000, description="activation-prior sequences")
+    seq_len: int = Field(4096, **job_bounds("seq_len"), description="tokens per calibration sequence")
+    num_samples: int = Field(2048, **job_bounds("num_samples"), description="calibration sequences")
+    eval_samples: int = Field(512, **job_bounds("eval_samples"), description="held-out sequences")
+    gpus: int = Field(8, **job_bounds("gpus"), description="GPUs one job may ask for")
+    rounds: int = Field(16, **bonsai_bounds("rounds"), description="bonsai rounds")
+    samples_per_round: int = Field(
+        4096, **bonsai_bounds("samples_per_round"), description="bonsai sub-models per round"
+    )
+    samples_per_unit: float = Field(
+        2.0,
+        **bonsai_bounds("samples_per_unit"),
+        description="bonsai sub-models per round per prunable unit of the model",
+    )
+    scoring_sequences: int = Field(
+        64, **bonsai_bounds("scoring_sequences"), description="sequences each sub-model is scored on"
+    )
+    masks_per_forward: int = Field(
+        64, **bonsai_bounds("masks_per_forward"), description="sub-models per forward pass (memory)"
+    )
+    split_candidates: int = Field(
+        16, **bonsai_bounds("split_candidates"), description="split-search candidates (a refit each)"
+    )
+    prior_sequences: int = Field(
+        4096, **bonsai_bounds("prior_sequences"), description="activation-prior sequences"
+    )
 
     def exceeded(self, job: PruneSettings) -> list[tuple[list[str | int], str]]:
         """(where in the request, why) for each limit `job` is over; empty when it fits."""

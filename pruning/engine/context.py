@@ -12,11 +12,12 @@ import torch
 from pruning.compensation import LeastSquaresRefit
 from pruning.engine.run import Run
 from pruning.errors import UsageError
-from pruning.methods import MethodContext
+from pruning.export.formats import WidthRule, exporter_for
+from pruning.methods.base import MethodContext
 from pruning.model.adapters import FamilyAdapter, UnitKind
 from pruning.model.units import UnitSpace, default_mlp_block
 from pruning.selection import UnitSelector
-from pruning.selection.layouts import NEMOTRON_FFN_MULTIPLE, any_width, job_rules
+from pruning.selection.width_rules import any_width, job_rules
 from pruning.spec import PruneSpec
 
 
@@ -27,24 +28,26 @@ def method_context(run: Run) -> MethodContext:
     allowed_counts = uniform_counts(
         space, run.subject.adapter.uniform_kv_counts(run.subject.loaded.model.config)
     )
-    layout = job_rules(
+    widths = export_widths(spec, run.subject.loaded.model.config)
+    rules = job_rules(
         space,
         allowed_counts[UnitKind.ATTN],
-        nemotron=spec.export_format == "nemotron-nas",
+        mlp_step=widths.mlp_multiple,
+        shared_kv_count=widths.shared_kv_count,
         mlp_multiple_of=spec.mlp_multiple_of,
         kv_multiple_of=spec.kv_multiple_of,
     )
-    if layout is None and UnitKind.EXPERT in space.kinds:  # experts always keep top-k or none
-        layout = any_width(space)
-    if layout is not None:  # uniform widths too must be ones the layout can state
+    if rules is None and UnitKind.EXPERT in space.kinds:  # experts always keep top-k or none
+        rules = any_width(space)
+    if rules is not None:  # uniform widths too must be ones the output can state
         allowed_counts = {
-            kind: [c for c in allowed_counts[kind] if c in rule.counts] for kind, rule in layout.items()
+            kind: [c for c in allowed_counts[kind] if c in rule.counts] for kind, rule in rules.items()
         }
     refit = run.compensator if isinstance(run.compensator, LeastSquaresRefit) else None
     return MethodContext(
         space=space,
         selector=UnitSelector(
-            space, spec.uniform, allowed_counts, layout, removable_units(space, spec.unit_kinds)
+            space, spec.uniform, allowed_counts, rules, removable_units(space, spec.unit_kinds)
         ),
         probe=run.probe,
         target_params=max(spec.targets) * float(space.params.sum()),
@@ -78,16 +81,22 @@ def uniform_counts(space: UnitSpace, kv_counts: list[int]) -> dict[UnitKind, lis
     return counts
 
 
+def export_widths(spec: PruneSpec, config: Any) -> WidthRule:
+    """The widths the job's export format states for this model (`config`: its transformers config)."""
+    return exporter_for(spec.export_format).width_rule(config.model_type)
+
+
 def mlp_block(spec: PruneSpec, adapter: FamilyAdapter, config: Any) -> int | None:
     """MLP channels per unit: as asked, else by model size (None: `pruning.model.units` picks); uniform
-    widths need a divisor of the width, the nemotron-nas layout one of the 256-channel steps its widths
-    come in."""
+    widths need a divisor of the width, a format that states MLP widths in steps (nemotron-nas's 256
+    channels) one of those steps."""
     intermediate = adapter.layer_shapes(config)[0].intermediate
     block = spec.mlp_block or default_mlp_block(intermediate)
     if spec.mlp_multiple_of is not None:  # whole units must make up every multiple
         block = math.gcd(block, spec.mlp_multiple_of)
-    if spec.export_format == "nemotron-nas":
-        return math.gcd(block, NEMOTRON_FFN_MULTIPLE)
+    mlp_step = export_widths(spec, config).mlp_multiple
+    if mlp_step is not None:
+        return math.gcd(block, mlp_step)
     if not spec.uniform:
         return block if spec.mlp_multiple_of is not None else spec.mlp_block
     return math.gcd(block, intermediate)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pruning.errors import UsageError
+from pruning.methods.registry import method_class
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.loading import resolve_device, resolve_model_dir, resolve_precision
 from pruning.runtime.devices import Layout, plan_layout, scoring_bytes
@@ -33,13 +34,14 @@ def job_gpus(spec: PruneSpec) -> int:
 
 
 def layout(spec: PruneSpec, world: World) -> Layout:
-    """How the world's devices hold the model (`pruning.runtime.devices`): a replica on each rank for
-    bonsai when every GPU holds one; else rank 0 alone, with the model spread across every rank's GPU,
+    """How the world's devices hold the model (`pruning.runtime.devices`): a replica on each rank for a
+    method whose scoring splits across replicas (`PruningMethod.replicated_scoring`, bonsai's) when
+    every GPU holds one; else rank 0 alone, with the model spread across every rank's GPU,
     or, for another method (a pass or two, nothing to share), on its own. Each rank reports its GPU's
     free memory and all decide alike. Collective."""
     if world.size == 1:
         return Layout()
-    shares = spec.method == "bonsai"
+    shares = method_class(spec.method).replicated_scoring
     if world.device.type != "cuda":  # gloo processes on the CPU: replicas, memory unchecked
         return Layout(replicas=world.size if shares else 1)
     free = world.gather(torch.cuda.mem_get_info(world.device)[0])

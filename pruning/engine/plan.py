@@ -42,7 +42,7 @@ def plan_job(run: Run) -> float:
     for stage in PER_SIZE & set(seconds):
         seconds[stage] *= len(spec.targets)
     limit = spec.time_bound_s
-    if limit is not None and spec.method == "bonsai":
+    if limit is not None and run.method.paced_by_deadline:
         # the rounds take what the limit leaves (time_limit), or at most that (max_time); they are sized
         # as they go
         others = sum(v for k, v in seconds.items() if k != "scoring") + sum(monitor.stage_s.values())

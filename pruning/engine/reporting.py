@@ -13,7 +13,7 @@ import torch
 
 from pruning.engine.run import Quality, Run, loss_sequences
 from pruning.measure.routing import routing_frequencies
-from pruning.methods import MethodResult
+from pruning.methods.base import MethodResult
 from pruning.model.adapters.base import UnitKind
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.units import UnitSpace

@@ -15,7 +15,7 @@ from pruning.compensation import Compensator
 from pruning.events import EventSink
 from pruning.measure.monitor import StageMonitor
 from pruning.measure.probe import CalibrationProbe
-from pruning.methods import PruningMethod
+from pruning.methods.base import PruningMethod
 from pruning.model.adapters import FamilyAdapter
 from pruning.model.data import CalibrationSet
 from pruning.model.loading import LoadedModel

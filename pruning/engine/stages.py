@@ -25,15 +25,14 @@ from pruning.engine.reporting import build_report
 from pruning.engine.run import Instruments, Quality, Run, Subject, loss_sequences, measure
 from pruning.errors import UnsupportedModelError, UsageError
 from pruning.events import EventSink
-from pruning.export.gguf import export_gguf_beside
-from pruning.export.hf import export_pruned
+from pruning.export.formats import ExportJob, exporter_for
 from pruning.export.model_card import write_model_card
-from pruning.export.nemotron import export_nemotron
 from pruning.export.sizes import size_dir_name, write_pictures
 from pruning.measure.monitor import StageMonitor
 from pruning.measure.objectives import make_objective
 from pruning.measure.probe import CalibrationProbe, OutputWeights
-from pruning.methods import MethodResult, SizeResult, make_method
+from pruning.methods.base import FinishSize, MethodResult
+from pruning.methods.registry import make_method
 from pruning.model.adapters import adapter_for
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.data import load_calibration, load_training_text
@@ -111,9 +110,9 @@ def prepare(
     dense = _measure_dense(subject, instruments, world)
 
     method = make_method(spec.method, spec.method_options(budget))
-    # nemotron-nas and gguf's per-layer widths cannot hold every bias shift (validated for an explicit
-    # ask): auto falls back to none
-    fallback = "none" if spec.export_format in ("nemotron-nas", "gguf") else method.default_compensation
+    # a format that cannot hold every bias shift (validated for an explicit ask): auto falls back to none
+    carried = exporter_for(spec.export_format).carries_bias_shift
+    fallback = method.default_compensation if carried else "none"
     compensation = choose_compensation(spec.compensate, fallback, space, int(data.calibration.numel()))
     compensator = make_compensator(
         compensation, probe, adapter, adapter.layers(loaded.model), spec.compensation_ridge
@@ -147,13 +146,13 @@ def score(run: Run) -> MethodResult:
     return result
 
 
-def score_sizes(run: Run) -> list[SizeResult]:
+def score_sizes(run: Run) -> list[FinishSize]:
     """Several sizes: the method's shared scoring (hooks installed); per size, what finishes its result
     (rank 0's to call: the ranks other than 0 stop after the shared scoring)."""
     ctx = method_context(run)
     total = float(run.space.params.sum())
     with run.instruments.stage("scoring"):
-        finishes = run.method.run_targets(ctx, [target * total for target in run.spec.targets])
+        finishes = run.method.run_sizes(ctx, [sparsity * total for sparsity in run.spec.targets])
     _collect_peaks(run)
     return finishes
 
@@ -276,24 +275,18 @@ def export(run: Run, keep: torch.Tensor) -> None:
     changes = run.compensator.export_changes(checkpoint)
     if run.recovered is not None and run.recovered.deltas is not None:  # on top of the compensation's
         run.recovered.deltas.apply_to(changes.tensors, lambda name: _stored(checkpoint, name))
+    job = ExportJob(
+        subject.model_dir,
+        out_dir,
+        subject.adapter,
+        run.space,
+        keep,
+        changes.tensors,
+        changes.config,
+        run.spec,
+    )
     with run.instruments.stage("export"):
-        if run.spec.export_format == "nemotron-nas":
-            export_nemotron(
-                subject.model_dir, out_dir, subject.adapter, run.space, keep, changes.tensors, changes.config
-            )
-            return
-        export_pruned(
-            subject.model_dir,
-            out_dir,
-            subject.adapter,
-            run.space,
-            keep,
-            run.spec.uniform,
-            changes.tensors,
-            changes.config,
-        )
-        if run.spec.export_format == "gguf":
-            export_gguf_beside(out_dir, subject.adapter, run.spec.gguf_type, run.spec.model)
+        exporter_for(run.spec.export_format).write(job)
 
 
 def write_report(run: Run, result: MethodResult, pruned: Quality, final: bool = True) -> PruneReport:
@@ -324,7 +317,7 @@ def at_size(run: Run, sparsity: float) -> Run:
     return replace(run, spec=sized, recovered=None)
 
 
-def finish_size(run: Run, finish: SizeResult) -> SizeEntry:
+def finish_size(run: Run, finish: FinishSize) -> SizeEntry:
     """One size of several, as a job at that size would end (`run` from `at_size`): its selection,
     compensation, evaluation, export and report. Returns its point of the curve."""
     began, tokens = time.perf_counter(), run.probe.objective.counter.tokens

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from pruning.export.remote_code import modeling_fwdprune
+from pruning.families import FAMILIES
 from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.checkpoint import INDEX_NAME, SINGLE_NAME, CheckpointReader
 from pruning.model.units import UnitSpace
@@ -206,7 +207,7 @@ def _write_config(
     config = adapter.shrink_config(config, shapes, uniform)
     config.update(updates or {})
     if "fwdprune_layers" in config:
-        class_name = modeling_fwdprune.PRUNED_CLASSES[config["model_type"]]
+        class_name = FAMILIES[config["model_type"]].pruned_class
         auto = "AutoModelForCausalLM" if adapter.causal_lm else "AutoModel"
         config["auto_map"] = {auto: f"modeling_fwdprune.{class_name}"}
         config["architectures"] = [class_name]
@@ -259,7 +260,7 @@ def load_pruned(out_dir: str | Path, **kwargs: Any) -> Any:
     out_dir = Path(out_dir)
     config = AutoConfig.from_pretrained(out_dir)
     if getattr(config, "fwdprune_layers", None):
-        model_class = getattr(modeling_fwdprune, modeling_fwdprune.PRUNED_CLASSES[config.model_type])
+        model_class = getattr(modeling_fwdprune, FAMILIES[config.model_type].pruned_class)
         return model_class.from_pretrained(out_dir, **kwargs)
     causal = any(name.endswith("ForCausalLM") for name in getattr(config, "architectures", None) or [])
     return (AutoModelForCausalLM if causal else AutoModel).from_pretrained(out_dir, **kwargs)

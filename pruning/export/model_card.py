@@ -2,9 +2,10 @@
 
 It says what the checkpoint is (the base model, its license carried over, the method and the size), what
 it was calibrated on (the file's name and sha256, so the card names the exact data), how good it is
-(the report's quality figures before and after), and how to load it, which depends on the layout: a
-stock config, per-layer widths through remote code, or the Nemotron-NAS layout that serving engines
-load natively. Built from the report alone (a pure function of it) and the base model's own card.
+(the report's quality figures before and after), and how to load it, which its export format says
+(`Exporter.card_layout`, `how_to_load`, `card_sections`): a stock config, per-layer widths through
+remote code, or the Nemotron-NAS layout that serving engines load natively. Built from the report alone
+(a pure function of it) and the base model's own card.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from pruning.report import LayerWidths, PruneReport
+from pruning.export.formats import Exporter, exporter_for
+from pruning.report import PruneReport
 
 CARD_NAME = "README.md"
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
@@ -53,62 +55,13 @@ def base_model_id(model: str) -> str:
 
 
 def layout(report: PruneReport) -> str:
-    """How the checkpoint states its widths: `stock`, `remote-code` or `nemotron-nas`."""
-    return layout_of(report.settings.get("export_format", "hf"), report.uniform, report.layers)
+    """How the checkpoint states its widths, in its export format's words (`stock`, `remote-code`,
+    `nemotron-nas`)."""
+    return _exporter(report).card_layout(report.uniform, report.layers)
 
 
-def layout_of(export_format: str, uniform: bool, layers: list[LayerWidths]) -> str:
-    """`nemotron-nas` for that format; `stock` where a uniform job kept the same widths in every layer
-    (a layer emptied whole breaks that); else `remote-code`."""
-    if export_format == "nemotron-nas":
-        return "nemotron-nas"
-    widths = {(la.num_attention_heads, la.num_key_value_heads, la.intermediate_size) for la in layers}
-    return "stock" if uniform and len(widths) == 1 else "remote-code"
-
-
-def how_to_load(report: PruneReport, auto_class: str) -> str:
-    """The loading instructions for the checkpoint's layout, as Markdown."""
-    kind = layout(report)
-    if kind == "stock":
-        return (
-            "Every layer keeps the same widths, so the config is the family's own and stock `transformers` "
-            f"loads it:\n\n```python\nfrom transformers import {auto_class}\n\n"
-            f'model = {auto_class}.from_pretrained("path/to/this/folder")\n```\n'
-        )
-    code = (
-        f"```python\nfrom transformers import {auto_class}\n\n"
-        f'model = {auto_class}.from_pretrained("path/to/this/folder", trust_remote_code=True)\n```\n'
-    )
-    if kind == "nemotron-nas":
-        return (
-            "Per-layer widths in NVIDIA's Nemotron-NAS (`DeciLMForCausalLM`) layout, which vLLM, SGLang, "
-            "TensorRT-LLM and llama.cpp's GGUF converter load natively (`vllm serve path/to/this/folder "
-            "--trust-remote-code`); `transformers` loads it through `modeling_decilm.py` beside the "
-            f"weights:\n\n{code}"
-        )
-    return (
-        "Per-layer widths (recorded in `config.json`), loaded through `modeling_fwdprune.py` beside the "
-        f"weights, or with `pruning.load_pruned`:\n\n{code}"
-    )
-
-
-def how_to_run_gguf(report: PruneReport) -> list[str]:
-    """The card's llama.cpp and ollama section, where the export wrote a GGUF file beside the weights."""
-    if report.settings.get("export_format") != "gguf":
-        return []
-    return [
-        "## Run it in llama.cpp / ollama",
-        "",
-        f"`model.gguf` is the same model for llama.cpp ({report.settings.get('gguf_type', 'f16')} matrices), "
-        "which runs it as it is:",
-        "",
-        "```sh\nllama-cli -m model.gguf\n```",
-        "",
-        "ollama runs it through the `Modelfile` beside it (`FROM ./model.gguf` and the chat template):",
-        "",
-        "```sh\nollama create pruned -f Modelfile\nollama run pruned\n```",
-        "",
-    ]
+def _exporter(report: PruneReport) -> Exporter:
+    return exporter_for(report.settings.get("export_format", "hf"))
 
 
 def quality_table(report: PruneReport) -> str:
@@ -140,8 +93,7 @@ def model_card(report: PruneReport, base: dict[str, Any], auto_class: str) -> st
         "library_name": "transformers",
         "tags": ["pruned", "structured-pruning", "fwdprune", report.method],
     }
-    if report.settings.get("export_format") == "gguf":
-        metadata["tags"].append("gguf")
+    metadata["tags"] += _exporter(report).card_tags
     for key in ("language", "license_name", "license_link", "pipeline_tag"):
         if key in base:
             metadata[key] = base[key]
@@ -170,8 +122,8 @@ def model_card(report: PruneReport, base: dict[str, Any], auto_class: str) -> st
         "",
         "## How to load",
         "",
-        how_to_load(report, auto_class),
-        *how_to_run_gguf(report),
+        _exporter(report).how_to_load(layout(report), auto_class),
+        *_exporter(report).card_sections(report),
         "Every setting, the kept units per layer and each unit's importance are in `pruning_report.json`.",
         "",
     ]

@@ -9,10 +9,11 @@ Its config (`model_type: nemotron-nas`) describes each layer in `block_configs`;
   widths it states exactly, so each layer keeps a multiple of 256 channels, or none; a model whose own
   MLP width is not one (pycoder-28m's 1408) keeps at most the largest multiple below it in every layer.
 Tensors keep Llama's names; a removed block has none, not even its norm (the engines build no module for
-it, so a stray tensor would fail their load). `pruning.selection.layouts.nemotron_rules` is that layout in the
-selector's terms. The only code written beside the weights is fwdprune's own `modeling_decilm.py` (the
-layout's modeling code, vendored in `pruning.export.remote_code`), the only code config.json's `auto_map`
-names; nothing of the input's code travels (`pruning.export.hf`).
+it, so a stray tensor would fail their load). `pruning.selection.width_rules.format_rules` is that layout in
+the selector's terms, from the format's `WidthRule` (`pruning.export.formats.nemotron`). The only code
+written beside the weights is fwdprune's own `modeling_decilm.py` (the layout's modeling code, vendored in
+`pruning.export.remote_code`), the only code config.json's `auto_map` names; nothing of the input's code
+travels (`pruning.export.hf`).
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ from typing import Any
 import torch
 
 from pruning.errors import UsageError
+from pruning.export.formats.nemotron import FFN_WIDTH_MULTIPLE, refuse_inexpressible
 from pruning.export.hf import FOREIGN_CONFIG_KEYS, copy_side_files, without_foreign_code, write_weights
 from pruning.export.remote_code import modeling_decilm
 from pruning.model.adapters.base import FamilyAdapter, LayerShape, UnitKind
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.units import UnitSpace
-from pruning.spec import NEMOTRON_MODEL_TYPES, refuse_inexpressible_in_nemotron
 
 FORMAT = "nemotron-nas"
-MODEL_TYPES = NEMOTRON_MODEL_TYPES  # the layout is a Llama's
-FFN_WIDTH_MULTIPLE = modeling_decilm.FFN_WIDTH_MULTIPLE
-# the models the layout cannot hold, refused before any work (torch-free, so the API refuses them at submit)
-refuse_inexpressible_model = refuse_inexpressible_in_nemotron
 MODELING_FILE = "modeling_decilm.py"
 # tensors of a removed block: its module and the norm in front of it; group 1 is the layer index
 BLOCK_TENSORS = {
@@ -58,7 +55,7 @@ def export_nemotron(
 ) -> dict[str, Any]:
     """Write the compact checkpoint (keep: [U] bool) in the Nemotron-NAS layout; returns its config."""
     original = json.loads((model_dir / "config.json").read_text())
-    refuse_inexpressible_model(original)
+    refuse_inexpressible(original)  # as the API refused it at submit
     shapes = space.kept_shapes(keep)
     own = without_foreign_code(original, FOREIGN_CONFIG_KEYS)  # the input's code is never named
     config = decilm_config({**own, **(config_updates or {})}, shapes)  # checks the widths first

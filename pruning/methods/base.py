@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from pruning.compensation import LeastSquaresRefit
 from pruning.measure.probe import CalibrationProbe
+from pruning.methods.options import MethodOptions
 from pruning.model.units import UnitSpace
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
 from pruning.selection import UnitSelector
-from pruning.spec import MethodOptions
 
 
 @dataclass
@@ -29,10 +29,10 @@ class MethodResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-SizeResult = Callable[[], MethodResult]  # one size's result, finished when called
+FinishSize = Callable[[], MethodResult]  # one size's result, finished when called
 
 
-def _bound(run: Callable[[MethodContext], MethodResult], ctx: MethodContext) -> SizeResult:
+def _bound(run: Callable[[MethodContext], MethodResult], ctx: MethodContext) -> FinishSize:
     return lambda: run(ctx)
 
 
@@ -54,10 +54,17 @@ class MethodContext:
 
 
 class PruningMethod:
-    """One scoring method. Subclasses implement `run`; the registry maps names to subclasses."""
+    """One scoring method. Subclasses implement `run` and register with `@register_method`
+    (`pruning.methods.registry`); the class variables below say what the engine may do with them."""
 
     name: ClassVar[str]
     default_compensation: ClassVar[str] = "none"  # what compensate="auto" means for this method
+    # its scoring splits across ranks, each with a replica of the model (bonsai's sub-models): a job on
+    # several GPUs gives it one replica per GPU where each holds the model
+    replicated_scoring: ClassVar[bool] = False
+    # it sizes its scoring to the job's time limit as it goes, so the plan gives the scoring what the
+    # limit leaves (time_limit) or at most that (max_time)
+    paced_by_deadline: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options
@@ -65,11 +72,12 @@ class PruningMethod:
     def run(self, ctx: MethodContext) -> MethodResult:
         raise NotImplementedError
 
-    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
-        """Several sizes from one scoring: `targets` are parameters to remove, ascending. Does the work
-        the sizes share now and returns, per size, what finishes its result (the work that size alone
-        needs, run when its turn comes). By default each size is a run of its own."""
-        return [_bound(self.run, replace(ctx, target_params=target)) for target in targets]
+    def run_sizes(self, ctx: MethodContext, params_to_remove: list[float]) -> list[FinishSize]:
+        """Several sizes from one scoring: `params_to_remove`, ascending, are each size's prunable
+        parameters to remove. Does the work the sizes share now and returns, per size, what finishes its
+        result (the work that size alone needs, run when its turn comes). By default each size is a run
+        of its own."""
+        return [_bound(self.run, replace(ctx, target_params=params)) for params in params_to_remove]
 
     def planned_work(
         self, sequences: int, seq_len: int, refit: bool, replicas: int = 1, units: int = 0
@@ -80,3 +88,15 @@ class PruningMethod:
         `units`: the model's prunable units.
         By default one pass over the calibration set (the statistics most methods gather)."""
         return {"scoring": float(sequences * seq_len)}
+
+
+MethodClass = TypeVar("MethodClass", bound=type[PruningMethod])
+
+METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register_method(cls: MethodClass) -> MethodClass:
+    """Class decorator: the method `cls.name`, made with its options (`pruning.methods.options`, where
+    its name must be registered too, torch-free, for the entry points to offer it)."""
+    METHODS[cls.name] = cls
+    return cls

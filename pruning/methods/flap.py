@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pruning.methods.base import MethodContext
+from pruning.methods.base import MethodContext, register_method
 from pruning.methods.scored_once import ScoredOnce
 
 
@@ -29,6 +29,7 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
     return (scores - scores.mean()) / scores.std().clamp(min=1e-12)
 
 
+@register_method
 class Flap(ScoredOnce):
     """FLAP: fluctuation of each input channel times its squared column norm, standardised per layer
     and kind, one global threshold (or equal counts per layer with --uniform); bias-compensated."""

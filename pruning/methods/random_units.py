@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from pruning.methods.base import MethodContext
+from pruning.methods.base import MethodContext, register_method
 from pruning.methods.scored_once import ScoredOnce
 
 
+@register_method
 class RandomUnits(ScoredOnce):
     name = "random"
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
+from pruning.methods.base import FinishSize, MethodContext, MethodResult, PruningMethod
 
 
 class ScoredOnce(PruningMethod):
@@ -25,9 +25,9 @@ class ScoredOnce(PruningMethod):
         scores = self.scores(ctx)
         return MethodResult(~self.removed(ctx, scores), scores)
 
-    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
+    def run_sizes(self, ctx: MethodContext, params_to_remove: list[float]) -> list[FinishSize]:
         scores = self.scores(ctx)
-        return [self._selected(replace(ctx, target_params=target), scores) for target in targets]
+        return [self._selected(replace(ctx, target_params=params), scores) for params in params_to_remove]
 
-    def _selected(self, ctx: MethodContext, scores: torch.Tensor) -> SizeResult:
+    def _selected(self, ctx: MethodContext, scores: torch.Tensor) -> FinishSize:
         return lambda: MethodResult(~self.removed(ctx, scores), scores)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from pruning.model.adapters.base import UnitKind
-from pruning.selection.layouts import KindRule
+from pruning.selection.width_rules import KindRule
 
 # a step the greedy loop may take: the units it removes, and what to record once it is taken
 Step = tuple[list[int], Callable[[], None]]

@@ -9,7 +9,7 @@ import torch
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitSpace
 from pruning.selection.greedy import select_global, select_layout, select_uniform
-from pruning.selection.layouts import KindRule
+from pruning.selection.width_rules import KindRule
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,9 @@ import pytest
 import pruning.engine.stages
 from pruning import prune
 from pruning.errors import UnsupportedModelError, UsageError
-from pruning.export import nemotron
-from pruning.spec import (
-    NEMOTRON_FFN_MULTIPLE,
-    NEMOTRON_MODEL_TYPES,
-    PruneSettings,
-    refuse_inexpressible_in_nemotron,
-    refuse_unexportable,
-)
+from pruning.export.formats import EXPORTERS, nemotron
+from pruning.export.remote_code import modeling_decilm
+from pruning.spec import PruneSettings
 
 LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 512}
 
@@ -37,25 +32,19 @@ LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "in
     ],
 )
 def test_nemotron_nas_is_refused_at_submit_as_its_export_refuses_it(config: dict[str, Any]) -> None:
-    """The API's torch-free refusal is the export's own: the same models, the same error and message."""
-    assert (NEMOTRON_MODEL_TYPES, NEMOTRON_FFN_MULTIPLE) == (
-        nemotron.MODEL_TYPES,
-        nemotron.FFN_WIDTH_MULTIPLE,
-    )
-    outcomes: list[str | None] = []
-    for refuse in (refuse_inexpressible_in_nemotron, nemotron.refuse_inexpressible_model):
-        try:
-            refuse(config)
-            outcomes.append(None)
-        except UsageError as err:
-            outcomes.append(str(err))
-    assert outcomes[0] == outcomes[1]
+    """The API's torch-free refusal is the one the export makes, with widths the remote code agrees on."""
+    assert nemotron.FFN_WIDTH_MULTIPLE == modeling_decilm.FFN_WIDTH_MULTIPLE
+    try:
+        nemotron.refuse_inexpressible(config)
+        outcome = None
+    except UsageError as err:
+        outcome = str(err)
     settings = PruneSettings(sparsity=0.3, export_format="nemotron-nas")
-    if outcomes[0] is None:
-        refuse_unexportable(config["model_type"], settings, config)
+    if outcome is None:
+        EXPORTERS["nemotron-nas"].refuse(config["model_type"], settings, config)
     else:
-        with pytest.raises(UsageError, match=outcomes[0]):
-            refuse_unexportable(config["model_type"], settings, config)
+        with pytest.raises(UsageError, match=outcome):
+            EXPORTERS["nemotron-nas"].refuse(config["model_type"], settings, config)
 
 
 def _with_config(model: Path, out: Path, **changes: Any) -> Path:

@@ -227,18 +227,3 @@ class FwdPrunedMixtralForCausalLM(MixtralForCausalLM):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         shrink_layers(self, config)
-
-
-# model_type -> class name, used by the exporter to write `auto_map`
-PRUNED_CLASSES = {
-    "llama": "FwdPrunedLlamaForCausalLM",
-    "mistral": "FwdPrunedMistralForCausalLM",
-    "qwen2": "FwdPrunedQwen2ForCausalLM",
-    "qwen3": "FwdPrunedQwen3ForCausalLM",
-    "gemma3_text": "FwdPrunedGemma3ForCausalLM",
-    "phi3": "FwdPrunedPhi3ForCausalLM",
-    "qwen3_moe": "FwdPrunedQwen3MoeForCausalLM",
-    "mixtral": "FwdPrunedMixtralForCausalLM",
-    "bert": "FwdPrunedBertModel",
-    "roberta": "FwdPrunedRobertaModel",
-}

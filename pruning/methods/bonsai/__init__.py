@@ -1,5 +1,6 @@
 """`bonsai` (Dery et al. 2024, "Everybody Prune Now"): forward-only, perturbative unit importance.
 
+- `options.py`: its options and named budgets (torch-free).
 - `regression.py`: the method's math (drop probabilities, antithetic sampling, the prior-shrunk ridge).
 - `rounds.py`: rounds of sampling, scoring, regression and removal.
 - `sub_models.py`: scoring a round's sub-models, batched per forward and shared across ranks.
@@ -7,7 +8,3 @@
 - `split_search.py`: the attention/MLP split, chosen by held-out loss after the job's refit.
 - `method.py`: the method as the registry knows it.
 """
-
-from pruning.methods.bonsai.method import Bonsai
-
-__all__ = ["Bonsai"]

@@ -10,14 +10,17 @@ from typing import Any
 import torch
 
 from pruning.compensation.least_squares import LS_FIT_FORWARDS
-from pruning.methods.base import MethodContext, MethodResult, PruningMethod, SizeResult
+from pruning.methods.base import FinishSize, MethodContext, MethodResult, PruningMethod, register_method
+from pruning.methods.bonsai.options import BonsaiOptions
 from pruning.methods.bonsai.rounds import Snapshot, run_rounds, sub_models_per_round
 from pruning.methods.bonsai.split_search import held_out_split, search_split
-from pruning.spec import BonsaiOptions
 
 
+@register_method
 class Bonsai(PruningMethod):
     name = "bonsai"
+    replicated_scoring = True  # a round's sub-models are scored across the ranks' replicas
+    paced_by_deadline = True  # its rounds' sub-models are sized from the measured pace
     options: BonsaiOptions
 
     def planned_work(
@@ -46,21 +49,22 @@ class Bonsai(PruningMethod):
         return {"scoring": rounds, "search": search}
 
     def run(self, ctx: MethodContext) -> MethodResult:
-        return self.run_targets(ctx, [ctx.target_params])[0]()
+        return self.run_sizes(ctx, [ctx.target_params])[0]()
 
-    def run_targets(self, ctx: MethodContext, targets: list[float]) -> list[SizeResult]:
+    def run_sizes(self, ctx: MethodContext, params_to_remove: list[float]) -> list[FinishSize]:
         """The rounds run once, as a job at the largest size alone would run them; a round whose slice
         passes a smaller size removes up to it first and snapshots the keep-vector and importances there,
         then the rest of its slice. So the largest size's rounds are exactly the single job's, and a
         smaller one's are that job's up to where the removal reached it (fewer re-estimates than a job at
         that size alone). Each size's split search runs when its result is asked for."""
-        outcome = run_rounds(replace(ctx, target_params=targets[-1]), self.options, targets[:-1])
+        largest, smaller = params_to_remove[-1], params_to_remove[:-1]
+        outcome = run_rounds(replace(ctx, target_params=largest), self.options, smaller)
         return [
-            self._finish(replace(ctx, target_params=target), snapshot, outcome.dense_prior)
-            for target, snapshot in zip(targets, outcome.snapshots, strict=True)
+            self._finish(replace(ctx, target_params=params), snapshot, outcome.dense_prior)
+            for params, snapshot in zip(params_to_remove, outcome.snapshots, strict=True)
         ]
 
-    def _finish(self, ctx: MethodContext, snapshot: Snapshot, dense_prior: torch.Tensor) -> SizeResult:
+    def _finish(self, ctx: MethodContext, snapshot: Snapshot, dense_prior: torch.Tensor) -> FinishSize:
         """One size's result from its snapshot: the split search, when the job asks for it."""
 
         def finish() -> MethodResult:

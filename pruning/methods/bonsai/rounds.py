@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from pruning.methods.base import MethodContext
+from pruning.methods.bonsai.options import BonsaiOptions
 from pruning.methods.bonsai.pacing import MAX_SUB_MODELS, RoundPacer
 from pruning.methods.bonsai.regression import drop_probabilities, regressed_importance
 from pruning.methods.bonsai.sub_models import RoundScorer
-from pruning.spec import BonsaiOptions
 
 
 @dataclass

@@ -18,10 +18,10 @@ import torch
 
 from pruning import events
 from pruning.methods.base import MethodContext
+from pruning.methods.bonsai.options import BonsaiOptions
 from pruning.methods.bonsai.pacing import affordable
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitSpace
-from pruning.spec import BonsaiOptions
 
 Candidate = tuple[str, torch.Tensor]  # (how its units were ranked, [U] bool keep)
 

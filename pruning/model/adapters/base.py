@@ -68,8 +68,7 @@ class SliceRule:
 class FamilyAdapter:
     """Base adapter for decoder-only families shaped like Llama (q/k/v/o + gated MLP)."""
 
-    name: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]
+    name: ClassVar[str]  # what the family table (`pruning.families.Family.adapter`) calls it
     # checkpoint tensor names -> how to slice them; group 1 is the layer index
     slice_rules: ClassVar[tuple[SliceRule, ...]] = (
         SliceRule(re.compile(r"layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)$"), "q", 0),

@@ -18,7 +18,6 @@ from pruning.model.adapters.base import FamilyAdapter, LayerShape, SliceRule, Un
 
 class BertAdapter(FamilyAdapter):
     name = "bert"
-    model_types = ("bert", "roberta")
     causal_lm = False
     stock_uniform = False
     slice_rules = (

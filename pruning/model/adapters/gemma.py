@@ -17,5 +17,4 @@ from pruning.model.adapters.base import FamilyAdapter, UnitKind
 
 class Gemma3Adapter(FamilyAdapter):
     name = "gemma3"
-    model_types = ("gemma3_text",)
     bias_switches = {UnitKind.ATTN: ("attention_bias", ("q_proj", "k_proj", "v_proj"))}

@@ -7,7 +7,6 @@ from pruning.model.adapters.base import FamilyAdapter, UnitKind
 
 class LlamaAdapter(FamilyAdapter):
     name = "llama"
-    model_types = ("llama",)
     bias_switches = {
         UnitKind.ATTN: ("attention_bias", ("q_proj", "k_proj", "v_proj")),
         UnitKind.MLP: ("mlp_bias", ("gate_proj", "up_proj")),
@@ -18,4 +17,3 @@ class MistralAdapter(FamilyAdapter):
     """Mistral's projections are never biased in the stock config, so no bias compensation export."""
 
     name = "mistral"
-    model_types = ("mistral",)

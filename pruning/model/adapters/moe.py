@@ -118,7 +118,6 @@ class MoeAdapter(FamilyAdapter):
 
 class Qwen3MoeAdapter(MoeAdapter):
     name = "qwen3_moe"
-    model_types = ("qwen3_moe",)
     experts_field = "num_experts"
     expert_width_field = "moe_intermediate_size"
     bias_switches = {UnitKind.ATTN: ("attention_bias", ("q_proj", "k_proj", "v_proj"))}
@@ -133,6 +132,5 @@ class Qwen3MoeAdapter(MoeAdapter):
 
 class MixtralAdapter(MoeAdapter):
     name = "mixtral"
-    model_types = ("mixtral",)
     experts_field = "num_local_experts"
     expert_width_field = "intermediate_size"

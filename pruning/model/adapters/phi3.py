@@ -17,7 +17,6 @@ from pruning.model.adapters.base import FamilyAdapter, SliceRule
 
 class Phi3Adapter(FamilyAdapter):
     name = "phi3"
-    model_types = ("phi3",)
     slice_rules = (
         SliceRule(re.compile(r"layers\.(\d+)\.self_attn\.qkv_proj\.weight$"), "qkv", 0),
         SliceRule(re.compile(r"layers\.(\d+)\.self_attn\.o_proj\.weight$"), "q", 1),

@@ -11,10 +11,8 @@ from pruning.model.adapters.base import FamilyAdapter, UnitKind
 
 class Qwen2Adapter(FamilyAdapter):
     name = "qwen2"
-    model_types = ("qwen2",)
 
 
 class Qwen3Adapter(FamilyAdapter):
     name = "qwen3"
-    model_types = ("qwen3",)
     bias_switches = {UnitKind.ATTN: ("attention_bias", ("q_proj", "k_proj", "v_proj"))}

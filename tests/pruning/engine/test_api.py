@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import pruning.engine.stages
 from pruning import PruneSpec, load_pruned, prune
 from pruning.errors import DataError, UnsupportedModelError
-from pruning.methods import METHODS
+from pruning.methods.registry import METHODS
 from pruning.model.data import load_calibration
 from pruning.model.masking import UnitMasks
 from pruning.report import PruneReport

@@ -20,13 +20,15 @@ from transformers import AutoTokenizer
 from bench.llamacpp import hf_perplexity, llama_cpp_bin_dir, llama_perplexity, llama_tokenize
 from bench.smollm2 import NAME, default_cache
 from pruning.errors import UnsupportedModelError, UsageError
-from pruning.export import gguf as export
+from pruning.export.formats import EXPORTERS
+from pruning.export.gguf import tensors as gguf_tensors
+from pruning.export.gguf import tokenizer, writer
 from pruning.export.hf import export_pruned, load_pruned
 from pruning.model.adapters import UnitKind, adapter_for
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.loading import load_model
 from pruning.model.units import UnitSpace, build_unit_space
-from pruning.spec import PruneSettings, refuse_unexportable
+from pruning.spec import PruneSettings
 from tests.tiny import CORPUS, make_tiny_causal_lm
 
 CPU = torch.device("cpu")
@@ -87,7 +89,7 @@ def uniform_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write(checkpoint: Path, gguf_type: str = "f32", family: str = "llama") -> gguf.GGUFReader:
     path = checkpoint / f"model-{gguf_type}.gguf"
-    export.export_gguf(checkpoint, path, adapter_for(family), gguf_type, "tiny")
+    writer.export_gguf(checkpoint, path, adapter_for(family), gguf_type, "tiny")
     return gguf.GGUFReader(path)
 
 
@@ -230,22 +232,22 @@ def split_then_bytes(pattern: str) -> dict[str, Any]:
             },
             "smollm",
         ),
-        (split_then_bytes(export.LLAMA3_SPLIT), "llama-bpe"),
-        (split_then_bytes(export.QWEN2_SPLIT), "qwen2"),
+        (split_then_bytes(tokenizer.LLAMA3_SPLIT), "llama-bpe"),
+        (split_then_bytes(tokenizer.QWEN2_SPLIT), "qwen2"),
     ],
 )
 def test_pre_tokenizers_are_named_as_llama_cpp_names_them(pre_tokenizer: dict[str, Any], name: str) -> None:
     spec = {"model": {"type": "BPE"}, "normalizer": None, "pre_tokenizer": pre_tokenizer}
-    assert export.pre_tokenizer_name(spec) == name
+    assert tokenizer.pre_tokenizer_name(spec) == name
 
 
 def test_a_pre_tokenizer_llama_cpp_lacks_is_refused() -> None:
     spec = {"model": {"type": "BPE"}, "pre_tokenizer": {"type": "Whitespace"}}
     with pytest.raises(UsageError, match="pre-tokenizer"):
-        export.pre_tokenizer_name(spec)
+        tokenizer.pre_tokenizer_name(spec)
     sentencepiece = {"model": {"type": "BPE", "byte_fallback": True}, "pre_tokenizer": {"type": "Metaspace"}}
     with pytest.raises(UsageError, match="byte-level BPE"):
-        export.pre_tokenizer_name(sentencepiece)
+        tokenizer.pre_tokenizer_name(sentencepiece)
 
 
 def test_qwen2_with_fewer_query_heads_is_written_as_deci(tmp_path: Path) -> None:
@@ -262,26 +264,26 @@ def test_qwen3_is_written_with_uniform_widths_only(tmp_path: Path) -> None:
     assert tensors(reader)["blk.0.attn_q_norm.weight"].shape.tolist() == [HEAD_DIM]
     per_layer = pruned_checkpoint(tmp_path, "qwen3", removed_blocks_keep, uniform=False)
     with pytest.raises(UsageError, match="uniform widths"):
-        export.export_gguf(per_layer, tmp_path / "x.gguf", adapter_for("qwen3"), "f16", "tiny")
+        writer.export_gguf(per_layer, tmp_path / "x.gguf", adapter_for("qwen3"), "f16", "tiny")
 
 
 def test_a_sliding_window_bounds_the_context_llama_cpp_is_told() -> None:
-    assert export.context_length({"max_position_embeddings": 512, "sliding_window": 64}) == 64
-    assert export.context_length({"max_position_embeddings": 512, "sliding_window": None}) == 512
+    assert writer.context_length({"max_position_embeddings": 512, "sliding_window": 64}) == 64
+    assert writer.context_length({"max_position_embeddings": 512, "sliding_window": None}) == 512
     qwen2 = {"max_position_embeddings": 512, "sliding_window": 64, "use_sliding_window": False}
-    assert export.context_length(qwen2) == 512
+    assert writer.context_length(qwen2) == 512
 
 
 def test_submit_refuses_what_gguf_cannot_hold() -> None:
     gguf_job = PruneSettings(sparsity=0.3, export_format="gguf")
-    refuse_unexportable("llama", gguf_job)
+    EXPORTERS["gguf"].refuse("llama", gguf_job)
     with pytest.raises(UnsupportedModelError, match="bert is an encoder"):
-        refuse_unexportable("bert", gguf_job)
+        EXPORTERS["gguf"].refuse("bert", gguf_job)
     with pytest.raises(UnsupportedModelError, match="gemma3_text is not one of them"):
-        refuse_unexportable("gemma3_text", gguf_job)
+        EXPORTERS["gguf"].refuse("gemma3_text", gguf_job)
     with pytest.raises(UnsupportedModelError, match="uniform widths only"):
-        refuse_unexportable("qwen3", gguf_job)
-    refuse_unexportable("qwen3", PruneSettings(sparsity=0.3, export_format="gguf", uniform=True))
+        EXPORTERS["gguf"].refuse("qwen3", gguf_job)
+    EXPORTERS["gguf"].refuse("qwen3", PruneSettings(sparsity=0.3, export_format="gguf", uniform=True))
     with pytest.raises(ValueError, match="uniform widths only"):
         PruneSettings(sparsity=0.3, export_format="gguf", compensate="bias")
 
@@ -301,7 +303,7 @@ def test_output_bias_of_a_removed_attention_is_refused(global_llama: Path, tmp_p
         index["weight_map"][name] = shard
         (biased / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(UsageError, match="output bias of layer 2"):
-        export.export_gguf(biased, tmp_path / "x.gguf", adapter_for("llama"), "f16", "tiny")
+        writer.export_gguf(biased, tmp_path / "x.gguf", adapter_for("llama"), "f16", "tiny")
 
 
 def test_llama3_rope_scaling_matches_transformers() -> None:
@@ -319,7 +321,7 @@ def test_llama3_rope_scaling_matches_transformers() -> None:
     config = LlamaConfig(hidden_size=2048, num_attention_heads=32, head_dim=64, rope_parameters=rope)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     plain = 500000.0 ** -(torch.arange(0, 64, 2, dtype=torch.float64) / 64)
-    divisors = export.llama3_rope_divisors(rope, 64)
+    divisors = gguf_tensors.llama3_rope_divisors(rope, 64)
     np.testing.assert_allclose(divisors, (plain / scaled.double()).numpy(), rtol=1e-5)
     assert divisors[0] == 1.0 and divisors[-1] == 32.0
 
@@ -329,7 +331,7 @@ def test_modelfile_carries_a_chatml_template(global_llama: Path) -> None:
         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
         "<|im_end|>\n{% endfor %}"
     )
-    export.write_modelfile(global_llama)
+    tokenizer.write_modelfile(global_llama)
     lines = (global_llama / "Modelfile").read_text().splitlines()
     assert lines[0] == "FROM ./model.gguf"
     assert lines[1].startswith('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}')
@@ -443,8 +445,8 @@ def smollm2_vocab_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             },
             "smollm",
         ),
-        (split_then_bytes(export.LLAMA3_SPLIT), "llama-bpe"),
-        (split_then_bytes(export.QWEN2_SPLIT), "qwen2"),
+        (split_then_bytes(tokenizer.LLAMA3_SPLIT), "llama-bpe"),
+        (split_then_bytes(tokenizer.QWEN2_SPLIT), "qwen2"),
     ],
 )
 def test_llama_cpp_tokenizes_as_transformers(

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from pruning import prune
-from pruning.export.model_card import CARD_NAME, FRONT_MATTER, base_model_id, layout_of
+from pruning.export.formats import EXPORTERS
+from pruning.export.model_card import CARD_NAME, FRONT_MATTER, base_model_id
 from pruning.report import LayerWidths, PruneReport
 
 BASE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# A tiny Llama\n"
@@ -101,8 +102,10 @@ def test_base_model_is_named_without_a_server_path(model: str, expected: str) ->
 def test_layout_follows_the_export() -> None:
     layer = LayerWidths(layer=0, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
     narrower = layer.model_copy(update={"layer": 1, "intermediate_size": 32})
-    assert layout_of("hf", True, [layer, layer]) == "stock"
-    assert layout_of("hf", False, [layer, narrower]) == "remote-code"
+    hf, nemotron = EXPORTERS["hf"], EXPORTERS["nemotron-nas"]
+    assert hf.card_layout(True, [layer, layer]) == "stock"
+    assert hf.card_layout(False, [layer, narrower]) == "remote-code"
     # a uniform job whose layers still differ (a layer lost its MLP whole) needs the remote code
-    assert layout_of("hf", True, [layer, narrower]) == "remote-code"
-    assert layout_of("nemotron-nas", False, [layer]) == "nemotron-nas"
+    assert hf.card_layout(True, [layer, narrower]) == "remote-code"
+    assert EXPORTERS["gguf"].card_layout(True, [layer, layer]) == "stock"
+    assert nemotron.card_layout(False, [layer]) == "nemotron-nas"

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from pruning import prune
 from pruning.engine.reporting import count_checkpoint_params
 from pruning.errors import UsageError
+from pruning.export.formats.nemotron import FFN_WIDTH_MULTIPLE
 from pruning.export.nemotron import export_nemotron
 from pruning.export.remote_code.modeling_decilm import ffn_mult_to_intermediate_size
 from pruning.model.adapters import UnitKind, adapter_for
@@ -22,7 +23,7 @@ from pruning.model.loading import load_model
 from pruning.model.masking import UnitMasks
 from pruning.model.units import UnitSpace, build_unit_space
 from pruning.selection import UnitSelector
-from pruning.selection.layouts import nemotron_mlp_units_per_step, nemotron_rules
+from pruning.selection.width_rules import format_rules, mlp_units_per_step
 from tests.tiny import TinyModel, make_tiny_causal_lm
 
 CPU = torch.device("cpu")
@@ -53,7 +54,7 @@ def assert_expressible(space: UnitSpace, keep: torch.Tensor) -> None:
     widths in whole 256-channel steps."""
     kv = kept_counts(space, keep, UnitKind.ATTN)
     assert len({c for c in kv if c}) <= 1, kv
-    step = nemotron_mlp_units_per_step(space)
+    step = mlp_units_per_step(space, FFN_WIDTH_MULTIPLE)
     assert all(c % step == 0 for c in kept_counts(space, keep, UnitKind.MLP))
 
 
@@ -81,8 +82,9 @@ def assert_valid_decilm(config: dict[str, Any], layers: int) -> None:
 
 def nemotron_selector(model: TinyModel) -> UnitSelector:
     space = model.space
-    layout = nemotron_rules(space, model.adapter.uniform_kv_counts(model.model.config))
-    return UnitSelector(space, False, {}, layout)
+    kv_counts = model.adapter.uniform_kv_counts(model.model.config)
+    rules = format_rules(space, kv_counts, mlp_step=FFN_WIDTH_MULTIPLE, shared_kv_count=True)
+    return UnitSelector(space, False, {}, rules)
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.25, 0.4, 0.6, 0.8])
@@ -142,7 +144,7 @@ def test_a_width_the_layout_cannot_state_is_cut_to_one_it_can(uneven_llama: Path
     model = TinyModel(loaded.model, adapter, build_unit_space(loaded.model, adapter, None))
     space, selector = model.space, nemotron_selector(model)
     score = torch.rand(space.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    step = nemotron_mlp_units_per_step(space)
+    step = mlp_units_per_step(space, FFN_WIDTH_MULTIPLE)
     keep = torch.ones(space.size, dtype=torch.bool)
     target = sparsity * float(space.params.sum())
     for _ in range(3):

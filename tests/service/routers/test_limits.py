@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from pruning.spec import BonsaiOptions, PruneSettings
+from pruning.methods.bonsai.options import BonsaiOptions
+from pruning.spec import PruneSettings
 from service.main import create_app
 from service.schemas.jobs import JobCreate
 from service.settings import JobLimits, Settings

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pruning import prune
+from pruning.methods.bonsai.options import BonsaiOptions
 from pruning.methods.bonsai.rounds import sub_models_per_round
 from pruning.methods.bonsai.split_search import (
     attention_fractions,
@@ -18,7 +19,7 @@ from pruning.methods.bonsai.split_search import (
 )
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitGroup, UnitSpace
-from pruning.spec import BonsaiOptions, PruneSpec
+from pruning.spec import PruneSpec
 
 SMALL: dict[str, Any] = dict(
     seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu", sparsity=0.4

@@ -91,7 +91,8 @@ def test_int8_scoring_on_cpu(phi3: Path, calibration_file: Path, tmp_path: Path)
 def test_gguf_export_refused_before_any_work(model_type: str) -> None:
     """llama.cpp's architectures for these families are not written: the hf export is."""
     from pruning.errors import UnsupportedModelError
-    from pruning.spec import PruneSettings, refuse_unexportable
+    from pruning.export.formats import EXPORTERS
+    from pruning.spec import PruneSettings
 
     with pytest.raises(UnsupportedModelError, match=f"export_format gguf writes .*{model_type}"):
-        refuse_unexportable(model_type, PruneSettings(sparsity=0.2, export_format="gguf"))
+        EXPORTERS["gguf"].refuse(model_type, PruneSettings(sparsity=0.2, export_format="gguf"))

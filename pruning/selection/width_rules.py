@@ -1,8 +1,9 @@
-"""The per-layer unit counts an output layout can state, in the selector's terms.
+"""The per-layer unit counts a job's output can state, in the selector's terms.
 
-A layout that limits widths (the Nemotron-NAS export, or widths kept at multiples of a kernel tile or a
-tensor-parallel degree) is a `KindRule` per unit kind; `pruning.selection.greedy.select_layout` removes
-units only in steps that keep every layer within it.
+Where an export format limits widths (Nemotron-NAS: one KV-group count shared by the layers that keep
+attention, MLP widths in steps of 256 channels), or the job keeps widths at multiples of a kernel tile or
+a tensor-parallel degree, each unit kind gets a `KindRule`; `pruning.selection.greedy.select_layout`
+removes units only in steps that keep every layer within it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from dataclasses import dataclass
 
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitSpace
-
-# Nemotron-NAS states MLP widths through `ffn_mult`, which the loaders round up to a multiple of this
-# (vLLM, SGLang, TensorRT-LLM and llama.cpp alike); the remote code shipped with the export agrees
-NEMOTRON_FFN_MULTIPLE = 256
 
 
 @dataclass(frozen=True)
@@ -56,36 +53,43 @@ def expert_rule(space: UnitSpace) -> KindRule:
     return KindRule((0, *range(space.experts_per_token, experts + 1)), shared=False)
 
 
-def nemotron_mlp_units_per_step(space: UnitSpace) -> int:
-    """MLP units that make up one width step Nemotron-NAS can state (NEMOTRON_FFN_MULTIPLE channels)."""
-    if NEMOTRON_FFN_MULTIPLE % space.mlp_block:
-        raise ValueError(f"MLP units of {space.mlp_block} channels do not tile {NEMOTRON_FFN_MULTIPLE}")
-    return NEMOTRON_FFN_MULTIPLE // space.mlp_block
+def mlp_units_per_step(space: UnitSpace, channels: int) -> int:
+    """MLP units that make up one width step of `channels` channels (the unit size must tile it)."""
+    if channels % space.mlp_block:
+        raise ValueError(f"MLP units of {space.mlp_block} channels do not tile {channels}")
+    return channels // space.mlp_block
 
 
-def nemotron_rules(space: UnitSpace, kv_counts: list[int]) -> dict[UnitKind, KindRule]:
-    """The per-layer unit counts Nemotron-NAS expresses: attention at one KV-group count shared by every
-    layer that keeps attention (`kv_counts`: those a config can state) or none; MLP at any multiple of
-    256 channels up to the layer's width, chosen per layer, or none."""
-    mlp_units = space.group_of(0, UnitKind.MLP).count
-    step = nemotron_mlp_units_per_step(space)
-    return {
-        UnitKind.ATTN: KindRule(tuple([0, *kv_counts]), shared=True),
-        UnitKind.MLP: KindRule(tuple(range(0, mlp_units + 1, step)), shared=False),
-    }
+def format_rules(
+    space: UnitSpace, kv_counts: list[int], mlp_step: int | None, shared_kv_count: bool
+) -> dict[UnitKind, KindRule]:
+    """The per-layer unit counts a format states: attention, with `shared_kv_count`, at one KV-group
+    count shared by every layer that keeps attention (`kv_counts`: those a config can state) or none;
+    MLP, with `mlp_step`, at any multiple of that many channels up to the layer's width, chosen per
+    layer, or none; any count otherwise."""
+    rules = any_width(space)
+    if shared_kv_count:
+        rules[UnitKind.ATTN] = KindRule(tuple([0, *kv_counts]), shared=True)
+    if mlp_step is not None:
+        mlp_units = space.group_of(0, UnitKind.MLP).count
+        step = mlp_units_per_step(space, mlp_step)
+        rules[UnitKind.MLP] = KindRule(tuple(range(0, mlp_units + 1, step)), shared=False)
+    return rules
 
 
 def job_rules(
     space: UnitSpace,
     kv_counts: list[int],
-    nemotron: bool,
+    mlp_step: int | None,
+    shared_kv_count: bool,
     mlp_multiple_of: int | None,
     kv_multiple_of: int | None,
 ) -> dict[UnitKind, KindRule] | None:
-    """The per-layer counts a job's output can express: Nemotron-NAS's (`nemotron`), within the
-    multiples of MLP channels and KV groups asked for; None where any widths do. `kv_counts`: the
+    """The per-layer counts a job's output can express: its export format's (`format_rules`), within
+    the multiples of MLP channels and KV groups asked for; None where any widths do. `kv_counts`: the
     KV-group counts a config can state."""
-    rules = nemotron_rules(space, kv_counts) if nemotron else None
+    limited = mlp_step is not None or shared_kv_count
+    rules = format_rules(space, kv_counts, mlp_step, shared_kv_count) if limited else None
     if mlp_multiple_of is None and kv_multiple_of is None:
         return rules
     if rules is None:  # the hf layout states any per-layer width, a layer emptied whole included
