@@ -164,6 +164,8 @@ def main() -> int:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         server = start_server(work, port)
+        # printed, never opened: the demo's server answers until the demo ends
+        print(f"console: http://127.0.0.1:{port}/ (watch the job there while the demo runs)")
         try:
             with Client(f"http://127.0.0.1:{port}") as client:
                 file_id = client.upload(calibration)["id"]

@@ -18,10 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import authenticate
 from service.settings import Settings
 
-# Probes, scrapers and the API docs (the page, its document and its assets) carry no key. /metrics gates
+# Probes, scrapers, the API docs (the page, its document and its assets) and the console's page and
+# assets carry no key (the console asks for one and sends it with its own requests). /metrics gates
 # itself, inside its route.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/", "/console"})
 DOCS_ASSETS = "/docs/assets"  # the docs page's script, styles and icon (service.routers.docs)
+CONSOLE_ASSETS = "/console/assets"  # the console's script and styles (service.routers.console)
+PUBLIC_PREFIXES = (DOCS_ASSETS + "/", CONSOLE_ASSETS + "/")
 UPLOAD_PATH = "/v1/files"
 # The multipart framing around the file: boundaries, part headers, a long file name.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -68,7 +71,7 @@ class RequestGuard:
 def needs_key(scope: Scope) -> bool:
     """Every route but the public ones. A path no route serves keeps its 404 (and its metrics label): the
     router answers it without reading the body."""
-    if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(DOCS_ASSETS + "/"):
+    if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIXES):
         return False
     return any(route.matches(scope)[0] != Match.NONE for route in scope["app"].router.routes)
 

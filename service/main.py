@@ -14,12 +14,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.datadir import DataDirs
 from service.errors import storage_unavailable, validation_error
-from service.guard import DOCS_ASSETS, RequestGuard
+from service.guard import CONSOLE_ASSETS, DOCS_ASSETS, RequestGuard
 from service.leftovers import sweep_every, sweep_quietly
 from service.metrics import RequestMetrics, ServiceMetrics
 from service.objects.backends import open_storage
 from service.objects.storage import StorageError
-from service.routers import docs, files, health, jobs, models
+from service.routers import console, docs, files, health, jobs, models
 from service.settings import Settings
 from service.store import Store
 
@@ -65,9 +65,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StorageError, storage_unavailable)
-    for router in (health.router, files.router, jobs.router, models.router, docs.router):
+    for router in (health.router, files.router, jobs.router, models.router, docs.router, console.router):
         app.include_router(router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=docs.ASSETS_DIR), name=docs.ASSETS_ROUTE)
+    app.mount(CONSOLE_ASSETS, StaticFiles(directory=console.ASSETS_DIR), name=console.ASSETS_ROUTE)
     return app
 
 

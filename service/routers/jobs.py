@@ -41,6 +41,7 @@ log = logging.getLogger("fwdprune.jobs")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job (for this key)"}}
 GIB = 1 << 30
 QUEUE_FULL_RETRY_AFTER_S = 60
+SIZE_FOLDER = r"^sparsity-[0-9][0-9.e-]{0,15}$"  # a size's folder, as the engine names it
 
 
 def _gib_in_bytes(gib: float | None) -> int | None:
@@ -390,13 +391,30 @@ def _file_response(path: Path, headers: dict[str, str]) -> FileResponse:
     responses={**NOT_FOUND, 200: {"content": {"application/x-tar": {}}}},
 )
 def download_checkpoint(
-    job_id: str, principal: PrincipalDep, store: StoreDep, storage: StorageDep
+    job_id: str,
+    principal: PrincipalDep,
+    store: StoreDep,
+    storage: StorageDep,
+    size: Annotated[
+        str | None,
+        Query(
+            pattern=SIZE_FOLDER,
+            description="a job with several sizes: one size's folder (sparsity-0.35), its files alone",
+        ),
+    ] = None,
 ) -> Response:
-    """Every artifact in one tar, read from storage as it streams out."""
+    """Every artifact in one tar (or one size's, under the job's id and the size's folder), read from
+    storage as it streams out."""
     row = _job(store, job_id, principal)
-    members = [(a["name"], artifact_key(row.id, a)) for a in _published(row)]
+    published = _published(row)
+    if size is not None:
+        published = [a for a in published if a["name"].startswith(size + "/")]
+        if not published:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "the job has no such size")
+    members = [(a["name"], artifact_key(row.id, a)) for a in published]
+    name = row.id if size is None else f"{row.id}-{size}"
     return StreamingResponse(
         stream_tar(storage, members, row.id),
         media_type="application/x-tar",
-        headers={"Content-Disposition": f'attachment; filename="{row.id}.tar"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.tar"'},
     )

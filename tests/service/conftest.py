@@ -86,6 +86,8 @@ def queue_job(
 class Server:
     """`fwdprune serve` with its embedded worker, as a user would run it."""
 
+    log_level = "warning"  # the server's; "info" logs every request's line too
+
     def __init__(self, data_dir: Path, models_dir: Path, **env: str) -> None:
         self.data_dir, self.models_dir = data_dir, models_dir
         self.env = {
@@ -126,7 +128,7 @@ class Server:
                 "--models-dir",
                 str(self.models_dir),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             cwd=REPO,
             env=env,
