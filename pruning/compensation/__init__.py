@@ -5,27 +5,32 @@ from __future__ import annotations
 
 from torch import nn
 
-from pruning.compensation.base import LS_TOKENS_PER_CHANNEL, Compensator, ExportChanges, choose_compensation
+from pruning.compensation.base import (
+    COMPENSATORS,
+    LS_TOKENS_PER_CHANNEL,
+    Compensator,
+    ExportChanges,
+    choose_compensation,
+    register_compensator,
+)
 from pruning.compensation.bias import BiasShift
 from pruning.compensation.corrections import OutputCorrections
 from pruning.compensation.least_squares import LeastSquaresRefit
 from pruning.measure.probe import CalibrationProbe
 from pruning.model.adapters.base import FamilyAdapter
 
-COMPENSATORS: dict[str, type[Compensator]] = {"none": Compensator, "bias": BiasShift}
+BUILT_IN = (Compensator, BiasShift, LeastSquaresRefit)  # each registered where it is defined
 
 
 def make_compensator(
     name: str, probe: CalibrationProbe, adapter: FamilyAdapter, layers: list[nn.Module], ridge: float
 ) -> Compensator:
     """The compensator called `name` ("none", "bias" or "ls"), with its hooks' corrections."""
-    corrections = OutputCorrections(probe.masks)
-    if name == "ls":
-        return LeastSquaresRefit(probe, adapter, corrections, layers, ridge)
-    return COMPENSATORS[name](probe, adapter, corrections)
+    return COMPENSATORS[name].build(probe, adapter, OutputCorrections(probe.masks), layers, ridge)
 
 
 __all__ = [
+    "COMPENSATORS",
     "LS_TOKENS_PER_CHANNEL",
     "BiasShift",
     "Compensator",
@@ -33,4 +38,5 @@ __all__ = [
     "LeastSquaresRefit",
     "choose_compensation",
     "make_compensator",
+    "register_compensator",
 ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
+from torch import nn
 
 from pruning.compensation.corrections import OutputCorrections
 from pruning.measure.probe import CalibrationProbe
@@ -35,7 +36,8 @@ class ExportChanges:
 
 class Compensator:
     """A job's compensation: fitted for a keep-vector, applied to the masked model while installed,
-    exported as changed tensors. The base class compensates nothing."""
+    exported as changed tensors. The base class compensates nothing. Each kind registers with
+    `@register_compensator` under its `name`."""
 
     name: ClassVar[str] = "none"
 
@@ -43,6 +45,19 @@ class Compensator:
         self, probe: CalibrationProbe, adapter: FamilyAdapter, corrections: OutputCorrections
     ) -> None:
         self.probe, self.adapter, self.corrections = probe, adapter, corrections
+
+    @classmethod
+    def build(
+        cls,
+        probe: CalibrationProbe,
+        adapter: FamilyAdapter,
+        corrections: OutputCorrections,
+        layers: list[nn.Module],
+        ridge: float,
+    ) -> Compensator:
+        """The compensator for a job: its probe, family adapter, the hooks' corrections, the model's
+        layers and the job's ridge (`compensation_ridge`), of which each kind takes what it uses."""
+        return cls(probe, adapter, corrections)
 
     @property
     def applied(self) -> bool:
@@ -71,6 +86,20 @@ class Compensator:
         """The corrections applied to the model's outputs for the duration."""
         with self.corrections.installed():
             yield self
+
+
+CompensatorClass = TypeVar("CompensatorClass", bound=type[Compensator])
+
+COMPENSATORS: dict[str, type[Compensator]] = {}
+
+
+def register_compensator(cls: CompensatorClass) -> CompensatorClass:
+    """Class decorator: the compensation `cls.name`, which `compensate` may name."""
+    COMPENSATORS[cls.name] = cls
+    return cls
+
+
+register_compensator(Compensator)  # "none"
 
 
 def choose_compensation(asked: str, method_default: str, space: UnitSpace, calibration_tokens: int) -> str:

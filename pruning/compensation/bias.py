@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pruning.compensation.base import Compensator, ExportChanges
+from pruning.compensation.base import Compensator, ExportChanges, register_compensator
 from pruning.compensation.corrections import as_exported, stored_name
 from pruning.measure.probe import CalibrationProbe
 from pruning.model.adapters.base import FamilyAdapter, UnitKind
@@ -16,6 +16,7 @@ from pruning.model.checkpoint import CheckpointReader
 from pruning.model.units import UnitGroup
 
 
+@register_compensator
 class BiasShift(Compensator):
     """FLAP's: each output bias gains the mean contribution of its removed input channels."""
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pruning.compensation.base import Compensator, ExportChanges
+from pruning.compensation.base import Compensator, ExportChanges, register_compensator
 from pruning.compensation.corrections import OutputCorrections, Refit, as_exported, weight_replacements
 from pruning.compensation.obs import structured_obs_removals
 from pruning.compensation.reconstruction import ridge_reconstruction
@@ -35,6 +35,7 @@ GRAM_BYTES_PER_PASS = 1 << 30
 SHARED_GRAM_BYTES = 2 << 30
 
 
+@register_compensator
 class LeastSquaresRefit(Compensator):
     """Every output projection refitted by ridge least squares toward the dense model, layer by layer."""
 
@@ -50,6 +51,17 @@ class LeastSquaresRefit(Compensator):
     ) -> None:
         super().__init__(probe, adapter, corrections)
         self.layers, self.ridge = layers, ridge
+
+    @classmethod
+    def build(
+        cls,
+        probe: CalibrationProbe,
+        adapter: FamilyAdapter,
+        corrections: OutputCorrections,
+        layers: list[nn.Module],
+        ridge: float,
+    ) -> Compensator:
+        return cls(probe, adapter, corrections, layers, ridge)
 
     def fit(
         self,
