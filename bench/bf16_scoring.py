@@ -45,12 +45,12 @@ class Scoring:
 def scoring(model_dir: str, data: Path, sub_models: int, seed: int) -> Scoring:
     import torch
 
+    from pruning.checkpoint_checks import read_model_type
     from pruning.model.adapters import adapter_for
     from pruning.model.data import load_calibration
     from pruning.model.loading import load_model
     from pruning.model.masking import UnitMasks
     from pruning.model.units import build_unit_space
-    from pruning.spec import read_model_type
 
     adapter = adapter_for(read_model_type(Path(model_dir)))
     loaded = load_model(Path(model_dir), "fp32", torch.device("cpu"), adapter.auto_class())

@@ -47,11 +47,11 @@ def measure(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from pruning.checkpoint_checks import read_model_type
     from pruning.export.hf import export_pruned
     from pruning.measure.monitor import StageMonitor
     from pruning.model.adapters import adapter_for
     from pruning.model.units import build_unit_space
-    from pruning.spec import read_model_type
 
     adapter = adapter_for(read_model_type(model_dir))
     with torch.device("meta"):  # the unit space needs the modules' shapes, not their weights

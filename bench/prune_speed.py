@@ -111,13 +111,13 @@ def probe(model_dir: Path, precision: str, device: str, data_path: Path, options
     """Load as prune will, time one scoring forward at the options' shape, and measure batched vs single."""
     import torch
 
+    from pruning.checkpoint_checks import read_model_type
     from pruning.measure.objectives import make_objective
     from pruning.model.adapters import adapter_for
     from pruning.model.data import load_calibration
     from pruning.model.loading import load_model
     from pruning.model.masking import UnitMasks
     from pruning.model.units import build_unit_space, default_mlp_block
-    from pruning.spec import read_model_type
 
     adapter = adapter_for(read_model_type(model_dir))
     dev = torch.device(device)

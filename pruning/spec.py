@@ -25,10 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from pruning.checkpoint_config import read_config
-from pruning.checkpoint_files import check_weights
 from pruning.export.formats import EXPORTERS, exporter_for
-from pruning.families import family_of
 from pruning.methods.registered import METHOD_OPTIONS, MethodOptions, options_for
 
 Precision = Literal["auto", "int8", "int8-weight-only", "fp8", "bf16-mixed", "bf16", "fp16", "fp32"]
@@ -353,28 +350,3 @@ RECOVERY_TEXT_WITHOUT_RECOVERY = (
     "{field} is text for the recovery to train on, and recover is none: set recover to a recovery method, "
     "or leave {field} out"
 )
-
-
-def check_checkpoint(model_dir: Path, settings: PruneSettings) -> str:
-    """The checkpoint's `model_type`, once its config.json is read (`read_config`) and checked: a
-    supported family with sizes a model has (`checked_model_type`), which the asked export format can
-    write (its exporter's `refuse`), and sizes its weights' headers hold too (`check_weights`: nothing is
-    built from a config the weights do not bear out). What the API checks at submit, and the engine
-    before it loads anything."""
-    config = read_config(model_dir)
-    model_type = checked_model_type(config)
-    exporter_for(settings.export_format).refuse(model_type, settings, config)
-    check_weights(model_dir, config)
-    return model_type
-
-
-def read_model_type(model_dir: Path) -> str:
-    """The checkpoint's `model_type`, its config.json read by `read_config` (anything but a JSON object
-    is refused), refusing unsupported ones with the list of supported ones."""
-    return checked_model_type(read_config(model_dir))
-
-
-def checked_model_type(config: dict[str, Any]) -> str:
-    """The `model_type` of a checkpoint's config, refusing an unsupported one (with the list of supported
-    ones) and sizes no model of its family has (`pruning.families.family_of`)."""
-    return family_of(config).model_type

@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pruning.checkpoint_checks import checked_model_type
 from pruning.checkpoint_config import read_config
 from pruning.checkpoint_files import check_weights, read_header, stored_tensors
 from pruning.errors import FwdpruneError
 from pruning.families import FAMILIES
-from pruning.spec import checked_model_type
 from service.modelref import ModelRefError, model_name_parts
 
 MAX_MODELS = 500  # of each source: a listing stays one page and its header reads stay bounded

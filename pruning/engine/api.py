@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, overload
 
+from pruning.checkpoint_checks import check_checkpoint
 from pruning.engine import stages
 from pruning.engine.placement import job_gpus, layout
 from pruning.engine.run import Run
@@ -21,7 +22,7 @@ from pruning.model.data import MIN_TRAINING_SEQUENCES
 from pruning.model.loading import resolve_device, resolve_model_dir
 from pruning.report import JobResult, PruneReport, SizesSummary
 from pruning.runtime.distributed import World, launched_world, start_ranks
-from pruning.spec import PruneSpec, check_checkpoint
+from pruning.spec import PruneSpec
 
 
 @overload

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pruning import events
+from pruning.checkpoint_checks import check_checkpoint
 from pruning.checkpoint_config import read_config
 from pruning.compensation import choose_compensation, make_compensator
 from pruning.compensation.corrections import stored_name
@@ -50,7 +51,7 @@ from pruning.recovery.recover import RecoverySettings, recover_model
 from pruning.report import PruneReport, SizeEntry, SizesSummary
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
-from pruning.spec import PruneSpec, check_checkpoint, resolve_budget
+from pruning.spec import PruneSpec, resolve_budget
 
 TOKENS_PER_BATCH = 8192  # tokens per forward pass when no sub-models are replicated
 TOKENS_PER_STEP = 1024  # tokens per recovery step

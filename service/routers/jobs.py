@@ -14,8 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
+from pruning.checkpoint_checks import check_checkpoint
 from pruning.errors import FwdpruneError
-from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY, check_checkpoint
+from pruning.spec import RECOVERY_TEXT_WITHOUT_RECOVERY
 from service.deps import PrincipalDep, SettingsDep, StorageDep, StoreDep, unprocessable
 from service.errors import public_message
 from service.modelref import model_name_parts, resolve_checkpoint

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pruning.checkpoint_checks import read_model_type
 from pruning.errors import ModelNotFoundError, UnsupportedModelError, UsageError
 from pruning.model.adapters import adapter_for
 from pruning.model.checkpoint import CheckpointReader
@@ -17,7 +18,6 @@ from pruning.model.loading import (
     resolve_model_dir,
     resolve_precision,
 )
-from pruning.spec import read_model_type
 
 CPU = torch.device("cpu")
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from pruning.checkpoint_checks import read_model_type
 from pruning.errors import UnsupportedModelError
 from pruning.methods.bonsai.split_search import attention_fractions
 from pruning.model.adapters import UnitKind
 from pruning.selection import UnitSelector
-from pruning.spec import read_model_type
 from tests.pruning.model.adapters.family_checks import (
     compact_perplexity,
     export_and_compare,
