@@ -190,6 +190,9 @@ def test_a_sizes_checkpoint_downloads_in_one_click_and_loads(
     )
     with console_server.client() as api:
         sizes = api.get(f"/v1/jobs/{finished_job}").json()["metrics"]["sizes"]
+        tar = f"/v1/jobs/{finished_job}/checkpoint.tar"
+        assert api.get(tar, params={"size": "sparsity-0.9"}).status_code == 404  # a size it has not
+        assert api.get(tar, params={"size": "../sparsity-0.35"}).status_code == 422
     assert sum(p.numel() for p in model.parameters()) == sizes[1]["params_after"]
 
 
@@ -243,7 +246,16 @@ def test_the_jobs_list_shows_progress_and_filters_by_state(
         api.post(f"/v1/jobs/{running}/cancel")
 
 
-def test_keyboard_reaches_the_views(person: Person) -> None:
+@pytest.fixture(scope="module")
+def failing_job(console_server: Server) -> str:
+    """A job its calibration text is too short for: it fails in the engine with invalid_data."""
+    with console_server.client() as api:
+        file_id = api.get("/v1/files").json()["data"][0]["id"]
+        return str(submit(api, file_id, {**QUICK, "seq_len": 4096, "num_samples": 2000})["id"])
+
+
+def test_keyboard_reaches_the_views(person: Person, failing_job: str) -> None:
+    # failing_job is queued here so that it runs while the tests below do
     page = person.page
     page.goto(page.url.split("#")[0] + "#/jobs")
     page.wait_for_selector("#jobs")
@@ -308,6 +320,16 @@ def test_no_sign_in_on_a_loopback_server_without_keys(
         context.close()
     finally:
         keyless.stop()
+
+
+def test_a_failed_job_says_why_in_one_line(person: Person, failing_job: str) -> None:
+    page = person.page
+    page.goto(page.url.split("#")[0] + f"#/jobs/{failing_job}")
+    failure = page.locator(".failure")
+    expect(failure).to_contain_text("Failed (invalid_data): DataError: ", timeout=JOB_TIMEOUT_MS)
+    assert "\n" not in failure.inner_text() and "Send more text" in failure.inner_text()
+    assert page.locator("#delete-job").is_visible() and page.locator("#cancel-job").count() == 0
+    person.shot("10-failed-job")
 
 
 def test_nothing_left_the_origin_and_no_key_in_a_url_or_log(
