@@ -68,7 +68,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     for router in (health.router, files.router, jobs.router, models.router, docs.router, console.router):
         app.include_router(router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=docs.ASSETS_DIR), name=docs.ASSETS_ROUTE)
-    app.mount(CONSOLE_ASSETS, StaticFiles(directory=console.ASSETS_DIR), name=console.ASSETS_ROUTE)
+    app.mount(CONSOLE_ASSETS, console.AssetFiles(directory=console.ASSETS_DIR), name=console.ASSETS_ROUTE)
     return app
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from service.routers.docs import content_security_policy
 
@@ -30,6 +33,17 @@ def console_headers(html: str) -> dict[str, str]:
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-cache",
     }
+
+
+class AssetFiles(StaticFiles):
+    """The console's script and styles, revalidated on every load (their ETag makes that a 304), so a
+    browser never runs a script older than the page an upgraded server sends."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 @router.get("/")

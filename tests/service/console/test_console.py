@@ -190,9 +190,9 @@ def test_a_sizes_checkpoint_downloads_in_one_click_and_loads(
     )
     with console_server.client() as api:
         sizes = api.get(f"/v1/jobs/{finished_job}").json()["metrics"]["sizes"]
-        tar = f"/v1/jobs/{finished_job}/checkpoint.tar"
-        assert api.get(tar, params={"size": "sparsity-0.9"}).status_code == 404  # a size it has not
-        assert api.get(tar, params={"size": "../sparsity-0.35"}).status_code == 422
+        checkpoint = f"/v1/jobs/{finished_job}/checkpoint.tar"
+        assert api.get(checkpoint, params={"size": "sparsity-0.9"}).status_code == 404  # a size it has not
+        assert api.get(checkpoint, params={"size": "../sparsity-0.35"}).status_code == 422
     assert sum(p.numel() for p in model.parameters()) == sizes[1]["params_after"]
 
 
@@ -348,3 +348,5 @@ def test_nothing_left_the_origin_and_no_key_in_a_url_or_log(
     assert "connect-src 'self'" in policy and "img-src 'self' data:" in policy
     assert re.findall(r"<script(?![^>]*\bsrc=)", page.text) == []  # no inline script
     assert re.findall(r"\son[a-z]+=", page.text) == []  # no inline handler
+    script = httpx.get(console_server.url + "/console/assets/app.js")
+    assert script.headers["cache-control"] == "no-cache" and "javascript" in script.headers["content-type"]
