@@ -11,6 +11,8 @@ const main = document.getElementById("main");
 const signOut = document.getElementById("sign-out");
 let leaveView = () => {};
 let signedIn = false;
+// each view shown counts up: a view whose rendering ends after another was shown stops its own polling
+let shown = 0;
 
 function route() {
   const path = location.hash.replace(/^#/, "") || "/jobs";
@@ -30,13 +32,16 @@ function markNavigation(name) {
 async function show() {
   leaveView();
   leaveView = () => {};
+  const mine = ++shown;
   if (!signedIn) return;
   const view = route();
   markNavigation(view.name);
   const root = h("div", { class: "view" });
   replaceContent(main, root);
   try {
-    leaveView = (await view.render(root)) || (() => {});
+    const leave = (await view.render(root)) || (() => {});
+    if (mine === shown) leaveView = leave;
+    else leave();
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) {
       replaceContent(root, h("p", { class: "error", role: "alert" }, `The console failed: ${error.message}`));
@@ -46,6 +51,7 @@ async function show() {
 
 function signInForm(message) {
   signedIn = false;
+  shown += 1;
   leaveView();
   leaveView = () => {};
   signOut.hidden = true;

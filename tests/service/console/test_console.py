@@ -243,6 +243,14 @@ def test_the_jobs_list_shows_progress_and_filters_by_state(
         page.wait_for_selector(f"#jobs a[href='#/jobs/{finished_job}']")
         assert page.locator(f"#jobs a[href='#/jobs/{running}']").count() == 0
         page.select_option("#status-filter", "")
+        # a job's page polls while it is open, and stops once the person has left it
+        page.click(f"#jobs a[href='#/jobs/{running}']")
+        page.wait_for_selector(".timeline li.running")
+        page.click("nav >> text=Jobs")
+        page.wait_for_selector("#jobs")
+        polled = sum(f"/v1/jobs/{running}/events" in url for url in person.traffic.urls)
+        time.sleep(3)
+        assert sum(f"/v1/jobs/{running}/events" in url for url in person.traffic.urls) == polled
         api.post(f"/v1/jobs/{running}/cancel")
 
 
