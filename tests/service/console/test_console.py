@@ -102,6 +102,8 @@ def test_a_refusal_lands_beside_the_field_it_names(person: Person, calibration: 
     assert page.locator("[name=calibration_file] ~ progress").evaluate("bar => bar.value") == 1
     assert page.locator('[data-field="model"] .error').inner_text() == ""
     assert page.url.endswith("#/submit")  # no job was made
+    unsupported = page.locator("[name=model] option[value=tiny-gpt2]")  # listed by /v1/models, not offered
+    assert unsupported.is_disabled() and "not supported" in unsupported.inner_text()
     person.shot("03-submit-error")
     page.fill("[name=sparsity]", "0.3")
     page.fill("[name=advanced]", json.dumps({"seq_len": 4}))
