@@ -14,7 +14,7 @@ from typing import Any, overload
 
 from pruning.checkpoint_checks import check_checkpoint
 from pruning.engine import stages
-from pruning.engine.placement import job_gpus, layout
+from pruning.engine.placement import job_gpus, place_model
 from pruning.engine.run import Run
 from pruning.errors import UsageError
 from pruning.events import EventSink, silent
@@ -90,8 +90,8 @@ def _for_world(spec: PruneSpec, world: World) -> PruneSpec:
 
 def _rank(world: World, emit: EventSink, spec: PruneSpec) -> JobResult | None:
     """One rank's part of a job: rank 0's is the whole job; the others' ends with the scoring, or at
-    once where rank 0 runs alone (`pruning.engine.placement.layout`)."""
-    placed = layout(spec, world)
+    once where rank 0 runs alone (`pruning.engine.placement.place_model`)."""
+    placed = place_model(spec, world)
     if world.rank >= placed.replicas:
         return None
     if placed.replicas < world.size:  # rank 0 alone: its GPU, or the model spread over every rank's

@@ -12,7 +12,7 @@ from pruning.errors import UsageError
 from pruning.methods.registry import method_class
 from pruning.model.checkpoint import CheckpointReader
 from pruning.model.loading import resolve_device, resolve_model_dir, resolve_precision
-from pruning.runtime.devices import Layout, plan_layout, scoring_bytes
+from pruning.runtime.devices import Placement, plan_placement, scoring_bytes
 from pruning.runtime.distributed import World
 from pruning.spec import PruneSpec
 
@@ -33,22 +33,22 @@ def job_gpus(spec: PruneSpec) -> int:
     return spec.gpus
 
 
-def layout(spec: PruneSpec, world: World) -> Layout:
+def place_model(spec: PruneSpec, world: World) -> Placement:
     """How the world's devices hold the model (`pruning.runtime.devices`): a replica on each rank for a
     method whose scoring splits across replicas (`PruningMethod.replicated_scoring`, bonsai's) when
     every GPU holds one; else rank 0 alone, with the model spread across every rank's GPU,
     or, for another method (a pass or two, nothing to share), on its own. Each rank reports its GPU's
     free memory and all decide alike. Collective."""
     if world.size == 1:
-        return Layout()
+        return Placement()
     shares = method_class(spec.method).replicated_scoring
     if world.device.type != "cuda":  # gloo processes on the CPU: replicas, memory unchecked
-        return Layout(replicas=world.size if shares else 1)
+        return Placement(replicas=world.size if shares else 1)
     free = world.gather(torch.cuda.mem_get_info(world.device)[0])
     model_dir = resolve_model_dir(spec.model)
     precision = resolve_precision(spec.precision, world.device)
-    planned = plan_layout(world.size, scoring_bytes(*checkpoint_param_split(model_dir), precision), free)
-    return planned if shares or planned.replicas == 1 else Layout()
+    planned = plan_placement(world.size, scoring_bytes(*checkpoint_param_split(model_dir), precision), free)
+    return planned if shares or planned.replicas == 1 else Placement()
 
 
 def checkpoint_param_split(model_dir: Path) -> tuple[int, int]:

@@ -15,6 +15,12 @@ from pathlib import Path
 
 import torch
 
+# the built-in formats' writing code, imported with the engine rather than at the first export: its
+# imports (every family's transformers model class, through the remote code) belong to the process's
+# start, not to a job's stages, whose load time the plan sizes the export by
+import pruning.export.gguf.writer  # noqa: F401
+import pruning.export.hf  # noqa: F401
+import pruning.export.nemotron  # noqa: F401
 from pruning import events
 from pruning.checkpoint_checks import check_checkpoint
 from pruning.checkpoint_config import read_config
@@ -63,7 +69,7 @@ def prepare(
     """Find and load the model, read the data, lay out its units, measure the dense model and plan.
     `world`: this process's rank, its device the model's (default: one process on `spec.device`); a
     rank other than 0 only scores sub-models, so it measures and plans nothing. `max_memory`: the model
-    spread across those GPUs (`pruning.engine.placement.layout`)."""
+    spread across those GPUs (`pruning.engine.placement.place_model`)."""
     model_dir = resolve_model_dir(spec.model)
     # refuse unsupported families, sizes no model has and exports the config rules out, before loading
     model_type = check_checkpoint(model_dir, spec)

@@ -29,7 +29,7 @@ GB = 1e9
 
 
 @dataclass(frozen=True)
-class Layout:
+class Placement:
     """Where the model goes: `replicas` processes with a whole model each on its own GPU (1: one
     process), or one model spread over the GPUs that `max_memory` names."""
 
@@ -44,18 +44,18 @@ def scoring_bytes(matrix_params: int, other_params: int, precision: str) -> int:
     return matrix * matrix_params + other * other_params
 
 
-def plan_layout(
+def plan_placement(
     gpus: int, model_bytes: int, free_bytes: list[int], margin: float = ACTIVATION_MARGIN
-) -> Layout:
-    """The layout of a model of `model_bytes` on `gpus` GPUs with `free_bytes` free each: a replica per
+) -> Placement:
+    """The placement of a model of `model_bytes` on `gpus` GPUs with `free_bytes` free each: a replica per
     GPU when every one holds the model with `margin` of it to spare for scoring; else the model spread
     across them, each GPU taking weights up to its free memory less the same margin; refused when even
     all of them together cannot hold it. One GPU is the single-device job, whatever its memory."""
     if gpus == 1:
-        return Layout()
+        return Placement()
     free = free_bytes[:gpus]
     if model_bytes * (1.0 + margin) <= min(free):
-        return Layout(replicas=gpus)
+        return Placement(replicas=gpus)
     max_memory = {index: int(bytes_ / (1.0 + margin)) for index, bytes_ in enumerate(free)}
     if sum(max_memory.values()) < model_bytes:
         raise UsageError(
@@ -63,4 +63,4 @@ def plan_layout(
             f"precision, and the job's {gpus} GPUs have {sum(free) / GB:.1f} GB free together: ask for "
             "more gpus, or a leaner precision (int8)"
         )
-    return Layout(max_memory=max_memory)
+    return Placement(max_memory=max_memory)

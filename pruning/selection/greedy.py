@@ -1,5 +1,5 @@
 """Which units to remove, given importances: globally, the same count in every layer, or within the
-per-layer counts an export layout can express. Pure functions over flat unit tensors:
+per-layer counts an export format (or the job) can state. Pure functions over flat unit tensors:
 score: [U] importance per parameter; params: [U]; alive: [U] bool; layer, kind: [U] integer labels.
 """
 
@@ -120,7 +120,7 @@ def _advance(taken: dict[UnitKind, int], k: UnitKind, step: int) -> Callable[[],
     return record
 
 
-def _layout_steps(order: list[list[int]], taken: list[int], rule: KindRule) -> list[dict[int, int]]:
+def _steps_within(order: list[list[int]], taken: list[int], rule: KindRule) -> list[dict[int, int]]:
     """The steps one kind may take next under `rule`: each maps a layer position to how many more of
     its lowest-scored alive units go. `order`: per layer, alive units by score; `taken`: removed so far."""
     current = [len(units) - gone for units, gone in zip(order, taken, strict=True)]
@@ -142,7 +142,7 @@ def _layout_steps(order: list[list[int]], taken: list[int], rule: KindRule) -> l
     return steps
 
 
-def select_layout(
+def select_within_rules(
     score: torch.Tensor,
     params: torch.Tensor,
     alive: torch.Tensor,
@@ -157,7 +157,7 @@ def select_layout(
     order = _by_score(score, alive, layer, kind, list(rules))
     taken = {k: [0] * len(order[k]) for k in rules}  # units removed per layer so far, per kind
     remove = torch.zeros_like(alive)
-    for k, rule in rules.items():  # what no layout can keep goes first, whatever the budget
+    for k, rule in rules.items():  # what no rule can keep goes first, whatever the budget
         for position, units in enumerate(order[k]):
             excess = units[: max(0, len(units) - rule.counts[-1])]
             remove[excess] = True
@@ -166,7 +166,7 @@ def select_layout(
     def steps() -> list[Step]:
         offered: list[Step] = []
         for k, rule in rules.items():
-            for step in _layout_steps(order[k], taken[k], rule):
+            for step in _steps_within(order[k], taken[k], rule):
                 units = [i for p, n in step.items() for i in order[k][p][taken[k][p] : taken[k][p] + n]]
                 offered.append((units, _advance_layers(taken[k], step)))
         return offered

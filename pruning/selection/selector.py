@@ -8,7 +8,7 @@ import torch
 
 from pruning.model.adapters.base import UnitKind
 from pruning.model.units import UnitSpace
-from pruning.selection.greedy import select_global, select_layout, select_uniform
+from pruning.selection.greedy import select_global, select_uniform, select_within_rules
 from pruning.selection.width_rules import KindRule
 
 
@@ -18,13 +18,14 @@ class UnitSelector:
 
     `uniform`: the same number of units of each kind from every layer, at counts in `allowed_counts`
     (per kind, ascending: a stock config cannot express every head count); otherwise one global ranking,
-    or, where the export layout limits per-layer widths, steps that keep every layer within `layout`.
+    or, where the export format or the job limits per-layer widths, steps that keep every layer within
+    `rules`.
     """
 
     space: UnitSpace
     uniform: bool
     allowed_counts: dict[UnitKind, list[int]]
-    layout: dict[UnitKind, KindRule] | None = None  # per kind: the counts a layer may keep; None: any
+    rules: dict[UnitKind, KindRule] | None = None  # per kind: the counts a layer may keep; None: any
     removable: torch.Tensor | None = None  # [U] bool, the units of the kinds the job may remove; None: all
 
     def select(
@@ -39,9 +40,9 @@ class UnitSelector:
             return select_uniform(
                 score_per_param, space.params, alive, space.layer, space.kind, budget, self.allowed_counts
             )
-        if self.layout is not None:
-            return select_layout(
-                score_per_param, space.params, alive, space.layer, space.kind, budget, self.layout
+        if self.rules is not None:
+            return select_within_rules(
+                score_per_param, space.params, alive, space.layer, space.kind, budget, self.rules
             )
         return select_global(score_per_param, space.params, alive, budget)
 

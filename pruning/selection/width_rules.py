@@ -2,7 +2,7 @@
 
 Where an export format limits widths (Nemotron-NAS: one KV-group count shared by the layers that keep
 attention, MLP widths in steps of 256 channels), or the job keeps widths at multiples of a kernel tile or
-a tensor-parallel degree, each unit kind gets a `KindRule`; `pruning.selection.greedy.select_layout`
+a tensor-parallel degree, each unit kind gets a `KindRule`; `pruning.selection.greedy.select_within_rules`
 removes units only in steps that keep every layer within it.
 """
 

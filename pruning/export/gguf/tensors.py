@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pruning.errors import UsageError
-from pruning.export.gguf.layout import ZERO_MLP_WIDTH, StatedWidths
+from pruning.export.gguf.widths import ZERO_MLP_WIDTH, StatedWidths
 from pruning.model.adapters.base import LayerShape
 from pruning.model.checkpoint import CheckpointReader
 

@@ -11,10 +11,10 @@ from typing import Any
 import gguf
 
 from pruning.errors import UsageError
-from pruning.export.gguf.layout import StatedWidths, choose_widths
 from pruning.export.gguf.quantize import FILE_TYPES, QTYPES, encode, stored_form
 from pruning.export.gguf.tensors import plan_tensors, rope_parameters, tensor_values
 from pruning.export.gguf.tokenizer import GGUF_NAME, write_modelfile, write_tokenizer
+from pruning.export.gguf.widths import StatedWidths, choose_widths
 from pruning.model.adapters.base import FamilyAdapter
 from pruning.model.checkpoint import CheckpointReader
 

@@ -23,7 +23,7 @@ from pruning.model.checkpoint import CheckpointReader
 from pruning.model.loading import load_model
 from pruning.model.masking import UnitMasks
 from pruning.model.units import build_unit_space
-from pruning.runtime.devices import ACTIVATION_MARGIN, Layout, plan_layout, scoring_bytes
+from pruning.runtime.devices import ACTIVATION_MARGIN, Placement, plan_placement, scoring_bytes
 from pruning.runtime.distributed import World, start_ranks, step_shares
 
 CPU = torch.device("cpu")
@@ -172,39 +172,41 @@ def test_scoring_bytes_count_the_quantized_matrices_in_one_byte(tiny_llama: Path
 
 def test_a_model_that_one_gpu_holds_gets_a_replica_on_each() -> None:
     seven_b = 7 * GB  # int8, 9.45 GB with the margin
-    assert plan_layout(4, seven_b, [80 * GB] * 4) == Layout(replicas=4)
-    assert plan_layout(2, seven_b, [80 * GB, int(seven_b * (1 + ACTIVATION_MARGIN))]) == Layout(replicas=2)
+    assert plan_placement(4, seven_b, [80 * GB] * 4) == Placement(replicas=4)
+    assert plan_placement(2, seven_b, [80 * GB, int(seven_b * (1 + ACTIVATION_MARGIN))]) == Placement(
+        replicas=2
+    )
 
 
 def test_a_70b_at_int8_gets_a_replica_per_h200_and_is_spread_over_two_h100s() -> None:
     # Llama-3-70B: 80 layers of 855,638,016 matrix parameters; 128k-token embeddings and head, norms
     seventy_b = scoring_bytes(68_451_041_280, 2_102_665_216, "int8")
     assert seventy_b == 72_656_371_712  # 98.1 GB with the margin
-    assert plan_layout(2, seventy_b, [140 * GB] * 2) == Layout(replicas=2)
-    spread = plan_layout(2, seventy_b, [79 * GB] * 2)
-    assert spread == Layout(max_memory={0: 58_518_518_518, 1: 58_518_518_518})
+    assert plan_placement(2, seventy_b, [140 * GB] * 2) == Placement(replicas=2)
+    spread = plan_placement(2, seventy_b, [79 * GB] * 2)
+    assert spread == Placement(max_memory={0: 58_518_518_518, 1: 58_518_518_518})
 
 
 def test_a_model_too_large_for_one_gpu_is_spread_within_each_gpus_free_memory() -> None:
     seventy_b = 140 * GB  # bf16; 189 GB with the margin
-    layout = plan_layout(4, seventy_b, [80 * GB, 80 * GB, 60 * GB, 60 * GB])
+    layout = plan_placement(4, seventy_b, [80 * GB, 80 * GB, 60 * GB, 60 * GB])
     # each GPU takes weights up to its free memory less the margin: 59.26 + 59.26 + 44.44 + 44.44 GB
-    assert layout == Layout(
+    assert layout == Placement(
         replicas=1,
         max_memory={0: 59_259_259_259, 1: 59_259_259_259, 2: 44_444_444_444, 3: 44_444_444_444},
     )
     assert sum(layout.max_memory.values()) >= seventy_b  # type: ignore[union-attr]
     # one GPU short of room for a replica is enough to spread it
-    assert plan_layout(2, 10 * GB, [20 * GB, 13 * GB]).max_memory == {0: 14_814_814_814, 1: 9_629_629_629}
+    assert plan_placement(2, 10 * GB, [20 * GB, 13 * GB]).max_memory == {0: 14_814_814_814, 1: 9_629_629_629}
 
 
 def test_a_model_the_gpus_cannot_hold_together_is_refused() -> None:
     with pytest.raises(UsageError, match=r"needs about 189.0 GB .* 2 GPUs have 160.0 GB free"):
-        plan_layout(2, 140 * GB, [80 * GB, 80 * GB])
+        plan_placement(2, 140 * GB, [80 * GB, 80 * GB])
 
 
 def test_one_gpu_is_the_single_device_job() -> None:
-    assert plan_layout(1, 140 * GB, [80 * GB]) == Layout()
+    assert plan_placement(1, 140 * GB, [80 * GB]) == Placement()
 
 
 def fail_on_rank_one(world: World, emit: Any) -> None:
