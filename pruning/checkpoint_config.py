@@ -164,8 +164,8 @@ def check_gguf_fields(config: dict[str, Any]) -> None:
 
 
 def _rope_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The rope settings as `pruning.export.gguf.rope_parameters` reads them: a transformers 5 config's
-    `rope_parameters`, else an older one's `rope_scaling` and `rope_theta` (default 10000)."""
+    """The rope settings as `pruning.export.gguf.tensors.rope_parameters` reads them: a transformers 5
+    config's `rope_parameters`, else an older one's `rope_scaling` and `rope_theta` (default 10000)."""
     if config.get("rope_parameters"):
         rope = config["rope_parameters"]
         if not isinstance(rope, dict):
