@@ -33,7 +33,7 @@ Device = Literal["auto", "cuda", "cpu"]
 Compensation = Literal["auto", "none", "bias", "ls"]
 ObjectiveName = Literal["lm", "distill"]
 Budget = Literal["auto", "fast", "standard", "thorough"]
-Recovery = Literal["none", "distill", "zo", "local", "local+distill"]
+Recovery = Literal["none", "distill", "zo", "local", "local-zo", "local+distill"]
 GgufType = Literal["f32", "f16", "bf16", "q8_0"]
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
@@ -199,7 +199,8 @@ class PruneSettings(BaseModel):
         "from the pruned model's own input (one block in memory at a time, no LM head); distill trains "
         "low-rank adapters on the kept linear maps toward the dense model's next-token distribution (the "
         "dense teacher is the same loaded weights with the masks off), zo the same with zeroth-order steps "
-        "(two forward passes a step, no backward: the memory of scoring); local+distill runs local, then "
+        "(two forward passes a step, no backward: the memory of scoring); local-zo fits local's blocks with "
+        "such steps (forward-only, far slower to move); local+distill runs local, then "
         "distill on top; each is rolled back if it makes held-out loss worse",
     )
     recover_tokens: int | None = Field(
@@ -221,7 +222,7 @@ class PruneSettings(BaseModel):
         gt=0.0,
         le=1.0,
         description="recovery's peak learning rate (warm-up, then cosine decay); default 1e-3 for "
-        "local and distill, 5e-5 for zo",
+        "local, local-zo and distill, 5e-5 for zo",
     )
     recover_lm_weight: float = Field(
         0.0,

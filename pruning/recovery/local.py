@@ -27,6 +27,7 @@ from pruning.measure.streams import LayerStreams
 from pruning.model.adapters import FamilyAdapter
 from pruning.model.units import UnitSpace
 from pruning.recovery.deltas import ModuleDelta, WeightDeltas
+from pruning.recovery.training import spsa_step
 
 # float32 floor of a channel's mean square in the per-channel normalisation (a dead channel's error does
 # not weigh without bound)
@@ -49,8 +50,10 @@ class WindowLog:
 @dataclass(frozen=True)
 class WindowSettings:
     steps: int  # optimizer steps per window, one micro-batch of the training stream each
-    lr: float  # peak learning rate of Adam (warm-up, then cosine decay)
+    lr: float  # peak learning rate (warm-up, then cosine decay)
     seed: int
+    solver: str = "adam"  # "adam": gradient steps; "zo": SPSA steps, the window's forward pass only
+    epsilon: float = 1e-3  # SPSA's perturbation size (solver "zo")
 
 
 def window_targets(
@@ -143,6 +146,43 @@ def fit_window(
     return taken
 
 
+def fit_window_zo(
+    streams: LayerStreams,
+    layer: nn.Module,
+    targets: list[torch.Tensor],
+    weights: torch.Tensor,
+    params: list[nn.Parameter],
+    settings: WindowSettings,
+    learning_rate: Callable[[int, int, float], float],
+    on_step: Callable[[int], None],
+    stop: Callable[[], bool],
+) -> int:
+    """`fit_window` without a backward pass: SPSA steps (as `zo` takes on the whole model) on the window's
+    error, two forward passes of the block a step, one Gaussian direction over all of `params` each;
+    returns the steps taken."""
+    seeds = torch.Generator().manual_seed(settings.seed)
+    order = _cycle(streams.batches, settings.seed)
+    taken = 0
+    with torch.no_grad():
+        for step in range(settings.steps):
+            batch = next(order)
+            direction = int(torch.randint(0, 2**62, (1,), generator=seeds))
+
+            def error(batch: int = batch) -> float:
+                return float(window_error(streams.run(layer, batch, dense=False), targets[batch], weights))
+
+            lr = learning_rate(step, settings.steps, settings.lr)
+            spsa_step(params, error, direction, settings.epsilon, lr)
+            taken += 1
+            on_step(int(streams.pruned[batch].shape[0] * streams.pruned[batch].shape[1]))
+            if stop():
+                break
+    return taken
+
+
+SOLVERS = {"adam": fit_window, "zo": fit_window_zo}
+
+
 def reconstruct(
     streams: LayerStreams,
     judge: LayerStreams,
@@ -178,7 +218,7 @@ def reconstruct(
                     on_step(tokens)
 
                 with fitted.installed():
-                    log.steps += fit_window(
+                    log.steps += SOLVERS[settings.solver](
                         streams, layer, targets, weights, params, settings, learning_rate, counted, stop
                     )
                     after = held_out_error(judge, layer, judge_targets, weights)

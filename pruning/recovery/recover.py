@@ -25,12 +25,14 @@ from pruning.report import RecoveryRecord
 
 # held-out sequences the recovery is judged on: this share of its text, at most JUDGE_MAX
 JUDGE_SHARE, JUDGE_MAX = 0.1, 16
-DEFAULT_LR = {"distill": 1e-3, "zo": 5e-5, "local": 1e-3}
+DEFAULT_LR = {"distill": 1e-3, "zo": 5e-5, "local": 1e-3, "local-zo": 1e-3}
+# local reconstruction's methods -> the solver fitting each window
+LOCAL_SOLVERS = {"local": "adam", "local-zo": "zo"}
 
 
 @dataclass(frozen=True)
 class RecoverySettings:
-    method: str  # "distill", "zo" or "local"
+    method: str  # "distill", "zo", "local" or "local-zo"
     tokens: int
     rank: int
     lr: float | None  # None: the method's default
@@ -118,7 +120,7 @@ def recover_model(
             on_step(index * steps + done, len(methods) * steps)
 
         part = replace(settings, method=method)
-        if method == "local":
+        if method in LOCAL_SOLVERS:
             recovered = recover_locally(
                 loaded, adapter, probe, keep, part, sequences, stored_weight, part_step, stop
             )
@@ -297,7 +299,7 @@ def recover_locally(
         with torch.no_grad():
             streams = LayerStreams.capture(probe, keep, layers[first], train, settings.batch_sequences)
             held = LayerStreams.capture(probe, keep, layers[first], judge)
-        window = WindowSettings(steps, settings.peak_lr, settings.seed)
+        window = WindowSettings(steps, settings.peak_lr, settings.seed, LOCAL_SOLVERS[settings.method])
         log = reconstruct(
             streams, held, layers[first:], windows[first:], parts, stored_weight, deltas, window,
             learning_rate, stepped, stop,
@@ -307,7 +309,7 @@ def recover_locally(
         after = probe.mean_loss(keep, judge)
     rolled_back = not after < before
     record = RecoveryRecord(
-        method="local",
+        method=settings.method,
         tokens=log.tokens,
         steps=log.steps,
         seconds=round(seconds, 3),

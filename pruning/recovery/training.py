@@ -82,15 +82,24 @@ def zeroth_order(
     def step(ids: torch.Tensor, lr: float) -> float:
         direction = int(torch.randint(0, 2**62, (1,), generator=seeds))
         teacher = loss.teacher_hidden(ids.to(loss.device))
-        _move(params, direction, ZO_EPSILON)
-        plus = loss.value(ids, teacher)
-        _move(params, direction, -2 * ZO_EPSILON)
-        minus = loss.value(ids, teacher)
-        _move(params, direction, ZO_EPSILON)  # back to θ
-        _move(params, direction, -lr * (plus - minus) / (2 * ZO_EPSILON))
-        return 0.5 * (plus + minus)
+        return spsa_step(params, lambda: loss.value(ids, teacher), direction, ZO_EPSILON, lr)
 
     return _train(step, batches, steps, peak_lr, on_step, stop)
+
+
+def spsa_step(
+    params: list[nn.Parameter], value: Callable[[], float], direction: int, epsilon: float, lr: float
+) -> float:
+    """One SPSA step on `params`: `value()` (the loss as the parameters are now) at θ + εz and θ − εz for
+    the Gaussian direction z drawn from seed `direction`, then θ ← θ − lr · ĝ · z with
+    ĝ = (L(θ + εz) − L(θ − εz)) / 2ε; returns the mean of the two losses."""
+    move_along(params, direction, epsilon)
+    plus = value()
+    move_along(params, direction, -2 * epsilon)
+    minus = value()
+    move_along(params, direction, epsilon)  # back to θ
+    move_along(params, direction, -lr * (plus - minus) / (2 * epsilon))
+    return 0.5 * (plus + minus)
 
 
 def _train(
@@ -114,7 +123,7 @@ def _train(
     return log
 
 
-def _move(params: list[nn.Parameter], seed: int, scale: float) -> None:
+def move_along(params: list[nn.Parameter], seed: int, scale: float) -> None:
     """θ ← θ + scale · z, z drawn from N(0, I) by a generator seeded with `seed` (the same z each call)."""
     generator = torch.Generator(device=params[0].device).manual_seed(seed)
     for param in params:

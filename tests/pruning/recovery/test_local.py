@@ -291,3 +291,61 @@ def test_local_stops_when_its_time_is_up(
     assert _evaluation_perplexity(tmp_path / "o", calibration_file) == pytest.approx(
         report.perplexity.after, rel=1e-5
     )
+
+
+def test_local_zo_fits_windows_with_forward_passes_only_and_exports_them_exactly(
+    tiny_llama: Path, calibration_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`local-zo` fits the same windows as `local` by SPSA steps: no backward pass is ever run, each
+    window's held-out error is judged as `local`'s is, and what is kept is exported exactly."""
+    backward = torch.Tensor.backward
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a backward pass ran")
+
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    try:
+        report = prune(
+            model=str(tiny_llama),
+            data=calibration_file,
+            out_dir=tmp_path / "o",
+            sparsity=0.4,
+            options=BONSAI,
+            recover="local-zo",
+            recover_tokens=64 * 32 * 32,
+            **SMALL,
+        )
+    finally:
+        monkeypatch.setattr(torch.Tensor, "backward", backward)
+    recovery = report.recovery
+    assert recovery is not None and recovery.method == "local-zo" and recovery.rank == 0
+    assert recovery.lr == 1e-3  # local-zo's own default
+    # 65,536 tokens in steps of 32 sequences (the last batch of a pass shorter): 64 steps a window
+    assert recovery.steps == 64 * recovery.windows and recovery.tokens <= 64 * 32 * 32 * recovery.windows
+    assert recovery.windows_kept > 0 and recovery.last_loss < recovery.first_loss
+    assert recovery.judge_loss_after < recovery.judge_loss_before
+    assert report.perplexity is not None
+    assert _evaluation_perplexity(tmp_path / "o", calibration_file) == pytest.approx(
+        report.perplexity.after, rel=1e-5
+    )
+
+
+def test_an_spsa_step_moves_along_its_direction_by_the_measured_slope() -> None:
+    """On L(θ) = ½‖θ − t‖², one SPSA step with direction z changes θ by −lr · ((L(θ+εz) − L(θ−εz))/2ε) · z,
+    which for this quadratic is exactly −lr · ⟨θ − t, z⟩ · z, and leaves θ where it was at lr 0."""
+    from pruning.recovery.training import move_along, spsa_step
+
+    theta = torch.nn.Parameter(torch.zeros(6, dtype=torch.float64))
+    target = torch.arange(6, dtype=torch.float64)
+
+    def value() -> float:
+        return float(0.5 * (theta.detach() - target).pow(2).sum())
+
+    with torch.no_grad():
+        spsa_step([theta], value, direction=7, epsilon=1e-3, lr=0.0)
+        assert torch.allclose(theta, torch.zeros(6, dtype=torch.float64), atol=1e-15)
+        z = torch.nn.Parameter(torch.zeros(6, dtype=torch.float64))
+        move_along([z], 7, 1.0)  # the direction seed 7 draws
+        spsa_step([theta], value, direction=7, epsilon=1e-3, lr=0.1)
+    slope = float(((torch.zeros(6, dtype=torch.float64) - target) * z.detach()).sum())
+    assert torch.allclose(theta.detach(), -0.1 * slope * z.detach(), atol=1e-9)
