@@ -319,8 +319,8 @@ class PruneSettings(BaseModel):
             preset = {k: v for k, v in preset.items() if k != "samples_per_unit"}
         return options.model_validate({**preset, **self.options})
 
-    def settings_only(self) -> dict[str, Any]:
-        """The `PruneSettings` fields alone, without what an entry point adds."""
+    def common_settings(self) -> dict[str, Any]:
+        """The settings every entry point shares (the `PruneSettings` fields), without what one adds."""
         return self.model_dump(include=set(PruneSettings.model_fields))
 
 

@@ -117,7 +117,7 @@ def test_samples_move_every_setting_off_its_default() -> None:
 @pytest.mark.parametrize("settings", SAMPLES)
 def test_library(settings: dict[str, Any], tmp_path: Path) -> None:
     spec = PruneSpec(model="m", data=tmp_path / "d.jsonl", out_dir=tmp_path / "o", **settings)
-    assert spec.settings_only() == expected(settings)
+    assert spec.common_settings() == expected(settings)
 
 
 @pytest.mark.parametrize("settings", SAMPLES)
@@ -138,14 +138,14 @@ def test_prune_command(settings: dict[str, Any], tmp_path: Path) -> None:
             *argv_of(settings),
         ]
     )
-    assert spec_from_args(args).settings_only() == expected(settings)
+    assert spec_from_args(args).common_settings() == expected(settings)
 
 
 @pytest.mark.parametrize("settings", SAMPLES)
 def test_job_api_and_its_mapping_to_the_engine(settings: dict[str, Any], tmp_path: Path) -> None:
     body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **settings})
     spec = body.to_spec(tmp_path / "m", tmp_path / "d.jsonl", None, tmp_path, "cpu")
-    assert spec.settings_only() == expected(settings)
+    assert spec.common_settings() == expected(settings)
     assert (spec.model, spec.data, spec.eval_data, spec.device) == (
         str(tmp_path / "m"),
         tmp_path / "d.jsonl",
@@ -171,7 +171,7 @@ def test_submit_command(settings: dict[str, Any], tmp_path: Path) -> None:
     args = build_parser().parse_args(["submit", "--model", "tiny", "--data", "d.jsonl", *argv_of(settings)])
     sent = settings_from_args(args)  # the JSON body's settings
     body = JobCreate.model_validate({"model": "tiny", "calibration_file": "file_1", **sent})
-    assert body.settings_only() == expected(settings)
+    assert body.common_settings() == expected(settings)
 
 
 @pytest.mark.parametrize("command", ["prune", "submit"])

@@ -95,7 +95,7 @@ class JobCreate(PruneSettings):
     ) -> PruneSpec:
         """The engine's request for this job: its settings, with the worker's local paths and device."""
         return PruneSpec(
-            **self.settings_only(),
+            **self.common_settings(),
             model=str(model_dir),
             data=data,
             eval_data=eval_data,

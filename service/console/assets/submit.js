@@ -46,7 +46,30 @@ function fileField(name, label, help) {
   return wrapper;
 }
 
-function form(models) {
+// The job request's choices as this server's settings model states them (its OpenAPI schema), so the
+// form offers what the server accepts, its registries' formats and methods included; the lists here
+// stand in where the schema is not served.
+const CHOICES = {
+  budget: ["auto", "fast", "standard", "thorough"],
+  export_format: ["hf", "nemotron-nas", "gguf"],
+  recover: ["none", "local", "distill", "zo", "local+distill"],
+};
+const LABELS = { hf: "hf (transformers)", gguf: "gguf (llama.cpp)" };
+
+async function requestChoices() {
+  try {
+    const properties = (await getJson("openapi.json")).components.schemas.JobCreate.properties;
+    return Object.fromEntries(Object.entries(CHOICES).map(([name, fallback]) => [name, properties[name]?.enum ?? fallback]));
+  } catch {
+    return CHOICES;
+  }
+}
+
+function choiceOf(values, selected) {
+  return choice(values.map((value) => [value, LABELS[value] ?? value]), selected);
+}
+
+function form(models, choices) {
   const supported = models.find((model) => model.supported);
   const modelSelect = h("select", {}, models.map(modelOption));
   if (supported) modelSelect.value = supported.id;
@@ -60,12 +83,12 @@ function form(models) {
     fileField("recovery_file", "Recovery text (optional)", "What the recovery trains on; needs a recovery."),
     field("sparsity", "Sparsities", h("input", { type: "text", value: "0.3", inputmode: "decimal" }),
       "Fractions of the prunable parameters to remove: one, or several separated by commas (a checkpoint each)."),
-    field("budget", "Budget", choice([["auto", "auto"], ["fast", "fast"], ["standard", "standard"], ["thorough", "thorough"]], "auto"),
+    field("budget", "Budget", choiceOf(choices.budget, "auto"),
       "Scoring effort; auto: standard on a GPU, fast on a CPU."),
     field("uniform", "Layout", choice([["false", "per-layer widths"], ["true", "uniform widths"]], "false"),
       "Uniform removes the same number of units from every layer."),
-    field("export_format", "Export format", choice([["hf", "hf (transformers)"], ["nemotron-nas", "nemotron-nas"], ["gguf", "gguf (llama.cpp)"]], "hf")),
-    field("recover", "Recovery", choice([["none", "none"], ["local", "local"], ["distill", "distill"], ["zo", "zo"], ["local+distill", "local+distill"]], "none")),
+    field("export_format", "Export format", choiceOf(choices.export_format, "hf")),
+    field("recover", "Recovery", choiceOf(choices.recover, "none")),
     field("advanced", "More settings (JSON)", h("textarea", { rows: "3", spellcheck: "false", placeholder: '{"seq_len": 128, "time_limit": "10m"}' }),
       "Any other setting of the API's job request, by its name."),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Submit job")),
@@ -188,8 +211,8 @@ async function submit(event) {
 }
 
 export async function submitView(root) {
-  const { data: models } = await getJson("v1/models");
-  const formElement = form(models);
+  const [{ data: models }, choices] = await Promise.all([getJson("v1/models"), requestChoices()]);
+  const formElement = form(models, choices);
   formElement.addEventListener("submit", submit);
   replaceContent(
     root,

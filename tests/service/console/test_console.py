@@ -20,6 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from service.schemas.jobs import JobCreate
 from tests.service.conftest import LONG, QUICK, Server, submit
 from tests.service.console.conftest import ADMIN, KEY_A, KEY_B, PHONE, Traffic, open_context, watch
 
@@ -104,6 +105,11 @@ def test_a_refusal_lands_beside_the_field_it_names(person: Person, calibration: 
     assert page.url.endswith("#/submit")  # no job was made
     unsupported = page.locator("[name=model] option[value=tiny-gpt2]")  # listed by /v1/models, not offered
     assert unsupported.is_disabled() and "not supported" in unsupported.inner_text()
+    # the choices are the server's settings model's, read from its schema
+    schema = JobCreate.model_json_schema()["properties"]
+    for name in ("recover", "export_format", "budget"):
+        offered = page.locator(f"[name={name}] option").evaluate_all("options => options.map(o => o.value)")
+        assert offered == schema[name]["enum"]
     person.shot("03-submit-error")
     page.fill("[name=sparsity]", "0.3")
     page.fill("[name=advanced]", json.dumps({"seq_len": 4}))
