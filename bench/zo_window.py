@@ -38,21 +38,15 @@ def fit_all(run: Any, keep: Any, solvers: list[dict[str, Any]]) -> dict[str, Any
         SOLVERS,
         WindowSettings,
         channel_weights,
-        first_fitted_layer,
         held_out_error,
         trainable_window,
-        window_targets,
     )
-    from pruning.recovery.recover import judge_split, kept_part, target_modules
+    from pruning.recovery.recover import judge_split, local_windows
     from pruning.recovery.training import learning_rate
 
     model, probe, adapter = run.subject.loaded.model, run.probe, run.subject.adapter
     train, judge = judge_split(stages.recovery_text(run, TEXT_TOKENS))
-    targets = target_modules(model, adapter, probe.space, keep)
-    layers, windows = adapter.layers(model), window_targets(model, adapter, targets)
-    first = first_fitted_layer(probe.space, keep, windows)
-    indices = probe.space.kept_indices(keep)
-    parts = {name: kept_part(adapter, indices, name) for name in targets}
+    layers, windows, first, parts = local_windows(model, adapter, probe.space, keep)
     with torch.no_grad():
         streams = LayerStreams.capture(probe, keep, layers[first], train, 4)
         held = LayerStreams.capture(probe, keep, layers[first], judge)

@@ -259,6 +259,24 @@ def merge(
         deltas.changes[name] = (module, ModuleDelta.rounded_part(part, stored_weight(name), rows, columns))
 
 
+def local_windows(
+    model: nn.Module, adapter: FamilyAdapter, space: UnitSpace, keep: torch.Tensor
+) -> tuple[
+    list[nn.Module],
+    list[dict[str, nn.Module]],
+    int,
+    dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+]:
+    """What local reconstruction fits in the model pruned to `keep`: the decoder blocks, each block's
+    target maps (its window), the first block whose input the pruning changed, and the kept (rows,
+    columns) of every target map."""
+    targets = target_modules(model, adapter, space, keep)
+    windows = window_targets(model, adapter, targets)
+    indices = space.kept_indices(keep)
+    parts = {name: kept_part(adapter, indices, name) for name in targets}
+    return adapter.layers(model), windows, first_fitted_layer(space, keep, windows), parts
+
+
 def recover_locally(
     loaded: LoadedModel,
     adapter: FamilyAdapter,
@@ -274,14 +292,8 @@ def recover_locally(
     dense model's output from the pruned model's input over `sequences` (the last of them held out to
     judge each window and the whole), its kept changes rounded as exported; rolled back whole when the
     held-out loss did not improve."""
-    model, space = loaded.model, probe.space
     train, judge = judge_split(sequences)
-    targets = target_modules(model, adapter, space, keep)
-    layers = adapter.layers(model)
-    windows = window_targets(model, adapter, targets)
-    first = first_fitted_layer(space, keep, windows)
-    indices = space.kept_indices(keep)
-    parts = {name: kept_part(adapter, indices, name) for name in targets}
+    layers, windows, first, parts = local_windows(loaded.model, adapter, probe.space, keep)
     before = probe.mean_loss(keep, judge)
     deltas = WeightDeltas(probe.masks)
     steps = max(1, settings.tokens // (settings.batch_sequences * sequences.shape[1]))
