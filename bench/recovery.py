@@ -57,6 +57,10 @@ def run_variant(
 
     spec = run.spec.model_copy(update={**variant, "out_dir": out_dir})
     trial = replace(run, spec=spec, recovered=None)
+    monitor = run.instruments.monitor
+    for peaks in (monitor.peak_host_rss_bytes, monitor.peak_host_anon_bytes):
+        peaks.pop("recover", None)  # this variant's own peak, not the largest of all variants'
+    stage_s_before = dict(monitor.stage_s)
     began = time.perf_counter()
     stages.recover(trial, keep)
     seconds = time.perf_counter() - began
@@ -67,6 +71,14 @@ def run_variant(
         "variant": variant,
         "perplexity": pruned.figures["perplexity"],
         "stage_s": round(seconds, 1),
+        # this variant's own stages (recover, evaluate_pruned, export) and the recovery's host peaks
+        "stages_s": {
+            name: round(total - stage_s_before.get(name, 0.0), 1)
+            for name, total in monitor.stage_s.items()
+            if total - stage_s_before.get(name, 0.0) > 0
+        },
+        "recover_peak_rss_bytes": monitor.peak_host_rss_bytes.get("recover"),
+        "recover_peak_anon_bytes": monitor.peak_host_anon_bytes.get("recover"),
         "recovery": record.model_dump(exclude={"quality_before"}) if record else None,
     }
     if far is not None:
@@ -102,6 +114,7 @@ def main() -> None:
                 with run.installed():
                     result = stages.score(run)
                     stages.compensate(run, result.keep)
+                    prune_stages = run.instruments.monitor.summary()  # load to compensate: the job's stages
                     variants = [{"recover": "none"}, *args.variants]
                     for index, variant in enumerate(variants):
                         row = run_variant(run, result.keep, variant, Path(work) / f"v{index}", far)
@@ -113,7 +126,7 @@ def main() -> None:
                         out.write_text(
                             json.dumps(
                                 {"model": model, "sparsity": sparsity, "host": host, "dense": dense,
-                                 "far_dense": far_dense, "rows": rows},
+                                 "far_dense": far_dense, "pruning": prune_stages, "rows": rows},
                                 indent=2,
                             )
                             + "\n"
