@@ -126,7 +126,8 @@ def main() -> None:
                         out.write_text(
                             json.dumps(
                                 {"model": model, "sparsity": sparsity, "host": host, "dense": dense,
-                                 "far_dense": far_dense, "pruning": prune_stages, "rows": rows},
+                                 "far_dense": far_dense, "pruning": prune_stages,
+                                 "split_search": result.details.get("split_search"), "rows": rows},
                                 indent=2,
                             )
                             + "\n"

@@ -35,7 +35,7 @@ class Bonsai(PruningMethod):
         rounds = opts.rounds * (prior + sub_models * per_sub_model / replicas)
         if opts.kind_split != "search":
             return {"scoring": rounds}
-        fit, held_out = held_out_split(torch.arange(sequences))
+        fit, held_out = held_out_split(torch.arange(sequences), opts.split_fit_sequences)
         refit_tokens = LS_FIT_FORWARDS * len(fit) * seq_len if refit else 0.0
         judged = len(held_out) * seq_len + refit_tokens  # a candidate judged with the job's refit
         candidates = opts.split_candidates + 2 + int(refit and opts.refit_aware)  # grid, rounds, prior

@@ -23,6 +23,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "scoring_sequences": 1,
         "prior_sequences": 16,
         "split_candidates": 0,
+        "split_fit_sequences": 16,
     },
     "standard": {"samples_per_unit": 0.5},
     "thorough": {"samples_per_round": 1024, "samples_per_unit": 1.0},
@@ -84,6 +85,14 @@ class BonsaiOptions(MethodOptions):
         description="search with ls compensation: judge every candidate with a one-shot refit from the "
         "dense input Grams they share, then only the best this many with the job's sequential refit; "
         "unset: every candidate with the sequential refit",
+    )
+    split_fit_sequences: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="search: calibration sequences each candidate's refit is fitted on before it is "
+        "judged on the held-out quarter; default: the other three quarters (the job's final refit always "
+        "fits all of them)",
     )
     prior_sequences: int | None = Field(
         None,

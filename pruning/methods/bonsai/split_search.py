@@ -42,7 +42,10 @@ def search_split(
         return keep, []  # no time to judge: the rounds' own split
     finalists = opts.split_finalists if ctx.refit is not None else None
     judge = SplitJudge(
-        ctx, count=len(keeps) + int(refit_aware) + (finalists or 0), shared=finalists is not None
+        ctx,
+        count=len(keeps) + int(refit_aware) + (finalists or 0),
+        shared=finalists is not None,
+        fit_sequences=opts.split_fit_sequences,
     )
     for ranking, candidate in keeps:
         judge.judge(ranking, candidate)
@@ -121,9 +124,11 @@ class SplitJudge:
     the best of which are then judged again with the job's own (`best_of_finalists`). A candidate equal
     to one already judged reuses its figure. Each judgment is a step of the `search` stage."""
 
-    def __init__(self, ctx: MethodContext, count: int, shared: bool) -> None:
+    def __init__(
+        self, ctx: MethodContext, count: int, shared: bool, fit_sequences: int | None = None
+    ) -> None:
         self.ctx, self.count = ctx, count
-        self.fit, self.held_out = held_out_split(ctx.probe.calibration)
+        self.fit, self.held_out = held_out_split(ctx.probe.calibration, fit_sequences)
         self.grams = ctx.refit.dense_grams(self.fit) if shared and ctx.refit is not None else None
         self.figures: list[dict[str, Any]] = []
         self.kept: list[torch.Tensor] = []
@@ -221,11 +226,15 @@ def held_out_loss(
             ctx.refit.clear()
 
 
-def held_out_split(calibration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit, held_out): the split search fits on the first 3/4 of the calibration sequences and scores
-    on the last quarter; with fewer than 4 sequences none can be spared, so both are the whole set."""
+def held_out_split(
+    calibration: torch.Tensor, fit_sequences: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, held_out): the split search fits on the first 3/4 of the calibration sequences (the first
+    `fit_sequences` of them, if fewer) and scores on the last quarter; with fewer than 4 sequences none
+    can be spared, so both are the whole set."""
     held = calibration.shape[0] // 4
-    return (calibration[:-held], calibration[-held:]) if held else (calibration, calibration)
+    fit, held_out = (calibration[:-held], calibration[-held:]) if held else (calibration, calibration)
+    return fit[:fit_sequences], held_out
 
 
 def attention_fractions(space: UnitSpace, target_params: float, count: int) -> list[float]:

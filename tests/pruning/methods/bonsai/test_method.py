@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pruning import prune
+from pruning.methods.bonsai.method import Bonsai
 from pruning.methods.bonsai.options import BonsaiOptions
 from pruning.methods.bonsai.rounds import sub_models_per_round
 from pruning.methods.bonsai.split_search import (
@@ -136,6 +137,28 @@ def test_held_out_split_holds_out_the_last_quarter() -> None:
     fit, held_out = held_out_split(calibration)
     assert fit.flatten().tolist() == [0, 1, 2, 3, 4, 5]
     assert held_out.flatten().tolist() == [6, 7]
+
+
+def test_held_out_split_fits_on_the_first_sequences_asked_for_and_holds_out_the_same_quarter() -> None:
+    calibration = torch.arange(8).unsqueeze(1)
+    fit, held_out = held_out_split(calibration, fit_sequences=2)
+    assert fit.flatten().tolist() == [0, 1]
+    assert held_out.flatten().tolist() == [6, 7]
+    fit, _ = held_out_split(calibration, fit_sequences=100)  # more than there are: the three quarters
+    assert fit.flatten().tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_planned_search_counts_the_refits_on_the_fit_sequences_asked_for() -> None:
+    from pruning.compensation.least_squares import LS_FIT_FORWARDS
+
+    def search(**options: int) -> float:
+        method = Bonsai(BonsaiOptions(split_candidates=0, **options))
+        return method.planned_work(64, 256, refit=True)["search"]
+
+    # three candidates (rounds, prior, refit-aware), each refitted on 48 sequences or on 16
+    assert search() - search(split_fit_sequences=16) == pytest.approx(
+        3 * LS_FIT_FORWARDS * 32 * 256 + 32 * 256
+    )
 
 
 def test_held_out_split_with_too_few_sequences_uses_all_for_both() -> None:
