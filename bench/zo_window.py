@@ -6,6 +6,9 @@ held-out streams, each solver from zero changes.
         '[{"solver": "adam", "lr": 1e-3, "steps": 60}, {"solver": "zo", "lr": 1e-3, "steps": 300},
           {"solver": "zo", "lr": 1e-4, "steps": 300}]'
 
+A solver with `"fused": false` trains the window's changes through their hooks (a second matmul a map)
+rather than fused into one matmul by W_kept + ΔW, as the recovery does.
+
 Prints the window's held-out error (relative to its target's mean square) before and after each fit,
 the share of it the fit removed and its time; writes bench/results/zo-window-<model>-<sparsity>.json.
 """
@@ -16,6 +19,7 @@ import argparse
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +65,11 @@ def fit_all(run: Any, keep: Any, solvers: list[dict[str, Any]]) -> dict[str, Any
         settings = WindowSettings(solver["steps"], solver["lr"], 0, solver["solver"], solver.get("eps", 1e-3))
         with fitted.installed():
             began = time.perf_counter()
-            SOLVERS[settings.solver](
-                streams, layer, train_targets, weights, params, settings, learning_rate,
-                lambda tokens: None, lambda: False,
-            )  # fmt: skip
+            with fitted.fused() if solver.get("fused", True) else nullcontext():
+                SOLVERS[settings.solver](
+                    streams, layer, train_targets, weights, params, settings, learning_rate,
+                    lambda tokens: None, lambda: False,
+                )  # fmt: skip
             seconds = time.perf_counter() - began
             after = held_out_error(held, layer, judge_targets, weights)
         row = {**solver, "after": after, "removed": (before - after) / before, "seconds": round(seconds, 1)}
@@ -82,6 +87,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.35)
     parser.add_argument("--solvers", type=json.loads, required=True, help="JSON list of window fits")
     parser.add_argument("--shared", type=Path, default=SHARED)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
 
@@ -95,7 +101,7 @@ def main() -> None:
                 result = stages.score(run)
                 stages.compensate(run, result.keep)
                 fits = fit_all(run, result.keep, args.solvers)
-        out = REPO / "bench" / "results" / f"zo-window-{model}-{args.sparsity}.json"
+        out = args.out or REPO / "bench" / "results" / f"zo-window-{model}-{args.sparsity}.json"
         out.write_text(
             json.dumps({"model": model, "sparsity": args.sparsity, "host": host, **fits}, indent=2)
         )

@@ -218,9 +218,10 @@ def reconstruct(
                     on_step(tokens)
 
                 with fitted.installed():
-                    log.steps += SOLVERS[settings.solver](
-                        streams, layer, targets, weights, params, settings, learning_rate, counted, stop
-                    )
+                    with fitted.fused():  # the judgments below run the changes as they will be kept
+                        log.steps += SOLVERS[settings.solver](
+                            streams, layer, targets, weights, params, settings, learning_rate, counted, stop
+                        )
                     after = held_out_error(judge, layer, judge_targets, weights)
                 log.windows += 1
                 log.errors_before.append(before)
