@@ -5,6 +5,10 @@ transformers), with its time and tokens.
     python -m bench.recovery --models pycoder --sparsities 0.35 \
         --variants '[{"recover": "local"}, {"recover": "distill"}, {"recover": "local+distill"}]'
 
+A variant `{"recover": "distill", "time_of": "local", "tokens_per_s": 85, "overhead_s": 90}` trains on the
+tokens that pace takes in the time the `local` row's stage took, less the stage's fixed 90 s (a recovery
+at equal wall time, its schedule sized to it).
+
 Every variant starts from the same scored, compensated model, so the rows differ by their recovery alone
 (a job per setting would also differ by its scoring's rounding). Prints a table and writes
 bench/results/recovery-<model>-<sparsity>.json (`--out` to choose).
@@ -116,8 +120,10 @@ def main() -> None:
                     stages.compensate(run, result.keep)
                     prune_stages = run.instruments.monitor.summary()  # load to compensate: the job's stages
                     variants = [{"recover": "none"}, *args.variants]
-                    for index, variant in enumerate(variants):
+                    for index, asked in enumerate(variants):
+                        variant = at_equal_time(asked, rows)
                         row = run_variant(run, result.keep, variant, Path(work) / f"v{index}", far)
+                        row["asked"] = asked
                         row["ratio"] = row["perplexity"] / dense
                         if far_dense is not None:
                             row["far_ratio"] = row["far"] / far_dense
@@ -133,6 +139,20 @@ def main() -> None:
                             + "\n"
                         )  # fmt: skip
                 print(f"wrote {out}")
+
+
+def at_equal_time(variant: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`variant` with `"time_of": <recover>`, `"tokens_per_s"` and `"overhead_s"` replaced by the
+    `recover_tokens` it trains on at that pace in the recovery stage time of the earlier row that ran
+    `<recover>`, less the stage's fixed `overhead_s` (its evaluation before and judgments; pace and
+    overhead measured by an earlier run): a recovery given the same time as another, its schedule sized
+    to it."""
+    if "time_of" not in variant:
+        return variant
+    settings = {k: v for k, v in variant.items() if k not in ("time_of", "tokens_per_s", "overhead_s")}
+    seconds = next(r["stage_s"] for r in rows if r["variant"].get("recover") == variant["time_of"])
+    tokens = int((seconds - variant.get("overhead_s", 0.0)) * variant["tokens_per_s"])
+    return {**settings, "recover_tokens": max(1024, tokens // 1024 * 1024)}
 
 
 def print_row(row: dict[str, Any]) -> None:

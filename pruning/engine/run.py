@@ -20,7 +20,7 @@ from pruning.model.adapters import FamilyAdapter
 from pruning.model.data import CalibrationSet
 from pruning.model.loading import LoadedModel
 from pruning.model.units import UnitSpace
-from pruning.recovery.recover import Recovered
+from pruning.recovery.recover import Recovered, fused_in
 from pruning.runtime.distributed import World
 from pruning.runtime.progress import JobProgress
 from pruning.spec import PruneSpec
@@ -110,11 +110,12 @@ class Run:
 
     @contextmanager
     def recovery_installed(self) -> Iterator[None]:
-        """The recovery's merged adapters hooked onto the model for the duration, if it kept any."""
+        """The recovery's merged changes on the model for the duration, if it kept any: hooked in, and
+        fused into their maps where they can be (float maps compute their kept part in one matmul)."""
         if self.recovered is None or self.recovered.deltas is None:
             yield
             return
-        with self.recovered.deltas.installed():
+        with fused_in(self.recovered.deltas):
             yield
 
 

@@ -112,16 +112,20 @@ class WeightDeltas:
 
     @contextmanager
     def fused(self) -> Iterator[WeightDeltas]:
-        """While training the changes of float `nn.Linear` maps (installed): each such map computes its
-        kept rows from its kept columns in one matmul by W_kept + ΔW, instead of its whole map and then
-        the hook's second matmul by ΔW, its removed rows left zero. A removed row feeds a removed unit,
-        whose channels the masks zero downstream, and a removed column reads a channel the masks zeroed,
-        so the pruned model computes the same; forward and backward do about half the work at a third
-        removed. Other maps (int8 ones) keep the hook. The dense model (masks suspended) is untouched."""
+        """While the changes are installed (training them, or measuring with them): each float
+        `nn.Linear` map computes its kept rows from its kept columns in one matmul by W_kept + ΔW, instead
+        of its whole map and then the hook's second matmul by ΔW, its removed rows left zero. A removed
+        row feeds a removed unit, whose channels the masks zero downstream, and a removed column reads a
+        channel the masks zeroed, so the pruned model computes the same; forward and backward do about
+        half the work at a third removed. Other maps (int8 ones, wrapped ones) keep the hook. The dense
+        model (masks suspended) is untouched."""
         fusable = [
             (module, change)
             for module, change in self.changes.values()
-            if type(module) is nn.Linear and module.weight.is_floating_point()
+            # a forward set on the instance is another wrapper's (accelerate's device hooks): left alone
+            if type(module) is nn.Linear
+            and module.weight.is_floating_point()
+            and "forward" not in vars(module)
         ]
         try:
             for module, change in fusable:
@@ -136,13 +140,14 @@ class WeightDeltas:
 
     def _kept_forward(self, module: nn.Linear, change: ModuleDelta) -> Any:
         dense_forward = type(module).forward.__get__(module)
+        device = module.weight.device
+        rows = change.rows.to(device) if change.rows is not None else None
+        columns = change.columns.to(device) if change.columns is not None else None
         with torch.no_grad():
-            weight = kept_block(module.weight, change.rows, change.columns)  # [R, C], fixed while fused
-            bias = module.bias
-            if bias is not None and change.rows is not None:
-                bias = bias.index_select(0, change.rows)
-        rows = change.rows.to(weight.device) if change.rows is not None else None
-        columns = change.columns.to(weight.device) if change.columns is not None else None
+            weight = kept_block(module.weight, rows, columns)  # [R, C], fixed while fused
+            bias: torch.Tensor | None = module.bias
+            if bias is not None and rows is not None:
+                bias = bias.index_select(0, rows)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self.masks.dense:

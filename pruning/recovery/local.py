@@ -17,8 +17,9 @@ next window is fed is exactly what the compact checkpoint computes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -207,6 +208,7 @@ def reconstruct(
             if stop():
                 break
             targets, judge_targets = streams.dense_outputs(layer), judge.dense_outputs(layer)
+            advancing: AbstractContextManager[Any] = nullcontext()
             if window:
                 fitted = WeightDeltas(kept.masks)
                 params = trainable_window(window, parts, fitted)
@@ -230,8 +232,9 @@ def reconstruct(
                     rounded = _rounded(fitted, stored_weight)
                     kept.changes.update(rounded.changes)
                     hooked.enter_context(rounded.installed())
+                    advancing = rounded.fused()  # what the compact map computes, in one matmul
                     log.kept += 1
-            with torch.no_grad():
+            with torch.no_grad(), advancing:
                 streams.advance(layer)
                 judge.advance(layer)
     return log

@@ -4,8 +4,8 @@ one recovery (train, judge on held-out text, merge or roll back)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -178,7 +178,7 @@ def train_adapters(
         model, adapter, probe.masks, loaded.device, settings.lm_weight, scoring_autocast(loaded.precision)
     )
     targets = target_modules(model, adapter, probe.space, keep)
-    with prior.installed() if prior is not None else nullcontext():
+    with fused_in(prior) if prior is not None else nullcontext():
         adapters, record = train_and_judge(probe, loss, targets, keep, sequences, settings, on_step, stop)
     if adapters is None:
         return Recovered(record, None)
@@ -317,7 +317,7 @@ def recover_locally(
             learning_rate, stepped, stop,
         )  # fmt: skip
     seconds = time.perf_counter() - began
-    with deltas.installed():
+    with fused_in(deltas):
         after = probe.mean_loss(keep, judge)
     rolled_back = not after < before
     record = RecoveryRecord(
@@ -340,6 +340,14 @@ def recover_locally(
         windows_kept=log.kept,
     )
     return Recovered(record, None if rolled_back else deltas)
+
+
+@contextmanager
+def fused_in(deltas: WeightDeltas) -> Iterator[None]:
+    """A recovery's changes on the model, as every measurement of it takes them: hooked in, and fused
+    into the float maps they change (one matmul a map)."""
+    with deltas.installed(), deltas.fused():
+        yield
 
 
 def _mean(values: list[float]) -> float:
