@@ -23,7 +23,6 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "scoring_sequences": 1,
         "prior_sequences": 16,
         "split_candidates": 0,
-        "split_fit_sequences": 16,
     },
     "standard": {"samples_per_unit": 0.5},
     "thorough": {"samples_per_round": 1024, "samples_per_unit": 1.0},
