@@ -8,9 +8,9 @@ from pruning.recovery.recover import JUDGE_MAX
 
 # forward-pass equivalents per token the recovery trains on: distill runs the dense teacher, the student
 # and its backward (about two forwards); zo the teacher and the student twice; local each block's forward
-# and backward on the pruned stream (about three forwards of the blocks), then moves the dense and pruned
-# streams of its text on, without the LM head
-RECOVERY_FORWARDS = {"distill": 4.0, "zo": 3.0, "local": 5.0, "local-zo": 4.0}
+# and backward on the pruned stream, its changes fused into the kept part of each map (about two forwards
+# of the blocks), then moves the dense and pruned streams of its text on, without the LM head
+RECOVERY_FORWARDS = {"distill": 4.0, "zo": 3.0, "local": 3.5, "local-zo": 4.0}
 
 # stages a job with several sizes runs once per size
 PER_SIZE = {"search", "compensate", "recover", "evaluate_pruned", "export"}
