@@ -25,7 +25,9 @@ KEY_B = "key-bob-0123456789abcdefgh"
 ADMIN = "key-admin-0123456789abcdef"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-# a job that ends in seconds, and one that runs long enough to be cancelled or interrupted while it scores
+# a job that ends in seconds, and one that scores for twelve rounds of the most sub-models the service
+# takes a round: long enough on a fast idle CPU for a list refreshed every 2 s to see it scoring, and to be
+# cancelled or interrupted while it scores
 QUICK: dict[str, Any] = {
     "seq_len": 32,
     "num_samples": 4,
@@ -33,7 +35,7 @@ QUICK: dict[str, Any] = {
     "precision": "fp32",
     "options": {"rounds": 1, "samples_per_round": 8, "masks_per_forward": 8, "scoring_sequences": 2},
 }
-LONG = {**QUICK, "options": {**QUICK["options"], "samples_per_round": 4000}}
+LONG = {**QUICK, "options": {**QUICK["options"], "rounds": 12, "samples_per_round": 4096}}
 
 
 @pytest.fixture(scope="session")
