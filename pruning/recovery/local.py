@@ -115,6 +115,29 @@ def held_out_error(
     return sum(errors) / sum(t.numel() for t in targets)
 
 
+def window_steps(
+    streams: LayerStreams,
+    settings: WindowSettings,
+    learning_rate: Callable[[int, int, float], float],
+    on_step: Callable[[int], None],
+    stop: Callable[[], bool],
+    step: Callable[[int, float], None],
+) -> int:
+    """The loop every solver shares: `step(batch, lr)` on one batch of a reshuffled cycle of the
+    training stream's batches at a time, at the schedule's learning rate, for `settings.steps` steps or
+    until `stop()`; returns the steps taken."""
+    order = _cycle(streams.batches, settings.seed)
+    taken = 0
+    for index in range(settings.steps):
+        batch = next(order)
+        step(batch, learning_rate(index, settings.steps, settings.lr))
+        taken += 1
+        on_step(int(streams.pruned[batch].shape[0] * streams.pruned[batch].shape[1]))  # tokens
+        if stop():
+            break
+    return taken
+
+
 def fit_window(
     streams: LayerStreams,
     layer: nn.Module,
@@ -129,22 +152,17 @@ def fit_window(
     """Adam steps on `params` (hooked into `layer`) toward the dense `targets` of the pruned stream's
     batches, each step on one batch of a reshuffled cycle; returns the steps taken (fewer when `stop()`)."""
     optimizer = torch.optim.Adam(params, lr=settings.lr)
-    order = _cycle(streams.batches, settings.seed)
-    taken = 0
-    for step in range(settings.steps):
+
+    def adam_step(batch: int, lr: float) -> None:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings.steps, settings.lr)
-        batch = next(order)
+            group["lr"] = lr
         with torch.enable_grad():
             loss = window_error(streams.run(layer, batch, dense=False), targets[batch], weights)
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        taken += 1
-        on_step(int(streams.pruned[batch].shape[0] * streams.pruned[batch].shape[1]))
-        if stop():
-            break
-    return taken
+
+    return window_steps(streams, settings, learning_rate, on_step, stop, adam_step)
 
 
 def fit_window_zo(
@@ -162,23 +180,17 @@ def fit_window_zo(
     error, two forward passes of the block a step, one Gaussian direction over all of `params` each;
     returns the steps taken."""
     seeds = torch.Generator().manual_seed(settings.seed)
-    order = _cycle(streams.batches, settings.seed)
-    taken = 0
+
+    def spsa_window_step(batch: int, lr: float) -> None:
+        direction = int(torch.randint(0, 2**62, (1,), generator=seeds))
+
+        def error() -> float:
+            return float(window_error(streams.run(layer, batch, dense=False), targets[batch], weights))
+
+        spsa_step(params, error, direction, settings.epsilon, lr)
+
     with torch.no_grad():
-        for step in range(settings.steps):
-            batch = next(order)
-            direction = int(torch.randint(0, 2**62, (1,), generator=seeds))
-
-            def error(batch: int = batch) -> float:
-                return float(window_error(streams.run(layer, batch, dense=False), targets[batch], weights))
-
-            lr = learning_rate(step, settings.steps, settings.lr)
-            spsa_step(params, error, direction, settings.epsilon, lr)
-            taken += 1
-            on_step(int(streams.pruned[batch].shape[0] * streams.pruned[batch].shape[1]))
-            if stop():
-                break
-    return taken
+        return window_steps(streams, settings, learning_rate, on_step, stop, spsa_window_step)
 
 
 SOLVERS = {"adam": fit_window, "zo": fit_window_zo}
