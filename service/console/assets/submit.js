@@ -46,23 +46,16 @@ function fileField(name, label, help) {
   return wrapper;
 }
 
-// The job request's choices as this server's settings model states them (its OpenAPI schema), so the
-// form offers what the server accepts, its registries' formats and methods included; the lists here
-// stand in where the schema is not served.
-const CHOICES = {
-  budget: ["auto", "fast", "standard", "thorough"],
-  export_format: ["hf", "nemotron-nas", "gguf"],
-  recover: ["none", "local", "distill", "zo", "local+distill"],
-};
+// The job request's choices as this server's settings model states them (its OpenAPI schema, served
+// to every caller), so the form offers what the server accepts, its registries' formats and methods
+// included, and nothing here repeats them; a schema that cannot be read fails the view as a failed
+// models list does.
+const CHOICE_FIELDS = ["budget", "export_format", "recover"];
 const LABELS = { hf: "hf (transformers)", gguf: "gguf (llama.cpp)" };
 
 async function requestChoices() {
-  try {
-    const properties = (await getJson("openapi.json")).components.schemas.JobCreate.properties;
-    return Object.fromEntries(Object.entries(CHOICES).map(([name, fallback]) => [name, properties[name]?.enum ?? fallback]));
-  } catch {
-    return CHOICES;
-  }
+  const properties = (await getJson("openapi.json")).components.schemas.JobCreate.properties;
+  return Object.fromEntries(CHOICE_FIELDS.map((name) => [name, properties[name].enum]));
 }
 
 function choiceOf(values, selected) {
