@@ -44,6 +44,7 @@ def fit_all(run: Any, keep: Any, solvers: list[dict[str, Any]]) -> dict[str, Any
         channel_weights,
         held_out_error,
         trainable_window,
+        weight_scales,
     )
     from pruning.recovery.recover import judge_split, local_windows
     from pruning.recovery.training import learning_rate
@@ -62,12 +63,13 @@ def fit_all(run: Any, keep: Any, solvers: list[dict[str, Any]]) -> dict[str, Any
     for solver in solvers:
         fitted = WeightDeltas(probe.masks)
         params = trainable_window(window, parts, fitted)
+        scales = weight_scales(window, parts, lambda name: window[name].weight)
         settings = WindowSettings(solver["steps"], solver["lr"], 0, solver["solver"], solver.get("eps", 1e-3))
         with fitted.installed():
             began = time.perf_counter()
             with fitted.fused() if solver.get("fused", True) else nullcontext():
                 SOLVERS[settings.solver](
-                    streams, layer, train_targets, weights, params, settings, learning_rate,
+                    streams, layer, train_targets, weights, params, scales, settings, learning_rate,
                     lambda tokens: None, lambda: False,
                 )  # fmt: skip
             seconds = time.perf_counter() - began

@@ -222,7 +222,7 @@ class PruneSettings(BaseModel):
         gt=0.0,
         le=1.0,
         description="recovery's peak learning rate (warm-up, then cosine decay); default 1e-3 for "
-        "local, local-zo and distill, 5e-5 for zo",
+        "local-zo and distill, 5e-5 for zo; local's is a fraction of each map's weight RMS, default 0.02",
     )
     recover_lm_weight: float = Field(
         0.0,

@@ -51,7 +51,8 @@ class WindowLog:
 @dataclass(frozen=True)
 class WindowSettings:
     steps: int  # optimizer steps per window, one micro-batch of the training stream each
-    lr: float  # peak learning rate (warm-up, then cosine decay)
+    # peak learning rate (warm-up, then cosine decay); for "adam" a fraction of each map's weight RMS
+    lr: float
     seed: int
     solver: str = "adam"  # "adam": gradient steps; "zo": SPSA steps, the window's forward pass only
     epsilon: float = 1e-3  # SPSA's perturbation size (solver "zo")
@@ -87,6 +88,24 @@ def trainable_window(
         deltas.changes[name] = (module, ModuleDelta(rows, columns, param))
         params.append(param)
     return params
+
+
+def weight_scales(
+    window: dict[str, nn.Module],
+    parts: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+    stored_weight: Callable[[str], torch.Tensor],
+) -> list[float]:
+    """The RMS of each map's kept weights (`parts[name]`), in `window`'s order: Adam moves every weight
+    by about its learning rate a step whatever the gradient's scale, so a step is sized to the weights it
+    changes (a model whose weights are four times larger takes four times larger steps)."""
+    scales = []
+    for name in window:
+        rows, columns = parts[name]
+        weight = stored_weight(name).float()  # [O, I]
+        kept = weight if rows is None else weight[rows]
+        kept = kept if columns is None else kept[:, columns]
+        scales.append(float(kept.pow(2).mean().sqrt().clamp(min=1e-8)))
+    return scales
 
 
 def channel_weights(targets: list[torch.Tensor]) -> torch.Tensor:
@@ -144,18 +163,20 @@ def fit_window(
     targets: list[torch.Tensor],
     weights: torch.Tensor,
     params: list[nn.Parameter],
+    scales: list[float],
     settings: WindowSettings,
     learning_rate: Callable[[int, int, float], float],
     on_step: Callable[[int], None],
     stop: Callable[[], bool],
 ) -> int:
     """Adam steps on `params` (hooked into `layer`) toward the dense `targets` of the pruned stream's
-    batches, each step on one batch of a reshuffled cycle; returns the steps taken (fewer when `stop()`)."""
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    batches, each step on one batch of a reshuffled cycle, each map's learning rate the schedule's times
+    its weights' `scales`; returns the steps taken (fewer when `stop()`)."""
+    optimizer = torch.optim.Adam([{"params": [p], "scale": s} for p, s in zip(params, scales, strict=True)])
 
     def adam_step(batch: int, lr: float) -> None:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         with torch.enable_grad():
             loss = window_error(streams.run(layer, batch, dense=False), targets[batch], weights)
             loss.backward()
@@ -171,6 +192,7 @@ def fit_window_zo(
     targets: list[torch.Tensor],
     weights: torch.Tensor,
     params: list[nn.Parameter],
+    scales: list[float],
     settings: WindowSettings,
     learning_rate: Callable[[int, int, float], float],
     on_step: Callable[[int], None],
@@ -178,7 +200,8 @@ def fit_window_zo(
 ) -> int:
     """`fit_window` without a backward pass: SPSA steps (as `zo` takes on the whole model) on the window's
     error, two forward passes of the block a step, one Gaussian direction over all of `params` each;
-    returns the steps taken."""
+    returns the steps taken. Its perturbation and step are one size over every map, as `zo`'s are
+    (`scales` sizes Adam's steps only)."""
     seeds = torch.Generator().manual_seed(settings.seed)
 
     def spsa_window_step(batch: int, lr: float) -> None:
@@ -224,6 +247,7 @@ def reconstruct(
             if window:
                 fitted = WeightDeltas(kept.masks)
                 params = trainable_window(window, parts, fitted)
+                scales = weight_scales(window, parts, stored_weight)
                 weights = channel_weights(targets)
                 before = held_out_error(judge, layer, judge_targets, weights)
 
@@ -234,7 +258,16 @@ def reconstruct(
                 with fitted.installed():
                     with fitted.fused():  # the judgments below run the changes as they will be kept
                         log.steps += SOLVERS[settings.solver](
-                            streams, layer, targets, weights, params, settings, learning_rate, counted, stop
+                            streams,
+                            layer,
+                            targets,
+                            weights,
+                            params,
+                            scales,
+                            settings,
+                            learning_rate,
+                            counted,
+                            stop,
                         )
                     after = held_out_error(judge, layer, judge_targets, weights)
                 log.windows += 1

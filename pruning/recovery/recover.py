@@ -25,7 +25,8 @@ from pruning.report import RecoveryRecord
 
 # held-out sequences the recovery is judged on: this share of its text, at most JUDGE_MAX
 JUDGE_SHARE, JUDGE_MAX = 0.1, 16
-DEFAULT_LR = {"distill": 1e-3, "zo": 5e-5, "local": 1e-3, "local-zo": 1e-3}
+# (local's is a fraction of each map's weight RMS: docs/quality.md, "A learning rate sized to the weights")
+DEFAULT_LR = {"distill": 1e-3, "zo": 5e-5, "local": 0.02, "local-zo": 1e-3}
 # local reconstruction's methods -> the solver fitting each window
 LOCAL_SOLVERS = {"local": "adam", "local-zo": "zo"}
 

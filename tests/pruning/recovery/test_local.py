@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoTokenizer
 
 from pruning import load_pruned, prune
@@ -18,7 +19,13 @@ from pruning.model.loading import load_model
 from pruning.model.masking import UnitMasks
 from pruning.model.units import build_unit_space
 from pruning.recovery.deltas import WeightDeltas
-from pruning.recovery.local import channel_weights, trainable_window, window_error, window_targets
+from pruning.recovery.local import (
+    channel_weights,
+    trainable_window,
+    weight_scales,
+    window_error,
+    window_targets,
+)
 from pruning.recovery.recover import kept_part, target_modules
 from tests.pruning.conftest import FAMILIES
 from tests.pruning.recovery.checks import assert_rolled_back
@@ -28,7 +35,8 @@ CPU = torch.device("cpu")
 SMALL: dict[str, Any] = dict(seq_len=32, num_samples=8, eval_samples=4, precision="fp32", device="cpu")
 BONSAI = dict(rounds=2, samples_per_round=16, scoring_sequences=2)
 # enough sequences of the calibration file to train each window on and to judge it by
-LOCAL: dict[str, Any] = dict(recover="local", recover_tokens=8 * 32 * 32, recover_lr=1e-3)
+# (local's learning rate is a fraction of each map's weight RMS, 0.05 to 0.07 in the tiny models)
+LOCAL: dict[str, Any] = dict(recover="local", recover_tokens=8 * 32 * 32, recover_lr=0.02)
 
 
 def _evaluation_perplexity(out_dir: Path, calibration_file: Path) -> float:
@@ -89,7 +97,7 @@ def test_local_recovery_lowers_held_out_loss_and_reports_its_stage(
     # sequences (1,024 tokens), 8 steps a window: one pass over the 8 batches (the last of 16 sequences)
     assert (recovery.train_sequences, recovery.judge_sequences) == (240, 16)
     assert recovery.steps == 8 * recovery.windows and recovery.tokens == 240 * 32 * recovery.windows
-    assert recovery.rank == 0 and recovery.lr == 1e-3
+    assert recovery.rank == 0 and recovery.lr == 0.02
     assert report.stage_s["recover"] > 0 and "recover" in report.peak_host_rss_bytes
     steps = [e["step"] for e in events if e["type"] == "progress" and e["stage"] == "recover" and "step" in e]
     assert steps == sorted(steps) and steps[-1] == recovery.steps
@@ -207,6 +215,18 @@ def test_window_error_weighs_each_channel_by_its_target_energy() -> None:
     assert float(window_error(quiet_off, target, weights)) > 100 * float(
         window_error(loud_off, target, weights)
     )
+
+
+def test_each_maps_step_is_sized_by_the_rms_of_its_kept_weights() -> None:
+    wide, narrow = nn.Linear(2, 3, bias=False), nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        wide.weight.copy_(torch.tensor([[3.0, 100.0], [4.0, 100.0], [0.0, 100.0]]))  # [3, 2]
+        narrow.weight.copy_(torch.tensor([[1.0, -1.0, 1.0], [50.0, 50.0, 50.0]]))  # [2, 3]
+    window = {"wide": wide, "narrow": narrow}
+    parts = {"wide": (None, torch.tensor([0])), "narrow": (torch.tensor([0]), None)}  # kept column, kept row
+    stored = {name: module.weight for name, module in window.items()}
+    scales = weight_scales(window, parts, stored.__getitem__)
+    assert scales == pytest.approx([(25.0 / 3) ** 0.5, 1.0])  # √((9 + 16 + 0) / 3), √((1 + 1 + 1) / 3)
 
 
 def test_local_fits_on_top_of_an_int8_scored_model(
