@@ -63,7 +63,7 @@ def fit_all(run: Any, keep: Any, solvers: list[dict[str, Any]]) -> dict[str, Any
     for solver in solvers:
         fitted = WeightDeltas(probe.masks)
         params = trainable_window(window, parts, fitted)
-        scales = weight_scales(window, parts, lambda name: window[name].weight)
+        scales = weight_scales(window, parts, lambda name: window[name].get_parameter("weight"))
         settings = WindowSettings(solver["steps"], solver["lr"], 0, solver["solver"], solver.get("eps", 1e-3))
         with fitted.installed():
             began = time.perf_counter()

@@ -222,10 +222,9 @@ def test_each_maps_step_is_sized_by_the_rms_of_its_kept_weights() -> None:
     with torch.no_grad():
         wide.weight.copy_(torch.tensor([[3.0, 100.0], [4.0, 100.0], [0.0, 100.0]]))  # [3, 2]
         narrow.weight.copy_(torch.tensor([[1.0, -1.0, 1.0], [50.0, 50.0, 50.0]]))  # [2, 3]
-    window = {"wide": wide, "narrow": narrow}
+    window: dict[str, nn.Module] = {"wide": wide, "narrow": narrow}
     parts = {"wide": (None, torch.tensor([0])), "narrow": (torch.tensor([0]), None)}  # kept column, kept row
-    stored = {name: module.weight for name, module in window.items()}
-    scales = weight_scales(window, parts, stored.__getitem__)
+    scales = weight_scales(window, parts, lambda name: window[name].get_parameter("weight"))
     assert scales == pytest.approx([(25.0 / 3) ** 0.5, 1.0])  # √((9 + 16 + 0) / 3), √((1 + 1 + 1) / 3)
 
 
