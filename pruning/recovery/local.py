@@ -27,7 +27,7 @@ from torch import nn
 from pruning.measure.streams import LayerStreams
 from pruning.model.adapters import FamilyAdapter
 from pruning.model.units import UnitSpace
-from pruning.recovery.deltas import ModuleDelta, WeightDeltas
+from pruning.recovery.deltas import ModuleDelta, WeightDeltas, kept_block
 from pruning.recovery.training import spsa_step
 
 # float32 floor of a channel's mean square in the per-channel normalisation (a dead channel's error does
@@ -100,10 +100,7 @@ def weight_scales(
     changes (a model whose weights are four times larger takes four times larger steps)."""
     scales = []
     for name in window:
-        rows, columns = parts[name]
-        weight = stored_weight(name).float()  # [O, I]
-        kept = weight if rows is None else weight[rows]
-        kept = kept if columns is None else kept[:, columns]
+        kept = kept_block(stored_weight(name).float(), *parts[name])  # [R, C] of [O, I]
         scales.append(float(kept.pow(2).mean().sqrt().clamp(min=1e-8)))
     return scales
 
